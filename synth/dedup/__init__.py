@@ -1,0 +1,158 @@
+"""Exact and near-duplicate removal for Chinese text: MinHash + LSH on Ray Data.
+
+Two documents are *exact duplicates* when their normalised texts (NFKC, lower case,
+whitespace, punctuation and control characters removed) are equal, and *near
+duplicates* when the Jaccard similarity of their shingle sets (character n-grams of
+the normalised text by default, or jieba word n-grams) reaches `threshold`.
+
+How it runs (see `synth/dedup/pipeline.py`):
+
+1. signatures: Ray Data `map_batches` turns each batch of texts into shingle hashes
+   (numpy, no per-shingle Python), MinHash signatures (vectorised universal hashing)
+   and one row per (band key, document) — a few dozen bytes per band, never the text;
+2. band keys are sorted across workers (a Ray Data shuffle) and every run of equal
+   keys yields candidate edges;
+3. candidate documents are grouped by connected component, their shingle sets are
+   rebuilt in a second streaming pass, candidate pairs are verified by exact Jaccard,
+   and clusters are formed by union-find; each cluster keeps one deterministic
+   representative (`keep`).
+
+The result does not depend on how the input is split into blocks or how many
+workers run it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ray.data
+
+__all__ = [
+    "DedupConfig",
+    "DuplicateIdError",
+    "candidate_probability",
+    "choose_bands_rows",
+    "deduplicate",
+]
+
+# The LSH banding is chosen so that a pair whose Jaccard equals the threshold becomes
+# a candidate with at least this probability (datasketch's own choice at 0.8, b=9 r=13,
+# gets ~40%). False candidates cost only a verification; missed pairs are lost.
+CANDIDATE_RECALL_AT_THRESHOLD = 0.995
+
+
+def candidate_probability(similarity: float, bands: int, rows: int) -> float:
+    """Probability that two documents of Jaccard `similarity` share at least one band."""
+    return 1.0 - (1.0 - similarity**rows) ** bands
+
+
+def _false_candidate_area(threshold: float, bands: int, rows: int, steps: int = 200) -> float:
+    """∫_0^threshold P(candidate | s) ds: how many dissimilar pairs become candidates."""
+    h = threshold / steps
+    return sum(candidate_probability((i + 0.5) * h, bands, rows) for i in range(steps)) * h
+
+
+def choose_bands_rows(
+    threshold: float, num_perm: int, min_recall: float = CANDIDATE_RECALL_AT_THRESHOLD
+) -> tuple[int, int]:
+    """Pick (bands, rows), bands * rows <= num_perm, for a verified LSH at `threshold`.
+
+    Among all splits whose candidate probability at the threshold is at least
+    `min_recall`, take the one with the fewest false candidates below the threshold
+    (so the least verification work). If no split reaches `min_recall` (num_perm too
+    small), take the split with the highest probability at the threshold.
+    """
+    best: tuple[float, int, int] | None = None
+    fallback: tuple[float, int, int] | None = None
+    for rows in range(1, num_perm + 1):
+        bands = num_perm // rows
+        p = candidate_probability(threshold, bands, rows)
+        if fallback is None or p > fallback[0]:
+            fallback = (p, bands, rows)
+        if p >= min_recall:
+            area = _false_candidate_area(threshold, bands, rows)
+            if best is None or area < best[0]:
+                best = (area, bands, rows)
+    chosen = best or fallback
+    assert chosen is not None
+    return chosen[1], chosen[2]
+
+
+class DedupConfig(BaseModel):
+    """Settings of one dedup pass (pipeline YAML `dedup.questions` / `dedup.pairs`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity at or above which two texts are duplicates")
+    shingle: Literal["char", "word"] = Field(
+        "char", description="char: character n-grams of the normalised text (fast); word: jieba word n-grams"
+    )
+    ngram: int = Field(5, ge=1, le=32, description="n of the n-grams")
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations")
+    bands: int | None = Field(None, ge=1, description="LSH bands; None = derived from threshold and num_perm")
+    rows: int | None = Field(None, ge=1, description="rows per LSH band; None = derived")
+    verify: bool = Field(True, description="check candidate pairs by exact Jaccard (else by the MinHash estimate)")
+    keep: Literal["lowest_id", "longest"] = Field(
+        "lowest_id", description="which member of a cluster is kept: lowest id, or longest text (ties: lowest id)"
+    )
+    seed: int = Field(1, ge=0, description="seed of the MinHash permutations")
+    batch_size: int = Field(2048, ge=1, description="documents per signature batch")
+    concurrency: int | None = Field(None, ge=1, description="max parallel tasks per pass; None = as many as Ray allows")
+
+    @model_validator(mode="after")
+    def _banding_fits(self) -> "DedupConfig":
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(
+                f"bands * rows = {self.bands} * {self.rows} = {self.bands * self.rows} exceeds num_perm = {self.num_perm}"
+            )
+        if self.bands is not None and self.rows is None and self.bands > self.num_perm:
+            raise ValueError(f"bands = {self.bands} exceeds num_perm = {self.num_perm}")
+        if self.rows is not None and self.bands is None and self.rows > self.num_perm:
+            raise ValueError(f"rows = {self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+    def banding(self) -> tuple[int, int]:
+        """The (bands, rows) in force: given ones, or derived from threshold and num_perm."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        if self.bands is not None:
+            return self.bands, self.num_perm // self.bands
+        if self.rows is not None:
+            return self.num_perm // self.rows, self.rows
+        return choose_bands_rows(self.threshold, self.num_perm)
+
+    def candidate_recall_at_threshold(self) -> float:
+        bands, rows = self.banding()
+        return candidate_probability(self.threshold, bands, rows)
+
+
+class DuplicateIdError(ValueError):
+    """Two input rows share an id; dedup needs unique ids to say what a row duplicates."""
+
+
+def deduplicate(
+    ds: "ray.data.Dataset", text_field: str, id_field: str, config: DedupConfig
+) -> tuple["ray.data.Dataset", "ray.data.Dataset"]:
+    """Split `ds` into (kept, removed) rows.
+
+    All input columns are preserved. `removed` adds `duplicate_of` (str id of the kept
+    representative of its cluster), `similarity` (Jaccard of the row and that
+    representative on the configured shingles; 1.0 for exact duplicates; the MinHash
+    estimate when `verify` is off) and `reason` ("exact_duplicate" | "near_duplicate").
+
+    Rows whose normalised text is empty (null, only punctuation or whitespace) are
+    never removed. Ids must be unique (DuplicateIdError otherwise); they are compared
+    as strings.
+
+    Candidate detection and clustering run eagerly inside this call; the returned
+    datasets are lazy and read `ds` again when consumed. `ds` is read three to four
+    times in all, so pass a dataset that is cheap to re-read (parquet) or materialised.
+    """
+    from synth.dedup.pipeline import deduplicate as _deduplicate
+
+    return _deduplicate(ds, text_field, id_field, config)
+
