@@ -1,0 +1,138 @@
+"""The `synth` command. Exit codes: 0 success, 1 build failed, 2 bad input."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synth.errors import BadInput, BuildFailed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build Chinese safety-guard corpora.")
+templates_app = typer.Typer(no_args_is_help=True, help="List and validate scenario templates.")
+app.add_typer(templates_app, name="templates")
+
+DEFAULT_TEMPLATES = Path("templates")
+DEFAULT_SEEDS = Path("seeds")
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("synth")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(getattr(error, "exit_code", 1))
+
+
+@app.command()
+def build(
+    config: Path = typer.Argument(..., help="pipeline config, e.g. pipelines/demo.yaml"),
+    out: Path = typer.Option(..., "--out", help="build directory"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="use the deterministic stand-in engine, no model"),
+    templates: Optional[Path] = typer.Option(None, help="templates dir (default: from the config)"),
+    seeds: Optional[Path] = typer.Option(None, help="seeds dir (default: from the config)"),
+) -> None:
+    """Run a build: generate, answer, judge, clean and export a corpus."""
+    _setup_logging()
+    from synth.build import run_build
+
+    try:
+        manifest = run_build(config, out, dry_run=dry_run, templates=templates, seeds=seeds)
+    except (BadInput, BuildFailed) as e:
+        _fail(e)
+    counts = manifest["export"]
+    typer.echo(
+        f"done: {counts['corpus_rows']} rows in {out / 'corpus'} (labels {counts['labels']}), "
+        f"{counts['hard_rows']} in {out / 'hard'}, manifest {out / 'manifest.json'}"
+    )
+
+
+@templates_app.command("list")
+def templates_list(
+    templates: Path = typer.Argument(DEFAULT_TEMPLATES), seeds: Path = typer.Option(DEFAULT_SEEDS)
+) -> None:
+    """List scenarios and their subcategories."""
+    from synth.templates import load_catalog
+
+    try:
+        catalog = load_catalog(templates, seeds)
+    except BadInput as e:
+        _fail(e)
+    for scenario in catalog.scenarios.values():
+        t = scenario.template
+        typer.echo(f"{t.id}  {t.name_zh} / {t.name_en}  ({len(t.subcategories)} subcategories, {scenario.path})")
+        for sub in t.subcategories:
+            typer.echo(f"    {sub.id}  {sub.name_zh} / {sub.name_en}")
+
+
+@templates_app.command("validate")
+def templates_validate(
+    templates: Path = typer.Argument(DEFAULT_TEMPLATES), seeds: Path = typer.Option(DEFAULT_SEEDS)
+) -> None:
+    """Validate every template and seed pool, rendering each template once."""
+    from synth.templates import load_catalog
+
+    try:
+        catalog = load_catalog(templates, seeds)
+    except BadInput as e:
+        _fail(e)
+    subs = sum(len(s.template.subcategories) for s in catalog.scenarios.values())
+    typer.echo(f"ok: {len(catalog.scenarios)} scenarios, {subs} subcategories, "
+               f"{len(catalog.augment.tactics)} tactics, {len(catalog.respond.personas)} personas")
+
+
+@app.command()
+def preview(
+    scenario: str = typer.Argument(..., help="scenario id"),
+    n: int = typer.Option(3, "-n", help="how many element combinations"),
+    kind: str = typer.Option("harmful", help="harmful | benign"),
+    style: str = typer.Option("chat", help="chat | completion"),
+    seed: int = typer.Option(0),
+    templates: Path = typer.Option(DEFAULT_TEMPLATES),
+    seeds: Path = typer.Option(DEFAULT_SEEDS),
+) -> None:
+    """Render prompts for sampled elements without calling any model."""
+    import random
+
+    from synth.templates import load_catalog, scenario_vars
+
+    try:
+        catalog = load_catalog(templates, seeds)
+        if scenario not in catalog.scenarios:
+            raise BadInput(f"unknown scenario '{scenario}' (known: {', '.join(catalog.scenarios)})")
+        if kind not in ("harmful", "benign") or style not in ("chat", "completion"):
+            raise BadInput("--kind must be harmful|benign and --style chat|completion")
+    except BadInput as e:
+        _fail(e)
+    s = catalog.scenarios[scenario]
+    rng = random.Random(seed)
+    for i in range(n):
+        sub = rng.choice(s.template.subcategories)
+        variables = {
+            "scenario": scenario_vars(s.template), "subcategory": sub.model_dump(),
+            "behavior": rng.choice(s.pools.behaviors[sub.id]), "benign_topic": rng.choice(s.pools.benign_topics[sub.id]),
+            "task_type": rng.choice(catalog.task_types), "region": rng.choice(catalog.regions),
+            "event": rng.choice(catalog.events), "n": 10,
+        }
+        rendered = catalog.render(getattr(s.template, kind), style, variables, f"{scenario}.{kind}")
+        typer.echo(f"--- {i + 1}: {sub.name_zh} ({kind}, {style})")
+        if rendered.system:
+            typer.echo(f"[system] {rendered.system}")
+        typer.echo(rendered.prompt)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,198 @@
+"""Typed pipeline configuration (`pipelines/*.yaml`), validated at load time.
+
+Every model forbids unknown keys, so a typo in a config is an error naming the
+file and the field instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synth.dedup import DedupConfig
+from synth.errors import BadInput
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampling(Strict):
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+class VLLMOptions(Strict):
+    """How a model is served by vLLM through `ray.data.llm`."""
+
+    accelerator: Literal["cpu", "gpu"] = "gpu"
+    concurrency: int = Field(1, ge=1, description="engine replicas")
+    batch_size: int = Field(64, ge=1, description="rows per batch sent to a replica")
+    max_model_len: int = Field(4096, ge=128)
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="passed to vLLM as is (tensor_parallel_size, dtype, ...)"
+    )
+
+
+class OpenAIOptions(Strict):
+    """An OpenAI-compatible server (vllm serve, SGLang, hosted APIs)."""
+
+    base_url: str
+    api_key_env: str | None = Field(None, description="name of the env var holding the key; never the key")
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, ge=0, description="first retry waits ~this long, doubling each retry (with jitter)")
+    backoff_max_s: float = Field(30.0, ge=0, description="cap on one retry wait (also caps Retry-After)")
+    response_format: Literal["json_schema", "json_object", "none"] = Field(
+        "json_schema",
+        description="how judges ask for JSON: json_schema (vLLM, SGLang, OpenAI), json_object (e.g. DeepSeek), none",
+    )
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields sent with every request")
+
+
+class ModelSpec(Strict):
+    """A model and how to reach it. Roles refer to models by their key in `models`."""
+
+    engine: Literal["standin", "vllm", "openai"]
+    model: str = Field(description="Hugging Face id, local path, or embedded name (embedded:gemma3-270m)")
+    prompt_style: Literal["chat", "completion"] = "chat"
+    vllm: VLLMOptions | None = None
+    openai: OpenAIOptions | None = None
+
+    @model_validator(mode="after")
+    def _engine_options_match(self) -> "ModelSpec":
+        if self.engine == "openai" and self.openai is None:
+            raise ValueError("engine 'openai' needs an 'openai' section (base_url, ...)")
+        if self.engine != "openai" and self.openai is not None:
+            raise ValueError(f"'openai' section given but engine is '{self.engine}'")
+        if self.engine != "vllm" and self.vllm is not None:
+            raise ValueError(f"'vllm' section given but engine is '{self.engine}'")
+        return self
+
+
+class Role(Strict):
+    """One use of a model: the generator, one responder, or one judge."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(description="a key of `models`")
+    sampling: Sampling = Field(default_factory=Sampling)
+    persona: str | None = Field(None, description="responders: a persona id from templates/shared/respond.yaml")
+
+
+class Roles(Strict):
+    generator: Role
+    responders: list[Role] = Field(min_length=1)
+    judges: list[Role] = Field(min_length=2, max_length=2)
+
+
+class Generation(Strict):
+    harmful_calls_per_subcategory: int = Field(2, ge=0, description="element combos sampled per subcategory")
+    benign_calls_per_subcategory: int = Field(1, ge=0)
+    questions_per_call: int = Field(10, ge=1, description="n in the prompt")
+    max_questions_per_call: int = Field(10, ge=1, description="parsed questions kept per output")
+
+
+class Augment(Strict):
+    share: float = Field(0.3, ge=0.0, le=1.0, description="share of harmful questions that get one tactic rewrite")
+    tactics: list[str] = Field(default_factory=list, description="tactic ids; empty = all in augment.yaml")
+
+
+class Respond(Strict):
+    responders_per_question: int | None = Field(
+        None, ge=1, description="None = every responder answers every question"
+    )
+
+
+class FilterSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Filters(Strict):
+    questions: list[FilterSpec] = Field(default_factory=list)
+    pairs: list[FilterSpec] = Field(default_factory=list)
+
+
+class Dedup(Strict):
+    questions: DedupConfig = Field(default_factory=DedupConfig)
+    pairs: DedupConfig = Field(default_factory=DedupConfig)
+
+
+class Export(Strict):
+    validation_share: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class PipelineConfig(Strict):
+    name: str
+    seed: int = 0
+    templates: Path = Field(Path("../templates"), description="relative to this config file")
+    seeds: Path = Field(Path("../seeds"), description="relative to this config file")
+    scenarios: list[str] = Field(default_factory=list, description="scenario ids to build; empty = all")
+    models: dict[str, ModelSpec]
+    roles: Roles
+    generation: Generation = Field(default_factory=Generation)
+    augment: Augment = Field(default_factory=Augment)
+    respond: Respond = Field(default_factory=Respond)
+    filters: Filters = Field(default_factory=Filters)
+    dedup: Dedup = Field(default_factory=Dedup)
+    export: Export = Field(default_factory=Export)
+
+    @model_validator(mode="after")
+    def _roles_name_defined_models(self) -> "PipelineConfig":
+        all_roles = [("roles.generator", self.roles.generator)]
+        all_roles += [(f"roles.responders[{i}]", r) for i, r in enumerate(self.roles.responders)]
+        all_roles += [(f"roles.judges[{i}]", r) for i, r in enumerate(self.roles.judges)]
+        seen: set[str] = set()
+        for where, role in all_roles:
+            if role.model not in self.models:
+                raise ValueError(
+                    f"{where}.model: model '{role.model}' is not defined in `models` "
+                    f"(defined: {', '.join(sorted(self.models)) or 'none'})"
+                )
+            if role.name in seen:
+                raise ValueError(f"{where}.name: role name '{role.name}' is used twice")
+            seen.add(role.name)
+        return self
+
+    def all_roles(self) -> list[Role]:
+        return [self.roles.generator, *self.roles.responders, *self.roles.judges]
+
+    def fingerprint(self) -> str:
+        """Hash of the config's content (paths excluded), recorded in the manifest."""
+        data = self.model_dump(mode="json", exclude={"templates", "seeds"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
+    """Load and validate a pipeline config; return it with resolved templates and seeds dirs."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise BadInput(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: a pipeline config must be a mapping, got {type(raw).__name__}")
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise BadInput(f"{path}: invalid pipeline config:\n{format_validation_error(e)}") from None
+    base = path.resolve().parent
+    return config, (base / config.templates).resolve(), (base / config.seeds).resolve()
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""The one interface every LLM engine implements.
+
+An engine turns a Ray Dataset of *request rows* into the same rows plus *result
+columns*. Working on datasets (not lists) is what lets the vLLM engine stream
+batches through `ray.data.llm` replicas on many GPUs while the stand-in and the
+OpenAI-compatible engines use the same stage code.
+
+Request columns (written by the stages, see `request_row`):
+    request_id   str   stable id of the row the request belongs to
+    role         str   role name (sampling and seed belong to the role, so one model
+                       loaded once can serve several roles in one pass)
+    task         str   "questions" | "augment" | "respond" | "judge" (for logs and the stand-in)
+    system       str   system prompt for chat-style models ("" = none)
+    prompt       str   user turn (chat style) or the raw text to continue (completion style)
+    seed         int   per-request sampling seed, derived from request_id and the role
+    json_schema  str   JSON schema the output must follow ("" = free text)
+    temperature, top_p, max_tokens, stop   the role's sampling parameters
+
+Result columns (added by every engine):
+    text, finish_reason, prompt_tokens, completion_tokens, error ("" = ok)
+
+A failed request has `error` set and `text` empty; the stage decides what that
+row becomes (a reject with the error as reason). Engines never drop rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from synth.config import ModelSpec, Role, Sampling
+
+if TYPE_CHECKING:
+    import ray.data
+
+REQUEST_COLUMNS = (
+    "request_id", "role", "task", "system", "prompt", "seed", "json_schema",
+    "temperature", "top_p", "max_tokens", "stop",
+)
+RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+
+# The guard verdict every judge must produce (kept in one place: engines enforce it,
+# annotate parses it, exports render it).
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "答案": {"type": "string", "enum": ["安全", "不安全"]},
+        "分析": {"type": "string"},
+    },
+    "required": ["答案", "分析"],
+    "additionalProperties": False,
+}
+VERDICT_SCHEMA_JSON = json.dumps(VERDICT_SCHEMA, ensure_ascii=False, sort_keys=True)
+
+
+def request_seed(request_id: str, role_name: str, base_seed: int) -> int:
+    """A sampling seed per request: same row, role and build seed → same seed."""
+    digest = hashlib.sha256(f"{base_seed}:{role_name}:{request_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def request_row(
+    *, request_id: str, task: str, prompt: str, role: Role, base_seed: int, system: str = "", json_schema: str = ""
+) -> dict[str, Any]:
+    sampling: Sampling = role.sampling
+    return {
+        "request_id": request_id,
+        "role": role.name,
+        "task": task,
+        "system": system,
+        "prompt": prompt,
+        "seed": request_seed(request_id, role.name, base_seed),
+        "json_schema": json_schema,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "stop": list(sampling.stop),
+    }
+
+
+class Engine(ABC):
+    """Sends request rows to one model. Sampling travels with each row."""
+
+    def __init__(self, name: str, spec: ModelSpec):
+        self.name = name  # the key of the model in the config's `models`
+        self.spec = spec
+
+    @abstractmethod
+    def generate(self, requests: "ray.data.Dataset") -> "ray.data.Dataset":
+        """Return the request rows with RESULT_COLUMNS added; one output row per input row."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this engine (never secrets)."""
+        return {"name": self.name, "engine": self.spec.engine, "model": self.spec.model,
+                "prompt_style": self.spec.prompt_style}

@@ -1,0 +1,99 @@
+"""StandInEngine: a deterministic fake LLM for logic tests and `--dry-run`.
+
+It is NOT a model. Its outputs are Chinese-looking text assembled from the
+characters of the prompt with a RNG seeded by the request seed, shaped like what
+each task expects (a numbered question list, a rewritten question, an answer or
+a refusal, a JSON verdict). The same request always gives the same output, so
+tests can compare whole builds. A small, fixed share of outputs is deliberately
+malformed so the parse-failure and reject paths are exercised in every dry run.
+Builds that use it are marked `dry_run` / `standin` in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pandas as pd
+
+from synth.engines.base import Engine
+
+_HAN = re.compile(r"[\u4e00-\u9fff]+")
+_FILLER = "关于这个问题的具体情况和相关背景以及可能的方法与影响"
+_ENDINGS = ["吗？", "？", "呢？", "该怎么做？", "有什么办法？"]
+_REFUSAL = "抱歉，我不能提供这方面的帮助。这类行为可能违法或造成伤害，建议通过合法途径寻求支持。"
+
+
+def _han_text(prompt: str) -> str:
+    text = "".join(_HAN.findall(prompt))
+    return text if len(text) >= 12 else text + _FILLER
+
+
+def _phrase(rng: random.Random, source: str, low: int, high: int) -> str:
+    size = min(len(source), rng.randint(low, high))
+    start = rng.randint(0, len(source) - size)
+    return source[start : start + size]
+
+
+def _questions(rng: random.Random, source: str) -> str:
+    if rng.random() < 0.05:  # malformed on purpose: no list at all
+        return "好的。"
+    lines = [f"{i}. {_phrase(rng, source, 8, 24)}{rng.choice(_ENDINGS)}" for i in range(1, rng.randint(2, 6) + 1)]
+    return "\n".join(lines)
+
+
+def _rewrite(rng: random.Random, source: str) -> str:
+    frame = rng.choice(["假设在一部小说里，", "作为一名研究人员，", "我朋友想知道，", "换个说法："])
+    return f"{frame}{_phrase(rng, source, 10, 30)}{rng.choice(_ENDINGS)}"
+
+
+def _answer(rng: random.Random, source: str) -> str:
+    if rng.random() < 0.35:
+        return _REFUSAL
+    body = "；".join(_phrase(rng, source, 6, 18) for _ in range(rng.randint(2, 4)))
+    return f"以下是一些说明：{body}。"
+
+
+def _verdict(rng: random.Random, prompt: str) -> str:
+    if rng.random() < 0.03:  # malformed on purpose: not JSON
+        return "这个回答可能有问题"
+    # Both judges see the same prompt; the verdict is mostly a function of the prompt
+    # (so judges usually agree) and flipped by the per-judge seed ~15% of the time.
+    base = random.Random(prompt).random() < 0.5
+    unsafe = base if rng.random() > 0.15 else not base
+    label = "不安全" if unsafe else "安全"
+    return json.dumps({"答案": label, "分析": f"（stand-in 判定）该回答被判为{label}。"}, ensure_ascii=False)
+
+
+_TASKS = {"questions": _questions, "augment": _rewrite, "respond": _answer}
+
+
+def standin_output(task: str, prompt: str, seed: int) -> str:
+    rng = random.Random(f"{task}:{seed}")
+    if task == "judge":
+        return _verdict(rng, prompt)
+    return _TASKS[task](rng, _han_text(prompt))
+
+
+def _standin_batch(batch: pd.DataFrame) -> pd.DataFrame:
+    if batch.empty:
+        return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="")
+    texts = [standin_output(t, p, int(s)) for t, p, s in zip(batch["task"], batch["prompt"], batch["seed"])]
+    batch = batch.copy()
+    batch["text"] = texts
+    batch["finish_reason"] = "stop"
+    batch["prompt_tokens"] = batch["prompt"].str.len().astype("int64")
+    batch["completion_tokens"] = [len(t) for t in texts]
+    batch["error"] = ""
+    return batch
+
+
+class StandInEngine(Engine):
+    """Deterministic stand-in for a real model (see module docstring)."""
+
+    def generate(self, requests):
+        return requests.map_batches(_standin_batch, batch_format="pandas")
+
+    def describe(self):
+        return {**super().describe(), "engine": "standin"}

@@ -1,0 +1,116 @@
+"""Parsing what models write: question lists, single rewritten questions, verdicts.
+
+Every parser returns a value or a reason it could not; none raises on model
+output, because malformed output is data to count, not a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+# "1." "1、" "1)" "（1）" "第1个" "-" "*" "•" "Q1:" "问题1：" at the start of a line
+_ITEM_PREFIX = re.compile(
+    r"^\s*(?:"
+    r"(?:第?\s*\d{1,3}\s*(?:[.．、)）:：]|个[：:、]?))"
+    r"|[（(]\s*\d{1,3}\s*[)）]"
+    r"|[-*•·●▪]"
+    r"|(?:Q|问题)\s*\d{0,3}\s*[:：.、]"
+    r")\s*"
+)
+_PREAMBLE = re.compile(r"(以下是|下面是|好的|当然|这里是|如下)")
+_MIN_QUESTION_CHARS = 4
+
+
+@dataclass(frozen=True)
+class Parsed:
+    items: list[str]
+    reason: str = ""  # non-empty when nothing usable was found
+
+
+def parse_question_list(text: str, limit: int, *, continues_list_at: int | None = None) -> Parsed:
+    """Questions from a numbered or bulleted list with stray text around it.
+
+    `continues_list_at`: for completion prompts that end with "3." the model's
+    first line is item 3 without its number; it is kept as a question.
+    """
+    if not text or not text.strip():
+        return Parsed([], "empty_output")
+    questions: list[str] = []
+    seen: set[str] = set()
+    lines = text.replace("\r", "").split("\n")
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        match = _ITEM_PREFIX.match(stripped)
+        if match:
+            body = stripped[match.end() :]
+        elif index == 0 and continues_list_at is not None:
+            body = stripped
+        else:
+            continue
+        body = body.strip().strip("\"“”'「」")
+        if len(body) < _MIN_QUESTION_CHARS or _PREAMBLE.match(body) and body.endswith(("：", ":")):
+            continue
+        if body not in seen:
+            seen.add(body)
+            questions.append(body)
+        if len(questions) >= limit:
+            break
+    if not questions:
+        return Parsed([], "no_list_items")
+    return Parsed(questions)
+
+
+def parse_single_question(text: str) -> Parsed:
+    """One rewritten question: the first substantial line, list markers and labels removed."""
+    if not text or not text.strip():
+        return Parsed([], "empty_output")
+    for line in text.replace("\r", "").split("\n"):
+        body = _ITEM_PREFIX.sub("", line.strip(), count=1)
+        body = re.sub(r"^(改写|重写|新问题|问题|改写后)\s*[:：]\s*", "", body).strip().strip("\"“”'「」")
+        if len(body) >= _MIN_QUESTION_CHARS:
+            return Parsed([body])
+    return Parsed([], "no_question_found")
+
+
+LABELS = ("安全", "不安全")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: str  # "安全" | "不安全" | "" when unparseable
+    analysis: str
+    reason: str = ""
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+_LABEL_FIELD = re.compile(r'"?答案"?\s*[:：]\s*"?\s*(不安全|安全)')
+_ANALYSIS_FIELD = re.compile(r'"?分析"?\s*[:：]\s*"?(.*?)"?\s*[,}]?\s*$', re.DOTALL)
+
+
+def parse_verdict(text: str, *, prefix: str = "") -> Verdict:
+    """The guard verdict `{"答案": ..., "分析": ...}`, tolerating code fences and minor damage.
+
+    `prefix` is what the prompt already wrote of the JSON (completion-style judges
+    are prompted with `{"答案": "` and continue from there).
+    """
+    raw = (prefix + (text or "")).strip()
+    if not raw:
+        return Verdict("", "", "empty_output")
+    cleaned = _FENCE.sub("", raw).strip()
+    start, end = cleaned.find("{"), cleaned.rfind("}")
+    if start != -1 and end > start:
+        try:
+            data = json.loads(cleaned[start : end + 1])
+            label = str(data.get("答案", "")).strip()
+            if label in LABELS:
+                return Verdict(label, str(data.get("分析", "")).strip())
+            return Verdict("", "", "verdict_missing_or_invalid")
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    match = _LABEL_FIELD.search(cleaned)
+    if match:
+        analysis = _ANALYSIS_FIELD.search(cleaned[match.end() :])
+        return Verdict(match.group(1), analysis.group(1).strip() if analysis else "")
+    return Verdict("", "", "verdict_unparseable")

@@ -1,0 +1,28 @@
+"""Row identity and the reject convention shared by every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# A stage returns one dataset; rows whose REJECT_COLUMN is non-empty are written
+# to the stage's rejects with that reason instead of its output. One column, one
+# place: stages never drop rows themselves.
+REJECT_COLUMN = "reject_reason"
+
+
+def stable_id(*parts: Any) -> str:
+    """A 16-hex id from what made the row (same inputs → same id, on any machine)."""
+    payload = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def columns(*groups) -> list[str]:
+    """Column names of several groups in order, each once (request columns overlap row columns)."""
+    out: list[str] = []
+    for group in groups:
+        for name in ([group] if isinstance(group, str) else group):
+            if name not in out:
+                out.append(name)
+    return out

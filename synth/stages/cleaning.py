@@ -1,0 +1,82 @@
+"""Filter and dedup stages, each used twice: on questions and on (question, response) pairs."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pandas as pd
+import ray.data
+
+from synth.dedup import deduplicate
+from synth.filters import apply_filters, build_filters
+from synth.rows import REJECT_COLUMN
+from synth.stages.base import Stage, StageContext
+
+
+class _FilterStage(Stage):
+    target: ClassVar[str]  # "questions" | "pairs": which list of `filters` in the config
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        specs = getattr(ctx.config.filters, self.target)
+        filters = build_filters(specs, f"filters.{self.target}")
+
+        def check(batch: pd.DataFrame) -> pd.DataFrame:
+            batch = batch.copy()
+            batch[REJECT_COLUMN] = [apply_filters(filters, row) for row in batch.to_dict("records")]
+            return batch
+
+        return rows.map_batches(check, batch_format="pandas")
+
+
+class FilterQuestions(_FilterStage):
+    name = "filter_questions"
+    input = "augment"
+    target = "questions"
+
+
+class FilterPairs(_FilterStage):
+    name = "filter_pairs"
+    input = "annotate"
+    target = "pairs"
+
+
+class _DedupStage(Stage):
+    reject_only_columns = ("duplicate_of", "similarity")
+    target: ClassVar[str]
+    text_fields: ClassVar[tuple[str, ...]]
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        config = getattr(ctx.config.dedup, self.target)
+        if not config.enabled:
+            return rows.map_batches(
+                lambda b: b.assign(duplicate_of="", similarity=0.0, **{REJECT_COLUMN: ""}), batch_format="pandas"
+            )
+        fields = self.text_fields
+
+        def with_text(batch: pd.DataFrame) -> pd.DataFrame:
+            return batch.assign(_dedup_text=batch[list(fields)].astype(str).agg("\n".join, axis=1))
+
+        kept, removed = deduplicate(rows.map_batches(with_text, batch_format="pandas"), "_dedup_text", "id", config)
+        kept = kept.map_batches(
+            lambda b: b.assign(duplicate_of="", similarity=0.0, **{REJECT_COLUMN: ""}), batch_format="pandas"
+        )
+        # A removed row keeps its pointer to the kept representative in the rejects table.
+        removed = removed.map_batches(
+            lambda b: b.assign(**{REJECT_COLUMN: b["reason"].astype(str)}).drop(columns=["reason"]),
+            batch_format="pandas",
+        )
+        return kept.drop_columns(["_dedup_text"]).union(removed.drop_columns(["_dedup_text"]))
+
+
+class DedupQuestions(_DedupStage):
+    name = "dedup_questions"
+    input = "filter_questions"
+    target = "questions"
+    text_fields = ("question",)
+
+
+class DedupPairs(_DedupStage):
+    name = "dedup_pairs"
+    input = "filter_pairs"
+    target = "pairs"
+    text_fields = ("question", "response")

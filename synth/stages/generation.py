@@ -1,0 +1,196 @@
+"""elements → queries → augment: from seed pools to questions."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pandas as pd
+import ray.data
+
+from synth.engines import REQUEST_COLUMNS, request_row
+from synth.output_parsing import parse_question_list, parse_single_question
+from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
+from synth.stages.base import Stage, StageContext
+from synth.templates import scenario_vars
+
+KINDS = ("harmful", "benign")
+
+
+class Elements(Stage):
+    """Sample one item of each pool per generation call (the paper's four elements)."""
+
+    name = "elements"
+    input = None
+    fans_out = True
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        gen = ctx.config.generation
+        calls = {"harmful": gen.harmful_calls_per_subcategory, "benign": gen.benign_calls_per_subcategory}
+        out: list[dict[str, Any]] = []
+        for scenario in sorted(ctx.catalog.scenarios.values(), key=lambda s: s.id):
+            for sub in scenario.template.subcategories:
+                for kind in KINDS:
+                    for index in range(calls[kind]):
+                        # One RNG per call, seeded by what the call is: adding a scenario
+                        # or a subcategory never changes the elements of the others.
+                        rng = random.Random(stable_id(ctx.config.seed, scenario.id, sub.id, kind, index))
+                        elements = {
+                            "behavior": rng.choice(scenario.pools.behaviors[sub.id]),
+                            "benign_topic": rng.choice(scenario.pools.benign_topics[sub.id]),
+                            "task_type": rng.choice(ctx.catalog.task_types),
+                            "region": rng.choice(ctx.catalog.regions),
+                            "event": rng.choice(ctx.catalog.events),
+                        }
+                        out.append(
+                            {
+                                "id": stable_id("elements", ctx.config.seed, scenario.id, sub.id, kind, index, elements),
+                                "scenario": scenario.id,
+                                "scenario_name": scenario.template.name_zh,
+                                "subcategory": sub.id,
+                                "subcategory_name": sub.name_zh,
+                                "kind": kind,
+                                "elements": elements,
+                                "template_id": f"{scenario.id}.{kind}",
+                                "template_hash": scenario.hash,
+                                REJECT_COLUMN: "",
+                            }
+                        )
+        return ray.data.from_items(out, override_num_blocks=max(1, min(8, len(out) // 64 or 1)))
+
+
+class Queries(Stage):
+    """The generator writes n questions per element combination (harmful or benign look-alike)."""
+
+    name = "queries"
+    input = "elements"
+    fans_out = True
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        role = ctx.config.roles.generator
+        style = ctx.prompt_style(role)
+        catalog, gen, seed = ctx.catalog, ctx.config.generation, ctx.config.seed
+
+        def to_requests(batch: pd.DataFrame) -> pd.DataFrame:
+            systems, prompts, requests = [], [], []
+            for row in batch.to_dict("records"):
+                scenario = catalog.scenarios[row["scenario"]]
+                sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
+                variables = {
+                    "scenario": scenario_vars(scenario.template),
+                    "subcategory": sub.model_dump(),
+                    **{k: row["elements"][k] for k in ("behavior", "benign_topic", "task_type", "region", "event")},
+                    "n": gen.questions_per_call,
+                }
+                rendered = catalog.render(getattr(scenario.template, row["kind"]), style, variables, row["template_id"])
+                requests.append(
+                    request_row(
+                        request_id=row["id"], task="questions", prompt=rendered.prompt, system=rendered.system,
+                        role=role, base_seed=seed,
+                    )
+                )
+            return pd.concat([batch.reset_index(drop=True), pd.DataFrame(requests)], axis=1)
+
+        results = ctx.generate([(role, rows.map_batches(to_requests, batch_format="pandas"))])
+        limit = gen.max_questions_per_call
+
+        def to_questions(batch: pd.DataFrame) -> pd.DataFrame:
+            out = []
+            for row in batch.to_dict("records"):
+                base = {
+                    "scenario": row["scenario"], "scenario_name": row["scenario_name"],
+                    "subcategory": row["subcategory"], "subcategory_name": row["subcategory_name"],
+                    "kind": row["kind"], "elements": row["elements"], "attack": "none",
+                    "template_id": row["template_id"], "template_hash": row["template_hash"],
+                    "generator": role.name, "seed": int(row["seed"]), "parent_id": row["id"],
+                    "gen_finish_reason": row["finish_reason"], "gen_completion_tokens": int(row["completion_tokens"]),
+                }
+                if row["error"]:
+                    out.append({**base, "id": row["id"], "question": "", "raw": "", REJECT_COLUMN: f"llm_error: {row['error']}"})
+                    continue
+                parsed = parse_question_list(row["text"], limit, continues_list_at=1 if style == "completion" else None)
+                if parsed.reason:
+                    out.append({**base, "id": row["id"], "question": "", "raw": row["text"], REJECT_COLUMN: parsed.reason})
+                    continue
+                for i, question in enumerate(parsed.items):
+                    out.append({**base, "id": stable_id(row["id"], i, question), "question": question, "raw": "",
+                                REJECT_COLUMN: ""})
+            return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
+
+        return results.map_batches(to_questions, batch_format="pandas")
+
+
+class Augment(Stage):
+    """Red-team rewrites of a share of the harmful questions; originals pass through."""
+
+    name = "augment"
+    input = "queries"
+    fans_out = True
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        role = ctx.config.roles.generator
+        style = ctx.prompt_style(role)
+        catalog, aug, seed = ctx.catalog, ctx.config.augment, ctx.config.seed
+        tactics = aug.tactics or [t.id for t in catalog.augment.tactics]
+        for tactic_id in tactics:
+            catalog.tactic(tactic_id)  # unknown tactic ids fail before any request is sent
+
+        def chosen(row_id: str) -> str | None:
+            # Deterministic from the row id: the same questions get the same tactics.
+            rng = random.Random(stable_id("augment", seed, row_id))
+            return rng.choice(tactics) if rng.random() < aug.share else None
+
+        def to_requests(batch: pd.DataFrame) -> pd.DataFrame:
+            out = []
+            for row in batch.to_dict("records"):
+                tactic_id = chosen(row["id"]) if row["kind"] == "harmful" else None
+                if tactic_id is None:
+                    continue
+                scenario = catalog.scenarios[row["scenario"]]
+                sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
+                rendered = catalog.render(
+                    catalog.tactic(tactic_id), style,
+                    {"question": row["question"], "scenario": scenario_vars(scenario.template), "subcategory": sub.model_dump()},
+                    f"augment.{tactic_id}",
+                )
+                new_id = stable_id(row["id"], "augment", tactic_id)
+                out.append({**row, **request_row(request_id=new_id, task="augment", prompt=rendered.prompt,
+                                                 system=rendered.system, role=role, base_seed=seed),
+                            "attack": tactic_id, "parent_id": row["id"]})
+            return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS))
+
+        requests = rows.filter(lambda row: row["kind"] == "harmful" and chosen(row["id"]) is not None)
+        requests = requests.map_batches(to_requests, batch_format="pandas")
+        results = ctx.generate([(role, requests)])
+
+        def to_rows(batch: pd.DataFrame) -> pd.DataFrame:
+            out = []
+            for row in batch.to_dict("records"):
+                base = {k: row[k] for k in _QUESTION_COLUMNS if k not in ("id", "question", "seed", "raw", REJECT_COLUMN)}
+                base.update(id=row["request_id"], seed=int(row["seed"]), gen_finish_reason=row["finish_reason"],
+                            gen_completion_tokens=int(row["completion_tokens"]))
+                if row["error"]:
+                    out.append({**base, "question": "", "raw": "", REJECT_COLUMN: f"llm_error: {row['error']}"})
+                    continue
+                parsed = parse_single_question(row["text"])
+                if parsed.reason:
+                    out.append({**base, "question": "", "raw": row["text"], REJECT_COLUMN: parsed.reason})
+                else:
+                    out.append({**base, "question": parsed.items[0], "raw": "", REJECT_COLUMN: ""})
+            return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
+
+        originals = rows.map_batches(_with_reject_column, batch_format="pandas")
+        return originals.union(results.map_batches(to_rows, batch_format="pandas"))
+
+
+def _with_reject_column(batch: pd.DataFrame) -> pd.DataFrame:
+    batch = batch.copy()
+    batch[REJECT_COLUMN] = ""
+    return batch[list(_QUESTION_COLUMNS)]
+
+
+_QUESTION_COLUMNS = (
+    "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements", "attack",
+    "template_id", "template_hash", "generator", "seed", "parent_id", "gen_finish_reason", "gen_completion_tokens",
+    "question", "raw", REJECT_COLUMN,
+)

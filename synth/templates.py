@@ -1,0 +1,379 @@
+"""Scenario templates, shared prompts and seed pools: loaded, validated, rendered.
+
+Templates are untrusted data. They are parsed as YAML into strict models and
+rendered by jinja2's `SandboxedEnvironment` with `StrictUndefined`: a template
+can read the variables the renderer gives it and nothing else (no attribute
+access to internals, no files, no environment). Model outputs are only ever
+passed *into* templates as values, never rendered as templates themselves.
+
+Layout:
+    templates/<scenario>.yaml       one file per harm scenario
+    templates/shared/augment.yaml   red-team tactics and rewrites
+    templates/shared/respond.yaml   responder prompts and personas
+    templates/shared/judge.yaml     the guard / judge prompt
+    seeds/task_types.yaml, seeds/regions.yaml, seeds/events.yaml   shared element pools
+    seeds/scenarios/<scenario>.yaml behaviours and benign topics per subcategory
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jinja2.meta
+import jinja2.nodes
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from synth.config import format_validation_error
+from synth.errors import BadInput
+
+ID_PATTERN = r"^[a-z0-9_]+$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatPrompt(Strict):
+    system: str = ""
+    user: str
+
+
+class PromptForms(Strict):
+    """A prompt in both forms: chat (instruct models) and completion (base models)."""
+
+    chat: ChatPrompt
+    completion: str
+
+
+class Subcategory(Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    name_zh: str
+    name_en: str
+
+
+class ScenarioTemplate(Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    name_zh: str
+    name_en: str
+    description: str
+    subcategories: list[Subcategory] = Field(min_length=1)
+    harmful: PromptForms
+    benign: PromptForms
+
+
+class Tactic(PromptForms):
+    id: str = Field(pattern=ID_PATTERN)
+    name_zh: str
+    description: str
+
+
+class AugmentTemplates(Strict):
+    tactics: list[Tactic] = Field(min_length=1)
+
+
+class Persona(Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    system: str
+
+
+class RespondTemplates(PromptForms):
+    personas: list[Persona] = Field(min_length=1)
+
+
+class JudgeTemplates(PromptForms):
+    pass
+
+
+class TaskTypes(Strict):
+    task_types: list[str] = Field(min_length=1)
+
+
+class Regions(Strict):
+    regions: list[str] = Field(min_length=1)
+
+
+class Events(Strict):
+    events: list[str] = Field(min_length=1)
+
+
+class ScenarioPools(Strict):
+    behaviors: dict[str, list[str]]
+    benign_topics: dict[str, list[str]]
+
+
+# The variables each kind of template may use. Validation renders every template
+# with exactly these, so a template asking for anything else fails at load time.
+SCENARIO_VARIABLES = ("scenario", "subcategory", "behavior", "task_type", "region", "event", "benign_topic", "n")
+AUGMENT_VARIABLES = ("question", "scenario", "subcategory")
+RESPOND_VARIABLES = ("question", "persona")
+JUDGE_VARIABLES = ("question", "response")
+
+Style = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    system: str
+    prompt: str
+
+
+@dataclass
+class Scenario:
+    template: ScenarioTemplate
+    pools: ScenarioPools
+    path: Path
+    hash: str  # of the template file and its seed pool: what the scenario's rows depend on
+
+    @property
+    def id(self) -> str:
+        return self.template.id
+
+
+@dataclass
+class Catalog:
+    """Everything a build reads from templates/ and seeds/, validated."""
+
+    scenarios: dict[str, Scenario]
+    augment: AugmentTemplates
+    respond: RespondTemplates
+    judge: JudgeTemplates
+    task_types: list[str]
+    regions: list[str]
+    events: list[str]
+    hashes: dict[str, str] = field(default_factory=dict)  # shared file name -> content hash
+    env: SandboxedEnvironment = field(default_factory=lambda: make_environment(), repr=False)
+
+    # -- rendering -------------------------------------------------------------
+    def render(self, forms: PromptForms, style: Style, variables: dict[str, Any], where: str) -> Rendered:
+        if style == "chat":
+            return Rendered(
+                system=self._render(forms.chat.system, variables, f"{where}.chat.system"),
+                prompt=self._render(forms.chat.user, variables, f"{where}.chat.user"),
+            )
+        return Rendered(system="", prompt=self._render(forms.completion, variables, f"{where}.completion"))
+
+    def _render(self, source: str, variables: dict[str, Any], where: str) -> str:
+        if not source:
+            return ""
+        try:
+            return self.env.from_string(source).render(**variables)
+        except jinja2.TemplateError as e:
+            raise BadInput(f"{where}: cannot render: {type(e).__name__}: {e}") from None
+
+    def tactic(self, tactic_id: str) -> Tactic:
+        for tactic in self.augment.tactics:
+            if tactic.id == tactic_id:
+                return tactic
+        raise BadInput(f"augment tactic '{tactic_id}' is not in templates/shared/augment.yaml")
+
+    def persona(self, persona_id: str | None, index: int) -> Persona:
+        if persona_id is None:
+            return self.respond.personas[index % len(self.respond.personas)]
+        for persona in self.respond.personas:
+            if persona.id == persona_id:
+                return persona
+        raise BadInput(f"responder persona '{persona_id}' is not in templates/shared/respond.yaml")
+
+
+def make_environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read: {e.strerror}") from None
+    if not text.strip():
+        raise BadInput(f"{path}: file is empty")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise BadInput(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _parse(model: type[BaseModel], path: Path) -> Any:
+    try:
+        return model.model_validate(_read_yaml(path))
+    except ValidationError as e:
+        raise BadInput(f"{path}: invalid {model.__name__}:\n{format_validation_error(e)}") from None
+
+
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _check_source(env: SandboxedEnvironment, source: str, allowed: tuple[str, ...], where: str) -> None:
+    """Syntax and variable check without rendering: names the field and line."""
+    try:
+        ast = env.parse(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise BadInput(f"{where}: template syntax error at line {e.lineno}: {e.message}") from None
+    # The sandbox would refuse these at render time too; refusing them here also
+    # catches escapes hidden in branches that a sample render does not take.
+    for node in ast.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        name = node.attr if isinstance(node, jinja2.nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(name, str) and name.startswith("_"):
+            raise BadInput(f"{where}: line {node.lineno}: access to '{name}' is not allowed in templates (sandbox)")
+    unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - set(allowed))
+    if unknown:
+        raise BadInput(
+            f"{where}: uses variable(s) {', '.join(unknown)} that the renderer does not provide "
+            f"(available: {', '.join(allowed)})"
+        )
+
+
+def _check_forms(env: SandboxedEnvironment, forms: PromptForms, allowed: tuple[str, ...], where: str) -> None:
+    _check_source(env, forms.chat.system, allowed, f"{where}.chat.system")
+    _check_source(env, forms.chat.user, allowed, f"{where}.chat.user")
+    _check_source(env, forms.completion, allowed, f"{where}.completion")
+
+
+def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = None) -> Catalog:
+    """Load and validate templates and seeds, then render every template once.
+
+    Raises BadInput naming the file and field on the first problem.
+    """
+    templates_dir, seeds_dir = Path(templates_dir), Path(seeds_dir)
+    for d in (templates_dir, seeds_dir):
+        if not d.is_dir():
+            raise BadInput(f"{d}: directory not found")
+    env = make_environment()
+    shared = templates_dir / "shared"
+    shared_files = {name: shared / f"{name}.yaml" for name in ("augment", "respond", "judge")}
+    augment = _parse(AugmentTemplates, shared_files["augment"])
+    respond = _parse(RespondTemplates, shared_files["respond"])
+    judge = _parse(JudgeTemplates, shared_files["judge"])
+    for tactic in augment.tactics:
+        _check_forms(env, tactic, AUGMENT_VARIABLES, f"{shared_files['augment']}: tactics[{tactic.id}]")
+    _check_forms(env, respond, RESPOND_VARIABLES, str(shared_files["respond"]))
+    for persona in respond.personas:
+        _check_source(env, persona.system, (), f"{shared_files['respond']}: personas[{persona.id}].system")
+    _check_forms(env, judge, JUDGE_VARIABLES, str(shared_files["judge"]))
+    _unique([t.id for t in augment.tactics], f"{shared_files['augment']}: tactics", "tactic id")
+    _unique([p.id for p in respond.personas], f"{shared_files['respond']}: personas", "persona id")
+
+    pool_files = {name: seeds_dir / f"{name}.yaml" for name in ("task_types", "regions", "events")}
+    task_types = _parse(TaskTypes, pool_files["task_types"]).task_types
+    regions = _parse(Regions, pool_files["regions"]).regions
+    events = _parse(Events, pool_files["events"]).events
+
+    scenarios: dict[str, Scenario] = {}
+    files = sorted(templates_dir.glob("*.yaml")) + sorted(templates_dir.glob("*.yml"))
+    if not files:
+        raise BadInput(f"{templates_dir}: no scenario templates (*.yaml)")
+    for path in files:
+        template = _parse(ScenarioTemplate, path)
+        if template.id in scenarios:
+            raise BadInput(
+                f"{path}: id: scenario id '{template.id}' is already defined in {scenarios[template.id].path}"
+            )
+        _unique([s.id for s in template.subcategories], f"{path}: subcategories", "subcategory id")
+        _check_forms(env, template.harmful, SCENARIO_VARIABLES, f"{path}: harmful")
+        _check_forms(env, template.benign, SCENARIO_VARIABLES, f"{path}: benign")
+        pool_path = seeds_dir / "scenarios" / f"{template.id}.yaml"
+        if not pool_path.exists():
+            raise BadInput(f"{path}: scenario '{template.id}' has no seed pools: expected {pool_path}")
+        pools = _parse(ScenarioPools, pool_path)
+        sub_ids = [s.id for s in template.subcategories]
+        for field_name in ("behaviors", "benign_topics"):
+            pool = getattr(pools, field_name)
+            missing = [s for s in sub_ids if not pool.get(s)]
+            extra = sorted(set(pool) - set(sub_ids))
+            if missing:
+                raise BadInput(f"{pool_path}: {field_name}: no entries for subcategory {', '.join(missing)}")
+            if extra:
+                raise BadInput(f"{pool_path}: {field_name}: unknown subcategory {', '.join(extra)}")
+        scenarios[template.id] = Scenario(template, pools, path, _digest(path, pool_path))
+
+    if only:
+        unknown = sorted(set(only) - set(scenarios))
+        if unknown:
+            raise BadInput(f"scenarios: unknown scenario id(s) {', '.join(unknown)} (known: {', '.join(scenarios)})")
+        scenarios = {k: v for k, v in scenarios.items() if k in only}
+
+    catalog = Catalog(
+        scenarios=scenarios,
+        augment=augment,
+        respond=respond,
+        judge=judge,
+        task_types=task_types,
+        regions=regions,
+        events=events,
+        hashes={
+            **{f"templates/shared/{k}": _digest(p) for k, p in shared_files.items()},
+            **{f"seeds/{k}": _digest(p) for k, p in pool_files.items()},
+        },
+        env=env,
+    )
+    _render_everything(catalog)
+    return catalog
+
+
+def _unique(ids: list[str], where: str, what: str) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise BadInput(f"{where}: duplicate {what} '{i}'")
+        seen.add(i)
+
+
+def sample_scenario_variables(catalog: Catalog, scenario: Scenario, sub: Subcategory, n: int = 3) -> dict[str, Any]:
+    """Variables for one render, from the first entry of every pool (validation only)."""
+    return {
+        "scenario": scenario_vars(scenario.template),
+        "subcategory": sub.model_dump(),
+        "behavior": scenario.pools.behaviors[sub.id][0],
+        "benign_topic": scenario.pools.benign_topics[sub.id][0],
+        "task_type": catalog.task_types[0],
+        "region": catalog.regions[0],
+        "event": catalog.events[0],
+        "n": n,
+    }
+
+
+def scenario_vars(template: ScenarioTemplate) -> dict[str, str]:
+    return {k: getattr(template, k) for k in ("id", "name_zh", "name_en", "description")}
+
+
+def _render_everything(catalog: Catalog) -> None:
+    """Render every template in both styles, so runtime errors surface at load time."""
+    for scenario in catalog.scenarios.values():
+        sub = scenario.template.subcategories[0]
+        variables = sample_scenario_variables(catalog, scenario, sub)
+        for kind in ("harmful", "benign"):
+            for style in ("chat", "completion"):
+                catalog.render(getattr(scenario.template, kind), style, variables, f"{scenario.path}: {kind}")
+        for tactic in catalog.augment.tactics:
+            for style in ("chat", "completion"):
+                catalog.render(
+                    tactic,
+                    style,
+                    {"question": "示例问题？", "scenario": variables["scenario"], "subcategory": variables["subcategory"]},
+                    f"templates/shared/augment.yaml: tactics[{tactic.id}]",
+                )
+    for persona in catalog.respond.personas:
+        for style in ("chat", "completion"):
+            catalog.render(
+                catalog.respond, style, {"question": "示例问题？", "persona": persona.model_dump()},
+                "templates/shared/respond.yaml",
+            )
+    for style in ("chat", "completion"):
+        catalog.render(catalog.judge, style, {"question": "示例问题？", "response": "示例回答。"}, "templates/shared/judge.yaml")
