@@ -195,8 +195,8 @@ def _count_by(ds: ray.data.Dataset, column: str) -> dict[str, int]:
 
 def _write(ds: ray.data.Dataset, path: Path, schema: Any, drop: list[str] = (), extra: dict | None = None) -> None:
     """Parquet files under `path`; an empty dataset still gets one empty file with the schema."""
-    if ds.count() > 0:
-        ds.write_parquet(str(path), min_rows_per_file=1, try_create_dir=True)
+    ds.write_parquet(str(path), try_create_dir=True)
+    if any(path.glob("*.parquet")):
         return
     path.mkdir(parents=True, exist_ok=True)
     arrow = pa.schema([f for f in _arrow_schema(schema) if f.name not in drop])

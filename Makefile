@@ -1,0 +1,48 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+# Both create .venv in the repo root and install what they need (idempotent:
+# a stamp file per install step, redone only when pyproject.toml changes).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_TARGET_DEVICE ?= cpu
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
+
+.PHONY: demo test test-fast install model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q -U pip
+
+# The package with the CPU build of vLLM (vllm-cpu). pip pulls CUDA builds of
+# torchvision/torchaudio/torchcodec next to it and they break `import vllm`:
+# remove them (see DESIGN.md section 6).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[cpu,test]'
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+install: $(VENV)/.installed
+
+# Convert the embedded Gemma 3 270M to safetensors once (~/.cache/synth/models).
+model: install
+	$(BIN)/python -m synth.models prepare
+
+demo: model
+	$(BIN)/synth build pipelines/demo.yaml --out builds/demo
+	@echo
+	@echo "corpus:   builds/demo/corpus/  (load with datasets.load_dataset('builds/demo/corpus'))"
+	@echo "manifest: builds/demo/manifest.json"
+	@echo "report:   builds/demo/report/"
+
+test: model
+	$(BIN)/python -m pytest -q
+
+# The logic tests only (stand-in engine, no model load).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not engine"
+
+clean:
+	rm -rf builds .pytest_cache
