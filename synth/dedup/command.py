@@ -1,0 +1,210 @@
+"""`synth dedup INPUT --text-field F [--id-field id] [--threshold 0.8] --out OUT`.
+
+INPUT is a .jsonl file, a .parquet file or a folder of parquet files. Writes
+OUT/kept/ and OUT/removed/ as parquet (all input columns; removed rows add
+`duplicate_of`, `similarity` and `reason`) and prints a one-line summary.
+
+Bad input (missing file or field, unreadable file, empty input, duplicate ids, an
+existing non-empty OUT) prints an error naming the file and field on stderr and
+returns 2 with nothing written: results are written to a temporary folder beside
+OUT and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from synth.dedup import DedupConfig, DuplicateIdError
+
+log = logging.getLogger(__name__)
+
+
+class _BadInput(Exception):
+    pass
+
+
+@dataclass
+class _Input:
+    kind: str  # "jsonl" | "parquet"
+    files: list[Path]
+    rows: int
+    schema: pa.Schema
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+
+
+def _id_ok(t: pa.DataType) -> bool:
+    return _is_text(t) or pa.types.is_integer(t)
+
+
+def _json_parse_options(text_field: str):
+    import pyarrow.json as pj
+
+    return pj.ParseOptions(explicit_schema=pa.schema([(text_field, pa.string())]))
+
+
+def _check_columns(path: Path, schema: pa.Schema, text_field: str, id_field: str) -> None:
+    for role, field in (("text", text_field), ("id", id_field)):
+        if field not in schema.names:
+            raise _BadInput(
+                f"{path}: no field {field!r} (--{role}-field); fields are: {', '.join(schema.names) or '(none)'}"
+            )
+    if not _is_text(schema.field(text_field).type):
+        raise _BadInput(f"{path}: field {text_field!r} is {schema.field(text_field).type}, expected text")
+    if not _id_ok(schema.field(id_field).type):
+        raise _BadInput(f"{path}: field {id_field!r} is {schema.field(id_field).type}, expected a string or integer id")
+
+
+def _scan_input(path: Path, text_field: str, id_field: str) -> _Input:
+    """Check the input before any work: fields present and typed, ids set, rows > 0."""
+    if not path.exists():
+        raise _BadInput(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not files:
+            raise _BadInput(f"{path}: folder holds no .parquet files")
+        kind = "parquet"
+    elif path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        files, kind = [path], "jsonl"
+    elif path.suffix.lower() == ".parquet":
+        files, kind = [path], "parquet"
+    else:
+        raise _BadInput(f"{path}: unsupported input (expected a .jsonl file, a .parquet file or a folder of parquet files)")
+
+    rows = 0
+    schema: pa.Schema | None = None
+    for file in files:
+        try:
+            if kind == "parquet":
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(file)
+                file_schema = pf.schema_arrow
+                _check_columns(file, file_schema, text_field, id_field)
+                batches = pf.iter_batches(columns=[id_field], batch_size=65536)
+            else:
+                import pyarrow.json as pj
+
+                reader = pj.open_json(file, parse_options=_json_parse_options(text_field))
+                file_schema = reader.schema
+                _check_columns(file, file_schema, text_field, id_field)
+                batches = reader
+            for batch in batches:
+                column = batch.column(batch.schema.get_field_index(id_field))
+                if column.null_count:
+                    raise _BadInput(f"{file}: field {id_field!r} is missing or null in {column.null_count} row(s)")
+                if not _id_ok(column.type):
+                    raise _BadInput(f"{file}: field {id_field!r} is {column.type}, expected a string or integer id")
+                rows += batch.num_rows
+        except _BadInput:
+            raise
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise _BadInput(f"{file}: cannot read as {kind}: {e}") from e
+        schema = schema or file_schema
+    if rows == 0:
+        raise _BadInput(f"{path}: input is empty (0 rows)")
+    assert schema is not None
+    return _Input(kind=kind, files=files, rows=rows, schema=schema)
+
+
+def _read(inp: _Input, text_field: str, num_blocks: int):
+    import ray.data
+
+    paths = [str(f) for f in inp.files]
+    if inp.kind == "parquet":
+        return ray.data.read_parquet(paths, override_num_blocks=num_blocks)
+    return ray.data.read_json(
+        paths, override_num_blocks=num_blocks, parse_options=_json_parse_options(text_field)
+    )
+
+
+def _write(ds, folder: Path, schema: pa.Schema) -> None:
+    """Write `ds` as parquet into `folder`; an empty result is one empty file with the schema."""
+    import pyarrow.parquet as pq
+
+    ds.write_parquet(str(folder))
+    if not folder.exists() or not any(folder.glob("*.parquet")):
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.empty_table(), folder / "part-0.parquet")
+
+
+def _removed_schema(schema: pa.Schema) -> pa.Schema:
+    fields = [f for f in schema if f.name not in ("duplicate_of", "similarity", "reason")]
+    return pa.schema(fields + [pa.field("duplicate_of", pa.string()), pa.field("similarity", pa.float64()), pa.field("reason", pa.string())])
+
+
+def run_dedup_command(
+    input: Path,
+    text_field: str,
+    id_field: str = "id",
+    threshold: float = 0.8,
+    out: Path = Path("dedup-out"),
+    *,
+    config: DedupConfig | None = None,
+) -> int:
+    """Run `synth dedup`; returns the exit code (0 ok, 2 bad input)."""
+    input, out = Path(input), Path(out)
+    started = time.perf_counter()
+    tmp: Path | None = None
+    try:
+        try:
+            config = DedupConfig.model_validate({**(config or DedupConfig()).model_dump(), "threshold": threshold})
+        except ValueError as e:
+            raise _BadInput(f"--threshold {threshold}: {e}") from e
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise _BadInput(f"{out}: output already exists and is not an empty folder; remove it or choose another --out")
+        if not out.parent.exists():
+            raise _BadInput(f"{out.parent}: parent folder of --out does not exist")
+        inp = _scan_input(input, text_field, id_field)
+
+        import ray
+
+        from synth.build import init_ray
+
+        init_ray()
+        from synth.dedup.pipeline import deduplicate
+
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        num_blocks = max(2 * cpus, min(inp.rows // 10_000, 4 * cpus * 8), 1)
+        ds = _read(inp, text_field, num_blocks)
+        kept, removed = deduplicate(ds, text_field, id_field, config)
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; OUT should look like any folder
+        _write(kept, tmp / "kept", inp.schema)
+        _write(removed, tmp / "removed", _removed_schema(inp.schema))
+        import pyarrow.dataset as pds
+
+        removed_rows = pds.dataset(tmp / "removed", format="parquet").to_table(columns=["reason"])
+        n_removed = removed_rows.num_rows
+        n_exact = sum(1 for r in removed_rows["reason"].to_pylist() if r == "exact_duplicate")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.replace(tmp, out)
+        tmp = None
+        print(
+            f"dedup: {inp.rows} rows → {inp.rows - n_removed} kept, {n_removed} removed "
+            f"({n_exact} exact, {n_removed - n_exact} near duplicates) at Jaccard ≥ {config.threshold} "
+            f"in {time.perf_counter() - started:.1f}s → {out}"
+        )
+        return 0
+    except (_BadInput, DuplicateIdError) as e:
+        where = f"{input}: " if isinstance(e, DuplicateIdError) else ""
+        print(f"synth dedup: error: {where}{e}", file=sys.stderr)
+        return 2
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

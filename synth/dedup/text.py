@@ -1,0 +1,216 @@
+"""Text normalisation and shingle hashing, vectorised over a batch of documents.
+
+A batch of texts becomes one flat array of 64-bit shingle hashes plus a count per
+document. Hashing is numpy arithmetic over the batch's code points (polynomial hashes
+modulo 2**64, then a 64-bit finaliser), so there is no Python loop per shingle; the
+only per-document Python work is normalisation (and jieba, for word shingles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+
+_U64 = np.uint64
+# Odd multiplier of the polynomial string hash (any odd 64-bit constant works).
+_BASE = _U64(0x100000001B3 * 2 + 1)
+
+
+# Everything that is not a letter or a digit: whitespace, punctuation, symbols,
+# control and format characters (and the underscore, which \w would keep).
+# Unicode-aware `\W` is ~6x faster than a character class of the P/Z/C categories.
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def normalise(text: str | None) -> str:
+    """NFKC, lower case, and everything but letters and digits removed.
+
+    So full- and half-width forms, case, whitespace, punctuation and symbols do not
+    make two texts different.
+    """
+    if not text:
+        return ""
+    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+def exact_hash(normalised: str) -> int:
+    """64-bit hash of a normalised text (equal texts, equal hashes)."""
+    return int.from_bytes(hashlib.blake2b(normalised.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def id_hash(doc_id: str) -> int:
+    """64-bit hash of a document id (its node in the candidate graph)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8, person=b"synth-id").digest(), "little")
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, vectorised (uint64 in, uint64 out)."""
+    h = h ^ (h >> _U64(33))
+    h = h * _U64(0xFF51AFD7ED558CCD)
+    h ^= h >> _U64(33)
+    h *= _U64(0xC4CEB9FE1A85EC53)
+    h ^= h >> _U64(33)
+    return h
+
+
+def _code_points(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All texts' code points as one uint64 array, and each text's length."""
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    joined = "".join(texts)
+    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return cps, lengths
+
+
+def _span_starts(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if len(lengths) else lengths
+
+
+def _ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of range(start, start + count) for each (start, count)."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + offsets
+
+
+class _Powers:
+    """B**k and B**-k modulo 2**64 for k < n (B odd, so it is invertible)."""
+
+    def __init__(self) -> None:
+        self.pow = np.ones(1, dtype=np.uint64)
+        self.inv = np.ones(1, dtype=np.uint64)
+        self.base_inv = _U64(pow(int(_BASE), -1, 2**64))
+
+    def ensure(self, n: int) -> None:
+        if len(self.pow) >= n:
+            return
+        size = max(n, 2 * len(self.pow))
+        with np.errstate(over="ignore"):
+            self.pow = np.cumprod(np.full(size, _BASE, dtype=np.uint64))
+            self.pow = np.concatenate(([_U64(1)], self.pow[:-1]))
+            self.inv = np.cumprod(np.full(size, self.base_inv, dtype=np.uint64))
+            self.inv = np.concatenate(([_U64(1)], self.inv[:-1]))
+
+
+_POWERS = _Powers()
+
+
+def _span_hashes(cps: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Polynomial hash sum(cp[t] * B**(end-1-t)) of each span [begin, end), via prefix sums."""
+    _POWERS.ensure(len(cps) + 1)
+    prefix = np.zeros(len(cps) + 1, dtype=np.uint64)
+    np.cumsum(cps * _POWERS.inv[: len(cps)], out=prefix[1:])
+    return (prefix[end] - prefix[begin]) * _POWERS.pow[end - 1]
+
+
+def char_shingles(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the character n-grams of each (normalised) text.
+
+    Returns (hashes, counts): a flat uint64 array and the number of hashes of each
+    text, in order. A non-empty text shorter than n is one shingle (the whole text);
+    an empty text has none.
+    """
+    cps, lengths = _code_points(texts)
+    starts = _span_starts(lengths)
+    counts = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
+    if len(cps) == 0:
+        return np.zeros(0, dtype=np.uint64), counts
+    total = len(cps)
+    with np.errstate(over="ignore"):
+        if n <= total:
+            rolling = np.zeros(total - n + 1, dtype=np.uint64)
+            for k in range(n):
+                rolling *= _BASE
+                rolling += cps[k : total - n + 1 + k]
+        else:
+            rolling = np.zeros(0, dtype=np.uint64)
+        full = lengths >= n
+        hashes_full = rolling[_ragged_positions(starts[full], counts[full])]
+        short = (~full) & (lengths > 0)
+        if short.any():
+            short_hashes = _span_hashes(cps, starts[short], starts[short] + lengths[short])
+            # Stitch full-length and short documents back into document order.
+            out = np.empty(int(counts.sum()), dtype=np.uint64)
+            doc_of = np.repeat(np.arange(len(texts)), counts)
+            is_short = short[doc_of]
+            out[~is_short] = hashes_full
+            out[is_short] = short_hashes
+            hashes = out
+        else:
+            hashes = hashes_full
+        return fmix64(hashes ^ _U64(n)), counts
+
+
+def word_shingles(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the jieba word n-grams of each (normalised) text.
+
+    A word n-gram is hashed as the character span it covers, so the hashing is the
+    same vectorised prefix-sum arithmetic as for characters. A text with fewer than n
+    words is one shingle.
+    """
+    import jieba
+
+    cps, lengths = _code_points(texts)
+    starts = _span_starts(lengths)
+    word_counts = np.zeros(len(texts), dtype=np.int64)
+    word_lengths: list[np.ndarray] = []
+    for i, text in enumerate(texts):
+        if text:
+            lens = np.fromiter(map(len, jieba.lcut(text, HMM=False)), dtype=np.int64)
+            word_counts[i] = len(lens)
+            word_lengths.append(lens)
+    counts = np.where(word_counts >= n, word_counts - n + 1, np.minimum(word_counts, 1))
+    if len(cps) == 0:
+        return np.zeros(0, dtype=np.uint64), counts
+    # jieba's words cover each text exactly and the texts are contiguous in `cps`,
+    # so a running sum of word lengths gives every word's absolute start.
+    all_lens = np.concatenate(word_lengths)
+    word_start = np.cumsum(all_lens) - all_lens
+    word_end = word_start + all_lens
+    first_word = np.cumsum(word_counts) - word_counts  # index of each doc's first word
+    full = word_counts >= n
+    begin_idx = _ragged_positions(first_word[full], counts[full])
+    begin = word_start[begin_idx]
+    end = word_end[begin_idx + n - 1]
+    short = (~full) & (word_counts > 0)
+    with np.errstate(over="ignore"):
+        if short.any():
+            out = np.empty(int(counts.sum()), dtype=np.uint64)
+            doc_of = np.repeat(np.arange(len(texts)), counts)
+            is_short = short[doc_of]
+            out[~is_short] = _span_hashes(cps, begin, end)
+            out[is_short] = _span_hashes(cps, starts[short], starts[short] + lengths[short])
+            hashes = out
+        else:
+            hashes = _span_hashes(cps, begin, end)
+        return fmix64(hashes ^ _U64(0x5700 + n)), counts
+
+
+def shingles(texts: Sequence[str], kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, counts) of the `kind` ("char" | "word") n-grams of normalised texts."""
+    if kind == "char":
+        return char_shingles(texts, n)
+    if kind == "word":
+        return word_shingles(texts, n)
+    raise ValueError(f"unknown shingle kind {kind!r} (expected 'char' or 'word')")
+
+
+def shingle_sets(texts: Sequence[str], kind: str, n: int) -> list[np.ndarray]:
+    """Sorted unique 32-bit shingle hashes of each text (for exact Jaccard)."""
+    hashes, counts = shingles(texts, kind, n)
+    hashes32 = (hashes >> _U64(32)).astype(np.uint32)
+    bounds = np.cumsum(counts)
+    return [np.unique(part) for part in np.split(hashes32, bounds[:-1])]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two sorted unique arrays."""
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
