@@ -93,6 +93,7 @@ def init_ray() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def run_build(
@@ -102,6 +103,7 @@ def run_build(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _log_to_file(out / "build.log")
+    log.setLevel(logging.INFO)
     log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
     init_ray()
     ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run)
@@ -157,14 +159,15 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
     diverted_reasons = {r: n for r, n in reasons.items() if r in stage.diverted}
     rejected_reasons = {r: n for r, n in reasons.items() if r not in stage.diverted}
 
-    kept = result.filter(lambda row: row[REJECT_COLUMN] == "")
+    kept = result.filter(expr=f"{REJECT_COLUMN} == ''")
     _write(kept.drop_columns([REJECT_COLUMN, *stage.reject_only_columns]), tmp / "rows", schema,
            drop=[REJECT_COLUMN, *stage.reject_only_columns])
-    diverted_names = set(stage.diverted)
-    _write(result.filter(lambda row: row[REJECT_COLUMN] not in ("", *diverted_names)).map_batches(
-        lambda b: b.assign(stage=stage.name), batch_format="pandas"), tmp / "rejects", schema, extra={"stage": pa.string()})
+    not_rejected = ", ".join(repr(r) for r in ("", *stage.diverted))
+    rejects = result.filter(expr=f"{REJECT_COLUMN} not in [{not_rejected}]")
+    _write(rejects.map_batches(lambda b: b.assign(stage=stage.name), batch_format="pandas"), tmp / "rejects", schema,
+           extra={"stage": pa.string()})
     for reason, side in stage.diverted.items():
-        _write(result.filter(lambda row, r=reason: row[REJECT_COLUMN] == r), tmp / side, schema)
+        _write(result.filter(expr=f"{REJECT_COLUMN} == {reason!r}"), tmp / side, schema)
 
     rejected: dict[str, int] = {}
     for reason, n in rejected_reasons.items():

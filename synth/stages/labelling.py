@@ -110,9 +110,16 @@ class Annotate(Stage):
 
         results = ctx.generate([requests_for(role) for role in judges])
         judge_order = [j.name for j in judges]
-        return results.groupby("id").map_groups(
+        # Both verdicts of a pair meet in one group. Few partitions: the shuffle's cost
+        # is per partition, and a pair's two rows are tiny.
+        partitions = _partitions_for(rows)
+        return results.groupby("id", num_partitions=partitions).map_groups(
             lambda group: _combine_verdicts(group, judge_order), batch_format="pandas"
         )
+
+
+def _partitions_for(rows: ray.data.Dataset) -> int:
+    return max(1, min(64, rows.count() // 50_000 + 1))
 
 
 def _judgement(row: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,171 @@
+"""End-to-end dry-run builds (stand-in engine): exports, manifest reconciliation, a new scenario."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+import yaml
+
+from synth.build import STAGES, run_build
+from synth.config import load_config
+from synth.export import LIBRA_KEYS, read_table
+from synth.stages.base import StageContext
+from synth.stages.generation import Elements
+from synth.templates import load_catalog
+
+
+@pytest.fixture(scope="session")
+def demo_build(ray_session, repo_root: Path, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo") / "build"
+    manifest = run_build(repo_root / "pipelines/demo.yaml", out, dry_run=True)
+    return out, manifest
+
+
+def test_every_export_is_written(demo_build):
+    out, manifest = demo_build
+    for path in ("corpus/README.md", "corpus/data", "libra_test.jsonl", "hard/hard.parquet", "rejects", "manifest.json",
+                 "build.log"):
+        assert (out / path).exists(), path
+    assert manifest["dry_run"] is True
+    assert all(m["engine"] == "standin" for m in manifest["models"].values())
+    assert "内容警告" in (out / "corpus/README.md").read_text() or "Content warning" in (out / "corpus/README.md").read_text()
+
+
+def test_corpus_loads_with_datasets_and_covers_the_taxonomy(demo_build):
+    out, _ = demo_build
+    corpus = datasets.load_dataset(str(out / "corpus"))
+    assert set(corpus) == {"train", "validation"}
+    df = pd.concat([corpus[s].to_pandas() for s in corpus])
+    for column in ("id", "scenario", "subcategory", "kind", "attack", "question", "response", "responder", "label",
+                   "analyze", "template_id"):
+        assert column in df.columns, column
+    assert set(df["label"]) == {"安全", "不安全"}
+    assert set(df["kind"]) == {"harmful", "benign"}
+    assert df["scenario"].nunique() == 7
+    assert df[["scenario", "subcategory"]].drop_duplicates().shape[0] == 39
+    assert df["id"].is_unique
+    assert (df["attack"] != "none").any()
+    # stratified split: every scenario × label stratum with ≥2 rows appears in validation
+    validation = corpus["validation"].to_pandas()
+    strata = df.groupby(["scenario", "label"]).size()
+    for (scenario, label), n in strata.items():
+        if n >= 2:
+            assert ((validation["scenario"] == scenario) & (validation["label"] == label)).any()
+
+
+def test_libra_test_view_has_exactly_the_libra_keys(demo_build):
+    out, manifest = demo_build
+    rows = [json.loads(line) for line in (out / "libra_test.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == manifest["export"]["corpus_rows"]
+    for row in rows:
+        assert tuple(row) == LIBRA_KEYS
+        assert row["source"] == "Synthetic Data"
+        assert row["label"] in ("安全", "不安全")
+
+
+def test_manifest_reconciles_stage_by_stage_and_with_the_files(demo_build):
+    out, manifest = demo_build
+    stages = manifest["stages"]
+    assert [s["name"] for s in stages] == [s.name for s in STAGES]
+    previous_out = 0
+    for record, stage in zip(stages, STAGES):
+        assert record["rows_in"] == previous_out, record
+        accounted = record["rows_out"] + sum(record["rejected"].values()) + sum(record["diverted"].values())
+        assert accounted == record["rows_in"] + record["created"], record
+        if not stage.fans_out:
+            assert record["created"] == 0, record
+        on_disk = len(read_table(out / "stages" / stage.name / "rows"))
+        assert on_disk == record["rows_out"], record
+        rejects = pd.read_parquet(out / "rejects" / f"{stage.name}.parquet")
+        assert len(rejects) == sum(record["rejected"].values()), record
+        if len(rejects):
+            assert rejects["reject_reason"].str.len().min() > 0
+        previous_out = record["rows_out"]
+    assert manifest["export"]["corpus_rows"] == stages[-1]["rows_out"]
+    annotate = next(s for s in stages if s["name"] == "annotate")
+    hard = pd.read_parquet(out / "hard/hard.parquet")
+    assert len(hard) == annotate["diverted"]["hard"] > 0
+    # both verdicts of a disagreement are kept
+    assert all(len(j) == 2 and {x["verdict"] for x in j} == {"安全", "不安全"} for j in hard["judgements"])
+
+
+def test_dedup_rejects_point_to_kept_rows(demo_build):
+    out, _ = demo_build
+    removed = pd.read_parquet(out / "rejects/dedup_questions.parquet")
+    kept = set(read_table(out / "stages/dedup_questions/rows")["id"])
+    assert set(removed["duplicate_of"]) <= kept
+
+
+def test_rerun_reuses_every_stage_and_gives_identical_exports(demo_build, repo_root: Path):
+    out, manifest = demo_build
+    before = (out / "libra_test.jsonl").read_bytes()
+    again = run_build(repo_root / "pipelines/demo.yaml", out, dry_run=True)
+    assert all(s["reused"] for s in again["stages"])
+    assert (out / "libra_test.jsonl").read_bytes() == before
+    assert again["export"] == manifest["export"]
+
+
+def _elements(repo_root: Path, seed: int, templates: Path | None = None, seeds: Path | None = None):
+    config, tdir, sdir = load_config(repo_root / "pipelines/demo.yaml")
+    config = config.model_copy(update={"seed": seed})
+    catalog = load_catalog(templates or tdir, seeds or sdir)
+    rows = Elements().run(StageContext(config=config, catalog=catalog), None).to_pandas()
+    return rows.sort_values("id").reset_index(drop=True)
+
+
+def test_element_sampling_is_deterministic(ray_session, repo_root: Path):
+    a, b = _elements(repo_root, 1), _elements(repo_root, 1)
+    pd.testing.assert_frame_equal(a, b)
+    c = _elements(repo_root, 2)
+    assert set(a["id"]).isdisjoint(set(c["id"]))
+    assert len(a) == 39 * 2
+
+
+NEW_SCENARIO = {
+    "id": "test_new_scenario",
+    "name_zh": "测试场景",
+    "name_en": "Test Scenario",
+    "description": "测试用的第八个场景，只用于验证新增场景无需修改代码。",
+    "subcategories": [{"id": "test_sub_a", "name_zh": "测试子类甲", "name_en": "Test Sub A"},
+                      {"id": "test_sub_b", "name_zh": "测试子类乙", "name_en": "Test Sub B"}],
+    "harmful": {"chat": {"user": "请围绕“{{ subcategory.name_zh }}”和“{{ behavior }}”写{{ n }}个问题。"},
+                "completion": "关于{{ behavior }}的{{ n }}个问题：\n1. 在{{ region }}怎样{{ behavior }}？\n2."},
+    "benign": {"chat": {"user": "围绕“{{ benign_topic }}”写{{ n }}个安全的问题。"},
+               "completion": "关于{{ benign_topic }}的{{ n }}个问题：\n1. {{ benign_topic }}是什么？\n2."},
+}
+NEW_POOLS = {
+    "behaviors": {"test_sub_a": ["测试行为一", "测试行为二"], "test_sub_b": ["测试行为三", "测试行为四"]},
+    "benign_topics": {"test_sub_a": ["测试话题一"], "test_sub_b": ["测试话题二"]},
+}
+
+
+def test_adding_a_scenario_is_one_yaml_file(ray_session, repo_root: Path, tmp_path: Path, demo_build):
+    shutil.copytree(repo_root / "templates", tmp_path / "templates")
+    shutil.copytree(repo_root / "seeds", tmp_path / "seeds")
+    (tmp_path / "templates/test_new_scenario.yaml").write_text(yaml.safe_dump(NEW_SCENARIO, allow_unicode=True))
+    (tmp_path / "seeds/scenarios/test_new_scenario.yaml").write_text(yaml.safe_dump(NEW_POOLS, allow_unicode=True))
+    config = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text())
+    config.update(templates=str(tmp_path / "templates"), seeds=str(tmp_path / "seeds"),
+                  scenarios=["test_new_scenario", "hate_abuse"])
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
+
+    manifest = run_build(config_path, tmp_path / "out", dry_run=True)
+    assert set(manifest["scenarios"]) == {"test_new_scenario", "hate_abuse"}
+    rows = read_table(tmp_path / "out/stages/respond/rows")
+    assert set(rows["scenario"]) == {"test_new_scenario", "hate_abuse"}
+    assert set(rows.loc[rows["scenario"] == "test_new_scenario", "subcategory"]) == {"test_sub_a", "test_sub_b"}
+    # Row ids are stable: the existing scenario's rows are the same as in the full demo build.
+    demo_out, _ = demo_build
+    demo_rows = read_table(demo_out / "stages/respond/rows")
+    ours = rows[rows["scenario"] == "hate_abuse"].set_index("id")["response"]
+    theirs = demo_rows[demo_rows["scenario"] == "hate_abuse"].set_index("id")["response"]
+    # (dedup runs across scenarios, so a few rows may differ in which copy survives)
+    common = ours.index.intersection(theirs.index)
+    assert len(common) >= 0.9 * len(ours) > 0
+    pd.testing.assert_series_equal(ours[common].sort_index(), theirs[common].sort_index())
