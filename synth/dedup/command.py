@@ -77,6 +77,8 @@ def _scan_input(path: Path, text_field: str, id_field: str) -> _Input:
         kind = "parquet"
     elif path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         files, kind = [path], "jsonl"
+        if path.is_file() and not path.read_bytes()[:4096].strip() and path.stat().st_size < 4096:
+            raise _BadInput(f"{path}: input is empty (0 rows)")
     elif path.suffix.lower() == ".parquet":
         files, kind = [path], "parquet"
     else:
@@ -92,7 +94,7 @@ def _scan_input(path: Path, text_field: str, id_field: str) -> _Input:
                 pf = pq.ParquetFile(file)
                 file_schema = pf.schema_arrow
                 _check_columns(file, file_schema, text_field, id_field)
-                batches = pf.iter_batches(columns=[id_field], batch_size=65536)
+                batches = pf.iter_batches(columns=[id_field, text_field], batch_size=65536)
             else:
                 import pyarrow.json as pj
 
@@ -100,13 +102,18 @@ def _scan_input(path: Path, text_field: str, id_field: str) -> _Input:
                 file_schema = reader.schema
                 _check_columns(file, file_schema, text_field, id_field)
                 batches = reader
+            text_seen = False
             for batch in batches:
+                text_seen = text_seen or batch.column(batch.schema.get_field_index(text_field)).null_count < batch.num_rows
                 column = batch.column(batch.schema.get_field_index(id_field))
                 if column.null_count:
                     raise _BadInput(f"{file}: field {id_field!r} is missing or null in {column.null_count} row(s)")
                 if not _id_ok(column.type):
                     raise _BadInput(f"{file}: field {id_field!r} is {column.type}, expected a string or integer id")
                 rows += batch.num_rows
+            if kind == "jsonl" and rows and not text_seen:
+                # the explicit schema makes the text field appear even where no row has it
+                raise _BadInput(f"{file}: no field {text_field!r} (--text-field) in any row")
         except _BadInput:
             raise
         except (pa.ArrowException, OSError, ValueError) as e:
