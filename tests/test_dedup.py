@@ -198,6 +198,18 @@ def test_representative_is_deterministic_and_configurable(ray_session):
     assert {r["duplicate_of"] for r in removed if r["topic"] == "a"} == {longest}
 
 
+def test_chain_keeps_members_not_similar_to_a_kept_row(ray_session):
+    a = paragraph(list(range(12)))
+    b = paragraph([i for i in range(12) if i != 1])
+    c = paragraph([i for i in range(12) if i not in (1, 7)])
+    sets = shingle_sets([normalise(t) for t in (a, b, c)], "char", 5)
+    assert jaccard(sets[0], sets[1]) >= 0.8 and jaccard(sets[1], sets[2]) >= 0.8 > jaccard(sets[0], sets[2])
+    rows = [{"id": f"k{i}", "text": t, "topic": "k"} for i, t in enumerate((a, b, c))]
+    kept, removed = run(ray_session, rows)
+    assert [r["id"] for r in kept] == ["k0", "k2"]
+    assert [(r["id"], r["duplicate_of"]) for r in removed] == [("k1", "k0")]
+
+
 def test_same_result_with_one_and_several_workers_and_blocks(ray_session):
     rng = random.Random(7)
     rows = corpus()

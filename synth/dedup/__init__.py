@@ -1,7 +1,7 @@
 """Exact and near-duplicate removal for Chinese text: MinHash + LSH on Ray Data.
 
 Two documents are *exact duplicates* when their normalised texts (NFKC, lower case,
-whitespace, punctuation and control characters removed) are equal, and *near
+everything but letters and digits removed: whitespace, punctuation, symbols) are equal, and *near
 duplicates* when the Jaccard similarity of their shingle sets (character n-grams of
 the normalised text by default, or jieba word n-grams) reaches `threshold`.
 
@@ -14,8 +14,11 @@ How it runs (see `synth/dedup/pipeline.py`):
    keys yields candidate edges;
 3. candidate documents are grouped by connected component, their shingle sets are
    rebuilt in a second streaming pass, candidate pairs are verified by exact Jaccard,
-   and clusters are formed by union-find; each cluster keeps one deterministic
-   representative (`keep`).
+   and verified pairs are clustered by union-find. Within a cluster, members are
+   taken in `keep` order (lowest id, or longest text): each is removed as a duplicate
+   of the first kept member it is verified similar to, or is kept. So a removed row's
+   `duplicate_of` is always within the threshold of it, even when union-find chained
+   A~B~C with A≁C (then A and C are kept, B is removed as a duplicate of A).
 
 The result does not depend on how the input is split into blocks or how many
 workers run it.
@@ -140,9 +143,11 @@ def deduplicate(
     """Split `ds` into (kept, removed) rows.
 
     All input columns are preserved. `removed` adds `duplicate_of` (str id of the kept
-    representative of its cluster), `similarity` (Jaccard of the row and that
-    representative on the configured shingles; 1.0 for exact duplicates; the MinHash
-    estimate when `verify` is off) and `reason` ("exact_duplicate" | "near_duplicate").
+    row it duplicates: the first member of its cluster in `keep` order that it is
+    similar to), `similarity` (Jaccard of the two on the configured shingles, ≥ the
+    threshold; 1.0 for exact duplicates; the MinHash estimate when `verify` is off)
+    and `reason` ("exact_duplicate" | "near_duplicate"); existing columns of those
+    names are replaced in `removed`.
 
     Rows whose normalised text is empty (null, only punctuation or whitespace) are
     never removed. Ids must be unique (DuplicateIdError otherwise); they are compared

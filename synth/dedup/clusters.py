@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -34,16 +34,14 @@ def connected_components(num_nodes: int, u: np.ndarray, v: np.ndarray) -> np.nda
             parent = grand
 
 
-def representative(
-    members: Sequence[int], ids: Sequence[str], lengths: Sequence[int], keep: str
-) -> int:
-    """Index (into ids/lengths) of the member a cluster keeps.
+def keep_order(ids: Sequence[str], lengths: Sequence[int], keep: str) -> Callable[[int], tuple]:
+    """Sort key putting the member a cluster prefers to keep first.
 
     keep="lowest_id": smallest id (string order); keep="longest": longest text, ties
     broken by smallest id. Deterministic for a given cluster.
     """
     if keep == "lowest_id":
-        return min(members, key=lambda i: ids[i])
+        return lambda i: (ids[i],)
     if keep == "longest":
-        return min(members, key=lambda i: (-lengths[i], ids[i]))
+        return lambda i: (-lengths[i], ids[i])
     raise ValueError(f"unknown keep rule {keep!r} (expected 'lowest_id' or 'longest')")

@@ -11,8 +11,9 @@ Driver: the (small) edge list is made unique and cut into connected components.
 Pass 2 (streaming): rows whose node is a candidate are re-shingled; their shingle
   sets (or signatures) are sorted by component, so one block holds whole
   components; pairs are verified (all pairs of a component up to ALL_PAIRS_MAX
-  members, the LSH edges beyond), verified edges are clustered by union-find and
-  each cluster keeps one representative.
+  members, the LSH edges beyond), verified edges are clustered by union-find, and
+  each cluster's members, in keep order, join the first kept member they are
+  verified similar to or are kept themselves.
 Split (lazy): `kept` and `removed` are `map_batches` over the input that look rows
   up in the removed table by id hash.
 
@@ -35,7 +36,7 @@ import ray
 import ray.data
 
 from synth.dedup import DedupConfig, DuplicateIdError
-from synth.dedup.clusters import connected_components, representative
+from synth.dedup.clusters import connected_components, keep_order
 from synth.dedup.minhash import MinHasher
 from synth.dedup.text import exact_hash, fmix64, id_hash, jaccard, normalise, shingles
 
@@ -48,6 +49,9 @@ _TAG_ID = _U64(0x1D1D1D1D1D1D1D1D)
 # Components up to this size verify every pair (catches pairs whose only shared LSH
 # bucket also held a false candidate); bigger ones verify their LSH edges.
 ALL_PAIRS_MAX = 48
+# In bigger components, a member not LSH-linked to any representative is compared
+# with at most this many of them before it becomes a representative itself.
+MAX_REPRESENTATIVE_CHECKS = 16
 
 REMOVED_COLUMNS = ("duplicate_of", "similarity", "reason")
 EXACT = "exact_duplicate"
@@ -277,11 +281,14 @@ def _cluster_component(
                 sims[pair] = float(np.count_nonzero(feats[a] == feats[b])) / config.num_perm
         return sims[pair]
 
+    adjacent: dict[int, set[int]] = {m: set() for m in members}
     eu, ev = [], []
     for a, b in pairs:
         if similarity(a, b) >= config.threshold:
             eu.append(local[a])
             ev.append(local[b])
+            adjacent[a].add(b)
+            adjacent[b].add(a)
     if not eu:
         return
     roots = connected_components(len(members), np.array(eu), np.array(ev))
@@ -289,9 +296,21 @@ def _cluster_component(
         cluster = [members[k] for k in np.flatnonzero(roots == root)]
         if len(cluster) < 2:
             continue
-        rep = representative(cluster, ids, lengths, config.keep)
-        for m in sorted(cluster):
-            if m == rep:
+        # Members in keep order; each joins the first representative it is verified
+        # similar to, or becomes a representative. So every removed row is within the
+        # threshold of its duplicate_of, even when union-find chained a cluster
+        # (A~B, B~C, A≁C keeps A and C, removes B as a duplicate of A).
+        ordered = sorted(cluster, key=keep_order(ids, lengths, config.keep))
+        reps: list[int] = []
+        for m in ordered:
+            rep = next((r for r in reps if r in adjacent[m]), None)
+            if rep is None:
+                for r in reps[:MAX_REPRESENTATIVE_CHECKS]:  # pairs the LSH edges did not cover
+                    if similarity(m, r) >= config.threshold:
+                        rep = r
+                        break
+            if rep is None:
+                reps.append(m)
                 continue
             out_id.append(ids[m])
             out_of.append(ids[rep])
