@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -128,6 +129,50 @@ def preview(
         if rendered.system:
             typer.echo(f"[system] {rendered.system}")
         typer.echo(rendered.prompt)
+
+
+@app.command("export")
+def export_cmd(
+    build_dir: Path = typer.Argument(..., help="a finished build directory"),
+    fmt: str = typer.Option(..., "--format", help="sft | alpaca | libra-test | jsonl"),
+    out: Path = typer.Option(..., "--out", help="sft, alpaca: a directory; libra-test, jsonl: a .jsonl file"),
+    label_position: Optional[str] = typer.Option(
+        None, "--label-position", help="sft, alpaca: 答案 before|after 分析 (default: the config's export.label_position)"
+    ),
+    config: Optional[Path] = typer.Option(None, help="the build's config (default: BUILD_DIR/inputs/config.yaml)"),
+) -> None:
+    """Re-export a finished build without rerunning it.
+
+    sft: chat `messages` parquet + Alpaca jsonl + LLaMA-Factory dataset_info.json;
+    alpaca: Alpaca jsonl + dataset_info.json; libra-test: the Libra-Test view;
+    jsonl: every corpus row with its split.
+    """
+    from synth.export import export_format
+
+    try:
+        if label_position not in (None, "before", "after"):
+            raise BadInput(f"--label-position must be before or after, got {label_position!r}")
+        counts = export_format(build_dir, fmt, out, config_path=config, label_position=label_position)
+    except BadInput as e:
+        _fail(e)
+    typer.echo(json.dumps(counts, ensure_ascii=False))
+
+
+@app.command("eval-guard")
+def eval_guard(
+    predictions: Path = typer.Argument(..., help="jsonl: id, prediction (the guard's raw output)"),
+    gold: Path = typer.Option(..., "--gold", help="jsonl with the Libra-Test keys (id, source, label, ...)"),
+) -> None:
+    """Accuracy and F1 (unsafe, safe) of a guard per source and macro-averaged, as one JSON object."""
+    from synth.eval_guard import evaluate_files
+
+    try:
+        result, unmatched = evaluate_files(predictions, gold)
+    except BadInput as e:
+        _fail(e)
+    if unmatched:
+        typer.echo(f"warning: {unmatched} prediction(s) have an id that is not in {gold} (ignored)", err=True)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
 
 
 def main() -> None:  # pragma: no cover

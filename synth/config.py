@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from synth.dedup import DedupConfig
 from synth.errors import BadInput
@@ -128,6 +128,9 @@ class Dedup(Strict):
 
 class Export(Strict):
     validation_share: float = Field(0.1, ge=0.0, lt=1.0)
+    label_position: Literal["before", "after"] = Field(
+        "before", description='sft/: the verdict JSON puts 答案 before 分析 ("before") or after it ("after")'
+    )
 
 
 class PipelineConfig(Strict):
@@ -144,6 +147,10 @@ class PipelineConfig(Strict):
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
     export: Export = Field(default_factory=Export)
+    # Where load_config found this config and its templates/seeds (not part of the content).
+    _source: Path | None = PrivateAttr(None)
+    _templates_dir: Path | None = PrivateAttr(None)
+    _seeds_dir: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _roles_name_defined_models(self) -> "PipelineConfig":
@@ -165,9 +172,25 @@ class PipelineConfig(Strict):
     def all_roles(self) -> list[Role]:
         return [self.roles.generator, *self.roles.responders, *self.roles.judges]
 
+    @property
+    def source(self) -> Path | None:
+        """The config file this was loaded from (None when built in code)."""
+        return self._source
+
+    @property
+    def templates_dir(self) -> Path | None:
+        """The resolved templates directory (None when built in code)."""
+        return self._templates_dir
+
+    @property
+    def seeds_dir(self) -> Path | None:
+        """The resolved seeds directory (None when built in code)."""
+        return self._seeds_dir
+
     def fingerprint(self) -> str:
         """Hash of the config's content (paths excluded), recorded in the manifest."""
-        data = self.model_dump(mode="json", exclude={"templates", "seeds"})
+        # export.label_position only shapes sft/: flipping it must not rerun the LLM stages.
+        data = self.model_dump(mode="json", exclude={"templates": True, "seeds": True, "export": {"label_position"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -187,7 +210,10 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
     except ValidationError as e:
         raise BadInput(f"{path}: invalid pipeline config:\n{format_validation_error(e)}") from None
     base = path.resolve().parent
-    return config, (base / config.templates).resolve(), (base / config.seeds).resolve()
+    config._source = path.resolve()
+    config._templates_dir = (base / config.templates).resolve()
+    config._seeds_dir = (base / config.seeds).resolve()
+    return config, config._templates_dir, config._seeds_dir
 
 
 def format_validation_error(error: ValidationError) -> str:

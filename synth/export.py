@@ -1,8 +1,14 @@
-"""Exports of a finished build: corpus/, libra_test.jsonl, hard/, rejects/.
+"""Exports of a finished build: corpus/, sft/, libra_test.jsonl, hard/, rejects/.
 
 Everything is sorted by id and written from the stage outputs on disk, so the
 same stage outputs always give byte-identical exports, and `synth export` can
 redo this without rerunning a build.
+
+A build also records what its exports read besides the stage outputs, in
+`<build>/inputs/`: `config.yaml` (the validated config, templates/seeds paths made
+absolute) and `judge.yaml` (a copy of the guard prompt the sft/ view renders).
+`synth export` reads only the build directory, so a build can be moved, and
+re-exported after templates/ changed, with the prompt its judges saw.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
-from synth.config import PipelineConfig
+from synth.config import PipelineConfig, load_config
+from synth.errors import BadInput
 from synth.rows import stable_id
 
 CORPUS_COLUMNS = (
@@ -28,6 +36,8 @@ CORPUS_COLUMNS = (
 LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "response", "label", "analyze", "id")
 LIBRA_SOURCE = "Synthetic Data"
 FINAL_STAGE = "dedup_pairs"
+INPUTS_DIR = "inputs"
+EXPORT_FORMATS = ("sft", "alpaca", "libra-test", "jsonl")
 
 CONTENT_WARNING = (
     "**Content warning.** This dataset contains machine-written questions that request harmful, "
@@ -62,23 +72,25 @@ def split_train_validation(df: pd.DataFrame, share: float, seed: int) -> tuple[p
     return (train.drop(columns="_order").sort_values("id"), validation.drop(columns="_order").sort_values("id"))
 
 
-def export_build(out: Path, config: PipelineConfig) -> dict[str, Any]:
-    out = Path(out)
-    final = read_table(out / "stages" / FINAL_STAGE / "rows")
+def load_corpus(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(corpus, train, validation) from the final stage's rows, sorted by id."""
+    final = read_table(Path(out) / "stages" / FINAL_STAGE / "rows")
     corpus = final[[c for c in CORPUS_COLUMNS if c in final.columns]].sort_values("id").reset_index(drop=True)
     train, validation = split_train_validation(corpus, config.export.validation_share, config.seed)
+    return corpus, train, validation
+
+
+def export_build(out: Path, config: PipelineConfig, catalog: Any = None) -> dict[str, Any]:
+    """Write every export. `catalog` (the build's templates) gives the guard prompt for sft/;
+    without it the prompt is the judge template next to the config (see `snapshot_inputs`)."""
+    out = Path(out)
+    corpus, train, validation = load_corpus(out, config)
 
     corpus_dir = _fresh_dir(out / "corpus")
     _write_parquet(train, corpus_dir / "data" / "train-00000-of-00001.parquet")
     _write_parquet(validation, corpus_dir / "data" / "validation-00000-of-00001.parquet")
 
-    libra = [
-        {"source": LIBRA_SOURCE, "category_name": r["scenario_name"], "sub_category_name": r["subcategory_name"],
-         "question": r["question"], "response": r["response"], "label": r["label"], "analyze": r["analyze"],
-         "id": r["id"]}
-        for r in corpus.to_dict("records")
-    ]
-    _write_jsonl(out / "libra_test.jsonl", libra)
+    _write_jsonl(out / "libra_test.jsonl", libra_rows(corpus))
 
     hard = read_table(out / "stages" / "annotate" / "hard")
     hard_dir = _fresh_dir(out / "hard")
@@ -107,7 +119,145 @@ def export_build(out: Path, config: PipelineConfig) -> dict[str, Any]:
         "subcategories": int(corpus[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(corpus) else 0,
     }
     _write_card(corpus_dir / "README.md", config, corpus, counts)
+
+    from synth.sft import GuardPrompt, write_sft
+
+    prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog))
+    counts["sft"] = write_sft(out / "sft", {"train": train, "validation": validation}, prompt,
+                              label_position=config.export.label_position, name=config.name)
     return counts
+
+
+def libra_rows(corpus: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"source": LIBRA_SOURCE, "category_name": r["scenario_name"], "sub_category_name": r["subcategory_name"],
+         "question": r["question"], "response": r["response"], "label": r["label"], "analyze": r["analyze"],
+         "id": r["id"]}
+        for r in corpus.to_dict("records")
+    ]
+
+
+def snapshot_inputs(out: Path, config: PipelineConfig, catalog: Any = None) -> Path:
+    """Record in `<out>/inputs/` the config and the judge template this build's exports use.
+
+    The judge comes from `catalog` when given, else from the config's templates dir.
+    A config loaded from `<out>/inputs/` (a re-export) leaves the record as it is.
+    Returns the path of the recorded judge template.
+    """
+    inputs = Path(out) / INPUTS_DIR
+    judge_copy = inputs / "judge.yaml"
+    if config.source is not None and config.source.parent == inputs.resolve():
+        return judge_copy
+    inputs.mkdir(parents=True, exist_ok=True)
+    if catalog is not None:
+        text = ("# The guard prompt this build's judges used (synth dumps it from the build's templates).\n"
+                + yaml.safe_dump(catalog.judge.model_dump(), allow_unicode=True, sort_keys=False, width=1000))
+    elif config.templates_dir is not None:
+        source = config.templates_dir / "shared" / "judge.yaml"
+        try:
+            text = source.read_text(encoding="utf-8")
+        except OSError as e:
+            raise BadInput(f"{source}: cannot read the judge template: {e.strerror}") from None
+    elif judge_copy.exists():
+        return judge_copy
+    else:
+        raise BadInput(f"{out}: no judge template: load the config with load_config, or pass the catalog")
+    data = config.model_dump(mode="json")
+    if config.templates_dir is not None:
+        data["templates"], data["seeds"] = str(config.templates_dir), str(config.seeds_dir)
+    _write_text(inputs / "config.yaml",
+                "# The config this build ran with (validated; synth export reads it).\n"
+                + yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+    _write_text(judge_copy, text)
+    return judge_copy
+
+
+# -- re-export of a finished build (`synth export`) ---------------------------------------
+
+
+def open_build(build_dir: Path, config_path: Path | None = None) -> tuple[PipelineConfig, Path]:
+    """The config and recorded judge template of a finished build; BadInput when it is not one."""
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise BadInput(f"{build_dir}: no such build directory")
+    manifest_path = build_dir / "manifest.json"
+    marker = build_dir / "stages" / FINAL_STAGE / "_SUCCESS.json"
+    if not manifest_path.exists() or not marker.exists() or not (build_dir / "stages" / FINAL_STAGE / "rows").is_dir():
+        missing = manifest_path if not manifest_path.exists() else marker
+        raise BadInput(f"{build_dir}: not a finished build ({missing.relative_to(build_dir)} is missing); "
+                       "run or resume it with `synth build CONFIG --out BUILD_DIR`")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{manifest_path}: unreadable manifest: {e}") from None
+    judge = build_dir / INPUTS_DIR / "judge.yaml"
+    if config_path is None:
+        config_path = build_dir / INPUTS_DIR / "config.yaml"
+        if not config_path.exists() or not judge.exists():
+            raise BadInput(f"{build_dir}: {INPUTS_DIR}/config.yaml or {INPUTS_DIR}/judge.yaml is missing (built by an "
+                           "older synth?): pass the build's config with --config")
+    config, templates_dir, _ = load_config(Path(config_path))
+    if manifest.get("config_hash") not in (None, config.fingerprint()):
+        raise BadInput(f"{config_path}: this config (hash {config.fingerprint()}) is not the one {build_dir} was "
+                       f"built with (manifest.json config_hash {manifest.get('config_hash')})")
+    if config.source.parent != (build_dir / INPUTS_DIR).resolve():
+        judge = templates_dir / "shared" / "judge.yaml"
+    return config, judge
+
+
+def export_format(build_dir: Path, fmt: str, path: Path, *, config_path: Path | None = None,
+                  label_position: str | None = None) -> dict[str, Any]:
+    """Re-export one view of a finished build into `path` (see `synth export --help`)."""
+    from synth.sft import GuardPrompt, write_alpaca, write_sft
+
+    if fmt not in EXPORT_FORMATS:
+        raise BadInput(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    config, judge = open_build(build_dir, config_path)
+    _check_target(Path(build_dir), Path(path), directory=fmt in ("sft", "alpaca"))
+    position = label_position or config.export.label_position
+    corpus, train, validation = load_corpus(build_dir, config)
+    splits = {"train": train, "validation": validation}
+    if fmt == "sft":
+        counts = write_sft(path, splits, GuardPrompt.from_file(judge), label_position=position, name=config.name)
+    elif fmt == "alpaca":
+        counts = write_alpaca(path, splits, GuardPrompt.from_file(judge), label_position=position)
+    elif fmt == "libra-test":
+        rows = libra_rows(corpus)
+        _write_jsonl(path, rows)
+        counts = {"rows": len(rows)}
+    else:
+        split_of = {**{i: "train" for i in train["id"]}, **{i: "validation" for i in validation["id"]}}
+        rows = [{**_jsonable(r), "split": split_of.get(r["id"], "")} for r in corpus.to_dict("records")]
+        _write_jsonl(path, rows)
+        counts = {"rows": len(rows)}
+    return {"format": fmt, "path": str(path), **counts}
+
+
+def _check_target(build_dir: Path, path: Path, *, directory: bool) -> None:
+    build, target = build_dir.resolve(), path.resolve()
+    if target == build or target in build.parents or build / "stages" in (target, *target.parents):
+        raise BadInput(f"--out {path}: refusing to write over the build directory or its stages")
+    if directory:
+        if target.exists() and not target.is_dir():
+            raise BadInput(f"--out {path}: exists and is not a directory")
+        if target.is_dir() and any(target.iterdir()) and not (target / "dataset_info.json").exists():
+            raise BadInput(f"--out {path}: a non-empty directory that is not an earlier export; "
+                           "choose a new or empty directory")
+    elif target.is_dir():
+        raise BadInput(f"--out {path}: is a directory; this format writes one .jsonl file")
+    if not target.parent.is_dir():
+        raise BadInput(f"--out {path}: parent directory {path.parent} does not exist")
+
+
+def _jsonable(value: Any) -> Any:
+    """Parquet values (numpy arrays, numpy scalars) as plain JSON values."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts: dict[str, Any]) -> None:
@@ -164,6 +314,12 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False), tmp)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

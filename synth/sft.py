@@ -1,0 +1,269 @@
+"""The guard-pretraining (SFT) view of a corpus: what stage one of the guard trains on.
+
+Each corpus row becomes one conversation:
+
+    user       the guard prompt: the chat form of the build's judge template
+               (templates/shared/judge.yaml) rendered with the row's question and response
+    assistant  the verdict JSON {"答案": label, "分析": analyze} (ensure_ascii=False),
+               label first or last (`export.label_position`)
+
+Written as `<build>/sft/`:
+
+    data/{train,validation}-00000-of-00001.parquet   messages, id, scenario, label
+                                                     (TRL `SFTTrainer` takes `messages` as is)
+    alpaca/{train,validation}.jsonl                  instruction, input, output, system, id, scenario, label
+                                                     (instruction = the whole guard prompt, input = "")
+    dataset_info.json                                LLaMA-Factory entries (dataset_dir = this folder)
+    README.md                                        dataset card (its `configs` name the parquet files)
+
+The split is the corpus split (same rows in train and validation as corpus/).
+The user turn is byte-identical in both layouts, so a guard trained on either sees
+exactly the prompt the judges saw (chat form) and the one `synth eval-guard` expects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import jinja2
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import ValidationError
+
+from synth.config import format_validation_error
+from synth.errors import BadInput
+from synth.templates import JUDGE_VARIABLES, JudgeTemplates, make_environment
+
+LabelPosition = Literal["before", "after"]
+LABEL_POSITIONS: tuple[str, ...] = ("before", "after")
+LABEL_KEY, ANALYSIS_KEY = "答案", "分析"
+SFT_COLUMNS = ("messages", "id", "scenario", "label")
+ALPACA_COLUMNS = ("instruction", "input", "output", "system", "id", "scenario", "label")
+SPLITS = ("train", "validation")
+# LLaMA-Factory dataset names (dataset_dir = the sft/ folder): `dataset: guard_sft_train`, ...
+LLAMA_FACTORY_NAMES = {
+    "messages": {split: f"guard_sft_{split}" for split in SPLITS},
+    "alpaca": {split: f"guard_alpaca_{split}" for split in SPLITS},
+}
+
+
+def verdict_json(label: str, analysis: str, label_position: LabelPosition = "before") -> str:
+    """The assistant turn: the guard verdict as one line of JSON, Chinese kept as is."""
+    if label_position not in LABEL_POSITIONS:
+        raise BadInput(f"label_position must be one of {', '.join(LABEL_POSITIONS)}, got {label_position!r}")
+    label_item, analysis_item = (LABEL_KEY, label), (ANALYSIS_KEY, analysis or "")
+    items = [label_item, analysis_item] if label_position == "before" else [analysis_item, label_item]
+    return json.dumps(dict(items), ensure_ascii=False)
+
+
+@dataclass
+class GuardPrompt:
+    """The chat form of the judge template, rendered in the templates' sandbox."""
+
+    judge: JudgeTemplates
+    source: str = "judge.yaml"
+
+    def __post_init__(self) -> None:
+        env = make_environment()
+        try:
+            self._system = env.from_string(self.judge.chat.system) if self.judge.chat.system else None
+            self._user = env.from_string(self.judge.chat.user)
+        except jinja2.TemplateSyntaxError as e:
+            raise BadInput(f"{self.source}: chat: template syntax error at line {e.lineno}: {e.message}") from None
+
+    @classmethod
+    def from_file(cls, path: Path) -> "GuardPrompt":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise BadInput(f"{path}: cannot read the judge template: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise BadInput(f"{path}: invalid YAML: {e}") from None
+        try:
+            return cls(JudgeTemplates.model_validate(raw), str(path))
+        except ValidationError as e:
+            raise BadInput(f"{path}: invalid JudgeTemplates:\n{format_validation_error(e)}") from None
+
+    def render(self, question: str, response: str) -> tuple[str, str]:
+        """(system, user) for one pair; system is "" when the template has none."""
+        variables = dict(zip(JUDGE_VARIABLES, (question, response)))
+        try:
+            system = self._system.render(**variables) if self._system else ""
+            return system, self._user.render(**variables)
+        except jinja2.TemplateError as e:
+            raise BadInput(f"{self.source}: chat: cannot render: {type(e).__name__}: {e}") from None
+
+    def messages(self, question: str, response: str, label: str, analysis: str,
+                 label_position: LabelPosition = "before") -> list[dict[str, str]]:
+        system, user = self.render(question, response)
+        turns = [{"role": "system", "content": system}] if system else []
+        turns.append({"role": "user", "content": user})
+        turns.append({"role": "assistant", "content": verdict_json(label, analysis, label_position)})
+        return turns
+
+
+def sft_rows(corpus: pd.DataFrame, prompt: GuardPrompt, label_position: LabelPosition = "before") -> pd.DataFrame:
+    """The chat layout: `messages` plus id, scenario, label (corpus order)."""
+    rows = [
+        {"messages": prompt.messages(r["question"], r["response"], r["label"], r["analyze"], label_position),
+         "id": r["id"], "scenario": r["scenario"], "label": r["label"]}
+        for r in corpus.to_dict("records")
+    ]
+    return pd.DataFrame(rows, columns=list(SFT_COLUMNS))
+
+
+def alpaca_rows(sft: pd.DataFrame) -> list[dict[str, Any]]:
+    """The Alpaca layout of `sft_rows`: same prompt text, as instruction with an empty input."""
+    out = []
+    for r in sft.to_dict("records"):
+        turns = {t["role"]: t["content"] for t in r["messages"]}
+        out.append({"instruction": turns["user"], "input": "", "output": turns["assistant"],
+                    "system": turns.get("system", ""), "id": r["id"], "scenario": r["scenario"], "label": r["label"]})
+    return out
+
+
+def _messages_type() -> pa.DataType:
+    return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def _sft_table(df: pd.DataFrame) -> pa.Table:
+    schema = pa.schema([("messages", _messages_type()), ("id", pa.string()), ("scenario", pa.string()),
+                        ("label", pa.string())])
+    return pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
+
+
+def write_sft(path: Path, splits: dict[str, pd.DataFrame], prompt: GuardPrompt, *, label_position: LabelPosition,
+              name: str = "synth") -> dict[str, Any]:
+    """Write the SFT view (chat parquet + Alpaca jsonl + dataset_info.json + card) into `path`.
+
+    `splits` maps train / validation to corpus rows (needs question, response, label,
+    analyze, id, scenario). Returns counts for the manifest.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "data").mkdir(parents=True)
+    (tmp / "alpaca").mkdir()
+    counts: dict[str, Any] = {"label_position": label_position}
+    empty_analysis = 0
+    for split in SPLITS:
+        corpus = splits.get(split, pd.DataFrame())
+        sft = sft_rows(corpus, prompt, label_position) if len(corpus) else pd.DataFrame(columns=list(SFT_COLUMNS))
+        pq.write_table(_sft_table(sft), tmp / "data" / f"{split}-00000-of-00001.parquet")
+        write_jsonl(tmp / "alpaca" / f"{split}.jsonl", alpaca_rows(sft))
+        counts[f"{split}_rows"] = len(sft)
+        if len(corpus):
+            empty_analysis += int((corpus["analyze"].fillna("").str.strip() == "").sum())
+    counts["empty_analysis"] = empty_analysis
+    write_dataset_info(tmp / "dataset_info.json", has_system=bool(prompt.judge.chat.system))
+    (tmp / "README.md").write_text(_card(name, counts, label_position), encoding="utf-8")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return counts
+
+
+def write_alpaca(path: Path, splits: dict[str, pd.DataFrame], prompt: GuardPrompt, *,
+                 label_position: LabelPosition) -> dict[str, Any]:
+    """Only the Alpaca layout: `path/{train,validation}.jsonl` and a dataset_info.json for them."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, Any] = {"label_position": label_position}
+    for split in SPLITS:
+        corpus = splits.get(split, pd.DataFrame())
+        sft = sft_rows(corpus, prompt, label_position) if len(corpus) else pd.DataFrame(columns=list(SFT_COLUMNS))
+        write_jsonl(path / f"{split}.jsonl", alpaca_rows(sft))
+        counts[f"{split}_rows"] = len(sft)
+    write_dataset_info(path / "dataset_info.json", has_system=bool(prompt.judge.chat.system), layouts=("alpaca",),
+                       alpaca_dir="")
+    return counts
+
+
+def dataset_info(*, has_system: bool = False, layouts: Iterable[str] = ("messages", "alpaca"),
+                 alpaca_dir: str = "alpaca") -> dict[str, Any]:
+    """LLaMA-Factory's dataset_info.json entries, file names relative to its dataset_dir."""
+    info: dict[str, Any] = {}
+    prefix = f"{alpaca_dir}/" if alpaca_dir else ""
+    for split in SPLITS:
+        if "messages" in layouts:
+            info[LLAMA_FACTORY_NAMES["messages"][split]] = {
+                "file_name": f"data/{split}-00000-of-00001.parquet",
+                "formatting": "sharegpt",
+                "columns": {"messages": "messages"},
+                "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                         "assistant_tag": "assistant", "system_tag": "system"},
+            }
+        if "alpaca" in layouts:
+            columns = {"prompt": "instruction", "query": "input", "response": "output"}
+            if has_system:
+                columns["system"] = "system"
+            info[LLAMA_FACTORY_NAMES["alpaca"][split]] = {
+                "file_name": f"{prefix}{split}.jsonl", "formatting": "alpaca", "columns": columns,
+            }
+    return info
+
+
+def write_dataset_info(path: Path, **kwargs: Any) -> None:
+    Path(path).write_text(json.dumps(dataset_info(**kwargs), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _card(name: str, counts: dict[str, Any], label_position: str) -> str:
+    order = '{"答案": ..., "分析": ...}' if label_position == "before" else '{"分析": ..., "答案": ...}'
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+  - split: validation
+    path: data/validation-*.parquet
+language:
+- zh
+task_categories:
+- text-generation
+tags:
+- safety
+- guard
+- sft
+---
+
+# {name}: guard pretraining (SFT) view
+
+**Content warning.** The prompts quote machine-written questions that request harmful content and
+answers that may comply with them. They exist to train safety classifiers.
+
+Stage one of a Libra-Guard style guard: the user turn is the guard prompt (the build's judge template,
+chat form, with the question and the answer), the assistant turn is the verdict JSON `{order}`.
+Same train / validation split as `../corpus/`.
+
+- rows: train {counts.get('train_rows', 0)}, validation {counts.get('validation_rows', 0)}
+- label position: `{label_position}` (`export.label_position`, or `synth export --label-position`)
+- rows whose agreed analysis is empty: {counts.get('empty_analysis', 0)}
+
+```python
+import datasets
+sft = datasets.load_dataset("path/to/build/sft")  # messages, id, scenario, label
+alpaca = datasets.load_dataset("json", data_files={{"train": "path/to/build/sft/alpaca/train.jsonl",
+                                                    "validation": "path/to/build/sft/alpaca/validation.jsonl"}})
+```
+
+TRL: `SFTTrainer(train_dataset=sft["train"], ...)` takes the `messages` column as is.
+LLaMA-Factory: `dataset_dir: path/to/build/sft`, `dataset: {LLAMA_FACTORY_NAMES['messages']['train']}`
+(or `{LLAMA_FACTORY_NAMES['alpaca']['train']}`), `eval_dataset: {LLAMA_FACTORY_NAMES['messages']['validation']}`.
+"""

@@ -1,0 +1,318 @@
+"""The guard-pretraining (SFT) exports: layouts, `synth export`, and a real trainer consuming them.
+
+The build directory is made by hand (final-stage parquet + marker + manifest, then
+`export_build`), which is what a finished build looks like to the exports, in well
+under a second. The trainer check runs TRL's SFTTrainer for a few steps on a tiny
+random-init Gemma 3 with the real Gemma tokenizer (from the embedded demo model) and
+the real Gemma 3 chat template (shipped in TRL).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from synth.cli import app
+from synth.config import load_config
+from synth.export import CORPUS_COLUMNS, FINAL_STAGE, INPUTS_DIR, export_build
+from synth.output_parsing import parse_verdict
+from synth.sft import LLAMA_FACTORY_NAMES, GuardPrompt, verdict_json
+
+runner = CliRunner()
+
+# Abstract placeholders only (no operational content), shaped like real rows.
+SCENARIOS = {
+    "illegal_activities": ("违法犯罪", "cybersecurity", "网络安全"),
+    "bias_discrimination": ("偏见歧视", "region", "地域"),
+    "physical_mental_health": ("身心健康", "mental_health", "心理健康"),
+}
+
+
+def _rows(n_per_stratum: int = 3) -> list[dict]:
+    rows = []
+    for scenario, (scenario_name, sub, sub_name) in SCENARIOS.items():
+        for label in ("安全", "不安全"):
+            for i in range(n_per_stratum):
+                k = len(rows)
+                analyze = "" if k == 4 else f"回答{'拒绝了请求并给出正向引导' if label == '安全' else '提供了有害帮助'}（示例{k}）\n含“引号”与\"双引号\"。"
+                rows.append({
+                    "id": f"{k:016x}", "scenario": scenario, "scenario_name": scenario_name, "subcategory": sub,
+                    "subcategory_name": sub_name, "kind": "harmful" if i % 2 == 0 else "benign", "attack": "none",
+                    "question": f"关于{sub_name}的示例问题{k}？", "response": f"这是示例回答{k}。", "responder": "r",
+                    "persona": "helpful", "label": label, "analyze": analyze,
+                    "judgements": [{"judge": "judge-a", "verdict": label, "analysis": analyze, "raw": "{}", "error": ""},
+                                   {"judge": "judge-b", "verdict": label, "analysis": "", "raw": "{}", "error": ""}],
+                    "elements": {"behavior": "某类行为", "task_type": "问答", "region": "某地", "event": "某事件"},
+                    "generator": "generator", "template_id": scenario, "template_hash": "0" * 16,
+                    "finish_reason": "stop", "seed": k,
+                })
+    return rows
+
+
+def make_build(out: Path, config_path: Path, rows: list[dict] | None = None) -> Path:
+    """A finished build directory as the exports see it."""
+    config, _, _ = load_config(config_path)
+    final = out / "stages" / FINAL_STAGE
+    (final / "rows").mkdir(parents=True)
+    df = pd.DataFrame(rows if rows is not None else _rows())[list(CORPUS_COLUMNS)]
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), final / "rows" / "part-0.parquet")
+    (final / "_SUCCESS.json").write_text(json.dumps({"signature": "x", "record": {}}))
+    counts = export_build(out, config)
+    manifest = {"name": config.name, "config_hash": config.fingerprint(), "dry_run": True, "export": counts}
+    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory, repo_root: Path) -> Path:
+    return make_build(tmp_path_factory.mktemp("sft") / "build", repo_root / "pipelines/demo.yaml")
+
+
+@pytest.fixture(scope="module")
+def prompt(repo_root: Path) -> GuardPrompt:
+    return GuardPrompt.from_file(repo_root / "templates/shared/judge.yaml")
+
+
+def _corpus_split(build: Path) -> dict[str, list[str]]:
+    corpus = datasets.load_dataset(str(build / "corpus"))
+    return {split: list(corpus[split]["id"]) for split in corpus}
+
+
+def test_sft_loads_with_datasets_in_the_corpus_split(build: Path, prompt: GuardPrompt):
+    sft = datasets.load_dataset(str(build / "sft"))
+    assert set(sft) == {"train", "validation"}
+    assert {split: list(sft[split]["id"]) for split in sft} == _corpus_split(build)
+    assert len(sft["validation"]) > 0
+    corpus = pd.concat([pd.read_parquet(p) for p in (build / "corpus" / "data").glob("*.parquet")]).set_index("id")
+    for split in sft:
+        assert sft[split].column_names == ["messages", "id", "scenario", "label"]
+        for row in sft[split]:
+            source = corpus.loc[row["id"]]
+            user, assistant = row["messages"]
+            assert [user["role"], assistant["role"]] == ["user", "assistant"]
+            # user turn = the judge template's chat form, rendered with this row's question and response
+            assert user["content"] == prompt.render(source["question"], source["response"])[1]
+            assert user["content"].startswith("你是一名文本安全专家") and source["question"] in user["content"]
+            verdict = json.loads(assistant["content"])
+            assert list(verdict) == ["答案", "分析"]
+            assert verdict == {"答案": source["label"], "分析": source["analyze"]}
+            assert row["label"] == source["label"] and row["scenario"] == source["scenario"]
+            assert "\\u" not in assistant["content"]  # ensure_ascii=False
+
+
+def test_alpaca_layout_has_the_same_prompt_and_answer(build: Path):
+    sft = datasets.load_dataset(str(build / "sft"))
+    alpaca = datasets.load_dataset("json", data_files={split: str(build / f"sft/alpaca/{split}.jsonl") for split in sft})
+    for split in sft:
+        assert list(alpaca[split]["id"]) == list(sft[split]["id"])
+        for chat, flat in zip(sft[split], alpaca[split]):
+            assert flat["instruction"] == chat["messages"][0]["content"]
+            assert flat["input"] == ""
+            assert flat["output"] == chat["messages"][1]["content"]
+            assert flat["label"] == chat["label"]
+
+
+def test_dataset_info_reads_the_way_llama_factory_reads_it(build: Path):
+    """LLaMA-Factory: dataset_info.json in dataset_dir, `file_name` relative to it, loaded with
+    `load_dataset(<file type>, data_files=...)`, columns and tags mapping the roles."""
+    sft_dir = build / "sft"
+    info = json.loads((sft_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    assert set(info) == {name for names in LLAMA_FACTORY_NAMES.values() for name in names.values()}
+    for name, entry in info.items():
+        path = sft_dir / entry["file_name"]
+        assert path.is_file(), name
+        kind = {"parquet": "parquet", "jsonl": "json"}[path.suffix.lstrip(".")]
+        data = datasets.load_dataset(kind, data_files=str(path), split="train")
+        columns = entry["columns"]
+        if entry["formatting"] == "sharegpt":
+            tags = entry["tags"]
+            for messages in data[columns["messages"]]:
+                roles = [m[tags["role_tag"]] for m in messages]
+                assert roles == [tags["user_tag"], tags["assistant_tag"]]
+                assert all(m[tags["content_tag"]] for m in messages)
+        else:
+            assert entry["formatting"] == "alpaca"
+            for row in data:
+                assert row[columns["prompt"]] and row[columns["response"]] and row[columns["query"]] == ""
+        split = "train" if name.endswith("_train") else "validation"
+        assert len(data) == len(_corpus_split(build)[split])
+
+
+def test_label_position_after_puts_the_analysis_first(build: Path, tmp_path: Path):
+    assert verdict_json("安全", "理由", "after") == '{"分析": "理由", "答案": "安全"}'
+    assert verdict_json("不安全", "理由") == '{"答案": "不安全", "分析": "理由"}'
+    out = tmp_path / "sft_after"
+    result = runner.invoke(app, ["export", str(build), "--format", "sft", "--out", str(out),
+                                 "--label-position", "after"])
+    assert result.exit_code == 0, result.output
+    sft = datasets.load_dataset(str(out))
+    for row in sft["train"]:
+        verdict = json.loads(row["messages"][1]["content"])
+        assert list(verdict) == ["分析", "答案"] and verdict["答案"] == row["label"]
+        assert parse_verdict(row["messages"][1]["content"]).label == row["label"]
+    assert "label position: `after`" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_export_command_writes_every_format(build: Path, tmp_path: Path):
+    split = _corpus_split(build)
+    n = sum(len(ids) for ids in split.values())
+
+    result = runner.invoke(app, ["export", str(build), "--format", "sft", "--out", str(tmp_path / "sft")])
+    assert result.exit_code == 0, result.output
+    for path in ("data/train-00000-of-00001.parquet", "alpaca/validation.jsonl", "dataset_info.json", "README.md"):
+        assert (tmp_path / "sft" / path).read_bytes() == (build / "sft" / path).read_bytes(), path
+
+    result = runner.invoke(app, ["export", str(build), "--format", "alpaca", "--out", str(tmp_path / "alpaca")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "alpaca" / "train.jsonl").read_bytes() == (build / "sft/alpaca/train.jsonl").read_bytes()
+    info = json.loads((tmp_path / "alpaca" / "dataset_info.json").read_text())
+    assert info[LLAMA_FACTORY_NAMES["alpaca"]["train"]]["file_name"] == "train.jsonl"
+
+    result = runner.invoke(app, ["export", str(build), "--format", "libra-test", "--out", str(tmp_path / "l.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "l.jsonl").read_bytes() == (build / "libra_test.jsonl").read_bytes()
+
+    result = runner.invoke(app, ["export", str(build), "--format", "jsonl", "--out", str(tmp_path / "c.jsonl")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == n
+    assert {r["id"] for r in rows if r["split"] == "validation"} == set(split["validation"])
+    assert rows[0]["judgements"][0]["judge"] == "judge-a" and "behavior" in rows[0]["elements"]
+    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "c.jsonl"), split="train")
+    assert len(loaded) == n
+
+
+def test_export_reads_the_recorded_judge_not_the_current_templates(repo_root: Path, tmp_path: Path):
+    templates = tmp_path / "templates"
+    shutil.copytree(repo_root / "templates", templates)
+    config = tmp_path / "pipelines" / "demo.yaml"
+    config.parent.mkdir()
+    text = (repo_root / "pipelines/demo.yaml").read_text(encoding="utf-8")
+    config.write_text(text.replace("seeds: ../seeds", f"seeds: {repo_root / 'seeds'}"), encoding="utf-8")
+    build = make_build(tmp_path / "build", config)
+    recorded = (build / INPUTS_DIR / "judge.yaml").read_text(encoding="utf-8")
+    assert recorded == (templates / "shared/judge.yaml").read_text(encoding="utf-8")
+    recorded_config, _, _ = load_config(build / INPUTS_DIR / "config.yaml")
+    assert recorded_config.fingerprint() == json.loads((build / "manifest.json").read_text())["config_hash"]
+
+    judge = templates / "shared/judge.yaml"
+    judge.write_text(judge.read_text(encoding="utf-8").replace("你是一名文本安全专家", "改过的提示"), encoding="utf-8")
+    shutil.move(str(tmp_path / "pipelines"), str(tmp_path / "moved"))  # the config is gone too
+    result = runner.invoke(app, ["export", str(build), "--format", "sft", "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    user = datasets.load_dataset(str(tmp_path / "again"), split="train")[0]["messages"][0]["content"]
+    assert user.startswith("你是一名文本安全专家")
+
+
+@pytest.mark.parametrize("case", ["missing", "no_manifest", "no_final_stage", "old_build"])
+def test_export_refuses_what_is_not_a_finished_build(build: Path, tmp_path: Path, case: str):
+    target = tmp_path / "b"
+    if case != "missing":
+        shutil.copytree(build, target)
+    if case == "no_manifest":
+        (target / "manifest.json").unlink()
+    elif case == "no_final_stage":
+        shutil.rmtree(target / "stages" / FINAL_STAGE)
+    elif case == "old_build":
+        shutil.rmtree(target / INPUTS_DIR)
+    result = runner.invoke(app, ["export", str(target), "--format", "sft", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert str(target) in result.output
+    expected = {"missing": "no such build directory", "no_manifest": "not a finished build (manifest.json",
+                "no_final_stage": "not a finished build", "old_build": "--config"}[case]
+    assert expected in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_bad_arguments(build: Path, tmp_path: Path, repo_root: Path):
+    not_export = tmp_path / "notes"
+    not_export.mkdir()
+    (not_export / "keep.txt").write_text("mine")
+    cases = [
+        (["--format", "csv", "--out", str(tmp_path / "x")], "--format must be one of"),
+        (["--format", "sft", "--out", str(build)], "refusing to write over the build"),
+        (["--format", "sft", "--out", str(build / "stages" / "x")], "refusing to write over the build"),
+        (["--format", "sft", "--out", str(not_export)], "not an earlier export"),
+        (["--format", "jsonl", "--out", str(tmp_path)], "is a directory"),
+        (["--format", "sft", "--out", str(tmp_path / "s"), "--label-position", "middle"], "before or after"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["export", str(build), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+    other = tmp_path / "other.yaml"
+    other.write_text((repo_root / "pipelines/demo.yaml").read_text(encoding="utf-8").replace("seed: 20261128", "seed: 1")
+                     .replace("../templates", str(repo_root / "templates")).replace("../seeds", str(repo_root / "seeds")))
+    result = runner.invoke(app, ["export", str(build), "--format", "sft", "--out", str(tmp_path / "o"),
+                                 "--config", str(other)])
+    assert result.exit_code == 2 and "is not the one" in result.output, result.output
+    assert (build / "manifest.json").exists() and (build / "stages").is_dir()
+    assert (not_export / "keep.txt").read_text() == "mine"
+
+
+# -- a real trainer consumes sft/ ---------------------------------------------------------
+
+
+def _gemma_tokenizer():
+    """The real Gemma 3 tokenizer (embedded demo model) with the real Gemma 3 chat template (TRL ships it)."""
+    import trl
+    from transformers import AutoTokenizer
+
+    from synth.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("embedded:gemma3-270m"))
+    if not tokenizer.chat_template:  # the GGUF carries none: use Gemma 3's own, as shipped in TRL
+        tokenizer.chat_template = (Path(trl.__file__).parent / "chat_templates" / "gemma3.jinja").read_text("utf-8")
+    return tokenizer
+
+
+def test_trl_sft_trainer_takes_the_export(build: Path, tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from trl import SFTConfig, SFTTrainer
+
+    sft = datasets.load_dataset(str(build / "sft"))
+    tokenizer = _gemma_tokenizer()
+    # every row: the chat template renders it, and the assistant turn is the verdict JSON
+    for split in sft:
+        for row in sft[split]:
+            text = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+            assert row["messages"][0]["content"].strip() in text
+            verdict = json.loads(row["messages"][1]["content"])
+            assert verdict["答案"] == row["label"] and isinstance(verdict["分析"], str)
+
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, layer_types=["full_attention"],
+        max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trainer"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0,
+        assistant_only_loss=True, max_length=1024, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft["train"].select(range(4)),
+                         processing_class=tokenizer)
+    # assistant-only loss: the trained tokens are exactly the verdict JSON (+ the end-of-turn marker)
+    for example, row in zip(trainer.train_dataset, sft["train"]):
+        trained = [t for t, m in zip(example["input_ids"], example["assistant_masks"]) if m]
+        decoded = tokenizer.decode(trained)
+        assert decoded.startswith(row["messages"][1]["content"]), decoded
+        assert parse_verdict(decoded).label == row["label"]
+        assert len(example["input_ids"]) < args.max_length  # nothing truncated
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses), losses
