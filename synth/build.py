@@ -32,7 +32,9 @@ import ray.data
 import synth
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput, BuildFailed
+from synth.faults import DRIVER_PID, fault_point
 from synth.filters import build_filters
+from synth.lock import BuildLock
 from synth.rows import REJECT_COLUMN
 from synth.stages.base import Stage, StageContext
 from synth.stages.cleaning import DedupPairs, DedupQuestions, FilterPairs, FilterQuestions
@@ -59,6 +61,7 @@ class StageRecord:
     created: int = 0
     seconds: float = 0.0
     reused: bool = False
+    requests: dict[str, Any] = field(default_factory=dict)  # LLM requests sent vs served from the cache
     signature: str = ""
 
 
@@ -97,28 +100,46 @@ def init_ray() -> None:
 
 
 def run_build(
-    config_path: Path, out: Path, *, dry_run: bool = False, templates: Path | None = None, seeds: Path | None = None
+    config_path: Path,
+    out: Path,
+    *,
+    dry_run: bool = False,
+    fresh: bool = False,
+    max_failures: int | None = None,
+    templates: Path | None = None,
+    seeds: Path | None = None,
 ) -> dict[str, Any]:
+    """Build (or resume, or incrementally rebuild) into `out`; see the module docstring.
+
+    `max_failures`: how many LLM requests may fail (after the engine's retries) and be
+    recorded in rejects/ before the build fails; None = no limit.
+    """
     config, catalog = prepare(config_path, templates, seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _log_to_file(out / "build.log")
-    log.setLevel(logging.INFO)
-    log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
-    init_ray()
-    ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run)
-    records = _run_stages(ctx, out)
+    with BuildLock(out):
+        if fresh:
+            for name in ("stages", "cache"):
+                shutil.rmtree(out / name, ignore_errors=True)
+        _log_to_file(out / "build.log")
+        log.setLevel(logging.INFO)
+        log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
+        os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
+        init_ray()
+        ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=out / "cache" / "requests")
+        records = _run_stages(ctx, out, max_failures)
 
-    from synth.export import export_build
+        from synth.export import export_build
 
-    export_counts = export_build(out, config)
-    manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
-    _write_json_atomic(out / "manifest.json", manifest)
-    log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"], out / "manifest.json")
+        export_counts = export_build(out, config)
+        manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
+        _write_json_atomic(out / "manifest.json", manifest)
+        log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"],
+                 out / "manifest.json")
     return manifest
 
 
-def _run_stages(ctx: StageContext, out: Path) -> list[StageRecord]:
+def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[StageRecord]:
     records: list[StageRecord] = []
     upstream_signature = _build_signature(ctx)
     previous: ray.data.Dataset | None = None
@@ -132,11 +153,14 @@ def _run_stages(ctx: StageContext, out: Path) -> list[StageRecord]:
             record = StageRecord(**{**marker["record"], "reused": True})
             log.info("stage %-16s reused (%d rows)", stage.name, record.rows_out)
         else:
+            fault_point(f"stage_start:{stage.name}")
             started = time.monotonic()
             log.info("stage %-16s running", stage.name)
+            ctx.stage = stage.name
             result = stage.run(ctx, previous).materialize()
             record = _write_stage(stage, result, stage_dir, previous_rows, signature)
             record.seconds = round(time.monotonic() - started, 2)
+            record.requests = ctx.requests.get(stage.name, {})
             _write_json_atomic(stage_dir / MARKER, {"signature": signature, "record": record.__dict__})
             log.info(
                 "stage %-16s %d in → %d out, %d rejected%s (%.1fs)", stage.name, record.rows_in, record.rows_out,
@@ -144,6 +168,12 @@ def _run_stages(ctx: StageContext, out: Path) -> list[StageRecord]:
                 "".join(f", {n} to {k}" for k, n in record.diverted.items()), record.seconds,
             )
         records.append(record)
+        failures = sum(n for r in records for reason, n in r.rejected.items() if reason.endswith("llm_error"))
+        if max_failures is not None and failures > max_failures:
+            raise BuildFailed(
+                f"{failures} LLM requests failed after retries (budget --max-failures {max_failures}); "
+                f"finished stages are kept in {out / 'stages'}, see rejects/ for the errors"
+            )
         previous = read_rows(stage_dir / "rows")
         previous_rows = record.rows_out
     return records
@@ -162,17 +192,21 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
     kept = result.filter(expr=f"{REJECT_COLUMN} == ''")
     _write(kept.drop_columns([REJECT_COLUMN, *stage.reject_only_columns]), tmp / "rows", schema,
            drop=[REJECT_COLUMN, *stage.reject_only_columns])
+    fault_point(f"mid_write:{stage.name}")
     not_rejected = ", ".join(repr(r) for r in ("", *stage.diverted))
     rejects = result.filter(expr=f"{REJECT_COLUMN} not in [{not_rejected}]")
     _write(rejects.map_batches(lambda b: b.assign(stage=stage.name), batch_format="pandas"), tmp / "rejects", schema,
            extra={"stage": pa.string()})
-    for reason, side in stage.diverted.items():
-        _write(result.filter(expr=f"{REJECT_COLUMN} == {reason!r}"), tmp / side, schema)
+    for side in sorted(set(stage.diverted.values())):  # one side output may take several reasons
+        reasons = ", ".join(repr(r) for r, s in stage.diverted.items() if s == side)
+        _write(result.filter(expr=f"{REJECT_COLUMN} in [{reasons}]"), tmp / side, schema)
 
     rejected: dict[str, int] = {}
     for reason, n in rejected_reasons.items():
         rejected[reason_key(reason)] = rejected.get(reason_key(reason), 0) + n
-    diverted = {stage.diverted[r]: n for r, n in diverted_reasons.items()}
+    diverted: dict[str, int] = {}
+    for reason, n in diverted_reasons.items():
+        diverted[stage.diverted[reason]] = diverted.get(stage.diverted[reason], 0) + n
     created = rows_out + sum(rejected.values()) + sum(diverted.values()) - rows_in
     if created and not stage.fans_out:
         raise BuildFailed(f"stage {stage.name}: {rows_in} rows in but {rows_in + created} accounted for (bug: rows lost)")

@@ -39,6 +39,10 @@ def build(
     config: Path = typer.Argument(..., help="pipeline config, e.g. pipelines/demo.yaml"),
     out: Path = typer.Option(..., "--out", help="build directory"),
     dry_run: bool = typer.Option(False, "--dry-run", help="use the deterministic stand-in engine, no model"),
+    fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and the request cache"),
+    max_failures: Optional[int] = typer.Option(
+        None, "--max-failures", help="LLM requests that may fail (recorded in rejects/) before the build fails"
+    ),
     templates: Optional[Path] = typer.Option(None, help="templates dir (default: from the config)"),
     seeds: Optional[Path] = typer.Option(None, help="seeds dir (default: from the config)"),
 ) -> None:
@@ -47,7 +51,8 @@ def build(
     from synth.build import run_build
 
     try:
-        manifest = run_build(config, out, dry_run=dry_run, templates=templates, seeds=seeds)
+        manifest = run_build(config, out, dry_run=dry_run, fresh=fresh, max_failures=max_failures,
+                             templates=templates, seeds=seeds)
     except (BadInput, BuildFailed) as e:
         _fail(e)
     counts = manifest["export"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -20,6 +21,8 @@ import ray.data
 
 from synth.config import PipelineConfig, Role
 from synth.engines import Engine, make_engine
+from synth.errors import BadInput
+from synth.request_cache import KEY_COLUMN, CacheReader, CacheWriter, add_keys, cached_keys, model_identity
 from synth.templates import Catalog
 
 log = logging.getLogger("synth")
@@ -30,9 +33,11 @@ class StageContext:
     config: PipelineConfig
     catalog: Catalog
     dry_run: bool = False
+    cache_root: Path | None = None  # <build>/cache/requests; None = no request cache
     engines: dict[str, Engine] = field(default_factory=dict)
-    # tokens per stage, filled by `generate`; read by the manifest
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    stage: str = ""  # the stage running now (set by the runner)
+    # per stage: requests answered by a model vs served from the cache, by scenario
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def engine(self, model_name: str) -> Engine:
         if model_name not in self.engines:
@@ -47,11 +52,58 @@ class StageContext:
         by_model: dict[str, list[ray.data.Dataset]] = {}
         for role, ds in requests_by_role:
             by_model.setdefault(role.model, []).append(ds)
-        results = []
-        for model_name, parts in by_model.items():
-            requests = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-            results.append(self.engine(model_name).generate(requests))
-        return results[0].union(*results[1:]) if len(results) > 1 else results[0]
+        results = [self._generate_cached(name, _union(parts)) for name, parts in by_model.items()]
+        return _union(results)
+
+    def _generate_cached(self, model_name: str, requests: ray.data.Dataset) -> ray.data.Dataset:
+        """Answer from the request cache where possible; send only the misses, caching answers as they stream."""
+        spec = self.config.models[model_name]
+        identity = model_identity(model_name, spec.model_copy(update={"engine": "standin"}) if self.dry_run else spec)
+        keyed = requests.map_batches(add_keys, fn_kwargs={"identity": identity}, batch_format="pandas").materialize()
+        if self.cache_root is None:
+            return self.engine(model_name).generate(keyed)
+        cache_dir = str(inside(self.cache_root, model_name))
+        known = cached_keys(Path(cache_dir))
+        stats = self.requests.setdefault(self.stage, {"sent": 0, "cached": 0, "sent_by_scenario": {}})
+        hit_count = 0
+        for batch in keyed.select_columns([KEY_COLUMN, "scenario"]).iter_batches(batch_format="pandas"):
+            hits = batch[KEY_COLUMN].isin(known)
+            hit_count += int(hits.sum())
+            for scenario, n in batch.loc[~hits, "scenario"].value_counts().items():
+                stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + int(n)
+        total = keyed.count()
+        stats["cached"] += hit_count
+        stats["sent"] += total - hit_count
+        parts = []
+        if hit_count:
+            hits = keyed.map_batches(lambda b: b[b[KEY_COLUMN].isin(known)], batch_format="pandas")
+            parts.append(hits.map_batches(CacheReader, fn_constructor_kwargs={"cache_dir": cache_dir, "keys": known},
+                                          compute=ray.data.ActorPoolStrategy(size=1), batch_format="pandas"))
+        if total - hit_count or not parts:
+            misses = keyed.map_batches(lambda b: b[~b[KEY_COLUMN].isin(known)], batch_format="pandas")
+            if total - hit_count == 0:  # nothing to send: keep the schema, start no engine
+                parts.append(misses.map_batches(_empty_results, batch_format="pandas"))
+            else:
+                answered = self.engine(model_name).generate(misses)
+                parts.append(answered.map_batches(CacheWriter, fn_constructor_kwargs={"cache_dir": cache_dir},
+                                                  compute=ray.data.ActorPoolStrategy(size=1), batch_format="pandas"))
+        return _union(parts).drop_columns([KEY_COLUMN])
+
+
+def _union(parts: list[ray.data.Dataset]) -> ray.data.Dataset:
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _empty_results(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="")
+
+
+def inside(base: Path, *parts: str) -> Path:
+    """`base/parts…`, refusing any path that would leave `base` (names come from configs)."""
+    path = Path(base, *parts).resolve()
+    if not path.is_relative_to(Path(base).resolve()):
+        raise BadInput(f"path {'/'.join(parts)!r} would escape {base}")
+    return path
 
 
 class Stage(ABC):
