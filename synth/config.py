@@ -36,6 +36,10 @@ class VLLMOptions(Strict):
     concurrency: int = Field(1, ge=1, description="engine replicas")
     batch_size: int = Field(64, ge=1, description="rows per batch sent to a replica")
     max_model_len: int = Field(4096, ge=128)
+    max_concurrent_batches: int = Field(8, ge=1, description="batches in flight per replica (keeps it saturated)")
+    cpu_kvcache_gib: float = Field(1.0, gt=0, description="accelerator cpu: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    cpus_per_replica: float = Field(1.0, gt=0, description="accelerator cpu: Ray CPUs reserved per replica")
+    accelerator_type: str | None = Field(None, description="accelerator gpu: Ray accelerator type, e.g. A100, L4")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="passed to vLLM as is (tensor_parallel_size, dtype, ...)"
     )

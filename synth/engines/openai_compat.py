@@ -1,0 +1,274 @@
+"""OpenAICompatEngine: any OpenAI-compatible HTTP server (vllm serve, SGLang, hosted APIs).
+
+Requests go out from one Ray Data actor (`map_batches(..., concurrency=1)`) that owns
+an `httpx.Client` and a thread pool of `max_concurrency` workers, so the number of
+requests in flight to the server never exceeds the configured limit, however the
+dataset is split into blocks.
+
+- chat style → `POST {base_url}/chat/completions` with system + user messages;
+  completion style → `POST {base_url}/completions` with the raw prompt.
+- Judges (rows with a `json_schema`) get `response_format` json_schema (or json_object,
+  per `openai.response_format`).
+- 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff
+  and jitter (`Retry-After` honoured, capped). Other 4xx are not retried.
+- A request that still fails gets `error` set and `text` ""; its row is kept.
+  Once one request gives up on a connection error, the endpoint is marked down and
+  later requests try once instead of backing off again (each failing fast with an
+  error naming the URL) until one succeeds.
+- The API key is read from the env var named by `openai.api_key_env` and sent as
+  `Authorization: Bearer …`; it never appears in `describe()`, reprs or errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from synth.config import OpenAIOptions
+from synth.engines.base import Engine
+from synth.errors import BadInput
+
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class _Secret:
+    """Holds the API key; prints as *** so it cannot leak through a repr or a log line."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str | None):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>" if self.value else "<none>"
+
+    __str__ = __repr__
+
+
+def public_url(url: str) -> str:
+    """The URL without user info and query string (they may carry credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def response_format_for(schema_json: str, mode: str) -> dict[str, Any] | None:
+    if not schema_json or mode == "none":
+        return None
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": json.loads(schema_json), "strict": True}}
+
+
+def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAIOptions) -> dict[str, Any]:
+    """The JSON body of one request (chat or completion) for one request row."""
+    body: dict[str, Any] = {
+        "model": model,
+        "temperature": float(row["temperature"]),
+        "top_p": float(row["top_p"]),
+        "max_tokens": int(row["max_tokens"]),
+        "seed": int(row["seed"]),
+    }
+    stop = [str(s) for s in (row.get("stop") if row.get("stop") is not None else [])]
+    if stop:
+        body["stop"] = stop
+    system = row.get("system") or ""
+    if chat:
+        messages = [{"role": "system", "content": system}] if system else []
+        body["messages"] = messages + [{"role": "user", "content": row["prompt"]}]
+    else:
+        body["prompt"] = f"{system}\n\n{row['prompt']}" if system else row["prompt"]
+    fmt = response_format_for(row.get("json_schema") or "", options.response_format)
+    if fmt is not None:
+        body["response_format"] = fmt
+    body.update(options.extra_body)
+    return body
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None, connection: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.connection = connection
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAIRequester:
+    """Ray Data callable class: sends a batch of request rows, returns them with results."""
+
+    def __init__(self, *, base_url: str, model: str, chat: bool, options: dict[str, Any], api_key: _Secret):
+        import httpx
+
+        self.options = OpenAIOptions.model_validate(options)
+        self.model = model
+        self.chat = chat
+        self.url = base_url.rstrip("/") + ("/chat/completions" if chat else "/completions")
+        self.shown_url = public_url(self.url)
+        headers = {"Content-Type": "application/json"}
+        if api_key.value:
+            headers["Authorization"] = f"Bearer {api_key.value}"
+        n = self.options.max_concurrency
+        self.client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(self.options.timeout_s, connect=min(10.0, self.options.timeout_s)),
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+        )
+        self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="openai")
+        self._down_lock = threading.Lock()
+        self._down = False  # endpoint unreachable after a full retry cycle
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = batch.to_dict("records")
+        results = list(self.pool.map(self._one, rows))
+        batch = batch.copy()
+        for i, col in enumerate(("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")):
+            batch[col] = [r[i] for r in results]
+        batch["prompt_tokens"] = batch["prompt_tokens"].astype("int64")
+        batch["completion_tokens"] = batch["completion_tokens"].astype("int64")
+        return batch
+
+    # -- one request ------------------------------------------------------------------
+    def _one(self, row: dict[str, Any]) -> tuple[str, str, int, int, str]:
+        try:
+            body = request_body(row, model=self.model, chat=self.chat, options=self.options)
+        except Exception as e:  # a bad row (e.g. schema not JSON) must not kill the batch
+            return "", "error", 0, 0, f"bad request row: {type(e).__name__}: {e}"
+        with self._down_lock:
+            attempts = 1 if self._down else self.options.max_retries + 1
+        last: _Failure | None = None
+        for attempt in range(attempts):
+            try:
+                out = self._post(body)
+                with self._down_lock:
+                    self._down = False
+                return out
+            except _Failure as f:
+                last = f
+                if not f.retryable or attempt == attempts - 1:
+                    break
+                time.sleep(self._delay(attempt, f.retry_after))
+        assert last is not None
+        if last.connection:
+            with self._down_lock:
+                self._down = True
+        tries = f" after {attempt + 1} attempt{'s' if attempt else ''}" if last.retryable else ""
+        return "", "error", 0, 0, f"{last}{tries}"
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        base = min(self.options.backoff_max_s, self.options.backoff_s * (2**attempt))
+        delay = base / 2 + random.uniform(0, base / 2)  # "equal jitter"
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.options.backoff_max_s))
+        return delay
+
+    def _post(self, body: dict[str, Any]) -> tuple[str, str, int, int, str]:
+        import httpx
+
+        try:
+            resp = self.client.post(self.url, json=body)
+        except httpx.TimeoutException as e:
+            raise _Failure(f"timeout ({type(e).__name__}, {self.options.timeout_s:g}s) from {self.shown_url}", True) from None
+        except httpx.TransportError as e:
+            reason = str(e) or type(e).__name__
+            raise _Failure(
+                f"cannot reach {self.shown_url}: {type(e).__name__}: {reason}", True, connection=True
+            ) from None
+        if resp.status_code != 200:
+            snippet = resp.text[:300].replace("\n", " ")
+            raise _Failure(
+                f"HTTP {resp.status_code} from {self.shown_url}: {snippet}",
+                resp.status_code in _RETRY_STATUS or resp.status_code >= 500,
+                _retry_after(resp.headers.get("Retry-After")),
+            )
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if self.chat else choice["text"]
+            usage = data.get("usage") or {}
+            return (
+                text or "",
+                str(choice.get("finish_reason") or "stop"),
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+                "",
+            )
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise _Failure(f"malformed response from {self.shown_url}: {type(e).__name__}: {e}", False) from None
+
+    def __del__(self) -> None:
+        try:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.client.close()
+        except Exception:
+            pass
+
+
+class OpenAICompatEngine(Engine):
+    """Sends request rows to an OpenAI-compatible server (see module docstring)."""
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        if spec.openai is None:
+            raise BadInput(f"models.{name}: engine 'openai' needs an 'openai' section with base_url")
+        self.options: OpenAIOptions = spec.openai
+
+    def _api_key(self) -> _Secret:
+        env = self.options.api_key_env
+        if not env:
+            return _Secret(None)
+        value = os.environ.get(env)
+        if not value:
+            raise BadInput(
+                f"models.{self.name}.openai.api_key_env: environment variable {env} is not set "
+                f"(it must hold the API key for {public_url(self.options.base_url)})"
+            )
+        return _Secret(value)
+
+    def generate(self, requests):
+        n = self.options.max_concurrency
+        return requests.map_batches(
+            OpenAIRequester,
+            fn_constructor_kwargs={
+                "base_url": self.options.base_url,
+                "model": self.spec.model,
+                "chat": self.spec.prompt_style == "chat",
+                "options": self.options.model_dump(mode="json"),
+                "api_key": self._api_key(),
+            },
+            batch_format="pandas",
+            # Enough rows per call to keep every connection busy; two calls overlap so the
+            # tail of one batch does not idle the pool (in-flight stays ≤ max_concurrency).
+            batch_size=max(16, 4 * n),
+            concurrency=1,
+            max_concurrency=2,
+            num_cpus=0.25,
+        )
+
+    def describe(self):
+        o = self.options
+        return {
+            **super().describe(),
+            "base_url": public_url(o.base_url),
+            "api_key_env": o.api_key_env,
+            "max_concurrency": o.max_concurrency,
+            "timeout_s": o.timeout_s,
+            "max_retries": o.max_retries,
+            "response_format": o.response_format,
+        }
