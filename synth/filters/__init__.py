@@ -5,6 +5,16 @@ arguments from the pipeline YAML (`filters.questions` / `filters.pairs`), and
 looks at one row at a time. The filter stage applies them in the configured
 order; the first Drop wins and its reason (prefixed with the filter name) goes
 to the rejects table.
+
+A Drop may name a side output instead of the rejects table: `Drop(reason,
+to="hard")` sends the row to the hard pool (`<stage>/hard/`, merged into
+`<out>/hard/` by the export, reason kept). A filter declares up front, in
+`self.diverts`, every reason it may send elsewhere; the filter stage hands the
+resulting `{"<filter>: <reason>": side}` map to the runner as its `diverted`,
+the same mechanism Annotate uses for the judges' disagreements.
+
+The filters and their defaults are described, with the measurements behind
+the thresholds, in docs/filters.md.
 """
 
 from __future__ import annotations
@@ -13,22 +23,26 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from synth.errors import BadInput
+from synth.errors import BadInput, BuildFailed
 
 
 @dataclass(frozen=True)
 class Drop:
     reason: str
+    to: str | None = None  # a side output ("hard") instead of the rejects table
 
 
 KEEP = None
 Verdict = Drop | None
 
 REGISTRY: dict[str, type["Filter"]] = {}
+SIDE_OUTPUTS = ("hard",)  # where a filter may divert rows (besides the rejects table)
 
 
 class Filter(ABC):
     name: ClassVar[str]
+    # reason -> side output, for every Drop(reason, to=side) this filter may return
+    diverts: dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -40,20 +54,36 @@ class Filter(ABC):
         """KEEP, or Drop(reason) with a short reason such as 'too_short'."""
 
 
+def _register_builtin() -> None:
+    from synth.filters import basic, labels, language, leakage, questions, repetition, truncation  # noqa: F401
+
+
 def build_filters(specs: list[Any], where: str) -> list[Filter]:
     """Instantiate filters from config specs (`FilterSpec`: name + params)."""
-    from synth.filters import basic  # noqa: F401  (registers the built-in filters)
-
+    _register_builtin()
     filters = []
     for i, spec in enumerate(specs):
         cls = REGISTRY.get(spec.name)
         if cls is None:
             raise BadInput(f"{where}[{i}].name: unknown filter '{spec.name}' (known: {', '.join(sorted(REGISTRY))})")
         try:
-            filters.append(cls(**spec.params))
-        except TypeError as e:
+            f = cls(**spec.params)
+        except (TypeError, ValueError) as e:
             raise BadInput(f"{where}[{i}].params: {e}") from None
+        for side in f.diverts.values():
+            if side not in SIDE_OUTPUTS:
+                raise BadInput(f"{where}[{i}].params: side output '{side}' (known: {', '.join(SIDE_OUTPUTS)})")
+        filters.append(f)
     return filters
+
+
+def reason_of(f: Filter, reason: str) -> str:
+    return f"{f.name}: {reason}"
+
+
+def diversions(filters: list[Filter]) -> dict[str, str]:
+    """{full reason: side output} for every reason the filters may divert (the stage's `diverted`)."""
+    return {reason_of(f, r): side for f in filters for r, side in f.diverts.items()}
 
 
 def apply_filters(filters: list[Filter], row: dict[str, Any]) -> str:
@@ -61,5 +91,15 @@ def apply_filters(filters: list[Filter], row: dict[str, Any]) -> str:
     for f in filters:
         verdict = f.check(row)
         if verdict is not None:
-            return f"{f.name}: {verdict.reason}"
+            if f.diverts.get(verdict.reason) != verdict.to:
+                raise BuildFailed(
+                    f"filter {f.name}: Drop({verdict.reason!r}, to={verdict.to!r}) does not match its declared "
+                    f"diversions {f.diverts} (bug in the filter)"
+                )
+            return reason_of(f, verdict.reason)
     return ""
+
+
+def explain(filters: list[Filter], row: dict[str, Any]) -> list[tuple[str, Verdict]]:
+    """Every filter's verdict on one row (not only the first drop): for debugging thresholds."""
+    return [(f.name, f.check(row)) for f in filters]
