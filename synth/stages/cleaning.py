@@ -8,17 +8,24 @@ import pandas as pd
 import ray.data
 
 from synth.dedup import deduplicate
-from synth.filters import apply_filters, build_filters
+from synth.filters import apply_filters, build_filters, diversions
 from synth.rows import REJECT_COLUMN
 from synth.stages.base import Stage, StageContext
 
 
 class _FilterStage(Stage):
+    """Apply the configured filters in order; a filter's Drop(reason, to="hard") goes to `<stage>/hard/`.
+
+    Which reasons are diverted depends on the configured filters, so the stage's
+    `diverted` map (read by the runner when it writes the stage) is set per run.
+    """
+
     target: ClassVar[str]  # "questions" | "pairs": which list of `filters` in the config
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         specs = getattr(ctx.config.filters, self.target)
         filters = build_filters(specs, f"filters.{self.target}")
+        self.diverted = diversions(filters)
 
         def check(batch: pd.DataFrame) -> pd.DataFrame:
             batch = batch.copy()
