@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from synth.errors import BadInput, BuildFailed
 from synth.faults import DRIVER_PID, fault_point
 from synth.filters import build_filters
 from synth.lock import BuildLock
-from synth.rows import REJECT_COLUMN
+from synth.rows import REJECT_COLUMN, to_arrow
 from synth.stages.base import Stage, StageContext
 from synth.stages.cleaning import DedupPairs, DedupQuestions, FilterPairs, FilterQuestions
 from synth.stages.generation import Augment, Elements, Queries
@@ -180,33 +181,32 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
 
 
 def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in: int, signature: str) -> StageRecord:
+    """Write rows / rejects / side outputs in one pass over the result, shard by shard, then rename."""
     tmp = stage_dir.with_name(f".{stage.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    reasons = _count_by(result, REJECT_COLUMN)
-    schema = result.schema()
-    rows_out = reasons.pop("", 0)
-    diverted_reasons = {r: n for r, n in reasons.items() if r in stage.diverted}
-    rejected_reasons = {r: n for r, n in reasons.items() if r not in stage.diverted}
-
-    kept = result.filter(expr=f"{REJECT_COLUMN} == ''")
-    _write(kept.drop_columns([REJECT_COLUMN, *stage.reject_only_columns]), tmp / "rows", schema,
-           drop=[REJECT_COLUMN, *stage.reject_only_columns])
+    schema = _arrow_schema(result.schema())
+    writer = ShardWriter(str(tmp), stage.name, dict(stage.diverted), list(stage.reject_only_columns))
+    reasons: dict[str, int] = {}
+    for part in result.map_batches(writer, batch_format="pandas").iter_batches(batch_format="pandas"):
+        for reason, n in zip(part["reason"], part["n"]):
+            reasons[reason] = reasons.get(reason, 0) + int(n)
+    # Every output directory holds at least one (possibly empty) file with the schema.
+    drop = [REJECT_COLUMN, *stage.reject_only_columns]
+    _ensure_schema_file(tmp / "rows", pa.schema([f for f in schema if f.name not in drop]))
+    _ensure_schema_file(tmp / "rejects", schema.append(pa.field("stage", pa.string())))
+    for side in set(stage.diverted.values()):
+        _ensure_schema_file(tmp / side, schema)
     fault_point(f"mid_write:{stage.name}")
-    not_rejected = ", ".join(repr(r) for r in ("", *stage.diverted))
-    rejects = result.filter(expr=f"{REJECT_COLUMN} not in [{not_rejected}]")
-    _write(rejects.map_batches(lambda b: b.assign(stage=stage.name), batch_format="pandas"), tmp / "rejects", schema,
-           extra={"stage": pa.string()})
-    for side in sorted(set(stage.diverted.values())):  # one side output may take several reasons
-        reasons = ", ".join(repr(r) for r, s in stage.diverted.items() if s == side)
-        _write(result.filter(expr=f"{REJECT_COLUMN} in [{reasons}]"), tmp / side, schema)
 
+    rows_out = reasons.pop("", 0)
     rejected: dict[str, int] = {}
-    for reason, n in rejected_reasons.items():
-        rejected[reason_key(reason)] = rejected.get(reason_key(reason), 0) + n
     diverted: dict[str, int] = {}
-    for reason, n in diverted_reasons.items():
-        diverted[stage.diverted[reason]] = diverted.get(stage.diverted[reason], 0) + n
+    for reason, n in reasons.items():
+        if reason in stage.diverted:
+            diverted[stage.diverted[reason]] = diverted.get(stage.diverted[reason], 0) + n
+        else:
+            rejected[reason_key(reason)] = rejected.get(reason_key(reason), 0) + n
     created = rows_out + sum(rejected.values()) + sum(diverted.values()) - rows_in
     if created and not stage.fans_out:
         raise BuildFailed(f"stage {stage.name}: {rows_in} rows in but {rows_in + created} accounted for (bug: rows lost)")
@@ -216,30 +216,36 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
                        signature=signature)
 
 
-def _count_by(ds: ray.data.Dataset, column: str) -> dict[str, int]:
-    """Value counts of one column: counted per block, summed on the driver (no shuffle)."""
+class ShardWriter:
+    """Ray Data callable: splits one batch into rows / rejects / side outputs, writes each as a shard.
 
-    def count(batch: pd.DataFrame) -> pd.DataFrame:
-        counts = batch[column].value_counts()
-        return pd.DataFrame({"value": counts.index.astype(str), "n": counts.values.astype("int64")})
+    Returns the batch's reason counts, so counting and writing are one pass.
+    """
 
-    totals: dict[str, int] = {}
-    for part in ds.select_columns([column]).map_batches(count, batch_format="pandas").iter_batches(batch_format="pandas"):
-        for value, n in zip(part["value"], part["n"]):
-            totals[value] = totals.get(value, 0) + int(n)
-    return totals
+    def __init__(self, root: str, stage: str, diverted: dict[str, str], reject_only: list[str]):
+        self.root, self.stage, self.diverted, self.reject_only = Path(root), stage, diverted, reject_only
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        reason = batch[REJECT_COLUMN].astype(str)
+        name = f"{uuid.uuid4().hex}.parquet"
+        kept = batch[reason == ""].drop(columns=[REJECT_COLUMN, *self.reject_only])
+        rejects = batch[(reason != "") & ~reason.isin(list(self.diverted))].assign(stage=self.stage)
+        parts = {"rows": kept, "rejects": rejects}
+        for side in set(self.diverted.values()):
+            parts[side] = batch[reason.isin([r for r, s in self.diverted.items() if s == side])]
+        for folder, frame in parts.items():
+            if len(frame):
+                path = self.root / folder
+                path.mkdir(parents=True, exist_ok=True)
+                pq.write_table(to_arrow(frame), path / name)
+        counts = reason.value_counts()
+        return pd.DataFrame({"reason": counts.index.astype(str), "n": counts.values.astype("int64")})
 
 
-def _write(ds: ray.data.Dataset, path: Path, schema: Any, drop: list[str] = (), extra: dict | None = None) -> None:
-    """Parquet files under `path`; an empty dataset still gets one empty file with the schema."""
-    ds.write_parquet(str(path), try_create_dir=True)
-    if any(path.glob("*.parquet")):
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    arrow = pa.schema([f for f in _arrow_schema(schema) if f.name not in drop])
-    for name, typ in (extra or {}).items():
-        arrow = arrow.append(pa.field(name, typ))
-    pq.write_table(arrow.empty_table(), path / "empty.parquet")
+def _ensure_schema_file(path: Path, schema: pa.Schema) -> None:
+    if not any(path.glob("*.parquet")):
+        path.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.empty_table(), path / "empty.parquet")
 
 
 def _arrow_schema(schema: Any) -> pa.Schema:

@@ -137,6 +137,18 @@ class Export(Strict):
     )
 
 
+class Balance(Strict):
+    """Applied to the final rows before the export's split (synth/balance.py); cut rows go to rejects/."""
+
+    max_per_subcategory_label: int | None = Field(
+        None, ge=1, description="cap on rows per (scenario, subcategory, label); None = no cap"
+    )
+    unsafe_share: float | None = Field(
+        None, gt=0.0, lt=1.0, description="target share of 不安全 rows in the export; None = as built"
+    )
+    tolerance: float = Field(0.02, ge=0.0, lt=0.5, description="no cut while the share is within target ± this")
+
+
 class PipelineConfig(Strict):
     name: str
     seed: int = 0
@@ -151,6 +163,7 @@ class PipelineConfig(Strict):
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
     export: Export = Field(default_factory=Export)
+    balance: Balance = Field(default_factory=Balance)
     # Where load_config found this config and its templates/seeds (not part of the content).
     _source: Path | None = PrivateAttr(None)
     _templates_dir: Path | None = PrivateAttr(None)
@@ -193,8 +206,10 @@ class PipelineConfig(Strict):
 
     def fingerprint(self) -> str:
         """Hash of the config's content (paths excluded), recorded in the manifest."""
-        # export.label_position only shapes sft/: flipping it must not rerun the LLM stages.
-        data = self.model_dump(mode="json", exclude={"templates": True, "seeds": True, "export": {"label_position"}})
+        # export.label_position only shapes sft/ and balance only the export: changing them
+        # must not rerun the LLM stages.
+        data = self.model_dump(mode="json", exclude={"templates": True, "seeds": True, "balance": True,
+                                                     "export": {"label_position"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 

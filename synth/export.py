@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput
 from synth.rows import stable_id
@@ -72,19 +73,42 @@ def split_train_validation(df: pd.DataFrame, share: float, seed: int) -> tuple[p
     return (train.drop(columns="_order").sort_values("id"), validation.drop(columns="_order").sort_values("id"))
 
 
-def load_corpus(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(corpus, train, validation) from the final stage's rows, sorted by id."""
+def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """(corpus, rows cut by `balance`, balance counts): the final stage's rows, balanced, sorted by id."""
     final = read_table(Path(out) / "stages" / FINAL_STAGE / "rows")
     corpus = final[[c for c in CORPUS_COLUMNS if c in final.columns]].sort_values("id").reset_index(drop=True)
+    return apply_balance(corpus, config.balance, config.seed)
+
+
+def load_corpus(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(corpus, train, validation) from the final stage's rows, balanced, sorted by id."""
+    corpus, _, _ = load_balanced(out, config)
     train, validation = split_train_validation(corpus, config.export.validation_share, config.seed)
     return corpus, train, validation
+
+
+def merge_hard(out: Path) -> pd.DataFrame:
+    """Every stage's hard pool (`stages/*/hard/`), with `hard_reason` and `hard_stage`, sorted by id."""
+    parts = []
+    for stage_dir in sorted(p for p in (Path(out) / "stages").iterdir() if p.is_dir()):
+        hard = read_table(stage_dir / "hard")
+        if hard.empty:
+            continue
+        reason = hard["reject_reason"] if "reject_reason" in hard.columns else ""
+        parts.append(hard.drop(columns=["reject_reason"], errors="ignore").assign(hard_reason=reason,
+                                                                                 hard_stage=stage_dir.name))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, ignore_index=True).sort_values(["id", "hard_stage"]).reset_index(drop=True)
 
 
 def export_build(out: Path, config: PipelineConfig, catalog: Any = None) -> dict[str, Any]:
     """Write every export. `catalog` (the build's templates) gives the guard prompt for sft/;
     without it the prompt is the judge template next to the config (see `snapshot_inputs`)."""
     out = Path(out)
-    corpus, train, validation = load_corpus(out, config)
+    corpus, cut, balance = load_balanced(out, config)
+    balance["config"] = config.balance.model_dump(mode="json")
+    train, validation = split_train_validation(corpus, config.export.validation_share, config.seed)
 
     corpus_dir = _fresh_dir(out / "corpus")
     _write_parquet(train, corpus_dir / "data" / "train-00000-of-00001.parquet")
@@ -92,10 +116,8 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None) -> dict
 
     _write_jsonl(out / "libra_test.jsonl", libra_rows(corpus))
 
-    hard = read_table(out / "stages" / "annotate" / "hard")
+    hard = merge_hard(out)
     hard_dir = _fresh_dir(out / "hard")
-    if not hard.empty:
-        hard = hard.drop(columns=["reject_reason"], errors="ignore").sort_values("id")
     _write_parquet(hard, hard_dir / "hard.parquet")
 
     rejects_dir = _fresh_dir(out / "rejects")
@@ -106,12 +128,17 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None) -> dict
             rejects = rejects.sort_values("id")
         _write_parquet(rejects, rejects_dir / f"{stage_dir.name}.parquet")
         reject_counts[stage_dir.name] = len(rejects)
+    _write_parquet(cut.assign(stage="balance"), rejects_dir / "balance.parquet")
+    reject_counts["balance"] = len(cut)
 
     counts = {
         "corpus_rows": len(corpus),
         "train_rows": len(train),
         "validation_rows": len(validation),
         "hard_rows": len(hard),
+        "hard_reasons": ({str(k): int(v) for k, v in hard["hard_reason"].value_counts().sort_index().items()}
+                         if len(hard) else {}),
+        "balance": balance,
         "rejects": reject_counts,
         "labels": {k: int(v) for k, v in corpus["label"].value_counts().sort_index().items()} if len(corpus) else {},
         "kinds": {k: int(v) for k, v in corpus["kind"].value_counts().sort_index().items()} if len(corpus) else {},
@@ -291,13 +318,17 @@ tags:
 Built by synth from scenario templates: each row is a question written by an LLM from
 sampled elements (harmful, or a benign look-alike), one responder's answer, and the label
 two judge models agreed on (`安全` / `不安全`) with the judge's analysis (`analyze`).
-Pairs the judges disagreed on are in `../hard/`, dropped rows with their reasons in `../rejects/`.
+Pairs the judges disagreed on, and agreed pairs that the label checks doubt (a refusal
+labelled 不安全, a 安全 label whose analysis says harmful, a benign question labelled
+不安全), are in `../hard/` with `hard_reason`; dropped rows with their reasons in `../rejects/`.
 
 - rows: {counts['corpus_rows']} (train {counts['train_rows']}, validation {counts['validation_rows']})
 - labels: {json.dumps(counts['labels'], ensure_ascii=False)}
 - kinds: {json.dumps(counts['kinds'], ensure_ascii=False)}
 - scenarios: {counts['scenarios']}, subcategories: {counts['subcategories']}
-- judge disagreements (hard pool): {counts['hard_rows']}
+- hard pool (judge disagreements and label-noise checks, in `../hard/`): {counts['hard_rows']} \
+{json.dumps(counts.get('hard_reasons', {}), ensure_ascii=False)}
+- cut by balancing (in `../rejects/balance.parquet`): {sum(counts.get('balance', {}).get('cut', {}).values())}
 
 {table}
 """

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from synth.config import ModelSpec
 from synth.engines.base import RESULT_COLUMNS
+from synth.rows import to_arrow
 
 KEY_COLUMN = "cache_key"
 _KEYED = ("system", "prompt", "seed", "json_schema", "temperature", "top_p", "max_tokens", "stop")
@@ -68,22 +69,18 @@ class CacheReader:
         return batch
 
 
-class CacheWriter:
-    """Ray Data callable: writes each finished batch's successful answers as one shard."""
-
-    def __init__(self, cache_dir: str):
-        self.cache_dir = Path(cache_dir)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        done = batch[batch["error"] == ""][[KEY_COLUMN, *RESULT_COLUMNS]]
-        if len(done):
-            name = f"{uuid.uuid4().hex}.parquet"
-            tmp = self.cache_dir / f".{name}.tmp"
-            pq.write_table(pa.Table.from_pandas(done.reset_index(drop=True), preserve_index=False), tmp)
-            os.replace(tmp, self.cache_dir / name)
-            _fault_point("cache_shard_written", len(list(self.cache_dir.glob("*.parquet"))))
-        return batch
+def write_to_cache(batch: pd.DataFrame, cache_dir: str) -> pd.DataFrame:
+    """Ray Data function: writes a finished batch's successful answers as one shard, atomically."""
+    done = batch[batch["error"] == ""][[KEY_COLUMN, *RESULT_COLUMNS]]
+    if len(done):
+        directory = Path(cache_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}.parquet"
+        tmp = directory / f".{name}.tmp"
+        pq.write_table(to_arrow(done), tmp)
+        os.replace(tmp, directory / name)
+        _fault_point("cache_shard_written", len(list(directory.glob("*.parquet"))))
+    return batch
 
 
 def _fault_point(name: str, count: int) -> None:

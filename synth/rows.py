@@ -26,3 +26,14 @@ def columns(*groups) -> list[str]:
             if name not in out:
                 out.append(name)
     return out
+
+
+def to_arrow(frame):
+    """A pandas frame as an Arrow table without pandas metadata.
+
+    Ray hands batches over with Arrow-backed pandas dtypes (struct<...>[pyarrow]);
+    pandas metadata naming such dtypes cannot be read back by plain `to_pandas`.
+    """
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False).replace_schema_metadata(None)

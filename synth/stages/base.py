@@ -22,7 +22,7 @@ import ray.data
 from synth.config import PipelineConfig, Role
 from synth.engines import Engine, make_engine
 from synth.errors import BadInput
-from synth.request_cache import KEY_COLUMN, CacheReader, CacheWriter, add_keys, cached_keys, model_identity
+from synth.request_cache import KEY_COLUMN, CacheReader, add_keys, cached_keys, model_identity, write_to_cache
 from synth.templates import Catalog
 
 log = logging.getLogger("synth")
@@ -66,11 +66,15 @@ class StageContext:
         known = cached_keys(Path(cache_dir))
         stats = self.requests.setdefault(self.stage, {"sent": 0, "cached": 0, "sent_by_scenario": {}})
         hit_count = 0
-        for batch in keyed.select_columns([KEY_COLUMN, "scenario"]).iter_batches(batch_format="pandas"):
-            hits = batch[KEY_COLUMN].isin(known)
-            hit_count += int(hits.sum())
-            for scenario, n in batch.loc[~hits, "scenario"].value_counts().items():
-                stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + int(n)
+        if known:  # a first build has no cache: skip the pass over the keys
+            for batch in keyed.select_columns([KEY_COLUMN, "scenario"]).iter_batches(batch_format="pandas"):
+                hits = batch[KEY_COLUMN].isin(known)
+                hit_count += int(hits.sum())
+                for scenario, n in batch.loc[~hits, "scenario"].value_counts().items():
+                    stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + int(n)
+        else:
+            for scenario, n in _count_column(keyed, "scenario").items():
+                stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + n
         total = keyed.count()
         stats["cached"] += hit_count
         stats["sent"] += total - hit_count
@@ -85,9 +89,17 @@ class StageContext:
                 parts.append(misses.map_batches(_empty_results, batch_format="pandas"))
             else:
                 answered = self.engine(model_name).generate(misses)
-                parts.append(answered.map_batches(CacheWriter, fn_constructor_kwargs={"cache_dir": cache_dir},
-                                                  compute=ray.data.ActorPoolStrategy(size=1), batch_format="pandas"))
+                parts.append(answered.map_batches(write_to_cache, fn_kwargs={"cache_dir": cache_dir},
+                                                  batch_format="pandas"))
         return _union(parts).drop_columns([KEY_COLUMN])
+
+
+def _count_column(ds: ray.data.Dataset, column: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for batch in ds.select_columns([column]).iter_batches(batch_format="pandas"):
+        for value, n in batch[column].value_counts().items():
+            counts[str(value)] = counts.get(str(value), 0) + int(n)
+    return counts
 
 
 def _union(parts: list[ray.data.Dataset]) -> ray.data.Dataset:
