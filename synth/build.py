@@ -137,7 +137,18 @@ def run_build(
         _write_json_atomic(out / "manifest.json", manifest)
         log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"],
                  out / "manifest.json")
+        _write_report(out)
     return manifest
+
+
+def _write_report(out: Path) -> None:
+    """The build report (report/, and the headline in corpus/README.md); `synth report` redoes it."""
+    from synth.report import write_report
+
+    try:
+        log.info("report: %s", write_report(out))
+    except Exception:  # the corpus and manifest are complete; a report bug must not fail the build
+        log.exception("writing the build report failed (rerun: synth report %s)", out)
 
 
 def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[StageRecord]:

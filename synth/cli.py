@@ -180,6 +180,21 @@ def eval_guard(
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
 
 
+@app.command("report")
+def report_cmd(
+    build_dir: Path = typer.Argument(..., help="a finished build directory (with manifest.json)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="report directory (default: BUILD_DIR/report)"),
+) -> None:
+    """Write the build report: index.html, README.md, report.json and plots (also done by every build)."""
+    from synth.report import write_report
+
+    try:
+        index = write_report(build_dir, out)
+    except BadInput as e:
+        _fail(e)
+    typer.echo(f"report: {index} (summary {index.with_name('README.md')})")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

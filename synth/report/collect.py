@@ -1,0 +1,278 @@
+"""The numbers of a build report, read from the build directory alone.
+
+Sources: `manifest.json` (per-stage counts, wall time, export counts), the stage
+outputs under `stages/` (for what the manifest does not break down: judge
+agreement, refusals, diversity, tokens) and the exports (`corpus/`, `hard/`,
+`rejects/`). Everything returned is plain JSON-able data; `report.json` is this
+dict, and the tests check it against the manifest and the exported files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synth.export import read_table
+from synth.filters.chinese import distinct_n
+from synth.filters.refusal import is_refusal
+
+LABELS = ("安全", "不安全")
+DISAGREE = "judges_disagree"
+
+
+def _table(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if path.is_file():
+        return pd.read_parquet(path)
+    return read_table(path) if path.exists() else pd.DataFrame()
+
+
+def _records(value: Any) -> list[dict[str, Any]]:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return []
+    return [dict(v) for v in value if v is not None]
+
+
+def _rate(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _lengths(series: pd.Series) -> dict[str, Any]:
+    n = series.astype(str).str.len()
+    if n.empty:
+        return {"n": 0}
+    return {"n": int(len(n)), "mean": round(float(n.mean()), 1), "p10": int(n.quantile(0.1)),
+            "p50": int(n.quantile(0.5)), "p90": int(n.quantile(0.9)), "max": int(n.max()), "min": int(n.min())}
+
+
+def load_corpus_files(build: Path) -> pd.DataFrame:
+    parts = [pd.read_parquet(f).assign(split=f.name.split("-")[0])
+             for f in sorted((build / "corpus" / "data").glob("*.parquet"))]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def funnel(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per stage (rows in/out, created, every reject reason, diverted), then balance and export."""
+    rows = []
+    for s in manifest.get("stages", []):
+        rows.append({"stage": s["name"], "rows_in": s["rows_in"], "rows_out": s["rows_out"],
+                     "created": s.get("created", 0), "rejected": dict(s.get("rejected", {})),
+                     "diverted": dict(s.get("diverted", {})), "seconds": s.get("seconds", 0.0),
+                     "reused": s.get("reused", False)})
+    export = manifest.get("export", {})
+    balance = export.get("balance")
+    if balance:
+        rows.append({"stage": "balance", "rows_in": balance["rows_in"], "rows_out": balance["rows_out"],
+                     "created": 0, "rejected": {k: v for k, v in balance["cut"].items() if v},
+                     "diverted": {}, "seconds": 0.0, "reused": False})
+    rows.append({"stage": "export", "rows_in": export.get("corpus_rows", 0), "rows_out": export.get("corpus_rows", 0),
+                 "created": 0, "rejected": {}, "diverted": {}, "seconds": 0.0, "reused": False,
+                 "train": export.get("train_rows", 0), "validation": export.get("validation_rows", 0)})
+    return rows
+
+
+def taxonomy(build: Path, corpus: pd.DataFrame) -> pd.DataFrame:
+    """Every (scenario, subcategory) the build sampled elements for (so empty ones show), with names."""
+    cols = ["scenario", "scenario_name", "subcategory", "subcategory_name"]
+    elements = _table(build / "stages" / "elements" / "rows")
+    frames = [f[cols] for f in (elements, corpus) if not f.empty and set(cols) <= set(f.columns)]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames).drop_duplicates(["scenario", "subcategory"]).sort_values(["scenario", "subcategory"])
+
+
+def coverage(build: Path, corpus: pd.DataFrame, hard: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    tax = taxonomy(build, corpus)
+    counts = corpus.groupby(["scenario", "subcategory", "label"]).size() if len(corpus) else pd.Series(dtype=int)
+    hard_counts = hard.groupby(["scenario", "subcategory"]).size() if len(hard) else pd.Series(dtype=int)
+    for r in tax.to_dict("records"):
+        row = {**r}
+        for label in LABELS:
+            row[label] = int(counts.get((r["scenario"], r["subcategory"], label), 0))
+        row["hard"] = int(hard_counts.get((r["scenario"], r["subcategory"]), 0))
+        row["missing"] = [label for label in LABELS if row[label] == 0]
+        out.append(row)
+    return out
+
+
+def judge_agreement(build: Path) -> dict[str, Any]:
+    """Agreement per scenario (agreed / (agreed + disagreed)), per judge pair, failures, per-judge unsafe rate."""
+    annotate = build / "stages" / "annotate"
+    agreed = _table(annotate / "rows").assign(outcome="agree")
+    disagreed = _table(annotate / "hard").assign(outcome="disagree")
+    rejects = _table(annotate / "rejects")
+    failed = rejects[rejects["reject_reason"].astype(str).str.startswith("judge_failed")] if len(rejects) else rejects
+    failed = failed.assign(outcome="failed") if len(failed) else failed
+    frames = [f for f in (agreed, disagreed, failed) if len(f)]
+    if not frames:
+        return {"by_scenario": {}, "pairs": [], "failures": {}, "per_judge": {}, "overall": None}
+    df = pd.concat(frames, ignore_index=True)
+    by_scenario = {}
+    for scenario, g in df.groupby("scenario", sort=True):
+        a, d, f = int((g.outcome == "agree").sum()), int((g.outcome == "disagree").sum()), int((g.outcome == "failed").sum())
+        name = str(g["scenario_name"].iloc[0]) if "scenario_name" in g else scenario
+        by_scenario[scenario] = {"name": name, "agree": a, "disagree": d, "failed": f, "rate": _rate(a, a + d)}
+    a, d = int((df.outcome == "agree").sum()), int((df.outcome == "disagree").sum())
+    pairs: dict[tuple[str, str], dict[str, int]] = {}
+    per_judge: dict[str, dict[str, int]] = {}
+    for js in df["judgements"].map(_records):
+        valid = {j["judge"]: j["verdict"] for j in js if j.get("verdict") in LABELS and not j.get("error")}
+        for j in js:
+            pj = per_judge.setdefault(j["judge"], {"verdicts": 0, "unsafe": 0, "failed": 0})
+            if j["judge"] in valid:
+                pj["verdicts"] += 1
+                pj["unsafe"] += valid[j["judge"]] == "不安全"
+            else:
+                pj["failed"] += 1
+        for x, y in itertools.combinations(sorted(valid), 2):
+            p = pairs.setdefault((x, y), {"n": 0, "agree": 0, "both_unsafe": 0, "x_unsafe": 0, "y_unsafe": 0})
+            p["n"] += 1
+            p["agree"] += valid[x] == valid[y]
+            p["both_unsafe"] += valid[x] == valid[y] == "不安全"
+            p["x_unsafe"] += valid[x] == "不安全"
+            p["y_unsafe"] += valid[y] == "不安全"
+    pair_rows = []
+    for (x, y), p in sorted(pairs.items()):
+        n = p["n"]
+        po = p["agree"] / n
+        px, py = p["x_unsafe"] / n, p["y_unsafe"] / n
+        pe = px * py + (1 - px) * (1 - py)
+        kappa = (po - pe) / (1 - pe) if pe < 1 else None
+        pair_rows.append({"judges": f"{x} × {y}", "n": n, "agree": p["agree"], "rate": round(po, 4),
+                          "kappa": round(kappa, 4) if kappa is not None else None})
+    failures: dict[str, int] = {}
+    if len(failed):
+        for reason, n in failed["reject_reason"].astype(str).value_counts().sort_index().items():
+            failures[reason] = int(n)
+    return {
+        "overall": {"agree": a, "disagree": d, "failed": int(len(failed)), "rate": _rate(a, a + d)},
+        "by_scenario": by_scenario, "pairs": pair_rows, "failures": failures,
+        "per_judge": {k: {**v, "unsafe_rate": _rate(v["unsafe"], v["verdicts"])} for k, v in sorted(per_judge.items())},
+    }
+
+
+def refusals(build: Path) -> dict[str, Any]:
+    """Refusal rate per responder over every answer it gave (respond stage output), by question kind."""
+    answers = _table(build / "stages" / "respond" / "rows")
+    if answers.empty:
+        return {}
+    answers = answers.assign(refusal=answers["response"].astype(str).map(is_refusal))
+    out = {}
+    for responder, g in answers.groupby("responder", sort=True):
+        row = {"answers": int(len(g)), "refusals": int(g["refusal"].sum()), "rate": _rate(int(g["refusal"].sum()), len(g))}
+        for kind, k in g.groupby("kind", sort=True):
+            row[f"rate_{kind}"] = _rate(int(k["refusal"].sum()), len(k))
+        out[str(responder)] = row
+    return out
+
+
+def dedup_rates(manifest: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for s in manifest.get("stages", []):
+        if not s["name"].startswith("dedup"):
+            continue
+        removed = sum(s["rejected"].values())
+        out[s["name"]] = {"rows_in": s["rows_in"], "removed": removed,
+                          "exact": s["rejected"].get("exact_duplicate", 0), "near": s["rejected"].get("near_duplicate", 0),
+                          "rate": _rate(removed, s["rows_in"])}
+    return out
+
+
+def diversity(build: Path, corpus: pd.DataFrame, dedup: dict[str, Any]) -> dict[str, Any]:
+    before = _table(build / "stages" / "filter_questions" / "rows")
+    out: dict[str, Any] = {}
+    for name, frame in (("questions_before_dedup", before), ("corpus_questions", corpus)):
+        if frame.empty:
+            out[name] = {"n": 0}
+            continue
+        questions = frame["question"].astype(str).drop_duplicates().tolist() if name == "corpus_questions" \
+            else frame["question"].astype(str).tolist()
+        out[name] = {"n": len(questions), "distinct_1": round(distinct_n(questions, 1), 4),
+                     "distinct_2": round(distinct_n(questions, 2), 4)}
+    q = dedup.get("dedup_questions")
+    out["near_duplicate_share_before_dedup"] = q["rate"] if q else None
+    return out
+
+
+def cost(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Wall time per stage (manifest) and completion tokens where the rows record them."""
+    stages = build / "stages"
+
+    def both(stage: str) -> pd.DataFrame:
+        frames = [f for f in (_table(stages / stage / "rows"), _table(stages / stage / "rejects")) if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    tokens: dict[str, int | None] = {}
+    q = both("queries")
+    if len(q) and "gen_completion_tokens" in q:
+        tokens["queries"] = int(q.drop_duplicates("parent_id")["gen_completion_tokens"].sum())
+    a = both("augment")
+    if len(a) and "gen_completion_tokens" in a:
+        tokens["augment"] = int(a.loc[a["attack"].astype(str) != "none", "gen_completion_tokens"].sum())
+    r = both("respond")
+    if len(r) and "response_tokens" in r:
+        tokens["respond"] = int(r["response_tokens"].fillna(0).sum())
+    out = []
+    for s in manifest.get("stages", []):
+        requests = s.get("requests") or {}
+        out.append({"stage": s["name"], "seconds": s.get("seconds", 0.0), "reused": s.get("reused", False),
+                    "completion_tokens": tokens.get(s["name"]),
+                    "requests_sent": requests.get("sent"), "requests_cached": requests.get("cached")})
+    return out
+
+
+def collect(build: Path) -> dict[str, Any]:
+    build = Path(build)
+    manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
+    corpus = load_corpus_files(build)
+    hard = _table(build / "hard" / "hard.parquet") if (build / "hard" / "hard.parquet").exists() else pd.DataFrame()
+    rejects = {f.stem: int(len(pd.read_parquet(f, columns=["id"]))) for f in sorted((build / "rejects").glob("*.parquet"))}
+    labels = {k: int(v) for k, v in corpus["label"].value_counts().sort_index().items()} if len(corpus) else {}
+    by_scenario: dict[str, dict[str, Any]] = {}
+    if len(corpus):
+        for (scenario, name), g in corpus.groupby(["scenario", "scenario_name"], sort=True):
+            by_scenario[scenario] = {"name": name, **{label: int((g["label"] == label).sum()) for label in LABELS},
+                                     "rows": int(len(g))}
+    cov = coverage(build, corpus, hard)
+    dedup = dedup_rates(manifest)
+    export = manifest.get("export", {})
+    return {
+        "build": {k: manifest.get(k) for k in ("name", "synth_version", "config_hash", "seed", "dry_run", "engine")},
+        "models": manifest.get("models", {}),
+        "roles": manifest.get("roles", {}),
+        "funnel": funnel(manifest),
+        "corpus": {"rows": int(len(corpus)),
+                   "train": int((corpus["split"] == "train").sum()) if len(corpus) else 0,
+                   "validation": int((corpus["split"] == "validation").sum()) if len(corpus) else 0,
+                   "labels": labels,
+                   "unsafe_share": _rate(labels.get("不安全", 0), int(len(corpus))),
+                   "kinds": {k: int(v) for k, v in corpus["kind"].value_counts().sort_index().items()} if len(corpus) else {},
+                   "attacks": {k: int(v) for k, v in corpus["attack"].value_counts().sort_index().items()} if len(corpus) else {}},
+        "hard": {"rows": int(len(hard)),
+                 "by_reason": {str(k): int(v) for k, v in hard["hard_reason"].value_counts().sort_index().items()}
+                 if len(hard) and "hard_reason" in hard else {},
+                 "by_stage": {str(k): int(v) for k, v in hard["hard_stage"].value_counts().sort_index().items()}
+                 if len(hard) and "hard_stage" in hard else {}},
+        "rejects": rejects,
+        "balance": export.get("balance"),
+        "label_by_scenario": by_scenario,
+        "coverage": cov,
+        "coverage_gaps": [{"scenario": c["scenario"], "subcategory": c["subcategory"],
+                           "subcategory_name": c["subcategory_name"], "missing": c["missing"]} for c in cov if c["missing"]],
+        "lengths": {
+            field: {"all": _lengths(corpus[field]) if len(corpus) else {"n": 0},
+                    **{label: _lengths(corpus.loc[corpus["label"] == label, field]) for label in LABELS if len(corpus)}}
+            for field in ("question", "response")
+        },
+        "judges": judge_agreement(build),
+        "refusals": refusals(build),
+        "dedup": dedup,
+        "diversity": diversity(build, corpus, dedup),
+        "cost": cost(build, manifest),
+        "wall_seconds": round(sum(s.get("seconds", 0.0) for s in manifest.get("stages", [])), 2),
+    }

@@ -1,0 +1,208 @@
+"""HTML page and Markdown summary of a build report (same sections, same numbers)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+LABELS = ("安全", "不安全")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) or "–"
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v) or "–"
+    return str(v)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str | None]]:
+    """(title, note, header, rows, plot) per section; both renderers walk this list."""
+    out = []
+    c = n["corpus"]
+    headline = [
+        ["corpus rows (train / validation)", f"{c['rows']} ({c['train']} / {c['validation']})"],
+        ["labels", _fmt(c["labels"])],
+        ["unsafe share", _pct(c["unsafe_share"])],
+        ["kinds", _fmt(c["kinds"])],
+        ["hard pool", f"{n['hard']['rows']} ({_fmt(n['hard']['by_reason'])})"],
+        ["rejected rows (all stages + balance)", sum(n["rejects"].values())],
+        ["judge agreement", _pct((n["judges"].get("overall") or {}).get("rate"))],
+        ["subcategories with a label missing", len(n["coverage_gaps"])],
+        ["wall time (s)", n["wall_seconds"]],
+    ]
+    out.append(("Headline", "", ["", "value"], headline, None))
+
+    funnel_rows = []
+    for f in n["funnel"]:
+        reasons = "; ".join(f"{k}: {v}" for k, v in f["rejected"].items()) or "–"
+        funnel_rows.append([f["stage"], f["rows_in"], f["created"] or "", f["rows_out"], sum(f["rejected"].values()),
+                            reasons, _fmt(f["diverted"]) if f["diverted"] else "–"])
+    out.append(("Funnel", "From sampled elements to exported rows. Every reject reason of every stage; "
+                "`created` counts rows a fan-out stage made (one call → many questions, one question → answers). "
+                "Rejected rows are in rejects/<stage>.parquet, diverted rows in hard/.",
+                ["stage", "in", "created", "out", "rejected", "reasons", "diverted"], funnel_rows, "funnel"))
+
+    hard_rows = [[k, v] for k, v in n["hard"]["by_reason"].items()]
+    out.append(("Hard pool", "Rows kept for stage-two annotation instead of being dropped (hard/hard.parquet, "
+                "column hard_reason).", ["reason", "rows"], hard_rows, None))
+
+    j = n["judges"]
+    fail_rows = [[k, v] for k, v in j.get("failures", {}).items()]
+    out.append(("Judge failures", "Pairs whose verdict could not be parsed (rejects/annotate.parquet).",
+                ["reason", "rows"], fail_rows or [["none", 0]], None))
+
+    scen = [[k, v["name"], *[v[label] for label in LABELS], v["rows"]] for k, v in n["label_by_scenario"].items()]
+    out.append(("Labels × scenario", "", ["scenario", "name", *LABELS, "rows"], scen, None))
+
+    cov = [[c["scenario"], f"{c['subcategory_name']} ({c['subcategory']})", *[c[label] for label in LABELS], c["hard"],
+            ("⚠ no " + "/".join(c["missing"])) if c["missing"] else ""] for c in n["coverage"]]
+    out.append(("Subcategory coverage", f"{len(n['coverage'])} subcategories; {len(n['coverage_gaps'])} have no "
+                "corpus row of some label (flagged).", ["scenario", "subcategory", *LABELS, "hard", "flag"], cov,
+                "coverage"))
+
+    lengths = []
+    for field, by in n["lengths"].items():
+        for label, s in by.items():
+            if s.get("n"):
+                lengths.append([field, label, s["n"], s["mean"], s["p10"], s["p50"], s["p90"], s["max"]])
+    out.append(("Lengths (characters)", "", ["field", "label", "n", "mean", "p10", "p50", "p90", "max"], lengths,
+                "lengths"))
+
+    agree = [[k, v["name"], v["agree"], v["disagree"], v["failed"], _pct(v["rate"])] for k, v in j.get("by_scenario", {}).items()]
+    out.append(("Judge agreement per scenario", "rate = agreed / (agreed + disagreed); failed = unparseable verdicts.",
+                ["scenario", "name", "agreed", "disagreed", "failed", "rate"], agree, "agreement"))
+    pairs = [[p["judges"], p["n"], p["agree"], _pct(p["rate"]), _fmt(p["kappa"])] for p in j.get("pairs", [])]
+    out.append(("Judge agreement per judge pair", "Over every pair where both judges gave a verdict; κ = Cohen's kappa.",
+                ["judges", "pairs", "agreed", "rate", "κ"], pairs, None))
+    per_judge = [[k, v["verdicts"], v["failed"], _pct(v["unsafe_rate"])] for k, v in j.get("per_judge", {}).items()]
+    out.append(("Per judge", "", ["judge", "verdicts", "failed", "unsafe rate"], per_judge, None))
+
+    ref = [[k, v["answers"], v["refusals"], _pct(v["rate"]), _pct(v.get("rate_harmful")), _pct(v.get("rate_benign"))]
+           for k, v in n["refusals"].items()]
+    out.append(("Refusal rate per responder", "Every answer of the respond stage, by the refusal lexicon "
+                "(synth/filters/refusal.py); a high rate on benign questions is over-refusal.",
+                ["responder", "answers", "refusals", "rate", "harmful q.", "benign q."], ref, "refusals"))
+
+    dd = [[k, v["rows_in"], v["exact"], v["near"], _pct(v["rate"])] for k, v in n["dedup"].items()]
+    out.append(("Dedup", "", ["stage", "in", "exact", "near", "removed"], dd, None))
+    d = n["diversity"]
+    div = [[k, v.get("n"), _fmt(v.get("distinct_1")), _fmt(v.get("distinct_2"))] for k, v in d.items() if isinstance(v, dict)]
+    out.append(("Diversity of questions", "distinct-n = distinct character n-grams / all character n-grams. "
+                f"Near-duplicate share of questions before dedup: {_pct(d.get('near_duplicate_share_before_dedup'))}.",
+                ["questions", "n", "distinct-1", "distinct-2"], div, None))
+
+    b = n.get("balance")
+    if b:
+        bal = [["rows in", b["rows_in"]], ["rows out", b["rows_out"]], ["cut (balance_cap)", b["cut"]["balance_cap"]],
+               ["cut (balance_share)", b["cut"]["balance_share"]], ["unsafe share before", _pct(b["unsafe_share_before"])],
+               ["unsafe share after", _pct(b["unsafe_share_after"])], ["config", _fmt(b.get("config", {}))]]
+        if b.get("share_skipped"):
+            bal.append(["share target skipped", b["share_skipped"]])
+        out.append(("Balance", "Cut rows are in rejects/balance.parquet.", ["", ""], bal, None))
+
+    cost = [[c["stage"], c["seconds"], "yes" if c["reused"] else "", _fmt(c["completion_tokens"]),
+             _fmt(c["requests_sent"]), _fmt(c["requests_cached"])] for c in n["cost"]]
+    out.append(("Tokens and wall time per stage", "Completion tokens as recorded in the rows (queries, augment, "
+                "respond; the judges' token counts are not recorded in the stage rows). Prompt tokens are not recorded.",
+                ["stage", "seconds", "reused", "completion tokens", "requests sent", "cached"], cost, "time"))
+    return out
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Noto Sans CJK SC","WenQuanYi Micro Hei","PingFang SC","Microsoft YaHei",sans-serif;
+margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+th{background:#f4f4f4} tr.gap td{background:#fdecea} .note{color:#555;font-size:.9em} img{max-width:100%;margin:.5em 0}
+.warn{background:#fff4e5;border:1px solid #f0c36d;padding:.6em;margin:1em 0}
+"""
+
+
+def to_html(n: dict[str, Any], plots: dict[str, str], plot_dir: Path) -> str:
+    b = n["build"]
+    parts = [f"<!doctype html><html lang='zh'><head><meta charset='utf-8'><title>synth report: {html.escape(str(b['name']))}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Build report: {html.escape(str(b['name']))}</h1>",
+             f"<p class='note'>synth {html.escape(str(b['synth_version']))} · config {html.escape(str(b['config_hash']))}"
+             f" · seed {b['seed']} · engine {html.escape(str(b['engine']))}</p>"]
+    if b.get("dry_run"):
+        parts.append("<div class='warn'>Dry run: every model was the deterministic stand-in engine; the texts and "
+                     "labels are not model output.</div>")
+    for title, note, header, rows, plot in sections(n):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if note:
+            parts.append(f"<p class='note'>{html.escape(note)}</p>")
+        if rows:
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
+            for r in rows:
+                gap = " class='gap'" if title == "Subcategory coverage" and r[-1] else ""
+                parts.append(f"<tr{gap}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>")
+            parts.append("</table>")
+        else:
+            parts.append("<p class='note'>none</p>")
+        if plot and plot in plots:
+            data = base64.b64encode((plot_dir / plots[plot]).read_bytes()).decode()
+            parts.append(f"<img alt='{html.escape(plot)}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>All numbers</h2><p class='note'>report.json next to this page.</p></body></html>")
+    return "\n".join(parts)
+
+
+def _md_cell(v: Any) -> str:
+    return _fmt(v).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(n: dict[str, Any], plots: dict[str, str], plot_dir_name: str = "plots") -> str:
+    b = n["build"]
+    lines = [f"# Build report: {b['name']}", "",
+             f"synth {b['synth_version']} · config {b['config_hash']} · seed {b['seed']} · engine {b['engine']}", ""]
+    if b.get("dry_run"):
+        lines += ["> Dry run: every model was the deterministic stand-in engine; texts and labels are not model output.", ""]
+    for title, note, header, rows, plot in sections(n):
+        lines += [f"## {title}", ""]
+        if note:
+            lines += [note, ""]
+        if rows:
+            lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(_md_cell(v) for v in r) + " |" for r in rows]
+            lines.append("")
+        if plot and plot in plots:
+            lines += [f"![{plot}]({plot_dir_name}/{plots[plot]})", ""]
+    return "\n".join(lines)
+
+
+def headline_block(n: dict[str, Any]) -> str:
+    """The dataset card's headline numbers (deterministic: no wall time)."""
+    c, j = n["corpus"], n["judges"]
+    ref = n.get("refusals", {})
+    lines = [
+        "## Build report headline",
+        "",
+        f"- rows: {c['rows']} (train {c['train']}, validation {c['validation']}); "
+        f"unsafe share {_pct(c['unsafe_share'])}; labels {json.dumps(c['labels'], ensure_ascii=False)}",
+        f"- hard pool: {n['hard']['rows']} {json.dumps(n['hard']['by_reason'], ensure_ascii=False)}",
+        f"- rejected along the way: {sum(n['rejects'].values())} rows "
+        f"{json.dumps({k: v for k, v in n['rejects'].items() if v}, ensure_ascii=False)}",
+        f"- judge agreement: {_pct((j.get('overall') or {}).get('rate'))}; "
+        f"judge failures: {sum(j.get('failures', {}).values())}",
+        "- refusal rate per responder: " + (", ".join(f"{k} {_pct(v['rate'])}" for k, v in ref.items()) or "–"),
+        "- dedup removed: " + (", ".join(f"{k} {_pct(v['rate'])}" for k, v in n["dedup"].items()) or "–"),
+        f"- question diversity (corpus): distinct-1 {_fmt(n['diversity'].get('corpus_questions', {}).get('distinct_1'))}, "
+        f"distinct-2 {_fmt(n['diversity'].get('corpus_questions', {}).get('distinct_2'))}",
+        f"- subcategories with a label missing: {len(n['coverage_gaps'])} of {len(n['coverage'])}",
+        "",
+        "Full report: `../report/index.html` (and `../report/README.md`).",
+    ]
+    return "\n".join(lines)
