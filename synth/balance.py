@@ -95,9 +95,9 @@ def apply_balance(corpus: pd.DataFrame, config: Any, seed: int) -> tuple[pd.Data
         if unsafe == 0 or safe == 0:
             counts["share_skipped"] = f"no rows labelled {SAFE if safe == 0 else UNSAFE}"
         elif unsafe / (unsafe + safe) > hi:
-            cut_label, keep_n = UNSAFE, math.floor(hi * safe / (1 - hi)) if hi < 1 else unsafe
+            cut_label, keep_n = UNSAFE, math.floor(hi * safe / (1 - hi) + 1e-9) if hi < 1 else unsafe
         elif unsafe / (unsafe + safe) < lo:
-            cut_label, keep_n = SAFE, math.floor(unsafe * (1 - lo) / lo) if lo > 0 else safe
+            cut_label, keep_n = SAFE, math.floor(unsafe * (1 - lo) / lo + 1e-9) if lo > 0 else safe
         if cut_label is not None:
             of_label = kept[kept["label"] == cut_label]
             groups = of_label.groupby(["scenario", "subcategory"], sort=True)
