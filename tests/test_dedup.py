@@ -93,6 +93,14 @@ EXPECTED_REMOVED = {"a1": ("a0", "exact_duplicate"), "a2": ("a0", "near_duplicat
 def test_normalise_folds_width_case_punctuation_and_space():
     assert normalise("  Ｈｅｌｌｏ，世界！ AI　安全\t研究。１２３ ") == "hello世界ai安全研究123"
     assert normalise(None) == "" and normalise("，。！？ ") == ""
+    # the fast path (punctuation removed before NFKC) equals the plain definition
+    import re
+    import unicodedata
+
+    samples = [r["text"] for r in corpus()] + ["".join(chr(c) for c in range(0x3000, 0x3020)),
+                                                 "".join(chr(c) for c in range(0xFF01, 0xFF66)), "Ａｂ１②㈠™ ℃"]
+    for text in samples:
+        assert normalise(text) == re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).lower())
 
 
 def test_banding_is_chosen_for_recall_at_the_threshold():

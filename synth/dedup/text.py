@@ -24,6 +24,13 @@ _BASE = _U64(0x100000001B3 * 2 + 1)
 # control and format characters (and the underscore, which \w would keep).
 # Unicode-aware `\W` is ~6x faster than a character class of the P/Z/C categories.
 _NOT_WORD = re.compile(r"[\W_]+")
+# Whitespace and full-width / CJK punctuation, removed before NFKC: every one of them
+# is still punctuation or space after NFKC (so the result is the same), and without
+# them most Chinese text is already NFKC, which `unicodedata.normalize` detects
+# quickly instead of rebuilding the string (3x faster on typical Chinese text).
+_PUNCT_BEFORE_NFKC = re.compile(
+    r"[\s\uFF01-\uFF0F\uFF1A-\uFF20\uFF3B-\uFF40\uFF5B-\uFF65\u3000-\u3003\u3008-\u3011\u3014-\u301F]+"
+)
 
 
 def normalise(text: str | None) -> str:
@@ -34,7 +41,8 @@ def normalise(text: str | None) -> str:
     """
     if not text:
         return ""
-    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
+    text = unicodedata.normalize("NFKC", _PUNCT_BEFORE_NFKC.sub("", text))
+    return _NOT_WORD.sub("", text.lower())
 
 
 def exact_hash(normalised: str) -> int:
