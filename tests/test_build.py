@@ -47,7 +47,11 @@ def test_corpus_loads_with_datasets_and_covers_the_taxonomy(demo_build):
     assert set(df["label"]) == {"安全", "不安全"}
     assert set(df["kind"]) == {"harmful", "benign"}
     assert df["scenario"].nunique() == 7
-    assert df[["scenario", "subcategory"]].drop_duplicates().shape[0] == 39
+    # Every subcategory yields labelled pairs: in the corpus, or in the hard pool when the
+    # label checks doubt them (filters.pairs: label_consistency, benign_flagged).
+    hard = pd.read_parquet(out / "hard/hard.parquet")
+    labelled = pd.concat([df[["scenario", "subcategory"]], hard[["scenario", "subcategory"]]])
+    assert labelled.drop_duplicates().shape[0] == 39
     assert df["id"].is_unique
     assert (df["attack"] != "none").any()
     # stratified split: every scenario × label stratum with ≥2 rows appears in validation
@@ -86,12 +90,17 @@ def test_manifest_reconciles_stage_by_stage_and_with_the_files(demo_build):
         if len(rejects):
             assert rejects["reject_reason"].str.len().min() > 0
         previous_out = record["rows_out"]
-    assert manifest["export"]["corpus_rows"] == stages[-1]["rows_out"]
+    balance_cut = sum(manifest["export"]["balance"]["cut"].values())
+    assert manifest["export"]["corpus_rows"] == stages[-1]["rows_out"] - balance_cut
+    assert len(pd.read_parquet(out / "rejects/balance.parquet")) == balance_cut
     annotate = next(s for s in stages if s["name"] == "annotate")
     hard = pd.read_parquet(out / "hard/hard.parquet")
-    assert len(hard) == annotate["diverted"]["hard"] > 0
+    # the hard pool merges every stage's diverted rows, with the reason
+    assert len(hard) == sum(s["diverted"].get("hard", 0) for s in stages) > 0
+    disagreements = hard[hard["hard_reason"] == "judges_disagree"]
+    assert len(disagreements) == annotate["diverted"]["hard"] > 0
     # both verdicts of a disagreement are kept
-    assert all(len(j) == 2 and {x["verdict"] for x in j} == {"安全", "不安全"} for j in hard["judgements"])
+    assert all(len(j) == 2 and {x["verdict"] for x in j} == {"安全", "不安全"} for j in disagreements["judgements"])
 
 
 def test_dedup_rejects_point_to_kept_rows(demo_build):
