@@ -80,8 +80,7 @@ def render_plots(numbers: dict[str, Any], out: Path) -> dict[str, str]:
             for j, label in enumerate(labels):
                 v = int(data[i, j])
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                        color="#d1495b" if v == 0 and label != "hard" else "black",
-                        fontweight="bold" if v == 0 and label != "hard" else "normal")
+                        color="#d1495b" if v == 0 and label != "hard" else "black")
         ax.set_title("Coverage: corpus rows per subcategory × label (0 in red)")
         files["coverage"] = _save(fig, out / "coverage.png")
 
@@ -136,6 +135,6 @@ def render_plots(numbers: dict[str, Any], out: Path) -> dict[str, str]:
         ax.bar([c["stage"] for c in cost], [c["seconds"] for c in cost], color="#6c757d")
         ax.set_ylabel("seconds")
         ax.tick_params(axis="x", rotation=30, labelsize=8)
-        ax.set_title("Wall time per stage (0 = reused from an earlier run)")
+        ax.set_title("Wall time per stage (as recorded when the stage last ran)")
         files["time"] = _save(fig, out / "time.png")
     return files

@@ -40,7 +40,7 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
         ["rejected rows (all stages + balance)", sum(n["rejects"].values())],
         ["judge agreement", _pct((n["judges"].get("overall") or {}).get("rate"))],
         ["subcategories with a label missing", len(n["coverage_gaps"])],
-        ["wall time (s)", n["wall_seconds"]],
+        ["wall time of the stages (s)", f"{n['wall_seconds']:.1f}"],
     ]
     out.append(("Headline", "", ["", "value"], headline, None))
 
@@ -112,11 +112,12 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
             bal.append(["share target skipped", b["share_skipped"]])
         out.append(("Balance", "Cut rows are in rejects/balance.parquet.", ["", ""], bal, None))
 
-    cost = [[c["stage"], c["seconds"], "yes" if c["reused"] else "", _fmt(c["completion_tokens"]),
+    cost = [[c["stage"], f"{c['seconds']:.1f}", "yes" if c["reused"] else "", _fmt(c["completion_tokens"]),
              _fmt(c["requests_sent"]), _fmt(c["requests_cached"])] for c in n["cost"]]
     out.append(("Tokens and wall time per stage", "Completion tokens as recorded in the rows (queries, augment, "
                 "respond; the judges' token counts are not recorded in the stage rows). Prompt tokens are not recorded.",
                 ["stage", "seconds", "reused", "completion tokens", "requests sent", "cached"], cost, "time"))
+    # (a reused stage shows the seconds of the run that produced it)
     return out
 
 
