@@ -41,14 +41,16 @@ def test_report_is_written_by_the_build(small_build):
     report = out / "report"
     for name in ("index.html", "README.md", "report.json"):
         assert (report / name).is_file(), name
+    html = (report / "index.html").read_text(encoding="utf-8")
+    assert html.startswith("<!doctype html>") and "</html>" in html
+    md = (report / "README.md").read_text(encoding="utf-8")
+    assert "## Funnel" in md and "## Subcategory coverage" in md and "## Judge agreement per scenario" in md
+    pytest.importorskip("matplotlib")
+    assert "data:image/png;base64," in html and "](plots/funnel.png)" in md
     plots = sorted(p.name for p in (report / "plots").glob("*.png"))
     assert {"funnel.png", "coverage.png", "lengths.png", "agreement.png", "refusals.png", "time.png"} <= set(plots)
     for p in plots:
         assert (report / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    html = (report / "index.html").read_text(encoding="utf-8")
-    assert html.startswith("<!doctype html>") and "data:image/png;base64," in html and "</html>" in html
-    md = (report / "README.md").read_text(encoding="utf-8")
-    assert "](plots/funnel.png)" in md and "## Funnel" in md and "## Subcategory coverage" in md
 
 
 def test_funnel_and_rejects_agree_with_the_manifest_and_files(small_build):

@@ -28,7 +28,6 @@ CARD_END = "<!-- synth-report:end -->"
 def write_report(build: Path, out: Path | None = None) -> Path:
     """Write the report of the build in `build` into `out` (default `<build>/report/`); return its index.html."""
     from synth.report.collect import collect, load_corpus_files
-    from synth.report.plots import render_plots
     from synth.report.render import headline_block, to_html, to_markdown
 
     build = Path(build)
@@ -43,7 +42,13 @@ def write_report(build: Path, out: Path | None = None) -> Path:
     corpus = load_corpus_files(build)
     raw = {field: {label: corpus.loc[corpus["label"] == label, field].astype(str).str.len().tolist()
                    for label in ("安全", "不安全")} for field in ("question", "response")} if len(corpus) else {}
-    plots = render_plots({**numbers, "_lengths_raw": raw}, tmp / "plots")
+    try:
+        from synth.report.plots import render_plots
+    except ImportError:  # matplotlib missing: the report without its plots, and say so
+        numbers["plots_missing"] = "matplotlib is not installed (pip install matplotlib): no plots"
+        plots = {}
+    else:
+        plots = render_plots({**numbers, "_lengths_raw": raw}, tmp / "plots")
     (tmp / "report.json").write_text(json.dumps(numbers, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (tmp / "index.html").write_text(to_html(numbers, plots, tmp / "plots"), encoding="utf-8")
     (tmp / "README.md").write_text(to_markdown(numbers, plots), encoding="utf-8")

@@ -51,7 +51,7 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                             reasons, _fmt(f["diverted"]) if f["diverted"] else "–"])
     out.append(("Funnel", "From sampled elements to exported rows. Every reject reason of every stage; "
                 "`created` counts rows a fan-out stage made (one call → many questions, one question → answers). "
-                "Rejected rows are in rejects/<stage>.parquet, diverted rows in hard/.",
+                "Rejected rows are in rejects/STAGE.parquet, diverted rows in hard/.",
                 ["stage", "in", "created", "out", "rejected", "reasons", "diverted"], funnel_rows, "funnel"))
 
     hard_rows = [[k, v] for k, v in n["hard"]["by_reason"].items()]
@@ -138,6 +138,8 @@ def to_html(n: dict[str, Any], plots: dict[str, str], plot_dir: Path) -> str:
              f"<h1>Build report: {html.escape(str(b['name']))}</h1>",
              f"<p class='note'>synth {html.escape(str(b['synth_version']))} · config {html.escape(str(b['config_hash']))}"
              f" · seed {b['seed']} · engine {html.escape(str(b['engine']))}</p>"]
+    if n.get("plots_missing"):
+        parts.append(f"<div class='warn'>{html.escape(n['plots_missing'])}</div>")
     if b.get("dry_run"):
         parts.append("<div class='warn'>Dry run: every model was the deterministic stand-in engine; the texts and "
                      "labels are not model output.</div>")
@@ -168,6 +170,8 @@ def to_markdown(n: dict[str, Any], plots: dict[str, str], plot_dir_name: str = "
     b = n["build"]
     lines = [f"# Build report: {b['name']}", "",
              f"synth {b['synth_version']} · config {b['config_hash']} · seed {b['seed']} · engine {b['engine']}", ""]
+    if n.get("plots_missing"):
+        lines += [f"> {n['plots_missing']}", ""]
     if b.get("dry_run"):
         lines += ["> Dry run: every model was the deterministic stand-in engine; texts and labels are not model output.", ""]
     for title, note, header, rows, plot in sections(n):
