@@ -27,7 +27,7 @@ import yaml
 from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput
-from synth.rows import stable_id
+from synth.rows import stable_id, to_arrow
 
 CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
@@ -294,14 +294,10 @@ def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts
         table = "| scenario | " + " | ".join(pivot.columns) + " |\n|---|" + "---|" * len(pivot.columns) + "\n"
         for name, row in pivot.iterrows():
             table += f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |\n"
+    # No `configs:` block: with one, datasets (5.2) caches a local folder by its name alone, so
+    # load_dataset("a/corpus") then load_dataset("b/corpus") returns a's rows. The split names
+    # come from the file names (data/train-*, data/validation-*) instead.
     text = f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*.parquet
-  - split: validation
-    path: data/validation-*.parquet
 language:
 - zh
 task_categories:
@@ -344,7 +340,7 @@ def _fresh_dir(path: Path) -> Path:
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False), tmp)
+    pq.write_table(to_arrow(df), tmp)
     os.replace(tmp, path)
 
 

@@ -83,6 +83,20 @@ def write_to_cache(batch: pd.DataFrame, cache_dir: str) -> pd.DataFrame:
     return batch
 
 
+def log_sent(batch: pd.DataFrame, log_dir: str) -> pd.DataFrame:
+    """Ray Data function: records the keys of a batch about to be sent to the engine."""
+    if len(batch):
+        directory = Path(log_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{uuid.uuid4().hex}.txt").write_text("\n".join(batch[KEY_COLUMN]) + "\n")
+    return batch
+
+
+def sent_keys(log_dir: Path) -> list[str]:
+    """Every key ever sent (with repeats, if a request was sent twice)."""
+    return [k for f in sorted(Path(log_dir).glob("*.txt")) for k in f.read_text().split()]
+
+
 def _fault_point(name: str, count: int) -> None:
     from synth.faults import fault_point
 

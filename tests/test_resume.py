@@ -53,6 +53,12 @@ def export_bytes(out: Path) -> dict[str, bytes]:
     return {f: (out / f).read_bytes() for f in files}
 
 
+def answered_keys(out: Path) -> set[str]:
+    from synth.request_cache import cached_keys
+
+    return {k for d in (out / "cache/requests").glob("*") for k in cached_keys(d)}
+
+
 @pytest.fixture(scope="module")
 def reference(repo_root: Path, tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("reference")
@@ -74,10 +80,15 @@ def test_sigkill_then_resume_equals_an_uninterrupted_build(reference, tmp_path: 
     killed = synth_build(config, out, fault=fault)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
     assert (out / ".synth.lock").exists()  # the dead build's lock is left behind, as after a real crash
+    answered_before = answered_keys(out)
+    sent_before = set((out / "cache/sent").rglob("*.txt"))
     resumed = synth_build(config, out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stale lock" in resumed.stderr
     assert export_bytes(out) == export_bytes(reference_out)
+    # Counted at the engine boundary: nothing answered before the kill was sent again.
+    sent_after = [k for f in set((out / "cache/sent").rglob("*.txt")) - sent_before for k in f.read_text().split()]
+    assert not answered_before & set(sent_after)
     manifest = json.loads((out / "manifest.json").read_text())
     # Work finished before the kill was not paid for twice.
     sent = sum(s["requests"].get("sent", 0) for s in manifest["stages"] if not s["reused"])

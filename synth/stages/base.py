@@ -22,7 +22,9 @@ import ray.data
 from synth.config import PipelineConfig, Role
 from synth.engines import Engine, make_engine
 from synth.errors import BadInput
-from synth.request_cache import KEY_COLUMN, CacheReader, add_keys, cached_keys, model_identity, write_to_cache
+from synth.request_cache import (
+    KEY_COLUMN, CacheReader, add_keys, cached_keys, log_sent, model_identity, write_to_cache,
+)
 from synth.templates import Catalog
 
 log = logging.getLogger("synth")
@@ -88,6 +90,10 @@ class StageContext:
             if total - hit_count == 0:  # nothing to send: keep the schema, start no engine
                 parts.append(misses.map_batches(_empty_results, batch_format="pandas"))
             else:
+                # An audit trail of every request handed to the engine (keys, one file per batch):
+                # what resume tests count to prove nothing answered is ever sent again.
+                sent_dir = str(inside(self.cache_root.parent, "sent", model_name))
+                misses = misses.map_batches(log_sent, fn_kwargs={"log_dir": sent_dir}, batch_format="pandas")
                 answered = self.engine(model_name).generate(misses)
                 parts.append(answered.map_batches(write_to_cache, fn_kwargs={"cache_dir": cache_dir},
                                                   batch_format="pandas"))
