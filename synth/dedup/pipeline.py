@@ -375,7 +375,9 @@ def deduplicate(
             if field not in schema.names:
                 raise ValueError(f"{role} field {field!r} is not a column of the input (columns: {', '.join(schema.names)})")
     columns = [id_field, text_field] if id_field != text_field else [id_field]
-    source = ds.select_columns(columns)
+    # Blocks of batch_size rows, streamed: a big input block (one parquet row group,
+    # say) would otherwise be one task on one core, and one-row blocks are slow.
+    source = ds.select_columns(columns).repartition(target_num_rows_per_block=config.batch_size)
     common = dict(batch_format="pyarrow", **_map_kwargs(config))
     with _sort_shuffle(ds):
         edges_ds = (
