@@ -195,6 +195,24 @@ def report_cmd(
     typer.echo(f"report: {index} (summary {index.with_name('README.md')})")
 
 
+@app.command()
+def dedup(
+    input: Path = typer.Argument(..., help="a .jsonl file, a .parquet file or a folder of parquet files"),
+    text_field: str = typer.Option(..., "--text-field", help="column with the text to compare"),
+    id_field: str = typer.Option("id", "--id-field", help="column with unique row ids"),
+    threshold: float = typer.Option(0.8, "--threshold", help="Jaccard similarity of character 5-grams that makes a duplicate"),
+    out: Path = typer.Option(..., "--out", help="output folder, gets kept/ and removed/ (parquet)"),
+) -> None:
+    """Remove exact and near-duplicate rows (MinHash LSH on Ray, candidates verified by exact Jaccard).
+
+    Removed rows keep all columns and add duplicate_of (id of the kept row), similarity and reason.
+    """
+    _setup_logging()
+    from synth.dedup.command import run_dedup_command
+
+    raise typer.Exit(run_dedup_command(input, text_field, id_field, threshold, out))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -360,3 +360,17 @@ def test_command_refuses_existing_output(ray_session, tmp_path, capsys):
     assert run_dedup_command(src, "text", "id", 0.8, tmp_path / "out") == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep-me.txt"]
+
+
+def test_synth_dedup_cli(ray_session, tmp_path):
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+
+    src = write_jsonl(tmp_path / "in.jsonl", corpus())
+    result = CliRunner().invoke(app, ["dedup", str(src), "--text-field", "text", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "4 removed" in result.output
+    assert pq.read_table(tmp_path / "out" / "removed").num_rows == 4
+    result = CliRunner().invoke(app, ["dedup", str(src), "--text-field", "body", "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 2 and not (tmp_path / "out2").exists()
