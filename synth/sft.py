@@ -14,7 +14,7 @@ Written as `<build>/sft/`:
     alpaca/{train,validation}.jsonl                  instruction, input, output, system, id, scenario, label
                                                      (instruction = the whole guard prompt, input = "")
     dataset_info.json                                LLaMA-Factory entries (dataset_dir = this folder)
-    README.md                                        dataset card (its `configs` name the parquet files)
+    README.md                                        dataset card
 
 The split is the corpus split (same rows in train and validation as corpus/).
 The user turn is byte-identical in both layouts, so a guard trained on either sees
@@ -225,14 +225,8 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def _card(name: str, counts: dict[str, Any], label_position: str) -> str:
     order = '{"答案": ..., "分析": ...}' if label_position == "before" else '{"分析": ..., "答案": ...}'
+    # No `configs:` block (see export._write_card): splits come from the file names.
     return f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*.parquet
-  - split: validation
-    path: data/validation-*.parquet
 language:
 - zh
 task_categories:
