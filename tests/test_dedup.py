@@ -257,6 +257,16 @@ def test_disabled_keeps_everything(ray_session):
     assert len(kept) == len(corpus()) and removed == []
 
 
+def test_empty_input_and_integer_ids(ray_session):
+    empty = ray_session.data.from_arrow(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}))
+    kept, removed = deduplicate(empty, "text", "id", DedupConfig())
+    assert kept.count() == 0 and removed.count() == 0
+    rows = [{"id": 1, "text": SENTENCES[0]}, {"id": 2, "text": SENTENCES[0] + "！"}, {"id": 3, "text": None}]
+    kept, removed = deduplicate(ray_session.data.from_items(rows), "text", "id", DedupConfig())
+    assert sorted(r["id"] for r in kept.take_all()) == [1, 3]
+    assert [(r["id"], r["duplicate_of"]) for r in removed.take_all()] == [(2, "1")]
+
+
 def test_duplicate_ids_are_an_error(ray_session):
     rows = corpus() + [{"id": "b0", "text": "另一段完全不同的文字内容", "topic": "x"}]
     with pytest.raises(DuplicateIdError, match="'b0'"):
