@@ -241,22 +241,26 @@ def export_format(build_dir: Path, fmt: str, path: Path, *, config_path: Path | 
         raise BadInput(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     config, judge = open_build(build_dir, config_path)
     _check_target(Path(build_dir), Path(path), directory=fmt in ("sft", "alpaca"))
-    position = label_position or config.export.label_position
-    corpus, train, validation = load_corpus(build_dir, config)
-    splits = {"train": train, "validation": validation}
-    if fmt == "sft":
-        counts = write_sft(path, splits, GuardPrompt.from_file(judge), label_position=position, name=config.name)
-    elif fmt == "alpaca":
-        counts = write_alpaca(path, splits, GuardPrompt.from_file(judge), label_position=position)
-    elif fmt == "libra-test":
-        rows = libra_rows(corpus)
-        _write_jsonl(path, rows)
-        counts = {"rows": len(rows)}
-    else:
-        split_of = {**{i: "train" for i in train["id"]}, **{i: "validation" for i in validation["id"]}}
-        rows = [{**_jsonable(r), "split": split_of.get(r["id"], "")} for r in corpus.to_dict("records")]
-        _write_jsonl(path, rows)
-        counts = {"rows": len(rows)}
+    from synth.lock import BuildLock
+
+    with BuildLock(build_dir):  # no build rewrites the stages while they are read
+        position = label_position or config.export.label_position
+        corpus, train, validation = load_corpus(build_dir, config)
+        splits = {"train": train, "validation": validation}
+        if fmt == "sft":
+            counts = write_sft(path, splits, GuardPrompt.from_file(judge), label_position=position,
+                               name=config.name)
+        elif fmt == "alpaca":
+            counts = write_alpaca(path, splits, GuardPrompt.from_file(judge), label_position=position)
+        elif fmt == "libra-test":
+            rows = libra_rows(corpus)
+            _write_jsonl(path, rows)
+            counts = {"rows": len(rows)}
+        else:
+            split_of = {**{i: "train" for i in train["id"]}, **{i: "validation" for i in validation["id"]}}
+            rows = [{**_jsonable(r), "split": split_of.get(r["id"], "")} for r in corpus.to_dict("records")]
+            _write_jsonl(path, rows)
+            counts = {"rows": len(rows)}
     return {"format": fmt, "path": str(path), **counts}
 
 

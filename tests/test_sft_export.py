@@ -245,6 +245,23 @@ def test_export_refuses_what_is_not_a_finished_build(build: Path, tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
+def test_export_waits_for_no_build_it_refuses_a_build_in_progress(build: Path, tmp_path: Path):
+    import os
+    import socket
+
+    from synth.lock import LOCK_NAME
+
+    target = tmp_path / "b"
+    shutil.copytree(build, target)
+    (target / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+    result = runner.invoke(app, ["export", str(target), "--format", "libra-test", "--out", str(tmp_path / "l.jsonl")])
+    assert result.exit_code == 2 and "another build is writing here" in result.output, result.output
+    (target / LOCK_NAME).unlink()
+    result = runner.invoke(app, ["export", str(target), "--format", "libra-test", "--out", str(tmp_path / "l.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert not (target / LOCK_NAME).exists()
+
+
 def test_export_refuses_bad_arguments(build: Path, tmp_path: Path, repo_root: Path):
     not_export = tmp_path / "notes"
     not_export.mkdir()
