@@ -17,8 +17,8 @@ Written as `<build>/sft/`:
     README.md                                        dataset card
 
 The split is the corpus split (same rows in train and validation as corpus/).
-The user turn is byte-identical in both layouts, so a guard trained on either sees
-exactly the prompt the judges saw (chat form) and the one `synth eval-guard` expects.
+The user turn is byte-identical in both layouts: the judge template's chat form, which is
+also what a guard evaluated with `synth eval-guard` should be prompted with.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ LabelPosition = Literal["before", "after"]
 LABEL_POSITIONS: tuple[str, ...] = ("before", "after")
 LABEL_KEY, ANALYSIS_KEY = "答案", "分析"
 SFT_COLUMNS = ("messages", "id", "scenario", "label")
-ALPACA_COLUMNS = ("instruction", "input", "output", "system", "id", "scenario", "label")
 SPLITS = ("train", "validation")
 # LLaMA-Factory dataset names (dataset_dir = the sft/ folder): `dataset: guard_sft_train`, ...
 LLAMA_FACTORY_NAMES = {
@@ -137,7 +136,8 @@ def _messages_type() -> pa.DataType:
 def _sft_table(df: pd.DataFrame) -> pa.Table:
     schema = pa.schema([("messages", _messages_type()), ("id", pa.string()), ("scenario", pa.string()),
                         ("label", pa.string())])
-    return pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
+    table = pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
+    return table.replace_schema_metadata(None)  # no pandas metadata, like the other exports (synth.rows.to_arrow)
 
 
 def write_sft(path: Path, splits: dict[str, pd.DataFrame], prompt: GuardPrompt, *, label_position: LabelPosition,
