@@ -31,9 +31,20 @@ def _rows(n: int, judge: bool = False) -> list[dict]:
 
 
 def _run(spec: ModelSpec, rows: list[dict]) -> list[dict]:
+    """The engine's batch callable on one batch, in this process (fast; no Ray)."""
+    import pandas as pd
+
+    from synth.engines.openai_compat import OpenAIRequester
+
+    requester = OpenAIRequester(**make_engine("m", spec).requester_kwargs())
+    return requester(pd.DataFrame(rows)).to_dict("records")
+
+
+def _run_ray(spec: ModelSpec, rows: list[dict]) -> list[dict]:
+    """Through Ray Data, as the pipeline runs it."""
     import ray.data
 
-    ds = ray.data.from_items(rows, override_num_blocks=1)
+    ds = ray.data.from_items(rows, override_num_blocks=2)
     out = make_engine("m", spec).generate(ds).take_all()
     return sorted(out, key=lambda r: int(r["request_id"][1:]))
 
@@ -44,11 +55,11 @@ def server():
         yield s
 
 
-def test_chat_and_judge_rows_keep_input_columns(ray_session, server, monkeypatch):
+def test_through_ray_chat_and_judge_rows_keep_input_columns(ray_session, server, monkeypatch):
     monkeypatch.setenv("SYNTH_TEST_KEY", KEY)
     spec = _spec(server.url, api_key_env="SYNTH_TEST_KEY")
     rows = _rows(3) + [dict(r, request_id=f"r{10 + i}") for i, r in enumerate(_rows(2, judge=True))]
-    out = _run(spec, rows)
+    out = _run_ray(spec, rows)
     assert len(out) == 5
     for got, sent in zip(out, sorted(rows, key=lambda r: int(r["request_id"][1:]))):
         assert {k: got[k] for k in ("request_id", "role", "prompt", "seed", "system")} == \
@@ -69,7 +80,7 @@ def test_chat_and_judge_rows_keep_input_columns(ray_session, server, monkeypatch
     assert KEY not in described and "SYNTH_TEST_KEY" in described
 
 
-def test_completion_style_uses_completions_endpoint(ray_session, server):
+def test_completion_style_uses_completions_endpoint(server):
     out = _run(_spec(server.url, style="completion"), _rows(2))
     assert all(r["error"] == "" and r["text"] for r in out)
     assert {r["path"] for r in server.requests} == {"/v1/completions"}
@@ -78,7 +89,7 @@ def test_completion_style_uses_completions_endpoint(ray_session, server):
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "timeout"])
-def test_transient_faults_are_retried(ray_session, server, fault):
+def test_transient_faults_are_retried(server, fault):
     if fault == "timeout":
         server.delay_next(2, seconds=1.5)  # client timeout is 1 s below
     else:
@@ -89,7 +100,7 @@ def test_transient_faults_are_retried(ray_session, server, fault):
     assert len(server.requests) == 5  # 2 failed attempts + 3 successes
 
 
-def test_client_errors_are_not_retried(ray_session, server):
+def test_client_errors_are_not_retried(server):
     server.fail_next(1, status=400)
     out = _run(_spec(server.url, max_concurrency=1), _rows(2))
     assert "HTTP 400" in out[0]["error"] and out[0]["text"] == "" and out[0]["finish_reason"] == "error"
@@ -97,15 +108,15 @@ def test_client_errors_are_not_retried(ray_session, server):
     assert len(server.requests) == 2
 
 
-def test_retries_give_up_and_keep_the_row(ray_session, server):
+def test_retries_give_up_and_keep_the_row(server):
     server.fail_next(10, status=503)
     out = _run(_spec(server.url, max_concurrency=1, max_retries=2), _rows(1))
     assert out[0]["text"] == "" and "HTTP 503" in out[0]["error"] and "after 3 attempts" in out[0]["error"]
 
 
-def test_dead_endpoint_fails_rows_clearly_and_keeps_done_rows(ray_session, server):
+def test_through_ray_dead_endpoint_fails_rows_clearly_and_keeps_done_rows(ray_session, server):
     server.stop_after(2)  # serve two requests, then the port is closed
-    out = _run(_spec(server.url, max_concurrency=1), _rows(5))
+    out = _run_ray(_spec(server.url, max_concurrency=1), _rows(5))
     assert len(out) == 5
     assert [bool(r["text"]) for r in out[:2]] == [True, True]
     assert all(r["error"] == "" for r in out[:2])
@@ -115,7 +126,7 @@ def test_dead_endpoint_fails_rows_clearly_and_keeps_done_rows(ray_session, serve
         assert "cannot reach" in r["error"]
 
 
-def test_closed_port_from_the_start(ray_session):
+def test_closed_port_from_the_start():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -123,13 +134,11 @@ def test_closed_port_from_the_start(ray_session):
     assert all(f"cannot reach http://127.0.0.1:{port}/v1/chat/completions" in r["error"] for r in out)
 
 
-def test_missing_api_key_env_is_bad_input(ray_session, server, monkeypatch):
+def test_missing_api_key_env_is_bad_input(server, monkeypatch):
     monkeypatch.delenv("SYNTH_TEST_KEY_MISSING", raising=False)
     engine = make_engine("m", _spec(server.url, api_key_env="SYNTH_TEST_KEY_MISSING"))
-    import ray.data
-
     with pytest.raises(BadInput, match="SYNTH_TEST_KEY_MISSING"):
-        engine.generate(ray.data.from_items(_rows(1)))
+        engine.requester_kwargs()
 
 
 def test_describe_hides_credentials_in_url():

