@@ -191,12 +191,11 @@ def _candidate_rows(
     hashes, counts = shingles(texts, config.shingle, config.ngram)
     if config.verify:
         # Sorted unique 32-bit shingle hashes per document, as list<uint32>.
-        doc = np.repeat(np.arange(len(texts)), counts)
-        h32 = (hashes >> _U64(32)).astype(np.uint32)
-        order = np.lexsort((h32, doc))
-        doc, h32 = doc[order], h32[order]
-        first = np.concatenate(([True], (doc[1:] != doc[:-1]) | (h32[1:] != h32[:-1]))) if len(h32) else np.zeros(0, bool)
-        doc, h32 = doc[first], h32[first]
+        keyed = np.repeat(np.arange(len(texts), dtype=np.uint64) << _U64(32), counts) | (hashes >> _U64(32))
+        keyed.sort()
+        keyed = keyed[np.concatenate(([True], keyed[1:] != keyed[:-1]))] if len(keyed) else keyed
+        doc = (keyed >> _U64(32)).astype(np.int64)
+        h32 = (keyed & _U64(0xFFFFFFFF)).astype(np.uint32)
         offsets = np.concatenate(([0], np.cumsum(np.bincount(doc, minlength=len(texts))))).astype(np.int32)
     else:
         sig = _minhasher(config.num_perm, config.seed).signatures(hashes, counts).T  # (docs, num_perm)
