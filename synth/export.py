@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,15 @@ CONTENT_WARNING = (
 )
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    files = sorted(Path(path).glob("*.parquet"))
+def read_table_glob(path: Path, pattern: str) -> pd.DataFrame:
+    files = sorted(Path(path).glob(pattern))
     if not files:
         return pd.DataFrame()
-    tables = [pq.read_table(f) for f in files]
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default").to_pandas()
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return read_table_glob(path, "*.parquet")
 
 
 def split_train_validation(df: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -202,63 +206,76 @@ def snapshot_inputs(out: Path, config: PipelineConfig, catalog: Any = None) -> P
 # -- re-export of a finished build (`synth export`) ---------------------------------------
 
 
-def open_build(build_dir: Path, config_path: Path | None = None) -> tuple[PipelineConfig, Path]:
-    """The config and recorded judge template of a finished build; BadInput when it is not one."""
+@dataclass
+class FinishedBuild:
+    """What a re-export needs from a finished build; the rows come from its corpus/."""
+
+    path: Path
+    name: str
+    label_position: str
+    judge: Path  # the guard prompt template the sft views render
+
+    def splits(self) -> dict[str, pd.DataFrame]:
+        """train / validation exactly as corpus/ has them (balanced and split at build time)."""
+        return {split: read_table_glob(self.path / "corpus" / "data", f"{split}-*.parquet")
+                for split in ("train", "validation")}
+
+
+def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuild:
+    """A finished build (manifest, final stage and corpus/ written); BadInput naming what is missing.
+
+    The config is the one recorded in `inputs/` (read leniently: only `name` and
+    `export.label_position` matter here, so builds of older synth versions re-export too),
+    or `config_path` for builds made before synth recorded it.
+    """
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise BadInput(f"{build_dir}: no such build directory")
-    manifest_path = build_dir / "manifest.json"
-    marker = build_dir / "stages" / FINAL_STAGE / "_SUCCESS.json"
-    if not manifest_path.exists() or not marker.exists() or not (build_dir / "stages" / FINAL_STAGE / "rows").is_dir():
-        missing = manifest_path if not manifest_path.exists() else marker
-        raise BadInput(f"{build_dir}: not a finished build ({missing.relative_to(build_dir)} is missing); "
-                       "run or resume it with `synth build CONFIG --out BUILD_DIR`")
+    required = ("manifest.json", f"stages/{FINAL_STAGE}/_SUCCESS.json", "corpus/data/train-00000-of-00001.parquet")
+    for relative in required:
+        if not (build_dir / relative).exists():
+            raise BadInput(f"{build_dir}: not a finished build ({relative} is missing); "
+                           "run or resume it with `synth build CONFIG --out BUILD_DIR`")
+    if config_path is not None:
+        config, templates_dir, _ = load_config(Path(config_path))
+        return FinishedBuild(build_dir, config.name, config.export.label_position,
+                             templates_dir / "shared" / "judge.yaml")
+    recorded, judge = build_dir / INPUTS_DIR / "config.yaml", build_dir / INPUTS_DIR / "judge.yaml"
+    if not recorded.exists() or not judge.exists():
+        raise BadInput(f"{build_dir}: {INPUTS_DIR}/config.yaml or {INPUTS_DIR}/judge.yaml is missing (built by an "
+                       "older synth?): pass the build's config with --config")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{manifest_path}: unreadable manifest: {e}") from None
-    judge = build_dir / INPUTS_DIR / "judge.yaml"
-    if config_path is None:
-        config_path = build_dir / INPUTS_DIR / "config.yaml"
-        if not config_path.exists() or not judge.exists():
-            raise BadInput(f"{build_dir}: {INPUTS_DIR}/config.yaml or {INPUTS_DIR}/judge.yaml is missing (built by an "
-                           "older synth?): pass the build's config with --config")
-    config, templates_dir, _ = load_config(Path(config_path))
-    if manifest.get("config_hash") not in (None, config.fingerprint()):
-        raise BadInput(f"{config_path}: this config (hash {config.fingerprint()}) is not the one {build_dir} was "
-                       f"built with (manifest.json config_hash {manifest.get('config_hash')})")
-    if config.source.parent != (build_dir / INPUTS_DIR).resolve():
-        judge = templates_dir / "shared" / "judge.yaml"
-    return config, judge
+        raw = yaml.safe_load(recorded.read_text(encoding="utf-8"))
+        export = raw.get("export") or {}
+        return FinishedBuild(build_dir, str(raw["name"]), str(export.get("label_position", "before")), judge)
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError) as e:
+        raise BadInput(f"{recorded}: unreadable recorded config ({type(e).__name__}: {e})") from None
 
 
 def export_format(build_dir: Path, fmt: str, path: Path, *, config_path: Path | None = None,
                   label_position: str | None = None) -> dict[str, Any]:
     """Re-export one view of a finished build into `path` (see `synth export --help`)."""
+    from synth.lock import BuildLock
     from synth.sft import GuardPrompt, write_alpaca, write_sft
 
     if fmt not in EXPORT_FORMATS:
         raise BadInput(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    config, judge = open_build(build_dir, config_path)
-    _check_target(Path(build_dir), Path(path), directory=fmt in ("sft", "alpaca"))
-    from synth.lock import BuildLock
-
-    with BuildLock(build_dir):  # no build rewrites the stages while they are read
-        position = label_position or config.export.label_position
-        corpus, train, validation = load_corpus(build_dir, config)
-        splits = {"train": train, "validation": validation}
+    build = open_build(build_dir, config_path)
+    _check_target(build.path, Path(path), directory=fmt in ("sft", "alpaca"))
+    position = label_position or build.label_position
+    with BuildLock(build.path):  # no build rewrites corpus/ while it is read
+        splits = build.splits()
         if fmt == "sft":
-            counts = write_sft(path, splits, GuardPrompt.from_file(judge), label_position=position,
-                               name=config.name)
+            counts = write_sft(path, splits, GuardPrompt.from_file(build.judge), label_position=position,
+                               name=build.name)
         elif fmt == "alpaca":
-            counts = write_alpaca(path, splits, GuardPrompt.from_file(judge), label_position=position)
-        elif fmt == "libra-test":
-            rows = libra_rows(corpus)
-            _write_jsonl(path, rows)
-            counts = {"rows": len(rows)}
+            counts = write_alpaca(path, splits, GuardPrompt.from_file(build.judge), label_position=position)
         else:
-            split_of = {**{i: "train" for i in train["id"]}, **{i: "validation" for i in validation["id"]}}
-            rows = [{**_jsonable(r), "split": split_of.get(r["id"], "")} for r in corpus.to_dict("records")]
+            corpus = pd.concat([df.assign(split=split) for split, df in splits.items()]).sort_values("id")
+            if fmt == "libra-test":
+                rows = libra_rows(corpus)
+            else:
+                rows = [_jsonable(r) for r in corpus.to_dict("records")]
             _write_jsonl(path, rows)
             counts = {"rows": len(rows)}
     return {"format": fmt, "path": str(path), **counts}
