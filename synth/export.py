@@ -84,13 +84,6 @@ def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.D
     return apply_balance(corpus, config.balance, config.seed)
 
 
-def load_corpus(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(corpus, train, validation) from the final stage's rows, balanced, sorted by id."""
-    corpus, _, _ = load_balanced(out, config)
-    train, validation = split_train_validation(corpus, config.export.validation_share, config.seed)
-    return corpus, train, validation
-
-
 def merge_hard(out: Path) -> pd.DataFrame:
     """Every stage's hard pool (`stages/*/hard/`), with `hard_reason` and `hard_stage`, sorted by id."""
     parts = []
