@@ -132,7 +132,7 @@ def run_build(
 
         from synth.export import export_build
 
-        export_counts = export_build(out, config)
+        export_counts = export_build(out, config, catalog=catalog)
         manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
         _write_json_atomic(out / "manifest.json", manifest)
         log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"],
