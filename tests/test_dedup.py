@@ -14,7 +14,7 @@ import pytest
 from synth.dedup import DedupConfig, DuplicateIdError, candidate_probability, choose_bands_rows, deduplicate
 from synth.dedup.clusters import connected_components
 from synth.dedup.minhash import MinHasher
-from synth.dedup.text import char_shingles, jaccard, normalise, shingle_sets, word_shingles
+from synth.dedup.text import char_shingles, jaccard, normalise, normalise_batch, shingle_sets, texts_of, word_shingles
 
 # Abstract, harmless sentences; documents are made of several of them.
 SENTENCES = [
@@ -101,6 +101,9 @@ def test_normalise_folds_width_case_punctuation_and_space():
                                                  "".join(chr(c) for c in range(0xFF01, 0xFF66)), "Ａｂ１②㈠™ ℃"]
     for text in samples:
         assert normalise(text) == re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).lower())
+    # and the batch version equals the per-text one
+    cps, lengths = normalise_batch(samples + ["", None, "，。", "𠀀𠀁ａ😀𝟙"])
+    assert texts_of(cps, lengths) == [normalise(t) for t in samples] + ["", "", "", "𠀀𠀁a1"]
 
 
 def test_banding_is_chosen_for_recall_at_the_threshold():

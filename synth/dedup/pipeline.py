@@ -38,7 +38,7 @@ import ray.data
 from synth.dedup import DedupConfig, DuplicateIdError
 from synth.dedup.clusters import connected_components, keep_order
 from synth.dedup.minhash import MinHasher
-from synth.dedup.text import exact_hash, fmix64, id_hash, jaccard, normalise, shingles
+from synth.dedup.text import exact_hashes, fmix64, id_hash, jaccard, normalise_batch, shingles_of_code_points
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +136,15 @@ def _band_rows(batch: pa.Table, text_field: str, id_field: str, config: DedupCon
     bands, rows = config.banding()
     ids = _ids_as_str(batch[id_field], id_field)
     nodes = _id_nodes(ids)
-    normalised = [normalise(t) for t in _texts(batch[text_field])]
-    present = np.fromiter((len(t) > 0 for t in normalised), dtype=bool, count=len(normalised))
-    texts = [t for t in normalised if t]
+    cps, lengths = normalise_batch(_texts(batch[text_field]))
+    present = lengths > 0
     keys = [fmix64(nodes ^ _TAG_ID)]
     owners = [nodes]
-    if texts:
-        hashes, counts = shingles(texts, config.shingle, config.ngram)
+    if present.any():
         hasher = _minhasher(config.num_perm, config.seed)
-        band_keys = hasher.band_keys(hasher.signatures(hashes, counts), bands, rows)
-        exact = np.fromiter((exact_hash(t) for t in texts), dtype=np.uint64, count=len(texts))
+        hashes, counts = shingles_of_code_points(cps, lengths, config.shingle, config.ngram)
+        band_keys = hasher.band_keys(hasher.signatures(hashes, counts), bands, rows)[:, present]
+        exact = exact_hashes(cps, lengths)[present]
         present_nodes = nodes[present]
         keys += [band_keys.ravel(), fmix64(exact ^ _TAG_EXACT)]
         owners += [np.tile(present_nodes, bands), present_nodes]
@@ -185,22 +184,23 @@ def _candidate_rows(
     hit = cand_nodes[pos] == nodes
     rows = np.flatnonzero(hit)
     raw = _texts(batch[text_field])
-    texts = [normalise(raw[i]) for i in rows]
-    keep = np.fromiter((len(t) > 0 for t in texts), dtype=bool, count=len(texts))
-    rows, texts = rows[keep], [t for t in texts if t]
-    hashes, counts = shingles(texts, config.shingle, config.ngram)
+    cps, lengths = normalise_batch([raw[i] for i in rows])
+    keep = lengths > 0  # empty texts have no code points, so `cps` stays as it is
+    rows, lengths = rows[keep], lengths[keep]
+    hashes, counts = shingles_of_code_points(cps, lengths, config.shingle, config.ngram)
+    n_docs = len(rows)
     if config.verify:
         # Sorted unique 32-bit shingle hashes per document, as list<uint32>.
-        keyed = np.repeat(np.arange(len(texts), dtype=np.uint64) << _U64(32), counts) | (hashes >> _U64(32))
+        keyed = np.repeat(np.arange(n_docs, dtype=np.uint64) << _U64(32), counts) | (hashes >> _U64(32))
         keyed.sort()
         keyed = keyed[np.concatenate(([True], keyed[1:] != keyed[:-1]))] if len(keyed) else keyed
         doc = (keyed >> _U64(32)).astype(np.int64)
         h32 = (keyed & _U64(0xFFFFFFFF)).astype(np.uint32)
-        offsets = np.concatenate(([0], np.cumsum(np.bincount(doc, minlength=len(texts))))).astype(np.int32)
+        offsets = np.concatenate(([0], np.cumsum(np.bincount(doc, minlength=n_docs)))).astype(np.int32)
     else:
         sig = _minhasher(config.num_perm, config.seed).signatures(hashes, counts).T  # (docs, num_perm)
         h32 = np.ascontiguousarray(sig).ravel()
-        offsets = (np.arange(len(texts) + 1) * config.num_perm).astype(np.int32)
+        offsets = (np.arange(n_docs + 1) * config.num_perm).astype(np.int32)
     features = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(h32, pa.uint32()))
     return pa.table(
         {
@@ -208,7 +208,7 @@ def _candidate_rows(
             "node": pa.array(nodes[rows], pa.uint64()),
             "id": pa.array([ids[i] for i in rows], pa.string()),
             "length": pa.array([len(raw[i]) for i in rows], pa.int64()),
-            "exact": pa.array(np.fromiter((exact_hash(t) for t in texts), np.uint64, len(texts)), pa.uint64()),
+            "exact": pa.array(exact_hashes(cps, lengths), pa.uint64()),
             "features": features,
         }
     )

@@ -8,6 +8,7 @@ only per-document Python work is normalisation (and jieba, for word shingles).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -45,9 +46,63 @@ def normalise(text: str | None) -> str:
     return _NOT_WORD.sub("", text.lower())
 
 
+@functools.cache
+def _bmp_word_chars() -> np.ndarray:
+    """Lookup table over the Basic Multilingual Plane: True where `normalise` keeps the character."""
+    return np.fromiter((chr(c).isalnum() for c in range(0x10000)), dtype=bool, count=0x10000)
+
+
+def _word_mask(cps: np.ndarray) -> np.ndarray:
+    if len(cps) == 0 or cps.max() < 0x10000:
+        return _bmp_word_chars()[cps]
+    keep = np.empty(len(cps), dtype=bool)
+    low = cps < 0x10000
+    keep[low] = _bmp_word_chars()[cps[low]]
+    high, inverse = np.unique(cps[~low], return_inverse=True)  # rare: other planes
+    keep[~low] = np.array([chr(c).isalnum() for c in high.tolist()], dtype=bool)[inverse]
+    return keep
+
+
+def normalise_batch(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """`normalise` for a batch, as (code points, lengths): the flat uint32 code points
+    of all normalised texts and each text's length.
+
+    The final "letters and digits only" filter is one numpy lookup over the batch
+    instead of a regex per text (about half of the normalisation time).
+    """
+    prepared = [unicodedata.normalize("NFKC", _PUNCT_BEFORE_NFKC.sub("", t)).lower() if t else "" for t in texts]
+    cps, lengths = _code_points(prepared)
+    keep = _word_mask(cps)
+    if keep.all():
+        return cps, lengths
+    doc = np.repeat(np.arange(len(prepared)), lengths)
+    return cps[keep], np.bincount(doc[keep], minlength=len(prepared)).astype(np.int64)
+
+
+def texts_of(cps: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """The strings back from (code points, lengths)."""
+    joined = cps.astype(np.uint32).tobytes().decode("utf-32-le")
+    bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
+    return [joined[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def exact_hash(normalised: str) -> int:
     """64-bit hash of a normalised text (equal texts, equal hashes)."""
-    return int.from_bytes(hashlib.blake2b(normalised.encode("utf-8"), digest_size=8).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(normalised.encode("utf-32-le"), digest_size=8).digest(), "little")
+
+
+def exact_hashes(cps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """`exact_hash` of every text of a (code points, lengths) batch, as uint64."""
+    data = cps.astype(np.uint32).tobytes()
+    bounds = (np.concatenate(([0], np.cumsum(lengths))) * 4).tolist()
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(data[a:b], digest_size=8).digest(), "little")
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ),
+        dtype=np.uint64,
+        count=len(lengths),
+    )
 
 
 def id_hash(doc_id: str) -> int:
@@ -66,10 +121,9 @@ def fmix64(h: np.ndarray) -> np.ndarray:
 
 
 def _code_points(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All texts' code points as one uint64 array, and each text's length."""
+    """All texts' code points as one uint32 array, and each text's length."""
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-    joined = "".join(texts)
-    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
     return cps, lengths
 
 
@@ -123,7 +177,11 @@ def char_shingles(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]
     text, in order. A non-empty text shorter than n is one shingle (the whole text);
     an empty text has none.
     """
-    cps, lengths = _code_points(texts)
+    return char_shingles_of_code_points(*_code_points(texts), n)
+
+
+def char_shingles_of_code_points(cps: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`char_shingles` of a (code points, lengths) batch."""
     starts = _span_starts(lengths)
     counts = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
     if len(cps) == 0:
@@ -144,7 +202,7 @@ def char_shingles(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]
             short_hashes = _span_hashes(cps, starts[short], starts[short] + lengths[short])
             # Stitch full-length and short documents back into document order.
             out = np.empty(int(counts.sum()), dtype=np.uint64)
-            doc_of = np.repeat(np.arange(len(texts)), counts)
+            doc_of = np.repeat(np.arange(len(lengths)), counts)
             is_short = short[doc_of]
             out[~is_short] = hashes_full
             out[is_short] = short_hashes
@@ -206,6 +264,13 @@ def shingles(texts: Sequence[str], kind: str, n: int) -> tuple[np.ndarray, np.nd
     if kind == "word":
         return word_shingles(texts, n)
     raise ValueError(f"unknown shingle kind {kind!r} (expected 'char' or 'word')")
+
+
+def shingles_of_code_points(cps: np.ndarray, lengths: np.ndarray, kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`shingles` of a (code points, lengths) batch from `normalise_batch`."""
+    if kind == "char":
+        return char_shingles_of_code_points(cps, lengths, n)
+    return shingles(texts_of(cps, lengths), kind, n)
 
 
 def shingle_sets(texts: Sequence[str], kind: str, n: int) -> list[np.ndarray]:
