@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,8 +125,12 @@ def _sort_shuffle(ds: ray.data.Dataset) -> Iterator[None]:
         ctx.shuffle_strategy = before
 
 
-def _collect(ds: ray.data.Dataset) -> pa.Table | None:
+def _collect(ds: ray.data.Dataset, step: str) -> pa.Table | None:
+    started = time.perf_counter()
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    log.info("dedup: %s took %.1fs", step, time.perf_counter() - started)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s", ds.stats())
     return pa.concat_tables(tables) if tables else None
 
 
@@ -358,7 +363,7 @@ def _duplicate_ids(ds: ray.data.Dataset, id_field: str, bad_nodes: np.ndarray, l
         return pa.table({"id": pa.array([i for i, n in zip(ids, nodes) if n in wanted], pa.string())})
 
     wanted = set(int(n) for n in bad_nodes[:limit])
-    found = _collect(ds.select_columns([id_field]).map_batches(pick, batch_format="pyarrow"))
+    found = _collect(ds.select_columns([id_field]).map_batches(pick, batch_format="pyarrow"), "duplicate id lookup")
     return sorted(set(found["id"].to_pylist())) if found is not None else []
 
 
@@ -389,7 +394,7 @@ def deduplicate(
             .sort("key")
             .map_batches(_bucket_edges, batch_size=None, batch_format="pyarrow")
         )
-        edges = _collect(edges_ds)
+        edges = _collect(edges_ds, "signatures and band-key shuffle")
         removed_table = _empty_removed()
         if edges is not None:
             u = edges["u"].to_numpy()
@@ -435,7 +440,7 @@ def deduplicate(
                     fn_kwargs={"config": config, "large_edges_ref": large_ref},
                 )
             )
-            found = _collect(verified_ds)
+            found = _collect(verified_ds, "candidate verification")
             if found is not None:
                 removed_table = found
     removed_nodes = _id_nodes(removed_table["id"].to_pylist())
