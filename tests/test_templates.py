@@ -133,7 +133,7 @@ def _config(repo_root: Path, tmp_path: Path, fn) -> Path:
         (lambda d: d["roles"]["judges"][0].update(model="qwen-72b"), ["roles.judges[0].model", "qwen-72b", "not defined"]),
         (lambda d: d["roles"].pop("judges"), ["roles.judges", "Field required"]),
         (lambda d: d["roles"]["responders"][0].update(persona="pirate"), ["persona", "pirate"]),
-        (lambda d: d["filters"]["questions"].append({"name": "sparkle"}), ["filters.questions[2].name", "sparkle"]),
+        (lambda d: d["filters"]["questions"].insert(0, {"name": "sparkle"}), ["filters.questions[0].name", "sparkle"]),
         (lambda d: d.update(scenarios=["no_such_scenario"]), ["no_such_scenario"]),
     ],
     ids=["unknown-top-key", "unknown-nested-key", "undefined-model", "missing-role", "unknown-persona", "unknown-filter",
