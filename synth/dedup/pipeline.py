@@ -382,9 +382,10 @@ def deduplicate(
             if field not in schema.names:
                 raise ValueError(f"{role} field {field!r} is not a column of the input (columns: {', '.join(schema.names)})")
     columns = [id_field, text_field] if id_field != text_field else [id_field]
-    # Blocks of batch_size rows, streamed: a big input block (one parquet row group,
-    # say) would otherwise be one task on one core, and one-row blocks are slow.
-    source = ds.select_columns(columns).repartition(target_num_rows_per_block=config.batch_size)
+    # Blocks of 16 batches, streamed: a huge input block would be one task on one
+    # core, one-row blocks are slow, and every block of pass 1 becomes a sort input
+    # (N blocks make N*N small shuffle objects held by the driver).
+    source = ds.select_columns(columns).repartition(target_num_rows_per_block=16 * config.batch_size)
     common = dict(batch_format="pyarrow", **_map_kwargs(config))
     with _sort_shuffle(ds):
         edges_ds = (
@@ -394,9 +395,6 @@ def deduplicate(
                 fn_kwargs={"text_field": text_field, "id_field": id_field, "config": config},
                 **common,
             )
-            # Few, large blocks into the sort: it splits every block into one piece
-            # per output block, and N blocks make N*N small objects held by the
-            # driver (2.3 GB of driver memory at 1M documents with 2048-row blocks).
             .repartition(target_num_rows_per_block=SORT_BLOCK_ROWS)
             .sort("key")
             .map_batches(_bucket_edges, batch_size=None, batch_format="pyarrow")
