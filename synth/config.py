@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, model_validator
 
 from synth.dedup import DedupConfig
 from synth.errors import BadInput
@@ -20,6 +20,11 @@ from synth.errors import BadInput
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# A model's key in `models` names its directories (`cache/requests/<model>/`, `cache/sent/<model>/`):
+# one path component, never `.`, `..`, absolute, or holding `/`, NUL or a newline.
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
 class Sampling(Strict):
@@ -155,7 +160,7 @@ class PipelineConfig(Strict):
     templates: Path = Field(Path("../templates"), description="relative to this config file")
     seeds: Path = Field(Path("../seeds"), description="relative to this config file")
     scenarios: list[str] = Field(default_factory=list, description="scenario ids to build; empty = all")
-    models: dict[str, ModelSpec]
+    models: dict[ModelName, ModelSpec]
     roles: Roles
     generation: Generation = Field(default_factory=Generation)
     augment: Augment = Field(default_factory=Augment)
@@ -238,6 +243,7 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
 def format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        # repr() for a part a terminal would not show as is (a key holding a newline or NUL)
+        where = ".".join(str(p) if str(p).isprintable() else repr(p) for p in item["loc"]) or "(top level)"
         lines.append(f"  {where}: {item['msg']}")
     return "\n".join(lines)

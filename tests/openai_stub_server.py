@@ -9,10 +9,16 @@ Faults are injected on command, so tests can check retries and dead endpoints:
 
     server = StubServer().start()
     server.fail_next(2, status=429)      # next 2 requests get HTTP 429
+    server.fail_next(1, status=401, message="invalid key {authorization}")
+                                         # an error body quoting the request's Authorization
+                                         # header, as a hostile or misconfigured proxy does
+    server.fail_where(lambda body: body["seed"] % 3 == 0, status=500)
+                                         # every request whose JSON body matches fails
     server.delay_next(1, seconds=2.0)    # next request answers after 2 s
     server.stop_after(3)                 # serve 3 more requests, then close the port
     server.url                           # "http://127.0.0.1:<port>/v1"
     server.requests                      # every request seen: path, headers, body
+    server.failures                      # every injected failure: status, message sent
 
 Run alone for manual poking: `python tests/openai_stub_server.py --port 8011`.
 """
@@ -26,7 +32,7 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 _WORDS = "我们应该遵守法律并保护自己和他人的安全这个问题需要谨慎对待建议咨询专业人士获取帮助"
 
@@ -51,7 +57,10 @@ def stub_verdict(prompt: str, seed: Any) -> str:
 class _Faults:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.queue: deque[tuple[str, Any]] = deque()  # ("status", code) | ("delay", seconds)
+        # ("status", code, message template | None) | ("delay", seconds)
+        self.queue: deque[tuple[Any, ...]] = deque()
+        # (predicate on the request body, code, message template | None): checked when the queue is empty
+        self.rules: list[tuple[Callable[[dict[str, Any]], bool], int, str | None]] = []
         self.stop_after: int | None = None
 
 
@@ -99,9 +108,11 @@ class _Handler(BaseHTTPRequestHandler):
         with stub._faults.lock:
             if stub._faults.queue:
                 fault = stub._faults.queue.popleft()
+            else:
+                fault = next((("status", code, message) for matches, code, message in stub._faults.rules
+                              if matches(body)), None)
         if fault and fault[0] == "status":
-            headers = {"Retry-After": "0"} if fault[1] == 429 else None
-            self._send(fault[1], {"error": {"message": f"injected {fault[1]}", "type": "injected"}}, headers)
+            self._fail(fault[1], fault[2])
             return
         if fault and fault[0] == "delay":
             time.sleep(fault[1])
@@ -115,6 +126,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if stub._count_served():
             self.close_connection = True
+
+    def _fail(self, status: int, template: str | None) -> None:
+        message = (template or "injected {status}").replace("{status}", str(status))
+        message = message.replace("{authorization}", self.headers.get("Authorization", ""))
+        with self.server.stub._lock:
+            self.server.stub.failures.append({"status": status, "message": message})
+        headers = {"Retry-After": "0"} if status == 429 else None
+        self._send(status, {"error": {"message": message, "type": "injected"}}, headers)
 
     def _answer(self, prompt: str, body: dict[str, Any]) -> tuple[str, str, int]:
         seed = body.get("seed")
@@ -164,6 +183,7 @@ class StubServer:
         self._closed = False  # refuse work (new requests are hung up on)
         self._socket_closed = False
         self.requests: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
 
     @property
     def port(self) -> int:
@@ -190,9 +210,17 @@ class StubServer:
         self.close()
 
     # -- fault injection ---------------------------------------------------------
-    def fail_next(self, k: int, status: int = 429) -> None:
+    def fail_next(self, k: int, status: int = 429, message: str | None = None) -> None:
+        """The next k requests get HTTP `status`; `message` is the error text, in which
+        `{authorization}` becomes the request's Authorization header and `{status}` the code."""
         with self._faults.lock:
-            self._faults.queue.extend([("status", status)] * k)
+            self._faults.queue.extend([("status", status, message)] * k)
+
+    def fail_where(self, matches: Callable[[dict[str, Any]], bool], status: int = 500,
+                   message: str | None = None) -> None:
+        """Every later request whose JSON body satisfies `matches` gets HTTP `status` (see fail_next)."""
+        with self._faults.lock:
+            self._faults.rules.append((matches, status, message))
 
     def delay_next(self, k: int, seconds: float) -> None:
         with self._faults.lock:

@@ -17,7 +17,9 @@ dataset is split into blocks.
   later requests try once instead of backing off again (each failing fast with an
   error naming the URL) until one succeeds.
 - The API key is read from the env var named by `openai.api_key_env` and sent as
-  `Authorization: Bearer …`; it never appears in `describe()`, reprs or errors.
+  `Authorization: Bearer …`; it never appears in `describe()`, reprs or errors: a
+  server or proxy that quotes it back ("invalid key Bearer sk-…") has it replaced by
+  `***` before the error text is recorded (rejects/, the report).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class _Secret:
         return "<secret>" if self.value else "<none>"
 
     __str__ = __repr__
+
+    def scrub(self, text: str) -> str:
+        """`text` with the key replaced by `***` (servers and proxies may quote it in errors)."""
+        return text.replace(self.value, "***") if self.value else text
 
 
 def public_url(url: str) -> str:
@@ -124,6 +130,7 @@ class OpenAIRequester:
         self.chat = chat
         self.url = base_url.rstrip("/") + ("/chat/completions" if chat else "/completions")
         self.shown_url = public_url(self.url)
+        self.api_key = api_key
         headers = {"Content-Type": "application/json"}
         if api_key.value:
             headers["Authorization"] = f"Bearer {api_key.value}"
@@ -149,6 +156,11 @@ class OpenAIRequester:
 
     # -- one request ------------------------------------------------------------------
     def _one(self, row: dict[str, Any]) -> tuple[str, str, int, int, str]:
+        """One request row's result; every error text it records has the API key scrubbed."""
+        text, finish_reason, prompt_tokens, completion_tokens, error = self._send(row)
+        return text, finish_reason, prompt_tokens, completion_tokens, self.api_key.scrub(error)
+
+    def _send(self, row: dict[str, Any]) -> tuple[str, str, int, int, str]:
         try:
             body = request_body(row, model=self.model, chat=self.chat, options=self.options)
         except Exception as e:  # a bad row (e.g. schema not JSON) must not kill the batch
@@ -199,7 +211,8 @@ class OpenAIRequester:
                 f"cannot reach {self.shown_url}: {type(e).__name__}: {reason}", True, connection=True
             ) from None
         if resp.status_code != 200:
-            snippet = resp.text[:300].replace("\n", " ")
+            # Scrubbed before the cut, which could split the key and leave part of it unscrubbed.
+            snippet = self.api_key.scrub(resp.text)[:300].replace("\n", " ")
             raise _Failure(
                 f"HTTP {resp.status_code} from {self.shown_url}: {snippet}",
                 resp.status_code in _RETRY_STATUS or resp.status_code >= 500,
@@ -241,11 +254,19 @@ class OpenAICompatEngine(Engine):
         env = self.options.api_key_env
         if not env:
             return _Secret(None)
-        value = os.environ.get(env)
+        # Surrounding whitespace is an accident (a key file's trailing newline), never part of a key.
+        value = (os.environ.get(env) or "").strip()
         if not value:
             raise BadInput(
                 f"models.{self.name}.openai.api_key_env: environment variable {env} is not set "
                 f"(it must hold the API key for {public_url(self.options.base_url)})"
+            )
+        if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
+            # An HTTP client refusing such a header quotes its value in the error: refuse it here,
+            # without echoing it.
+            raise BadInput(
+                f"models.{self.name}.openai.api_key_env: environment variable {env} does not hold a usable "
+                "API key (it contains spaces, control or non-ASCII characters)"
             )
         return _Secret(value)
 

@@ -118,7 +118,10 @@ def _empty_results(batch: pd.DataFrame) -> pd.DataFrame:
 
 def inside(base: Path, *parts: str) -> Path:
     """`base/parts…`, refusing any path that would leave `base` (names come from configs)."""
-    path = Path(base, *parts).resolve()
+    try:
+        path = Path(base, *parts).resolve()
+    except (OSError, ValueError) as e:  # e.g. a NUL byte: no such path can exist
+        raise BadInput(f"path {'/'.join(parts)!r} under {base} is not usable: {e}") from None
     if not path.is_relative_to(Path(base).resolve()):
         raise BadInput(f"path {'/'.join(parts)!r} would escape {base}")
     return path
