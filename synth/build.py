@@ -170,7 +170,8 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
             log.info("stage %-16s running", stage.name)
             ctx.stage = stage.name
             result = stage.run(ctx, previous).materialize()
-            record = _write_stage(stage, result, stage_dir, previous_rows, signature)
+            record = _write_stage(stage, result, stage_dir, previous_rows, signature,
+                                  input_schema=previous.schema() if previous is not None else None)
             record.seconds = round(time.monotonic() - started, 2)
             record.requests = ctx.requests.get(stage.name, {})
             _write_json_atomic(stage_dir / MARKER, {"signature": signature, "record": record.__dict__})
@@ -191,12 +192,13 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
     return records
 
 
-def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in: int, signature: str) -> StageRecord:
+def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in: int, signature: str,
+                 input_schema: Any = None) -> StageRecord:
     """Write rows / rejects / side outputs in one pass over the result, shard by shard, then rename."""
     tmp = stage_dir.with_name(f".{stage.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    schema = _arrow_schema(result.schema())
+    schema = _arrow_schema(result.schema(), input_schema)
     writer = ShardWriter(str(tmp), stage.name, dict(stage.diverted), list(stage.reject_only_columns))
     reasons: dict[str, int] = {}
     for part in result.map_batches(writer, batch_format="pandas").iter_batches(batch_format="pandas"):
@@ -259,7 +261,10 @@ def _ensure_schema_file(path: Path, schema: pa.Schema) -> None:
         pq.write_table(schema.empty_table(), path / "empty.parquet")
 
 
-def _arrow_schema(schema: Any) -> pa.Schema:
+def _arrow_schema(schema: Any, input_schema: Any = None) -> pa.Schema:
+    if schema is None:  # an empty result without blocks (an earlier stage kept no row): the input's columns
+        base = _arrow_schema(input_schema) if input_schema is not None else pa.schema([])
+        return base if REJECT_COLUMN in base.names else base.append(pa.field(REJECT_COLUMN, pa.string()))
     base = getattr(schema, "base_schema", schema)
     if isinstance(base, pa.Schema):
         return base

@@ -30,6 +30,9 @@ ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-
 class Sampling(Strict):
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    # 0 = off. On CPU prefer top_k to top_p: vLLM's top-p sorts the whole vocabulary
+    # (262k for Gemma 3) every step; top-k alone does not (BENCHMARKS.md, generation).
+    top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens (0 = off)")
     max_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
 

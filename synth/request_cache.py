@@ -27,7 +27,7 @@ from synth.engines.base import RESULT_COLUMNS
 from synth.rows import to_arrow
 
 KEY_COLUMN = "cache_key"
-_KEYED = ("system", "prompt", "seed", "json_schema", "temperature", "top_p", "max_tokens", "stop")
+_KEYED = ("system", "prompt", "seed", "json_schema", "temperature", "top_p", "top_k", "max_tokens", "stop")
 
 
 def model_identity(name: str, spec: ModelSpec) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -178,3 +179,31 @@ def test_adding_a_scenario_is_one_yaml_file(ray_session, repo_root: Path, tmp_pa
     common = ours.index.intersection(theirs.index)
     assert len(common) >= 0.9 * len(ours) > 0
     pd.testing.assert_series_equal(ours[common].sort_index(), theirs[common].sort_index())
+
+
+def test_labelled_pairs_keep_the_responders_seed_and_finish_reason(demo_build):
+    """The judges' requests and results have their own `seed` and `finish_reason`; a pair keeps its own."""
+    out, _ = demo_build
+    respond = read_table(out / "stages/respond/rows").set_index("id")
+    parts = [read_table(out / "stages/annotate" / part) for part in ("rows", "hard", "rejects")]
+    labelled = pd.concat([p for p in parts if len(p)])
+    assert len(labelled) == len(respond)
+    for row in labelled.itertuples():
+        assert row.seed == respond.at[row.id, "seed"], row.id
+        assert row.finish_reason == respond.at[row.id, "finish_reason"], row.id
+
+
+def test_a_build_whose_filters_drop_every_pair_finishes_with_an_empty_corpus(ray_session, repo_root: Path, tmp_path):
+    data = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text())
+    data.update(scenarios=["physical_mental_health"], templates=str(repo_root / "templates"),
+                seeds=str(repo_root / "seeds"))
+    data["filters"]["pairs"] = [{"name": "length", "params": {"field": "response", "min_chars": 100000}}]
+    config = tmp_path / "drop-all.yaml"
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    manifest = run_build(config, tmp_path / "out", dry_run=True)
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["filter_pairs"]["rows_out"] == 0 and stages["filter_pairs"]["rows_in"] > 0
+    assert stages["dedup_pairs"]["rows_in"] == 0 and stages["dedup_pairs"]["rows_out"] == 0
+    train = pq.read_table(tmp_path / "out/corpus/data/train-00000-of-00001.parquet").to_pandas()
+    assert len(train) == 0 and {"question", "response", "label"} <= set(train.columns)
+    assert len(read_table(tmp_path / "out/rejects")) >= stages["filter_pairs"]["rows_in"]

@@ -85,6 +85,14 @@ def test_prepare_and_finalize_give_back_exactly_the_input_rows():
     assert all(r["error"] == "" and r["text"] and r["prompt_tokens"] == 17 for r in got[:-1])
 
 
+def test_input_columns_named_like_results_are_replaced():
+    """A row that already has `finish_reason` or `text` (a pair sent to a judge) gets the engine's."""
+    rows = [dict(r, finish_reason="from-an-earlier-stage", text="old") for r in _rows()[:2]]
+    out = _finalize(_fake_engine_output(prepare_batch(pd.DataFrame(rows)), fail=set()))
+    assert list(out.columns).count("finish_reason") == 1 and list(out.columns).count("text") == 1
+    assert set(out["finish_reason"]) == {"stop"} and set(out["text"]) == {"生成的文本"}
+
+
 def test_cut_verdict_json_is_closed():
     rows = [r for r in _rows() if r["request_id"] == "j0"]
     prepared = prepare_batch(pd.DataFrame(rows))
@@ -122,6 +130,33 @@ def test_chat_prompts_use_the_template_without_a_second_bos():
     assert text == "<start_of_turn>user\n你是安全专家。\n\n这个回答安全吗？<end_of_turn>\n<start_of_turn>model\n"
     ids = renderer.tokenizer(text)["input_ids"]  # what vLLM does with the text: one <bos>
     assert ids[0] == renderer.tokenizer.bos_token_id and ids[1] != renderer.tokenizer.bos_token_id
+
+
+GEMMA2_STYLE_TEMPLATE = (  # like Gemma 2's: no system turn
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_a_template_without_system_turns_gets_the_system_text_in_the_user_turn(tmp_path):
+    import shutil
+
+    from synth.models import EMBEDDED, models_cache_dir
+
+    if not EMBEDDED["embedded:gemma3-270m"].is_ready(models_cache_dir()):
+        pytest.skip("embedded model not prepared (python -m synth.models prepare)")
+    from synth.engines.vllm_ray import ChatPromptRenderer
+
+    source = EMBEDDED["embedded:gemma3-270m"].target(models_cache_dir())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, tmp_path / name)
+    (tmp_path / "chat_template.jinja").write_text(GEMMA2_STYLE_TEMPLATE)
+    renderer = ChatPromptRenderer(str(tmp_path))
+    assert renderer.fold_system
+    text = renderer.render("你是安全专家。", "这个回答安全吗？")
+    assert text == "<start_of_turn>user\n你是安全专家。\n\n这个回答安全吗？<end_of_turn>\n<start_of_turn>model\n"
+    assert renderer.render("", "你好") == "<start_of_turn>user\n你好<end_of_turn>\n<start_of_turn>model\n"
 
 
 # -- the real engine (one load) ------------------------------------------------------------

@@ -14,7 +14,7 @@ Request columns (written by the stages, see `request_row`):
     prompt       str   user turn (chat style) or the raw text to continue (completion style)
     seed         int   per-request sampling seed, derived from request_id and the role
     json_schema  str   JSON schema the output must follow ("" = free text)
-    temperature, top_p, max_tokens, stop   the role's sampling parameters
+    temperature, top_p, top_k, max_tokens, stop   the role's sampling parameters
 
 Result columns (added by every engine):
     text, finish_reason, prompt_tokens, completion_tokens, error ("" = ok)
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 REQUEST_COLUMNS = (
     "request_id", "role", "task", "system", "prompt", "seed", "json_schema",
-    "temperature", "top_p", "max_tokens", "stop",
+    "temperature", "top_p", "top_k", "max_tokens", "stop",
 )
 RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
 
@@ -75,6 +75,7 @@ def request_row(
         "json_schema": json_schema,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
         "max_tokens": sampling.max_tokens,
         "stop": list(sampling.stop),
     }

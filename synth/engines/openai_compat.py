@@ -88,6 +88,8 @@ def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAI
         "max_tokens": int(row["max_tokens"]),
         "seed": int(row["seed"]),
     }
+    if int(row.get("top_k") or 0):  # not in the OpenAI API; vLLM serve and SGLang accept it
+        body["top_k"] = int(row["top_k"])
     stop = [str(s) for s in (row.get("stop") if row.get("stop") is not None else [])]
     if stop:
         body["stop"] = stop

@@ -75,6 +75,7 @@ def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
     params: dict[str, Any] = {
         "temperature": float(row["temperature"]),
         "top_p": float(row["top_p"]),
+        "top_k": int(row.get("top_k") or 0),  # 0 = off in vLLM
         "max_tokens": max_tokens,
         "seed": int(row["seed"]),
         "stop": stop,
@@ -98,8 +99,21 @@ class ChatPromptRenderer:
         ids = self.tokenizer("a")["input_ids"]
         adds_bos = bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
         self.strip = bos if (bos and adds_bos) else None
+        self.fold_system = not self._accepts_system_turn()
+
+    def _accepts_system_turn(self) -> bool:
+        # Some templates (Gemma 2) raise "System role not supported": the system text then
+        # opens the user turn, as those models' own docs advise.
+        try:
+            self.tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                               tokenize=False, add_generation_prompt=True)
+            return True
+        except Exception:  # jinja2's TemplateError from the template's raise_exception()
+            return False
 
     def render(self, system: str, prompt: str) -> str:
+        if system and self.fold_system:
+            system, prompt = "", f"{system}\n\n{prompt}"
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -188,7 +202,8 @@ def _finalize(batch: pd.DataFrame) -> pd.DataFrame:
     out["prompt_tokens"] = pd.Series(n_in, index=batch.index, dtype="int64")
     out["completion_tokens"] = pd.Series(n_out, index=batch.index, dtype="int64")
     out["error"] = errs
-    return out[cols + list(RESULT_COLUMNS)]
+    # an input column named like a result is replaced by it, as every engine does
+    return out[[c for c in cols if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)]
 
 
 def _engine_udf_class():

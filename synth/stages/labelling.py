@@ -9,7 +9,7 @@ import pandas as pd
 import ray.data
 
 from synth.config import Role
-from synth.engines import REQUEST_COLUMNS, VERDICT_SCHEMA_JSON, request_row
+from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, VERDICT_SCHEMA_JSON, request_row
 from synth.output_parsing import parse_verdict
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import Stage, StageContext
@@ -20,6 +20,9 @@ PAIR_COLUMNS = (
     "response", "finish_reason", "response_tokens", REJECT_COLUMN,
 )
 LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", REJECT_COLUMN)
+# Pair columns a judge request or its result would overwrite (the responder's `seed` and
+# `finish_reason`): carried through the judges' requests under another name.
+_CARRIED = {k: f"pair_{k}" for k in PAIR_COLUMNS if k in (*REQUEST_COLUMNS, *RESULT_COLUMNS)}
 HARD_POOL = "hard"
 DISAGREE = "judges_disagree"
 
@@ -100,11 +103,13 @@ class Annotate(Stage):
                     rendered = catalog.render(
                         catalog.judge, style, {"question": row["question"], "response": row["response"]}, "judge"
                     )
-                    out.append({**row, **request_row(
+                    carried = {_CARRIED.get(k, k): v for k, v in row.items()}
+                    out.append({**carried, **request_row(
                         request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
                         system=rendered.system, role=role, base_seed=seed, json_schema=VERDICT_SCHEMA_JSON,
                     ), "prompt_style": style})
-                return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS, "prompt_style"))
+                carried_columns = [_CARRIED.get(c, c) for c in batch.columns]
+                return pd.DataFrame(out, columns=_columns(carried_columns, REQUEST_COLUMNS, "prompt_style"))
 
             return role, rows.map_batches(to_requests, batch_format="pandas")
 
@@ -138,7 +143,7 @@ def _judgement(row: dict[str, Any]) -> dict[str, str]:
 def _combine_verdicts(group: pd.DataFrame, judge_order: list[str]) -> pd.DataFrame:
     records = sorted(group.to_dict("records"), key=lambda r: judge_order.index(r["role"]))
     judgements = [_judgement(r) for r in records]
-    pair = {k: records[0][k] for k in PAIR_COLUMNS if k != REJECT_COLUMN}
+    pair = {k: records[0][_CARRIED.get(k, k)] for k in PAIR_COLUMNS if k != REJECT_COLUMN}
     failures = [j["error"] for j in judgements if j["error"]]
     verdicts = {j["verdict"] for j in judgements}
     if failures:
