@@ -13,7 +13,8 @@ process:
 and, when --invariant is given, the same again with VLLM_BATCH_INVARIANT=1. It prints for
 each composition how many probes produced exactly the same tokens as in `together`, and
 for those that differ the first token position where they diverge. Sampling is seeded
-(temperature 0.8) and greedy (temperature 0), so both cases are covered.
+(temperature 0.8, top_k 40 as the demo) and greedy (temperature 0), so both
+cases are covered.
 
     .venv/bin/python bench/batch_invariance.py                 # 32 probes, 96 fillers, 64 tokens
     .venv/bin/python bench/batch_invariance.py --invariant     # also with VLLM_BATCH_INVARIANT=1
@@ -78,7 +79,7 @@ def child(args) -> None:
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
 
     def run(batch: list[dict]) -> dict[str, list[int]]:
-        params = [SamplingParams(temperature=r["temperature"], top_p=0.95, max_tokens=args.max_tokens,
+        params = [SamplingParams(temperature=r["temperature"], top_k=40, max_tokens=args.max_tokens,
                                  seed=r["seed"]) for r in batch]
         outs = llm.generate([r["prompt"] for r in batch], params, use_tqdm=False)
         return {r["id"]: list(o.outputs[0].token_ids) for r, o in zip(batch, outs)}

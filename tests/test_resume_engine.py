@@ -74,11 +74,11 @@ def builds(repo_root: Path, tmp_path_factory) -> dict[str, Path]:
 
     resumed = tmp / "resumed"
     # the queries stage writes the first shards (one per engine batch of 2); kill after
-    # the respond stage's second
+    # the respond stage's first, with its other requests still to send
     manifest = json.loads((clean / "manifest.json").read_text())
     queries_sent = next(s for s in manifest["stages"] if s["name"] == "queries")["requests"]["sent"]
     queries_shards = -(-queries_sent // 2)
-    killed = real_build(config, resumed, fault=f"cache_shard_written@{queries_shards + 2}")
+    killed = real_build(config, resumed, fault=f"cache_shard_written@{queries_shards + 1}")
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
     before = {"answered": answered_keys(resumed), "sent": sent_keys(resumed)}
     again = real_build(config, resumed)

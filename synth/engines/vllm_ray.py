@@ -313,6 +313,10 @@ class VLLMEngine(Engine):
             )
         light = {"num_cpus": 0.1}
         batch = {"batch_format": "pandas", "batch_size": self.options.batch_size, **light}
+        # One block per engine batch: each batch's answers then leave the engine (and reach
+        # the request cache) as soon as it is done, not when a whole input block is, so a
+        # crash loses only the batches in flight.
+        requests = requests.repartition(target_num_rows_per_block=self.options.batch_size)
         if chat:
             requests = requests.map_batches(
                 ChatPromptRenderer, fn_constructor_kwargs={"model_path": self.model_path}, concurrency=1, **batch
