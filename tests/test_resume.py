@@ -35,14 +35,16 @@ def small_config(repo_root: Path, tmp_path: Path, **changes) -> Path:
     return path
 
 
-def synth_build(config: Path, out: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+def synth_build(config: Path, out: Path, *extra: str, fault: str | None = None, dry_run: bool = True,
+                timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "SYNTH_NUM_CPUS": "2"}
     env.pop("SYNTH_FAULT", None)
     if fault:
         env["SYNTH_FAULT"] = fault
     return subprocess.run(
-        [sys.executable, "-m", "synth.cli", "build", str(config), "--out", str(out), "--dry-run", *extra],
-        env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "synth.cli", "build", str(config), "--out", str(out),
+         *(["--dry-run"] if dry_run else []), *extra],
+        env=env, capture_output=True, text=True, timeout=timeout,
     )
 
 

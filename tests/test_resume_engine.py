@@ -18,16 +18,14 @@ can rely on: docs/reproducibility.md).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_resume import answered_keys, export_bytes
+from test_resume import answered_keys, export_bytes, synth_build
 
 pytestmark = pytest.mark.engine
 
@@ -46,12 +44,7 @@ def engine_config(repo_root: Path, tmp: Path) -> Path:
 
 
 def real_build(config: Path, out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SYNTH_NUM_CPUS": "2"}
-    env.pop("SYNTH_FAULT", None)
-    if fault:
-        env["SYNTH_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "synth.cli", "build", str(config), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=1800)
+    return synth_build(config, out, fault=fault, dry_run=False, timeout=1800)
 
 
 def sent_files(out: Path) -> set[Path]:
