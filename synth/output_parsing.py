@@ -62,6 +62,28 @@ def parse_question_list(text: str, limit: int, *, continues_list_at: int | None 
     return Parsed(questions)
 
 
+_OPEN_ITEM = re.compile(r"(\d{1,3})\s*[.．、]\s*$")
+
+
+def list_item_stops(prompt: str, limit: int, *, continues_list: bool) -> list[str]:
+    """Stop strings that end a numbered list once it holds the `limit` items we keep.
+
+    The stage keeps at most `limit` questions per output, so tokens written after
+    them are paid for and thrown away (and a cut-off last item is dropped as
+    truncated). A completion prompt that ends with "3." is continued from item 3;
+    a chat answer numbers from 1. Stops only at a line opening the next item, so a
+    model that numbers differently just runs to its other limits, as before.
+    """
+    first = 1
+    if continues_list:
+        match = _OPEN_ITEM.search(prompt)
+        if match is None:
+            return []
+        first = int(match.group(1))
+    after = first + limit
+    return [f"\n{after}{mark}" for mark in (".", "．", "、")]
+
+
 def parse_single_question(text: str) -> Parsed:
     """One rewritten question: the first substantial line, list markers and labels removed."""
     if not text or not text.strip():

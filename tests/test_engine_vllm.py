@@ -111,6 +111,9 @@ def test_engine_defaults_for_cpu():
     kwargs = VLLMEngine("demo", SPEC).engine_kwargs()
     assert kwargs["enforce_eager"] and kwargs["enable_prefix_caching"] and not kwargs["enable_chunked_prefill"]
     assert kwargs["max_model_len"] == 512
+    assert kwargs["block_size"] == 32  # whole blocks are what prefix caching reuses
+    overridden = SPEC.model_copy(update={"vllm": SPEC.vllm.model_copy(update={"engine_kwargs": {"block_size": 64}})})
+    assert VLLMEngine("demo", overridden).engine_kwargs()["block_size"] == 64
     described = VLLMEngine("demo", SPEC).describe()
     assert described["accelerator"] == "cpu" and described["model"] == "embedded:gemma3-270m"
 

