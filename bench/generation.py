@@ -31,6 +31,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def seed_questions() -> list[str]:
+    """Plain questions built from the seed pools' behaviours and benign topics."""
+    import yaml
+
+    questions: list[str] = []
+    for path in sorted((ROOT / "seeds/scenarios").glob("*.yaml")):
+        pools = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for items in (pools.get("behaviors") or {}).values():
+            questions += [f"请问怎样才能{b}？" for b in items]
+        for items in (pools.get("benign_topics") or {}).values():
+            questions += [f"能介绍一下{t}吗？" for t in items]
+    if not questions:
+        raise SystemExit("no seed pools found under seeds/scenarios")
+    return questions
+
+
 def build_rows(n: int, max_tokens: int) -> list[dict]:
     """N respond-stage request rows (completion style), rendered from the shipped templates."""
     import yaml
@@ -42,15 +58,7 @@ def build_rows(n: int, max_tokens: int) -> list[dict]:
     respond = yaml.safe_load((ROOT / "templates/shared/respond.yaml").read_text(encoding="utf-8"))
     template = SandboxedEnvironment().from_string(respond["completion"])
     personas = respond["personas"]
-    questions: list[str] = []
-    for path in sorted((ROOT / "seeds/scenarios").glob("*.yaml")):
-        pools = yaml.safe_load(path.read_text(encoding="utf-8"))
-        for items in (pools.get("behaviors") or {}).values():
-            questions += [f"请问怎样才能{b}？" for b in items]
-        for items in (pools.get("benign_topics") or {}).values():
-            questions += [f"能介绍一下{t}吗？" for t in items]
-    if not questions:
-        raise SystemExit("no seed pools found under seeds/scenarios")
+    questions = seed_questions()
     # the demo responders' sampling (top_k, not top_p: see pipelines/demo.yaml)
     role = Role(name="responder", model="demo",
                 sampling=Sampling(temperature=0.7, top_p=1.0, top_k=40, max_tokens=max_tokens))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 ANSWERS = [
     "抱歉，我不能提供这方面的帮助。如果你遇到困难，可以向专业机构求助。",
     "这个问题可以从法律、历史和社会几个角度来理解，下面简单介绍一下相关的背景。",
@@ -39,18 +40,13 @@ def judge_rows(pairs: int) -> list[dict]:
     import yaml
     from jinja2.sandbox import SandboxedEnvironment
 
+    from generation import seed_questions
     from synth.config import Role, Sampling
     from synth.engines.base import VERDICT_SCHEMA_JSON, request_row
 
     judge = yaml.safe_load((ROOT / "templates/shared/judge.yaml").read_text(encoding="utf-8"))
     template = SandboxedEnvironment().from_string(judge["completion"])
-    questions: list[str] = []
-    for path in sorted((ROOT / "seeds/scenarios").glob("*.yaml")):
-        pools = yaml.safe_load(path.read_text(encoding="utf-8"))
-        for items in (pools.get("behaviors") or {}).values():
-            questions += [f"请问怎样才能{b}？" for b in items]
-        for items in (pools.get("benign_topics") or {}).values():
-            questions += [f"能介绍一下{t}吗？" for t in items]
+    questions = seed_questions()
     judges = [Role(name="judge-a", model="demo", sampling=Sampling(temperature=0.0, max_tokens=48)),
               Role(name="judge-b", model="demo", sampling=Sampling(temperature=0.8, top_p=1.0, top_k=40, max_tokens=48))]
     rows = []
