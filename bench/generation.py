@@ -123,8 +123,9 @@ def run_ray(args, rows: list[dict]) -> dict:
     blocks = {"override_num_blocks": args.blocks} if args.blocks else {}
     ds = ray.data.from_items(rows, **blocks)
     out_dir = tempfile.mkdtemp(prefix="bench-gen-")
-    make_engine("demo", make_spec(args)).generate(ds).write_parquet(out_dir)
-    done = time.monotonic()
+    with make_engine("demo", make_spec(args)) as engine:
+        engine.generate(ds).write_parquet(out_dir)
+        done = time.monotonic()
     table = pq.read_table(out_dir, columns=["completion_tokens", "error"])
     errors = sum(1 for e in table.column("error").to_pylist() if e)
     return {

@@ -128,7 +128,10 @@ def run_build(
         os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
         init_ray()
         ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=out / "cache" / "requests")
-        records = _run_stages(ctx, out, max_failures)
+        try:
+            records = _run_stages(ctx, out, max_failures)
+        finally:
+            ctx.release_engines(keep=set())
 
         from synth.export import export_build
 
@@ -156,7 +159,9 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
     upstream_signature = _build_signature(ctx)
     previous: ray.data.Dataset | None = None
     previous_rows = 0
-    for stage in STAGES:
+    for i, stage in enumerate(STAGES):
+        # Loaded models stay loaded across the stages between their uses; any other is closed.
+        ctx.release_engines(keep=_models_needed_next(ctx.config, STAGES[i:]))
         stage_dir = out / "stages" / stage.name
         signature = hashlib.sha256(f"{upstream_signature}:{stage.name}".encode()).hexdigest()[:16]
         upstream_signature = signature
@@ -190,6 +195,14 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
         previous = read_rows(stage_dir / "rows")
         previous_rows = record.rows_out
     return records
+
+
+def _models_needed_next(config: PipelineConfig, stages: tuple[Stage, ...]) -> set[str]:
+    """The models of the first of `stages` that sends requests (none if no stage does)."""
+    for stage in stages:
+        if models := {role.model for role in stage.roles(config)}:
+            return models
+    return set()
 
 
 def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in: int, signature: str,

@@ -172,13 +172,30 @@ def results(ray_session):
     import ray.data
 
     rows = _rows()
-    out = make_engine("demo", SPEC).generate(ray.data.from_items(rows, override_num_blocks=2)).take_all()
-    return rows, {r["request_id"]: r for r in out}
+    with make_engine("demo", SPEC) as engine:
+        out = engine.generate(ray.data.from_items(rows, override_num_blocks=2)).take_all()
+        hosts = list(engine._hosts)
+        # a second pass (a later stage) is served by the same loaded engine, not a new one
+        again = engine.generate(ray.data.from_items(rows[:2])).take_all()
+        hosts_again = list(engine._hosts)
+    return rows, {r["request_id"]: r for r in out}, (hosts, hosts_again, again)
+
+
+@pytest.mark.engine
+def test_later_passes_reuse_the_loaded_engine_and_close_ends_it(results):
+    import ray
+
+    rows, out, (hosts, hosts_again, again) = results
+    assert len(hosts) == SPEC.vllm.concurrency and hosts_again == hosts
+    assert sorted(r["request_id"] for r in again) == sorted(r["request_id"] for r in rows[:2])
+    assert all(r["error"] == "" and r["text"] for r in again)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(hosts[0].ready.remote(), timeout=60)
 
 
 @pytest.mark.engine
 def test_one_row_per_request_with_input_columns_kept(results):
-    rows, out = results
+    rows, out, _ = results
     assert sorted(out) == sorted(r["request_id"] for r in rows)
     for sent in rows:
         got = out[sent["request_id"]]
@@ -191,7 +208,7 @@ def test_one_row_per_request_with_input_columns_kept(results):
 
 @pytest.mark.engine
 def test_generation_rows_have_text_reason_and_token_counts(results):
-    _, out = results
+    _, out, _ = results
     for rid in ("g0", "g1", "g2", "s0"):
         r = out[rid]
         assert r["error"] == "" and r["text"].strip()
@@ -203,7 +220,7 @@ def test_generation_rows_have_text_reason_and_token_counts(results):
 
 @pytest.mark.engine
 def test_judge_rows_always_parse_as_verdicts(results):
-    _, out = results
+    _, out, _ = results
     for rid in ("j0", "j1", "j2", "j3", "t0"):
         r = out[rid]
         assert r["error"] == "", r
@@ -216,7 +233,7 @@ def test_judge_rows_always_parse_as_verdicts(results):
 
 @pytest.mark.engine
 def test_failed_request_keeps_its_row_with_an_error(results):
-    _, out = results
+    _, out, _ = results
     r = out["long"]
     assert r["text"] == "" and r["finish_reason"] == "error"
     assert "vLLM" in r["error"] and r["error"]

@@ -95,6 +95,15 @@ class Engine(ABC):
     def generate(self, requests: "ray.data.Dataset") -> "ray.data.Dataset":
         """Return the request rows with RESULT_COLUMNS added; one output row per input row."""
 
+    def close(self) -> None:
+        """Release what the engine holds (a loaded model); a later generate() starts it again."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this engine (never secrets)."""
         return {"name": self.name, "engine": self.spec.engine, "model": self.spec.model,

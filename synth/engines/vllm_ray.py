@@ -1,7 +1,7 @@
 """VLLMEngine: vLLM through Ray's batch-inference layer (`ray.data.llm`).
 
-One `generate(ds)` call builds one `ray.data.llm` processor for this model (one engine
-load per replica), and streams the request rows through it:
+One `generate(ds)` call builds one `ray.data.llm` processor for this model and streams
+the request rows through it:
 
     requests ─▶ prepare: engine prompt (chat style: the model's chat template, in a small
                 CPU actor) + per-row SamplingParams (seed, temperature, top_p, max_tokens,
@@ -9,6 +9,14 @@ load per replica), and streams the request rows through it:
              ─▶ vLLM engine stage (replicas = `vllm.concurrency`; TP/PP from engine_kwargs)
              ─▶ finalize: the input rows, unchanged, + text, finish_reason, prompt_tokens,
                 completion_tokens, error
+
+Engines outlive a processor: each replica's vLLM engine (ray.data.llm's own engine UDF)
+lives in an `EngineHost` actor, started on the model's first request and kept until
+`close()`, and the processor's engine stage is a light `EngineProxy` that forwards each
+batch to the least busy host. So a build loads a model once, not once per stage (on
+this machine a start is ~85 s: four starts were half of `make demo`; on GPUs a large
+model loads for minutes). The build closes engines as soon as no coming stage needs
+them (see `StageContext.release_engines`), so GPUs are free for the next model.
 
 Sampling travels with each row, so one loaded model serves several roles in one pass.
 Prefix caching is on (role prompts share long prefixes). Rows whose request fails
@@ -243,6 +251,65 @@ def _engine_udf_class():
     return SynthVLLMStageUDF
 
 
+
+# Placement keys ray.data.llm computes for its engine stage's actors: ours go to the hosts
+# (which hold the engine); the proxies that forward batches need none of them.
+_PLACEMENT_KEYS = ("num_cpus", "num_gpus", "resources", "accelerator_type", "runtime_env", "ray_remote_args_fn")
+
+
+class EngineHost:
+    """A Ray actor holding one vLLM engine replica for as long as the build needs the model.
+
+    The engine is ray.data.llm's own engine UDF (extended by `_engine_udf_class`), so
+    requests, errors and outputs are exactly what its processor produces.
+    """
+
+    def __init__(self, udf_kwargs: dict[str, Any]):
+        self.udf = _engine_udf_class()(**udf_kwargs)
+
+    async def run(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        return [out async for out in self.udf(batch)]
+
+    def ready(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        self.udf.llm.shutdown()  # ends vLLM's engine processes, not just this actor
+
+
+class EngineProxy:
+    """ray.data.llm's engine stage callable, made light: each batch goes to the host with
+    the fewest batches in flight from this proxy, and the host's outputs come back as is."""
+
+    def __init__(self, hosts: list[Any], **_udf_kwargs: Any):
+        self.hosts = hosts
+        self.in_flight = [0] * len(hosts)
+
+    async def __call__(self, batch: dict[str, Any]):
+        i = min(range(len(self.hosts)), key=self.in_flight.__getitem__)
+        self.in_flight[i] += 1
+        try:
+            outputs = await self.hosts[i].run.remote(batch)
+        finally:
+            self.in_flight[i] -= 1
+        for out in outputs:
+            yield out
+
+
+def _start_hosts(stage: Any, batch_size: int, data_column: str, replicas: int) -> list[Any]:
+    """One EngineHost per replica, placed as ray.data.llm would place its engine actors."""
+    import ray
+
+    kwargs = stage.get_dataset_map_batches_kwargs(batch_size=batch_size, data_column=data_column)
+    options: dict[str, Any] = {k: kwargs[k] for k in _PLACEMENT_KEYS[:-1] if kwargs.get(k) is not None}
+    if "ray_remote_args_fn" in kwargs:  # TP/PP > 1: a placement group per replica
+        options.update(kwargs["ray_remote_args_fn"]())
+    # A host whose engine died (vLLM's fatal errors exit the actor) restarts with a fresh
+    # engine, and the batch it held is sent again; a few times, then the stage fails.
+    actor = ray.remote(EngineHost).options(max_restarts=3, max_task_retries=3, **options)
+    return [actor.remote(kwargs["fn_constructor_kwargs"]) for _ in range(replicas)]
+
+
 class VLLMEngine(Engine):
     """vLLM through `ray.data.llm` (see module docstring)."""
 
@@ -250,6 +317,7 @@ class VLLMEngine(Engine):
         super().__init__(name, spec)
         self.options: VLLMOptions = spec.vllm or VLLMOptions()
         self._model_path: str | None = None
+        self._hosts: list[Any] = []  # EngineHost actors, started on the first generate()
 
     @property
     def model_path(self) -> str:
@@ -330,15 +398,32 @@ class VLLMEngine(Engine):
             )
         else:
             requests = requests.map_batches(prepare_batch, **batch)
-        processor = build_processor(self.processor_config(), preprocess_map_kwargs=light, postprocess_map_kwargs=light)
-        try:
-            stage = processor.get_stage_by_name("vLLMEngineStage")
-            # Not `stage.fn = ...`: the stage model validates on assignment, which re-runs
-            # its placement logic on already-consumed kwargs and then asks for a GPU.
-            stage.__dict__["fn"] = _engine_udf_class()
-        except Exception as e:  # internals moved: finish_reason falls back to token counts
-            log.warning("cannot extend ray.data.llm's engine stage (%s); finish_reason is inferred", e)
+        config = self.processor_config()
+        processor = build_processor(config, preprocess_map_kwargs=light, postprocess_map_kwargs=light)
+        stage = processor.get_stage_by_name("vLLMEngineStage")
+        if not self._hosts:
+            self._hosts = _start_hosts(stage, config.batch_size, processor.DATA_COLUMN, self.options.concurrency)
+        # Not `stage.fn = ...`: the stage model validates on assignment, which re-runs
+        # its placement logic on already-consumed kwargs and then asks for a GPU.
+        stage.__dict__["fn"] = EngineProxy
+        stage.fn_constructor_kwargs["hosts"] = self._hosts
+        for key in _PLACEMENT_KEYS:
+            stage.map_batches_kwargs.pop(key, None)
+        # No CPU at all: a proxy only awaits its host, and on 2 cores the host's CPU plus
+        # a 1-CPU task elsewhere in the pipeline already use every CPU there is.
+        stage.map_batches_kwargs["num_cpus"] = 0
         return processor(requests).map_batches(_finalize, batch_format="pandas", **light)
+
+    def close(self) -> None:
+        import ray
+
+        hosts, self._hosts = self._hosts, []
+        for host in hosts:
+            try:
+                ray.get(host.shutdown.remote(), timeout=60)
+            except Exception as e:  # a host that never started or already died: nothing to end
+                log.debug("engine host shutdown: %s", e)
+            ray.kill(host, no_restart=True)
 
     def describe(self):
         o = self.options

@@ -46,6 +46,13 @@ class StageContext:
             self.engines[model_name] = make_engine(model_name, self.config.models[model_name], dry_run=self.dry_run)
         return self.engines[model_name]
 
+    def release_engines(self, keep: set[str]) -> None:
+        """Close the engines of models not in `keep`: a loaded model holds its GPUs (or
+        CPUs) until closed, and the next model may need them."""
+        for name in [n for n in self.engines if n not in keep]:
+            log.info("closing engine %s", name)
+            self.engines.pop(name).close()
+
     def prompt_style(self, role: Role) -> str:
         return self.config.models[role.model].prompt_style
 
@@ -136,6 +143,10 @@ class Stage(ABC):
     # as output, reject or diverted, and the runner fails the build if not.
     fans_out: ClassVar[bool] = False
     reject_only_columns: ClassVar[tuple[str, ...]] = ()  # dropped from kept rows, kept in rejects
+
+    def roles(self, config: PipelineConfig) -> list[Role]:
+        """The roles whose models this stage sends requests to (the build keeps those loaded)."""
+        return []
 
     @abstractmethod
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import ray.data
 
+from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, request_row
 from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
@@ -66,8 +67,11 @@ class Queries(Stage):
     input = "elements"
     fans_out = True
 
+    def roles(self, config: PipelineConfig) -> list[Role]:
+        return [config.roles.generator]
+
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        role = ctx.config.roles.generator
+        [role] = self.roles(ctx.config)
         style = ctx.prompt_style(role)
         catalog, gen, seed = ctx.catalog, ctx.config.generation, ctx.config.seed
 
@@ -129,8 +133,11 @@ class Augment(Stage):
     input = "queries"
     fans_out = True
 
+    def roles(self, config: PipelineConfig) -> list[Role]:
+        return [config.roles.generator]
+
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        role = ctx.config.roles.generator
+        [role] = self.roles(ctx.config)
         style = ctx.prompt_style(role)
         catalog, aug, seed = ctx.catalog, ctx.config.augment, ctx.config.seed
         tactics = aug.tactics or [t.id for t in catalog.augment.tactics]

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import ray.data
 
-from synth.config import Role
+from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, VERDICT_SCHEMA_JSON, request_row
 from synth.output_parsing import parse_verdict
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
@@ -34,8 +34,11 @@ class Respond(Stage):
     input = "dedup_questions"
     fans_out = True
 
+    def roles(self, config: PipelineConfig) -> list[Role]:
+        return list(config.roles.responders)
+
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        responders = ctx.config.roles.responders
+        responders = self.roles(ctx.config)
         per_question = ctx.config.respond.responders_per_question
         catalog, seed = ctx.catalog, ctx.config.seed
 
@@ -90,8 +93,11 @@ class Annotate(Stage):
     input = "respond"
     diverted = {DISAGREE: HARD_POOL}
 
+    def roles(self, config: PipelineConfig) -> list[Role]:
+        return list(config.roles.judges)
+
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        judges = ctx.config.roles.judges
+        judges = self.roles(ctx.config)
         catalog, seed = ctx.catalog, ctx.config.seed
 
         def requests_for(role: Role):
