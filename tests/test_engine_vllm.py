@@ -174,10 +174,10 @@ def results(ray_session):
     rows = _rows()
     with make_engine("demo", SPEC) as engine:
         out = engine.generate(ray.data.from_items(rows, override_num_blocks=2)).take_all()
-        hosts = list(engine._hosts)
+        hosts = [host for host, _ in engine._hosts]
         # a second pass (a later stage) is served by the same loaded engine, not a new one
         again = engine.generate(ray.data.from_items(rows[:2])).take_all()
-        hosts_again = list(engine._hosts)
+        hosts_again = [host for host, _ in engine._hosts]
     return rows, {r["request_id"]: r for r in out}, (hosts, hosts_again, again)
 
 

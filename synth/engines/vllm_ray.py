@@ -251,7 +251,6 @@ def _engine_udf_class():
     return SynthVLLMStageUDF
 
 
-
 # Placement keys ray.data.llm computes for its engine stage's actors: ours go to the hosts
 # (which hold the engine); the proxies that forward batches need none of them.
 _PLACEMENT_KEYS = ("num_cpus", "num_gpus", "resources", "accelerator_type", "runtime_env", "ray_remote_args_fn")
@@ -296,18 +295,25 @@ class EngineProxy:
             yield out
 
 
-def _start_hosts(stage: Any, batch_size: int, data_column: str, replicas: int) -> list[Any]:
-    """One EngineHost per replica, placed as ray.data.llm would place its engine actors."""
+def _start_hosts(stage: Any, batch_size: int, data_column: str, replicas: int) -> list[tuple[Any, Any]]:
+    """One EngineHost per replica, placed as ray.data.llm would place its engine actors.
+
+    Returns (host, placement group or None) pairs: with TP/PP > 1 each replica gets its
+    own placement group, which `close()` removes so its GPUs are free again.
+    """
     import ray
 
     kwargs = stage.get_dataset_map_batches_kwargs(batch_size=batch_size, data_column=data_column)
     options: dict[str, Any] = {k: kwargs[k] for k in _PLACEMENT_KEYS[:-1] if kwargs.get(k) is not None}
-    if "ray_remote_args_fn" in kwargs:  # TP/PP > 1: a placement group per replica
-        options.update(kwargs["ray_remote_args_fn"]())
-    # A host whose engine died (vLLM's fatal errors exit the actor) restarts with a fresh
-    # engine, and the batch it held is sent again; a few times, then the stage fails.
-    actor = ray.remote(EngineHost).options(max_restarts=3, max_task_retries=3, **options)
-    return [actor.remote(kwargs["fn_constructor_kwargs"]) for _ in range(replicas)]
+    hosts = []
+    for _ in range(replicas):
+        placement = kwargs["ray_remote_args_fn"]() if "ray_remote_args_fn" in kwargs else {}
+        # A host whose engine died (vLLM's fatal errors exit the actor) restarts with a fresh
+        # engine, and the batch it held is sent again; a few times, then the stage fails.
+        actor = ray.remote(EngineHost).options(max_restarts=3, max_task_retries=3, **options, **placement)
+        strategy = placement.get("scheduling_strategy")
+        hosts.append((actor.remote(kwargs["fn_constructor_kwargs"]), getattr(strategy, "placement_group", None)))
+    return hosts
 
 
 class VLLMEngine(Engine):
@@ -317,7 +323,7 @@ class VLLMEngine(Engine):
         super().__init__(name, spec)
         self.options: VLLMOptions = spec.vllm or VLLMOptions()
         self._model_path: str | None = None
-        self._hosts: list[Any] = []  # EngineHost actors, started on the first generate()
+        self._hosts: list[tuple[Any, Any]] = []  # (EngineHost, placement group), started on the first generate()
 
     @property
     def model_path(self) -> str:
@@ -406,7 +412,7 @@ class VLLMEngine(Engine):
         # Not `stage.fn = ...`: the stage model validates on assignment, which re-runs
         # its placement logic on already-consumed kwargs and then asks for a GPU.
         stage.__dict__["fn"] = EngineProxy
-        stage.fn_constructor_kwargs["hosts"] = self._hosts
+        stage.fn_constructor_kwargs["hosts"] = [host for host, _ in self._hosts]
         for key in _PLACEMENT_KEYS:
             stage.map_batches_kwargs.pop(key, None)
         # No CPU at all: a proxy only awaits its host, and on 2 cores the host's CPU plus
@@ -418,12 +424,14 @@ class VLLMEngine(Engine):
         import ray
 
         hosts, self._hosts = self._hosts, []
-        for host in hosts:
+        for host, placement_group in hosts:
             try:
                 ray.get(host.shutdown.remote(), timeout=60)
             except Exception as e:  # a host that never started or already died: nothing to end
                 log.debug("engine host shutdown: %s", e)
             ray.kill(host, no_restart=True)
+            if placement_group is not None:
+                ray.util.remove_placement_group(placement_group)
 
     def describe(self):
         o = self.options
