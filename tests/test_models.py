@@ -112,3 +112,31 @@ def test_cache_dir_from_env(tmp_path, monkeypatch):
 def test_prepare_cli_reports_bad_input(capsys):
     assert models.main(["prepare", "embedded:nope"]) == 2
     assert "unknown embedded model" in capsys.readouterr().err
+
+
+def test_gguf_is_parsed_once_and_reads_the_same(tmp_path):
+    """The conversion's GGUF reader: one parse per file, same fields and tensors as gguf's own."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_array("tokenizer.ggml.tokens", ["<pad>", "你好", "世界", "a"])
+    writer.add_uint32("gemma3.context_length", 2048)
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(4, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    original = gguf.GGUFReader
+    plain = original(path)
+    with models._gguf_parsed_once():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is again
+        assert type(first.data) is np.ndarray  # not the np.memmap subclass the slow path slices
+        for name in ("tokenizer.ggml.tokens", "gemma3.context_length"):
+            assert first.fields[name].contents() == plain.fields[name].contents()
+        assert first.tensors[0].name == "token_embd.weight"
+        assert np.array_equal(first.tensors[0].data, plain.tensors[0].data)
+    assert gguf.GGUFReader is original
