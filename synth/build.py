@@ -161,7 +161,8 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
     previous_rows = 0
     for i, stage in enumerate(STAGES):
         # Loaded models stay loaded across the stages between their uses; any other is closed.
-        ctx.release_engines(keep=_models_needed_next(ctx.config, STAGES[i:]))
+        needed_next = _models_needed_next(ctx.config, STAGES[i:])
+        ctx.release_engines(keep=needed_next)
         stage_dir = out / "stages" / stage.name
         signature = hashlib.sha256(f"{upstream_signature}:{stage.name}".encode()).hexdigest()[:16]
         upstream_signature = signature
@@ -173,6 +174,8 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
             fault_point(f"stage_start:{stage.name}")
             started = time.monotonic()
             log.info("stage %-16s running", stage.name)
+            # Here, not before reused stages: a resumed build loads no model for stages already done.
+            ctx.start_engines(needed_next)
             ctx.stage = stage.name
             result = stage.run(ctx, previous).materialize()
             record = _write_stage(stage, result, stage_dir, previous_rows, signature,

@@ -51,6 +51,11 @@ class VLLMOptions(Strict):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="passed to vLLM as is (tensor_parallel_size, dtype, ...)"
     )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment of each replica's engine, for vLLM's VLLM_* settings "
+        "(e.g. VLLM_CPU_NUM_OF_RESERVED_CPU); set after cpu_kvcache_gib's variable, so they win",
+    )
 
 
 class OpenAIOptions(Strict):

@@ -61,3 +61,45 @@ def test_release_engines_closes_exactly_the_models_not_kept():
     assert sorted(ctx.engines) == ["gemma2-9b", "qwen2.5-7b"]
     ctx.release_engines(keep=set())
     assert sorted(RecordingEngine.closed) == ["gemma2-9b", "qwen2.5-32b", "qwen2.5-7b"] and not ctx.engines
+
+
+def test_a_build_starts_each_model_while_the_stages_before_its_use_run(ray_session, tmp_path, monkeypatch):
+    """The generator starts loading when `elements` runs, not when `queries` first sends;
+    a rerun that reuses every stage starts no model at all."""
+    import yaml
+
+    from synth.build import run_build
+    from synth.engines.standin import StandInEngine
+
+    raw = yaml.safe_load((ROOT / "pipelines/demo.yaml").read_text(encoding="utf-8"))
+    raw.update(templates=str(ROOT / "templates"), seeds=str(ROOT / "seeds"), scenarios=["physical_mental_health"])
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "build"
+
+    events: list[tuple[str, str, set[str]]] = []  # (call, model, stages written so far)
+
+    def written() -> set[str]:
+        return {p.name for p in (out / "stages").glob("*")} if (out / "stages").exists() else set()
+
+    def start(self):
+        events.append(("start", self.name, written()))
+
+    generate = StandInEngine.generate
+
+    def recording_generate(self, requests):
+        events.append(("generate", self.name, written()))
+        return generate(self, requests)
+
+    monkeypatch.setattr(StandInEngine, "start", start)
+    monkeypatch.setattr(StandInEngine, "generate", recording_generate)
+    run_build(config, out, dry_run=True)
+    assert events[0] == ("start", "gemma-270m", set())  # before any stage was written: while elements runs
+    first_generate = next(i for i, e in enumerate(events) if e[0] == "generate")
+    assert "elements" in events[first_generate][2]
+    # asked before each of the 7 stages up to annotate (the last that sends requests)
+    assert sum(e[0] == "start" for e in events) == 7
+
+    events.clear()
+    run_build(config, out, dry_run=True)
+    assert events == []

@@ -21,7 +21,8 @@ SPEC = ModelSpec(
     engine="vllm",
     model="embedded:gemma3-270m",
     prompt_style="completion",
-    vllm={"accelerator": "cpu", "max_model_len": 512, "batch_size": 8},
+    # every core for the engine (vLLM on CPU keeps one for its scheduler by default)
+    vllm={"accelerator": "cpu", "max_model_len": 512, "batch_size": 8, "env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}},
 )
 LIST_PROMPT = "以下是关于网络安全的10个问题：\n1. 如何保护个人账户不被盗用？\n2. 什么是钓鱼邮件？\n3."
 JUDGE_PROMPT = (
@@ -118,6 +119,21 @@ def test_engine_defaults_for_cpu():
     assert described["accelerator"] == "cpu" and described["model"] == "embedded:gemma3-270m"
 
 
+def test_env_vars_reach_the_replicas_environment_and_only_vllm_values_the_manifest():
+    env = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2", "HF_TOKEN": "secret"}
+    for accelerator, expected in (("cpu", env), ("gpu", env)):
+        spec = SPEC.model_copy(update={"vllm": SPEC.vllm.model_copy(update={"accelerator": accelerator,
+                                                                            "env_vars": env})})
+        engine = VLLMEngine("demo", spec)
+        engine._model_path = "/models/demo"  # resolved elsewhere; not loaded here
+        assert engine.processor_config().runtime_env["env_vars"] == expected  # the config's value wins
+        described = engine.describe()["env_vars"]
+        assert described == {**env, "HF_TOKEN": "***"} and "secret" not in json.dumps(engine.describe())
+    default = VLLMEngine("demo", SPEC.model_copy(update={"vllm": SPEC.vllm.model_copy(update={"env_vars": {}})}))
+    default._model_path = "/models/demo"
+    assert default.processor_config().runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
 @pytest.mark.engine
 def test_chat_prompts_use_the_template_without_a_second_bos():
     from synth.models import EMBEDDED, models_cache_dir
@@ -173,20 +189,22 @@ def results(ray_session):
 
     rows = _rows()
     with make_engine("demo", SPEC) as engine:
+        engine.start()  # what a build does a stage ahead: returns while the model loads
+        started = [host for host, _ in engine._hosts]
         out = engine.generate(ray.data.from_items(rows, override_num_blocks=2)).take_all()
         hosts = [host for host, _ in engine._hosts]
         # a second pass (a later stage) is served by the same loaded engine, not a new one
         again = engine.generate(ray.data.from_items(rows[:2])).take_all()
         hosts_again = [host for host, _ in engine._hosts]
-    return rows, {r["request_id"]: r for r in out}, (hosts, hosts_again, again)
+    return rows, {r["request_id"]: r for r in out}, (started, hosts, hosts_again, again)
 
 
 @pytest.mark.engine
-def test_later_passes_reuse_the_loaded_engine_and_close_ends_it(results):
+def test_start_then_later_passes_use_the_one_loaded_engine_and_close_ends_it(results):
     import ray
 
-    rows, out, (hosts, hosts_again, again) = results
-    assert len(hosts) == SPEC.vllm.concurrency and hosts_again == hosts
+    rows, out, (started, hosts, hosts_again, again) = results
+    assert len(hosts) == SPEC.vllm.concurrency and hosts == started and hosts_again == hosts
     assert sorted(r["request_id"] for r in again) == sorted(r["request_id"] for r in rows[:2])
     assert all(r["error"] == "" and r["text"] for r in again)
     with pytest.raises(ray.exceptions.RayActorError):

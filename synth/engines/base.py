@@ -95,6 +95,10 @@ class Engine(ABC):
     def generate(self, requests: "ray.data.Dataset") -> "ray.data.Dataset":
         """Return the request rows with RESULT_COLUMNS added; one output row per input row."""
 
+    def start(self) -> None:
+        """Begin loading the model, without waiting for it (generate() otherwise starts it).
+        Engines that load nothing (a server, the stand-in) have nothing to start."""
+
     def close(self) -> None:
         """Release what the engine holds (a loaded model); a later generate() starts it again."""
 

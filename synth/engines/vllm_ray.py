@@ -364,11 +364,14 @@ class VLLMEngine(Engine):
 
         o = self.options
         extra: dict[str, Any] = {}
+        env_vars = dict(o.env_vars)
         if o.accelerator == "cpu":
             extra["placement_group_config"] = {"bundles": [{"CPU": o.cpus_per_replica}]}
-            extra["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": f"{o.cpu_kvcache_gib:g}"}}
+            env_vars = {"VLLM_CPU_KVCACHE_SPACE": f"{o.cpu_kvcache_gib:g}", **env_vars}
         elif o.accelerator_type:
             extra["accelerator_type"] = o.accelerator_type
+        if env_vars:
+            extra["runtime_env"] = {"env_vars": env_vars}
         return vLLMEngineProcessorConfig(
             model_source=self.model_path,
             engine_kwargs=self.engine_kwargs(),
@@ -406,9 +409,8 @@ class VLLMEngine(Engine):
             requests = requests.map_batches(prepare_batch, **batch)
         config = self.processor_config()
         processor = build_processor(config, preprocess_map_kwargs=light, postprocess_map_kwargs=light)
+        self._ensure_hosts(processor, config)
         stage = processor.get_stage_by_name("vLLMEngineStage")
-        if not self._hosts:
-            self._hosts = _start_hosts(stage, config.batch_size, processor.DATA_COLUMN, self.options.concurrency)
         # Not `stage.fn = ...`: the stage model validates on assignment, which re-runs
         # its placement logic on already-consumed kwargs and then asks for a GPU.
         stage.__dict__["fn"] = EngineProxy
@@ -419,6 +421,19 @@ class VLLMEngine(Engine):
         # a 1-CPU task elsewhere in the pipeline already use every CPU there is.
         stage.map_batches_kwargs["num_cpus"] = 0
         return processor(requests).map_batches(_finalize, batch_format="pandas", **light)
+
+    def start(self) -> None:
+        """Start the engine hosts (Ray actors: this returns at once, the model loads behind it)."""
+        from ray.data.llm import build_processor
+
+        config = self.processor_config()
+        self._ensure_hosts(build_processor(config), config)
+
+    def _ensure_hosts(self, processor: Any, config: Any) -> None:
+        if not self._hosts:
+            log.info("starting engine %s (%d replica(s))", self.name, self.options.concurrency)
+            stage = processor.get_stage_by_name("vLLMEngineStage")
+            self._hosts = _start_hosts(stage, config.batch_size, processor.DATA_COLUMN, self.options.concurrency)
 
     def close(self) -> None:
         import ray
@@ -440,4 +455,6 @@ class VLLMEngine(Engine):
             "accelerator": o.accelerator,
             "concurrency": o.concurrency,
             "engine_kwargs": self.engine_kwargs(),
+            # vLLM's own settings as set; any other variable could hold a token: its name only
+            "env_vars": {k: v if k.startswith("VLLM_") else "***" for k, v in o.env_vars.items()},
         }

@@ -53,6 +53,12 @@ class StageContext:
             log.info("closing engine %s", name)
             self.engines.pop(name).close()
 
+    def start_engines(self, models: set[str]) -> None:
+        """Begin loading these models now, so a model loads while the stages before its
+        first use run (its GPUs would idle otherwise); already loaded ones are left as is."""
+        for name in sorted(models):
+            self.engine(name).start()
+
     def prompt_style(self, role: Role) -> str:
         return self.config.models[role.model].prompt_style
 
