@@ -71,7 +71,7 @@ def main() -> None:
             result = next((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
             if result is None:
                 sys.exit(f"{name}: the run failed\n{proc.stderr[-3000:]}")
-            cores = [line.split("core ids=")[-1] for line in proc.stderr.splitlines() if "core ids=" in line]
+            cores = [line.split("core ids=")[-1] for line in (proc.stdout + proc.stderr).splitlines() if "core ids=" in line]
             rates[name].append(result["tok_s"])
             print(f"{name:40s} engine cores {cores[-1] if cores else '?':8s} start {result['load_s']:5.1f}s  "
                   f"{result['tokens']} tokens in {result['seconds']:5.1f}s = {result['tok_s']:6.1f} tok/s", flush=True)

