@@ -12,6 +12,7 @@ Prints output tokens/s of each and the ratio (b)/(a).
 
     python bench/generation.py                      # 512 requests × 32 tokens, demo model
     python bench/generation.py --requests 64 --max-tokens 32 --repeat 1
+    python bench/generation.py --all-cores          # the engine on every core, as the demo
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def parent(args) -> None:
     rows_file = Path(tempfile.mkdtemp(prefix="bench-gen-")) / "rows.json"
     rows_file.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    if args.all_cores:  # as pipelines/demo.yaml; (b)'s Ray workers inherit it from its process
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     passthrough = ["--model", args.model, "--batch-size", str(args.batch_size), "--dtype", args.dtype,
                    "--max-concurrent-batches", str(args.max_concurrent_batches), "--blocks", str(args.blocks)]
     results: dict[str, list[dict]] = {"direct": [], "ray": []}
@@ -179,7 +182,7 @@ def parent(args) -> None:
     a, b = best["direct"], best["ray"]
     print()
     print(f"requests {args.requests} x max_tokens {args.max_tokens}, batch_size {args.batch_size}, "
-          f"dtype {args.dtype}, cpus {os.cpu_count()}, best of {args.repeat}")
+          f"dtype {args.dtype}, cpus {os.cpu_count()}, all cores {args.all_cores}, best of {args.repeat}")
     print(f"(a) vllm.LLM.generate     : {a['output_tokens']} tokens in {a['wall_s']:.1f}s "
           f"= {a['tokens_per_s']:.1f} tok/s (engine start {a['engine_start_s']:.1f}s, generate {a['generate_s']:.1f}s)")
     print(f"(b) Ray Data + VLLMEngine : {b['output_tokens']} tokens in {b['wall_s']:.1f}s "
@@ -197,6 +200,8 @@ def main() -> None:
     p.add_argument("--max-concurrent-batches", type=int, default=8)
     p.add_argument("--dtype", default="float32", help="vLLM dtype (auto = the checkpoint's; float32 as the demo on AVX2)")
     p.add_argument("--blocks", type=int, default=0, help="override_num_blocks for from_items (0 = Ray's default)")
+    p.add_argument("--all-cores", action="store_true",
+                   help="both sides: VLLM_CPU_NUM_OF_RESERVED_CPU=0 (no core kept for vLLM's scheduler, as the demo)")
     p.add_argument("--repeat", type=int, default=1, help="alternate (a),(b) this many times; report the best of each")
     p.add_argument("--child", choices=["direct", "ray"], help=argparse.SUPPRESS)
     p.add_argument("--rows", help=argparse.SUPPRESS)
