@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from synth.errors import BadInput, BuildFailed
+from synth.errors import BadInput, BuildFailed, unwrap
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build Chinese safety-guard corpora.")
 templates_app = typer.Typer(no_args_is_help=True, help="List and validate scenario templates.")
@@ -34,6 +35,21 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(getattr(error, "exit_code", 1))
 
 
+@contextmanager
+def _reported():
+    """Report bad input (exit 2) and failed builds (exit 1) as one line, also when they were
+    raised inside a Ray task and arrive wrapped by Ray; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as e:
+        error = unwrap(e)
+        if error is None:
+            raise
+        _fail(error)
+
+
 @app.command()
 def build(
     config: Path = typer.Argument(..., help="pipeline config, e.g. pipelines/demo.yaml"),
@@ -50,15 +66,15 @@ def build(
     _setup_logging()
     from synth.build import run_build
 
-    try:
+    with _reported():
         manifest = run_build(config, out, dry_run=dry_run, fresh=fresh, max_failures=max_failures,
                              templates=templates, seeds=seeds)
-    except (BadInput, BuildFailed) as e:
-        _fail(e)
     counts = manifest["export"]
     typer.echo(
         f"done: {counts['corpus_rows']} rows in {out / 'corpus'} (labels {counts['labels']}), "
         f"{counts['hard_rows']} in {out / 'hard'}, manifest {out / 'manifest.json'}"
+        + (f"; {manifest['pending']} requests pending (transient failures): rerun to send them"
+           if manifest.get("pending") else "")
     )
 
 
@@ -69,10 +85,8 @@ def templates_list(
     """List scenarios and their subcategories."""
     from synth.templates import load_catalog
 
-    try:
+    with _reported():
         catalog = load_catalog(templates, seeds)
-    except BadInput as e:
-        _fail(e)
     for scenario in catalog.scenarios.values():
         t = scenario.template
         typer.echo(f"{t.id}  {t.name_zh} / {t.name_en}  ({len(t.subcategories)} subcategories, {scenario.path})")
@@ -87,10 +101,8 @@ def templates_validate(
     """Validate every template and seed pool, rendering each template once."""
     from synth.templates import load_catalog
 
-    try:
+    with _reported():
         catalog = load_catalog(templates, seeds)
-    except BadInput as e:
-        _fail(e)
     subs = sum(len(s.template.subcategories) for s in catalog.scenarios.values())
     typer.echo(f"ok: {len(catalog.scenarios)} scenarios, {subs} subcategories, "
                f"{len(catalog.augment.tactics)} tactics, {len(catalog.respond.personas)} personas")
@@ -111,14 +123,12 @@ def preview(
 
     from synth.templates import load_catalog, scenario_vars
 
-    try:
+    with _reported():
         catalog = load_catalog(templates, seeds)
         if scenario not in catalog.scenarios:
             raise BadInput(f"unknown scenario '{scenario}' (known: {', '.join(catalog.scenarios)})")
         if kind not in ("harmful", "benign") or style not in ("chat", "completion"):
             raise BadInput("--kind must be harmful|benign and --style chat|completion")
-    except BadInput as e:
-        _fail(e)
     s = catalog.scenarios[scenario]
     rng = random.Random(seed)
     for i in range(n):
@@ -129,7 +139,8 @@ def preview(
             "task_type": rng.choice(catalog.task_types), "region": rng.choice(catalog.regions),
             "event": rng.choice(catalog.events), "n": 10,
         }
-        rendered = catalog.render(getattr(s.template, kind), style, variables, f"{scenario}.{kind}")
+        with _reported():  # a template branch the load-time sample render did not take
+            rendered = catalog.render(getattr(s.template, kind), style, variables, f"{s.path}: {kind}")
         typer.echo(f"--- {i + 1}: {sub.name_zh} ({kind}, {style})")
         if rendered.system:
             typer.echo(f"[system] {rendered.system}")
@@ -154,12 +165,10 @@ def export_cmd(
     """
     from synth.export import export_format
 
-    try:
+    with _reported():
         if label_position not in (None, "before", "after"):
             raise BadInput(f"--label-position must be before or after, got {label_position!r}")
         counts = export_format(build_dir, fmt, out, config_path=config, label_position=label_position)
-    except BadInput as e:
-        _fail(e)
     typer.echo(json.dumps(counts, ensure_ascii=False))
 
 
@@ -171,10 +180,8 @@ def eval_guard(
     """Accuracy and F1 (unsafe, safe) of a guard per source and macro-averaged, as one JSON object."""
     from synth.eval_guard import evaluate_files
 
-    try:
+    with _reported():
         result, unmatched = evaluate_files(predictions, gold)
-    except BadInput as e:
-        _fail(e)
     if unmatched:
         typer.echo(f"warning: {unmatched} prediction(s) have an id that is not in {gold} (ignored)", err=True)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
@@ -188,10 +195,8 @@ def report_cmd(
     """Write the build report: index.html, README.md, report.json and plots (also done by every build)."""
     from synth.report import write_report
 
-    try:
+    with _reported():
         index = write_report(build_dir, out)
-    except BadInput as e:
-        _fail(e)
     typer.echo(f"report: {index} (summary {index.with_name('README.md')})")
 
 
@@ -210,7 +215,9 @@ def dedup(
     _setup_logging()
     from synth.dedup.command import run_dedup_command
 
-    raise typer.Exit(run_dedup_command(input, text_field, id_field, threshold, out))
+    with _reported():
+        code = run_dedup_command(input, text_field, id_field, threshold, out)
+    raise typer.Exit(code)
 
 
 def main() -> None:  # pragma: no cover

@@ -148,6 +148,18 @@ class Catalog:
     events: list[str]
     hashes: dict[str, str] = field(default_factory=dict)  # shared file name -> content hash
     env: SandboxedEnvironment = field(default_factory=lambda: make_environment(), repr=False)
+    # source -> compiled template, filled as templates are first rendered in this process.
+    # Not pickled (a Catalog travels to Ray workers in task closures): each process compiles its own.
+    _compiled: dict[str, jinja2.Template] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_compiled", {})
 
     # -- rendering -------------------------------------------------------------
     def render(self, forms: PromptForms, style: Style, variables: dict[str, Any], where: str) -> Rendered:
@@ -162,7 +174,10 @@ class Catalog:
         if not source:
             return ""
         try:
-            return self.env.from_string(source).render(**variables)
+            template = self._compiled.get(source)
+            if template is None:
+                template = self._compiled[source] = self.env.from_string(source)
+            return template.render(**variables)
         except jinja2.TemplateError as e:
             raise BadInput(f"{where}: cannot render: {type(e).__name__}: {e}") from None
 

@@ -389,3 +389,29 @@ def test_synth_dedup_cli(ray_session, tmp_path):
     }
     result = CliRunner().invoke(app, ["dedup", str(src), "--text-field", "body", "--out", str(tmp_path / "out2")])
     assert result.exit_code == 2 and not (tmp_path / "out2").exists()
+
+
+def test_split_looks_ids_up_by_hash_and_checks_the_ids_themselves():
+    """`_split` (no Ray needed: a plain tuple stands in for the broadcast ref) keeps a row whose id
+    hash collides with a removed id's but whose id differs; integer and chunked id columns work."""
+    from synth.dedup.pipeline import _empty_removed, _id_nodes, _split
+
+    def removed(ids: list[str], stored: list[str]):
+        nodes = _id_nodes(ids)
+        order = np.argsort(nodes, kind="stable")
+        table = pa.table({"id": pa.array(stored), "duplicate_of": pa.array([f"of-{s}" for s in stored]),
+                          "similarity": pa.array([0.9] * len(stored)), "reason": pa.array(["near_duplicate"] * len(stored))})
+        return nodes[order], table.take(pa.array(order, pa.int64()))
+
+    batch = pa.concat_tables([pa.table({"id": pa.array([1, 2, 3]), "t": ["a", "b", "c"]}),
+                              pa.table({"id": pa.array([4, 5]), "t": ["d", "e"]})])
+    # "2" and "5" are removed; the table holds "X" where "5"'s hash points (a 64-bit hash collision)
+    ref = removed(["2", "5"], ["2", "X"])
+    gone = _split(batch, "id", ref, want_removed=True)
+    assert gone["id"].to_pylist() == [2] and gone["duplicate_of"].to_pylist() == ["of-2"]
+    assert _split(batch, "id", ref, want_removed=False)["id"].to_pylist() == [1, 3, 4, 5]
+    ref = removed(["2", "5"], ["2", "5"])
+    assert sorted(_split(batch, "id", ref, want_removed=True)["id"].to_pylist()) == [2, 5]
+    nothing = (np.zeros(0, np.uint64), _empty_removed())
+    assert _split(batch, "id", nothing, want_removed=False).num_rows == 5
+    assert _split(batch, "id", nothing, want_removed=True).num_rows == 0

@@ -162,3 +162,39 @@ def test_preview_renders_without_a_model(repo_root: Path):
     assert result.exit_code == 0, result.output
     assert result.output.count("--- ") == 2
     assert "{{" not in result.output
+
+
+def test_a_template_is_compiled_once_and_the_catalog_still_pickles(repo_root: Path, monkeypatch):
+    import cloudpickle
+
+    catalog = load_catalog(repo_root / "templates", repo_root / "seeds")
+    compiled: list[str] = []
+    from_string = catalog.env.from_string
+
+    def counting(source, *args, **kwargs):
+        compiled.append(source)
+        return from_string(source, *args, **kwargs)
+
+    monkeypatch.setattr(catalog.env, "from_string", counting)
+    source = "问题：{{ question }}（{{ n }}）"
+    assert catalog._render(source, {"question": "一", "n": 1}, "test") == "问题：一（1）"
+    assert catalog._render(source, {"question": "二", "n": 2}, "test") == "问题：二（2）"
+    assert compiled == [source]
+    # The shipped templates were compiled by load_catalog's sample renders: rendering them again compiles nothing.
+    scenario = catalog.scenarios["hate_abuse"]
+    catalog.render(scenario.template.harmful, "chat", _sample_vars(catalog, scenario), "test")
+    assert compiled == [source]
+
+    monkeypatch.undo()
+    copy = cloudpickle.loads(cloudpickle.dumps(catalog))  # as a task closure carries it to a Ray worker
+    assert copy._compiled == {} and catalog._compiled
+    assert copy._render(source, {"question": "三", "n": 3}, "test") == "问题：三（3）"
+    assert source in copy._compiled
+    with pytest.raises(BadInput, match="test: cannot render: UndefinedError"):
+        copy._render(source, {"question": "四"}, "test")
+
+
+def _sample_vars(catalog, scenario):
+    from synth.templates import sample_scenario_variables
+
+    return sample_scenario_variables(catalog, scenario, scenario.template.subcategories[0])

@@ -85,12 +85,16 @@ def _get(ref: Any) -> Any:
     return _GET_CACHE[key]
 
 
-def _ids_as_str(column: pa.ChunkedArray | pa.Array, id_field: str) -> list[str]:
+def _id_strings(column: pa.ChunkedArray | pa.Array, id_field: str) -> pa.ChunkedArray | pa.Array:
     if column.null_count:
         raise ValueError(f"id field {id_field!r} has {column.null_count} null value(s); ids must be set")
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
         column = pc.cast(column, pa.string())
-    return column.to_pylist()
+    return column
+
+
+def _ids_as_str(column: pa.ChunkedArray | pa.Array, id_field: str) -> list[str]:
+    return _id_strings(column, id_field).to_pylist()
 
 
 def _texts(column: pa.ChunkedArray | pa.Array) -> list[str]:
@@ -330,8 +334,8 @@ def _cluster_component(
 
 def _split(batch: pa.Table, id_field: str, removed_ref: Any, want_removed: bool) -> pa.Table:
     removed_nodes, removed_table = _get(removed_ref)
-    ids = _ids_as_str(batch[id_field], id_field)
-    nodes = _id_nodes(ids)
+    id_column = _id_strings(batch[id_field], id_field)
+    nodes = _id_nodes(id_column.to_pylist())
     if len(removed_nodes):
         pos = np.minimum(np.searchsorted(removed_nodes, nodes), len(removed_nodes) - 1)
         hit = removed_nodes[pos] == nodes
@@ -339,10 +343,11 @@ def _split(batch: pa.Table, id_field: str, removed_ref: Any, want_removed: bool)
         pos = np.zeros(len(nodes), dtype=np.int64)
         hit = np.zeros(len(nodes), dtype=bool)
     if hit.any():  # guard against a 64-bit id-hash collision: compare the ids themselves
-        stored = removed_table["id"].to_pylist()
-        for i in np.flatnonzero(hit):
-            if stored[pos[i]] != ids[i]:
-                hit[i] = False
+        hits = np.flatnonzero(hit)
+        stored = pc.cast(removed_table["id"].take(pa.array(pos[hits], pa.int64())), pa.large_string())
+        mine = pc.cast(id_column.take(pa.array(hits, pa.int64())), pa.large_string())
+        same = pc.equal(stored, mine).to_numpy(zero_copy_only=False).astype(bool)
+        hit[hits[~same]] = False
     if not want_removed:
         return batch.filter(pa.array(~hit))
     rows = np.flatnonzero(hit)
