@@ -4,6 +4,12 @@ Everything is sorted by id and written from the stage outputs on disk, so the
 same stage outputs always give byte-identical exports, and `synth export` can
 redo this without rerunning a build.
 
+Nothing on the driver grows with the corpus but a few short columns: balance and
+the train/validation split are decided from `KEY_COLUMNS` alone (read columnar),
+then the full rows are streamed in id order a chunk at a time (`synth.stream_io`)
+into their files. A split of more than `SHARD_ROWS` rows is written as several
+Hugging Face shards (`corpus/data/train-00000-of-00003.parquet`, ...).
+
 A build also records what its exports read besides the stage outputs, in
 `<build>/inputs/`: `config.yaml` (the validated config, templates/seeds paths made
 absolute) and `judge.yaml` (a copy of the guard prompt the sft/ view renders).
@@ -16,30 +22,38 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
 from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput
-from synth.rows import stable_id, to_arrow
+from synth.rows import REJECT_COLUMN, stable_id
+from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_column, shard_paths, unified_schema,
+                             with_ids, write_jsonl, write_parquet)
 
 CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
     "response", "responder", "persona", "label", "analyze", "judgements", "elements", "generator",
     "template_id", "template_hash", "finish_reason", "seed",
 )
+# What balance, the split, the counts and the dataset card read: the only columns held whole.
+KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind")
+SHARD_ROWS = 50_000  # rows per corpus/ parquet file at most
 LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "response", "label", "analyze", "id")
 LIBRA_SOURCE = "Synthetic Data"
 FINAL_STAGE = "dedup_pairs"
 INPUTS_DIR = "inputs"
 EXPORT_FORMATS = ("sft", "alpaca", "libra-test", "jsonl")
+SPLITS = ("train", "validation")
 
 CONTENT_WARNING = (
     "**Content warning.** This dataset contains machine-written questions that request harmful, "
@@ -48,15 +62,20 @@ CONTENT_WARNING = (
 )
 
 
-def read_table_glob(path: Path, pattern: str) -> pd.DataFrame:
+def read_table_glob(path: Path, pattern: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every file matching `pattern` in `path` as one frame; only `columns` (those a file has) when given."""
     files = sorted(Path(path).glob(pattern))
     if not files:
         return pd.DataFrame()
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default").to_pandas()
+    tables = []
+    for f in files:
+        names = None if columns is None else [c for c in columns if c in pq.read_schema(f).names]
+        tables.append(pq.read_table(f, columns=names))
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    return read_table_glob(path, "*.parquet")
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    return read_table_glob(path, "*.parquet", columns)
 
 
 def split_train_validation(df: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -78,86 +97,135 @@ def split_train_validation(df: pd.DataFrame, share: float, seed: int) -> tuple[p
 
 
 def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(corpus, rows cut by `balance`, balance counts): the final stage's rows, balanced, sorted by id."""
-    final = read_table(Path(out) / "stages" / FINAL_STAGE / "rows")
-    corpus = final[[c for c in CORPUS_COLUMNS if c in final.columns]].sort_values("id").reset_index(drop=True)
-    return apply_balance(corpus, config.balance, config.seed)
+    """(kept, cut by `balance` with `reject_reason`, balance counts): `KEY_COLUMNS` of the final
+    stage's rows, balanced, sorted by id."""
+    keys = read_table(Path(out) / "stages" / FINAL_STAGE / "rows", KEY_COLUMNS)
+    if keys.empty:
+        keys = pd.DataFrame(columns=list(KEY_COLUMNS))
+    return apply_balance(keys.sort_values("id").reset_index(drop=True), config.balance, config.seed)
 
 
-def merge_hard(out: Path) -> pd.DataFrame:
-    """Every stage's hard pool (`stages/*/hard/`), with `hard_reason` and `hard_stage`, sorted by id."""
-    parts = []
-    for stage_dir in sorted(p for p in (Path(out) / "stages").iterdir() if p.is_dir()):
-        hard = read_table(stage_dir / "hard")
-        if hard.empty:
-            continue
-        reason = hard["reject_reason"] if "reject_reason" in hard.columns else ""
-        parts.append(hard.drop(columns=["reject_reason"], errors="ignore").assign(hard_reason=reason,
-                                                                                 hard_stage=stage_dir.name))
-    if not parts:
-        return pd.DataFrame()
-    return pd.concat(parts, ignore_index=True).sort_values(["id", "hard_stage"]).reset_index(drop=True)
-
-
-def export_build(out: Path, config: PipelineConfig, catalog: Any = None) -> dict[str, Any]:
+def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
+                 shard_rows: int = SHARD_ROWS) -> dict[str, Any]:
     """Write every export. `catalog` (the build's templates) gives the guard prompt for sft/;
-    without it the prompt is the judge template next to the config (see `snapshot_inputs`)."""
-    out = Path(out)
-    corpus, cut, balance = load_balanced(out, config)
-    balance["config"] = config.balance.model_dump(mode="json")
-    train, validation = split_train_validation(corpus, config.export.validation_share, config.seed)
-
-    corpus_dir = _fresh_dir(out / "corpus")
-    _write_parquet(train, corpus_dir / "data" / "train-00000-of-00001.parquet")
-    _write_parquet(validation, corpus_dir / "data" / "validation-00000-of-00001.parquet")
-
-    _write_jsonl(out / "libra_test.jsonl", libra_rows(corpus))
-
-    hard = merge_hard(out)
-    hard_dir = _fresh_dir(out / "hard")
-    _write_parquet(hard, hard_dir / "hard.parquet")
-
-    rejects_dir = _fresh_dir(out / "rejects")
-    reject_counts = {}
-    for stage_dir in sorted((out / "stages").iterdir()):
-        rejects = read_table(stage_dir / "rejects")
-        if not rejects.empty:
-            rejects = rejects.sort_values("id")
-        _write_parquet(rejects, rejects_dir / f"{stage_dir.name}.parquet")
-        reject_counts[stage_dir.name] = len(rejects)
-    _write_parquet(cut.assign(stage="balance"), rejects_dir / "balance.parquet")
-    reject_counts["balance"] = len(cut)
-
-    counts = {
-        "corpus_rows": len(corpus),
-        "train_rows": len(train),
-        "validation_rows": len(validation),
-        "hard_rows": len(hard),
-        "hard_reasons": ({str(k): int(v) for k, v in hard["hard_reason"].value_counts().sort_index().items()}
-                         if len(hard) else {}),
-        "balance": balance,
-        "rejects": reject_counts,
-        "labels": {k: int(v) for k, v in corpus["label"].value_counts().sort_index().items()} if len(corpus) else {},
-        "kinds": {k: int(v) for k, v in corpus["kind"].value_counts().sort_index().items()} if len(corpus) else {},
-        "scenarios": int(corpus["scenario"].nunique()) if len(corpus) else 0,
-        "subcategories": int(corpus[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(corpus) else 0,
-    }
-    _write_card(corpus_dir / "README.md", config, corpus, counts)
-
+    without it the prompt is the judge template next to the config (see `snapshot_inputs`).
+    A corpus split of more than `shard_rows` rows is written as several files."""
     from synth.sft import GuardPrompt, write_sft
 
-    prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog))
-    counts["sft"] = write_sft(out / "sft", {"train": train, "validation": validation}, prompt,
-                              label_position=config.export.label_position, name=config.name)
+    out = Path(out)
+    kept, cut, balance = load_balanced(out, config)
+    balance["config"] = config.balance.model_dump(mode="json")
+    train, validation = split_train_validation(kept, config.export.validation_share, config.seed)
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
+        files = parquet_files(out / "stages" / FINAL_STAGE / "rows")
+        schema = _as_written(unified_schema(files, CORPUS_COLUMNS))
+        final = SortedRows(batches(files, schema), read_column(files, "id"), schema, Path(tmp) / FINAL_STAGE)
+
+        corpus_dir = _fresh_dir(out / "corpus")
+        for split, ids in (("train", train["id"]), ("validation", validation["id"])):
+            write_parquet(shard_paths(corpus_dir / "data", split, len(ids), shard_rows), schema,
+                          with_ids(final, ids), shard_rows)
+        write_jsonl(out / "libra_test.jsonl", (row for t in with_ids(final, kept["id"]) for row in libra_rows(t)))
+
+        hard_rows, hard_reasons = write_hard(out, _fresh_dir(out / "hard") / "hard.parquet", Path(tmp) / "hard")
+
+        rejects_dir = _fresh_dir(out / "rejects")
+        reject_counts = {}
+        for stage_dir in sorted((out / "stages").iterdir()):
+            reject_counts[stage_dir.name] = write_sorted(parquet_files(stage_dir / "rejects"),
+                                                         rejects_dir / f"{stage_dir.name}.parquet",
+                                                         Path(tmp) / f"rejects-{stage_dir.name}")
+        cut_fields = [pa.field(REJECT_COLUMN, pa.string()), pa.field("stage", pa.string())]
+        cut_schema = _as_written(pa.schema([*schema, *cut_fields]))
+        reject_counts["balance"] = write_parquet([rejects_dir / "balance.parquet"], cut_schema,
+                                                 _with_cut_reason(with_ids(final, cut["id"]), cut))
+
+        counts = {
+            "corpus_rows": len(kept),
+            "train_rows": len(train),
+            "validation_rows": len(validation),
+            "hard_rows": hard_rows,
+            "hard_reasons": hard_reasons,
+            "balance": balance,
+            "rejects": reject_counts,
+            "labels": {k: int(v) for k, v in kept["label"].value_counts().sort_index().items()} if len(kept) else {},
+            "kinds": {k: int(v) for k, v in kept["kind"].value_counts().sort_index().items()} if len(kept) else {},
+            "scenarios": int(kept["scenario"].nunique()) if len(kept) else 0,
+            "subcategories": int(kept[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(kept) else 0,
+        }
+        _write_card(corpus_dir / "README.md", config, kept, counts)
+
+        prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog))
+        counts["sft"] = write_sft(out / "sft", {"train": with_ids(final, train["id"]),
+                                                "validation": with_ids(final, validation["id"])},
+                                  prompt, label_position=config.export.label_position, name=config.name)
     return counts
 
 
-def libra_rows(corpus: pd.DataFrame) -> list[dict[str, Any]]:
+def _as_written(schema: pa.Schema) -> pa.Schema:
+    """Top-level strings as large_string: the type these files had when they went through pandas."""
+    return pa.schema([f.with_type(pa.large_string()) if f.type == pa.string() else f for f in schema])
+
+
+def _with_cut_reason(tables: Iterable[pa.Table], cut: pd.DataFrame) -> Iterator[pa.Table]:
+    """Rows cut by balance with their `reject_reason` and `stage` = balance."""
+    ids, reasons = pa.array(cut["id"], type=pa.string()), pa.array(cut[REJECT_COLUMN], type=pa.string())
+    for table in tables:
+        reason = reasons.take(pc.index_in(table.column("id"), value_set=ids))
+        yield table.append_column(REJECT_COLUMN, reason).append_column("stage", pa.array(["balance"] * len(table)))
+
+
+def write_sorted(files: Sequence[Path], path: Path, tmp: Path) -> int:
+    """The rows of `files` as one parquet file sorted by id (no columns when there are no files)."""
+    if not files:
+        return write_parquet([path], pa.schema([]), [])
+    schema = _as_written(unified_schema(files))
+    return write_parquet([path], schema, SortedRows(batches(files, schema), read_column(files, "id"), schema, tmp))
+
+
+def write_hard(out: Path, path: Path, tmp: Path) -> tuple[int, dict[str, int]]:
+    """Every stage's hard pool (`stages/*/hard/`) as one file with `hard_reason` (the stage's
+    `reject_reason`) and `hard_stage`, sorted by id and stage; (rows, rows per hard_reason)."""
+    stages = [(d.name, parquet_files(d / "hard")) for d in sorted((Path(out) / "stages").iterdir()) if d.is_dir()]
+    stages = [(name, files) for name, files in stages if files]
+    if not stages:
+        write_parquet([path], pa.schema([]), [])
+        return 0, {}
+    schemas = {name: unified_schema(files) for name, files in stages}
+    schema = _as_written(pa.unify_schemas([_as_hard(s) for s in schemas.values()], promote_options="default"))
+    ids = read_column([f for _, files in stages for f in files], "id")
+
+    def rows() -> Iterator[pa.RecordBatch]:
+        for name, files in stages:
+            for batch in batches(files, schemas[name]):
+                reason = batch.column(REJECT_COLUMN) if REJECT_COLUMN in batch.schema.names \
+                    else pa.array([""] * len(batch), pa.string())
+                kept = [n for n in batch.schema.names if n != REJECT_COLUMN]
+                hard = pa.RecordBatch.from_arrays([*(batch.column(n) for n in kept), reason,
+                                                   pa.array([name] * len(batch), pa.string())],
+                                                  names=[*kept, "hard_reason", "hard_stage"])
+                yield conform(hard, schema)
+
+    sorted_rows = SortedRows(rows(), ids, schema, tmp, sort_keys=("id", "hard_stage"))
+    n = write_parquet([path], schema, sorted_rows)
+    reasons = pq.read_table(path, columns=["hard_reason"]).column("hard_reason").drop_null()
+    return n, {str(r["values"]): int(r["counts"]) for r in sorted(pc.value_counts(reasons).to_pylist(),
+                                                                  key=lambda r: r["values"])}
+
+
+def _as_hard(schema: pa.Schema) -> pa.Schema:
+    fields = [f for f in schema if f.name != REJECT_COLUMN]
+    return pa.schema([*fields, pa.field("hard_reason", pa.string()), pa.field("hard_stage", pa.string())])
+
+
+def libra_rows(corpus: pa.Table) -> list[dict[str, Any]]:
+    columns = ["scenario_name", "subcategory_name", "question", "response", "label", "analyze", "id"]
     return [
         {"source": LIBRA_SOURCE, "category_name": r["scenario_name"], "sub_category_name": r["subcategory_name"],
          "question": r["question"], "response": r["response"], "label": r["label"], "analyze": r["analyze"],
          "id": r["id"]}
-        for r in corpus.to_dict("records")
+        for r in corpus.select(columns).to_pylist()
     ]
 
 
@@ -208,10 +276,14 @@ class FinishedBuild:
     label_position: str
     judge: Path  # the guard prompt template the sft views render
 
-    def splits(self) -> dict[str, pd.DataFrame]:
-        """train / validation exactly as corpus/ has them (balanced and split at build time)."""
-        return {split: read_table_glob(self.path / "corpus" / "data", f"{split}-*.parquet")
-                for split in ("train", "validation")}
+    def split_files(self, split: str) -> list[Path]:
+        """corpus/ shards of `split`, in order (each sorted by id, one id range after the other)."""
+        return sorted((self.path / "corpus" / "data").glob(f"{split}-*.parquet"))
+
+    def splits(self) -> dict[str, Iterator[pa.Table]]:
+        """train / validation exactly as corpus/ has them (balanced and split at build time), streamed."""
+        return {split: (pa.Table.from_batches([b]) for b in batches(files, unified_schema(files)))
+                for split in SPLITS for files in [self.split_files(split)]}
 
 
 def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuild:
@@ -224,9 +296,9 @@ def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuil
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise BadInput(f"{build_dir}: no such build directory")
-    required = ("manifest.json", f"stages/{FINAL_STAGE}/_SUCCESS.json", "corpus/data/train-00000-of-00001.parquet")
+    required = ("manifest.json", f"stages/{FINAL_STAGE}/_SUCCESS.json", "corpus/data/train-00000-of-*.parquet")
     for relative in required:
-        if not (build_dir / relative).exists():
+        if not any(build_dir.glob(relative)):
             raise BadInput(f"{build_dir}: not a finished build ({relative} is missing); "
                            "run or resume it with `synth build CONFIG --out BUILD_DIR`")
     if config_path is not None:
@@ -264,14 +336,26 @@ def export_format(build_dir: Path, fmt: str, path: Path, *, config_path: Path | 
         elif fmt == "alpaca":
             counts = write_alpaca(path, splits, GuardPrompt.from_file(build.judge), label_position=position)
         else:
-            corpus = pd.concat([df.assign(split=split) for split, df in splits.items()]).sort_values("id")
-            if fmt == "libra-test":
-                rows = libra_rows(corpus)
-            else:
-                rows = [_jsonable(r) for r in corpus.to_dict("records")]
-            _write_jsonl(path, rows)
-            counts = {"rows": len(rows)}
+            counts = {"rows": _write_corpus_jsonl(build, fmt, Path(path))}
     return {"format": fmt, "path": str(path), **counts}
+
+
+def _write_corpus_jsonl(build: FinishedBuild, fmt: str, path: Path) -> int:
+    """train and validation merged in id order, as libra-test rows or as whole rows with `split`."""
+    files = {split: build.split_files(split) for split in SPLITS}
+    schema = unified_schema([f for split in SPLITS for f in files[split]]).append(pa.field("split", pa.string()))
+    ids = read_column([*files["train"], *files["validation"]], "id")
+
+    def with_split() -> Iterator[pa.RecordBatch]:
+        for split in SPLITS:
+            for batch in batches(files[split], schema.remove(schema.get_field_index("split"))):
+                yield conform(batch.append_column("split", pa.array([split] * len(batch), pa.string())), schema)
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:  # next to the output: writable
+        corpus = SortedRows(with_split(), ids, schema, Path(tmp) / "corpus")
+        if fmt == "libra-test":
+            return write_jsonl(path, (row for t in corpus for row in libra_rows(t)))
+        return write_jsonl(path, (row for t in corpus for row in t.to_pylist()))
 
 
 def _check_target(build_dir: Path, path: Path, *, directory: bool) -> None:
@@ -288,17 +372,6 @@ def _check_target(build_dir: Path, path: Path, *, directory: bool) -> None:
         raise BadInput(f"--out {path}: is a directory; this format writes one .jsonl file")
     if not target.parent.is_dir():
         raise BadInput(f"--out {path}: parent directory {path.parent} does not exist")
-
-
-def _jsonable(value: Any) -> Any:
-    """Parquet values (numpy arrays, numpy scalars) as plain JSON values."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts: dict[str, Any]) -> None:
@@ -351,22 +424,7 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(to_arrow(df), tmp)
-    os.replace(tmp, path)
-
-
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)

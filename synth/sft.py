@@ -24,14 +24,12 @@ also what a guard evaluated with `synth eval-guard` should be prompted with.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import jinja2
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -39,12 +37,15 @@ from pydantic import ValidationError
 
 from synth.config import format_validation_error
 from synth.errors import BadInput
+from synth.stream_io import CHUNK_ROWS, write_jsonl, write_parquet
 from synth.templates import JUDGE_VARIABLES, JudgeTemplates, make_environment
 
 LabelPosition = Literal["before", "after"]
 LABEL_POSITIONS: tuple[str, ...] = ("before", "after")
 LABEL_KEY, ANALYSIS_KEY = "答案", "分析"
-SFT_COLUMNS = ("messages", "id", "scenario", "label")
+SFT_SCHEMA = pa.schema([("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+                        ("id", pa.string()), ("scenario", pa.string()), ("label", pa.string())])
+SFT_COLUMNS = tuple(SFT_SCHEMA.names)
 SPLITS = ("train", "validation")
 # LLaMA-Factory dataset names (dataset_dir = the sft/ folder): `dataset: guard_sft_train`, ...
 LLAMA_FACTORY_NAMES = {
@@ -109,43 +110,36 @@ class GuardPrompt:
         return turns
 
 
-def sft_rows(corpus: pd.DataFrame, prompt: GuardPrompt, label_position: LabelPosition = "before") -> pd.DataFrame:
-    """The chat layout: `messages` plus id, scenario, label (corpus order)."""
+def sft_rows(corpus: pa.Table, prompt: GuardPrompt, label_position: LabelPosition = "before") -> pa.Table:
+    """The chat layout of some corpus rows: `messages` plus id, scenario, label (corpus order)."""
     rows = [
         {"messages": prompt.messages(r["question"], r["response"], r["label"], r["analyze"], label_position),
          "id": r["id"], "scenario": r["scenario"], "label": r["label"]}
-        for r in corpus.to_dict("records")
+        for r in corpus.select(["question", "response", "label", "analyze", "id", "scenario"]).to_pylist()
     ]
-    return pd.DataFrame(rows, columns=list(SFT_COLUMNS))
+    return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
 
 
-def alpaca_rows(sft: pd.DataFrame) -> list[dict[str, Any]]:
+def alpaca_rows(sft: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
     """The Alpaca layout of `sft_rows`: same prompt text, as instruction with an empty input."""
     out = []
-    for r in sft.to_dict("records"):
+    for r in sft.to_pylist():
         turns = {t["role"]: t["content"] for t in r["messages"]}
         out.append({"instruction": turns["user"], "input": "", "output": turns["assistant"],
                     "system": turns.get("system", ""), "id": r["id"], "scenario": r["scenario"], "label": r["label"]})
     return out
 
 
-def _messages_type() -> pa.DataType:
-    return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+def _empty_analysis(corpus: pa.Table) -> int:
+    return sum(1 for a in corpus.column("analyze").to_pylist() if not (a or "").strip())
 
 
-def _sft_table(df: pd.DataFrame) -> pa.Table:
-    schema = pa.schema([("messages", _messages_type()), ("id", pa.string()), ("scenario", pa.string()),
-                        ("label", pa.string())])
-    table = pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
-    return table.replace_schema_metadata(None)  # no pandas metadata, like the other exports (synth.rows.to_arrow)
-
-
-def write_sft(path: Path, splits: dict[str, pd.DataFrame], prompt: GuardPrompt, *, label_position: LabelPosition,
-              name: str = "synth") -> dict[str, Any]:
+def write_sft(path: Path, splits: dict[str, Iterable[pa.Table]], prompt: GuardPrompt, *,
+              label_position: LabelPosition, name: str = "synth") -> dict[str, Any]:
     """Write the SFT view (chat parquet + Alpaca jsonl + dataset_info.json + card) into `path`.
 
-    `splits` maps train / validation to corpus rows (needs question, response, label,
-    analyze, id, scenario). Returns counts for the manifest.
+    `splits` maps train / validation to corpus rows, a table at a time (needs question, response,
+    label, analyze, id, scenario). Returns counts for the manifest.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -154,14 +148,18 @@ def write_sft(path: Path, splits: dict[str, pd.DataFrame], prompt: GuardPrompt, 
     (tmp / "alpaca").mkdir()
     counts: dict[str, Any] = {"label_position": label_position}
     empty_analysis = 0
+
+    def rendered(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        nonlocal empty_analysis
+        for corpus in tables:
+            empty_analysis += _empty_analysis(corpus)
+            yield sft_rows(corpus, prompt, label_position)
+
     for split in SPLITS:
-        corpus = splits.get(split, pd.DataFrame())
-        sft = sft_rows(corpus, prompt, label_position) if len(corpus) else pd.DataFrame(columns=list(SFT_COLUMNS))
-        pq.write_table(_sft_table(sft), tmp / "data" / f"{split}-00000-of-00001.parquet")
-        write_jsonl(tmp / "alpaca" / f"{split}.jsonl", alpaca_rows(sft))
-        counts[f"{split}_rows"] = len(sft)
-        if len(corpus):
-            empty_analysis += int((corpus["analyze"].fillna("").str.strip() == "").sum())
+        data = tmp / "data" / f"{split}-00000-of-00001.parquet"
+        counts[f"{split}_rows"] = write_parquet([data], SFT_SCHEMA, rendered(splits.get(split, ())))
+        written = pq.ParquetFile(data).iter_batches(batch_size=CHUNK_ROWS)  # the alpaca rows from the chat rows
+        write_jsonl(tmp / "alpaca" / f"{split}.jsonl", (row for batch in written for row in alpaca_rows(batch)))
     counts["empty_analysis"] = empty_analysis
     write_dataset_info(tmp / "dataset_info.json", has_system=bool(prompt.judge.chat.system))
     (tmp / "README.md").write_text(_card(name, counts, label_position), encoding="utf-8")
@@ -170,17 +168,16 @@ def write_sft(path: Path, splits: dict[str, pd.DataFrame], prompt: GuardPrompt, 
     return counts
 
 
-def write_alpaca(path: Path, splits: dict[str, pd.DataFrame], prompt: GuardPrompt, *,
+def write_alpaca(path: Path, splits: dict[str, Iterable[pa.Table]], prompt: GuardPrompt, *,
                  label_position: LabelPosition) -> dict[str, Any]:
     """Only the Alpaca layout: `path/{train,validation}.jsonl` and a dataset_info.json for them."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     counts: dict[str, Any] = {"label_position": label_position}
     for split in SPLITS:
-        corpus = splits.get(split, pd.DataFrame())
-        sft = sft_rows(corpus, prompt, label_position) if len(corpus) else pd.DataFrame(columns=list(SFT_COLUMNS))
-        write_jsonl(path / f"{split}.jsonl", alpaca_rows(sft))
-        counts[f"{split}_rows"] = len(sft)
+        chats = (sft_rows(corpus, prompt, label_position) for corpus in splits.get(split, ()))
+        rows = (row for chat in chats for row in alpaca_rows(chat))
+        counts[f"{split}_rows"] = write_jsonl(path / f"{split}.jsonl", rows)
     write_dataset_info(path / "dataset_info.json", has_system=bool(prompt.judge.chat.system), layouts=("alpaca",),
                        alpaca_dir="")
     return counts
@@ -212,15 +209,6 @@ def dataset_info(*, has_system: bool = False, layouts: Iterable[str] = ("message
 
 def write_dataset_info(path: Path, **kwargs: Any) -> None:
     Path(path).write_text(json.dumps(dataset_info(**kwargs), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _card(name: str, counts: dict[str, Any], label_position: str) -> str:

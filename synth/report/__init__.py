@@ -27,7 +27,7 @@ CARD_END = "<!-- synth-report:end -->"
 
 def write_report(build: Path, out: Path | None = None) -> Path:
     """Write the report of the build in `build` into `out` (default `<build>/report/`); return its index.html."""
-    from synth.report.collect import collect, load_corpus_files
+    from synth.report.collect import collect, corpus_lengths
     from synth.report.render import headline_block, to_html, to_markdown
 
     build = Path(build)
@@ -39,9 +39,9 @@ def write_report(build: Path, out: Path | None = None) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "plots").mkdir(parents=True)
-    corpus = load_corpus_files(build)
-    raw = {field: {label: corpus.loc[corpus["label"] == label, field].astype(str).str.len().tolist()
-                   for label in ("安全", "不安全")} for field in ("question", "response")} if len(corpus) else {}
+    lengths = corpus_lengths(build)
+    raw = {field: {label: lengths.loc[lengths["label"] == label, field].tolist()
+                   for label in ("安全", "不安全")} for field in ("question", "response")} if len(lengths) else {}
     try:
         from synth.report.plots import render_plots
     except ImportError:  # matplotlib missing: the report without its plots, and say so

@@ -5,30 +5,73 @@ outputs under `stages/` (for what the manifest does not break down: judge
 agreement, refusals, diversity, tokens) and the exports (`corpus/`, `hard/`,
 `rejects/`). Everything returned is plain JSON-able data; `report.json` is this
 dict, and the tests check it against the manifest and the exported files.
+
+Each section reads only the columns it needs (texts only where it reads them: lengths
+come from one text column at a time, refusals and diversity stream theirs in batches),
+so the report of a large build does not load its corpus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from synth.export import read_table
 from synth.filters.chinese import distinct_n
 from synth.filters.refusal import is_refusal
+from synth.stream_io import CHUNK_ROWS, parquet_files
 
 LABELS = ("安全", "不安全")
 DISAGREE = "judges_disagree"
+CORPUS_KEYS = ("scenario", "scenario_name", "subcategory", "subcategory_name", "label", "kind", "attack")
+# what judge agreement reads of `judgements`: not the analyses, not the raw outputs
+JUDGEMENT_FIELDS = ("judgements.judge", "judgements.verdict", "judgements.error")
 
 
-def _table(path: Path) -> pd.DataFrame:
+def _files(path: Path) -> list[Path]:
     path = Path(path)
-    if path.is_file():
-        return pd.read_parquet(path)
-    return read_table(path) if path.exists() else pd.DataFrame()
+    return [path] if path.is_file() else parquet_files(path)
+
+
+def _present(parquet: pq.ParquetFile, columns: Sequence[str]) -> list[str]:
+    """The `columns` a file has: top-level names, or `column.field` for one field of a list of
+    structs (as its parquet path, `judgements.list.element.judge`)."""
+    names = set(parquet.schema_arrow.names)
+    paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
+    out = []
+    for c in columns:
+        if c in names:
+            out.append(c)
+        elif "." in c:
+            top, field = c.split(".", 1)
+            out += [p for p in paths if p.startswith(f"{top}.") and p.endswith(f".{field}")]
+    return out
+
+
+def _table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """Only `columns` of a parquet file or folder (those it has); empty when there is nothing."""
+    tables = []
+    for f in _files(path):
+        parquet = pq.ParquetFile(f)
+        tables.append(parquet.read(columns=_present(parquet, columns)))
+    tables = [t for t in tables if t.num_columns]
+    return pa.concat_tables(tables, promote_options="default").to_pandas() if tables else pd.DataFrame()
+
+
+def _texts(path: Path, column: str) -> Iterator[str]:
+    """One text column of a parquet file or folder, streamed (null as "None", as `astype(str)` gives)."""
+    for f in _files(path):
+        parquet = pq.ParquetFile(f)
+        if column in parquet.schema_arrow.names:
+            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=[column]):
+                yield from (str(v) for v in batch.column(0).to_pylist())
 
 
 def _records(value: Any) -> list[dict[str, Any]]:
@@ -41,18 +84,32 @@ def _rate(num: int, den: int) -> float | None:
     return round(num / den, 4) if den else None
 
 
-def _lengths(series: pd.Series) -> dict[str, Any]:
-    n = series.astype(str).str.len()
+def _lengths(n: pd.Series) -> dict[str, Any]:
+    """Summary of lengths in characters."""
     if n.empty:
         return {"n": 0}
     return {"n": int(len(n)), "mean": round(float(n.mean()), 1), "p10": int(n.quantile(0.1)),
             "p50": int(n.quantile(0.5)), "p90": int(n.quantile(0.9)), "max": int(n.max()), "min": int(n.min())}
 
 
-def load_corpus_files(build: Path) -> pd.DataFrame:
-    parts = [pd.read_parquet(f).assign(split=f.name.split("-")[0])
-             for f in sorted((build / "corpus" / "data").glob("*.parquet"))]
+def _corpus_files(build: Path) -> list[Path]:
+    return parquet_files(Path(build) / "corpus" / "data")
+
+
+def load_corpus_files(build: Path, columns: Sequence[str] = CORPUS_KEYS) -> pd.DataFrame:
+    """`columns` of corpus/ (every shard, in file order) and `split` from the file name."""
+    parts = [_table(f, columns).assign(split=f.name.split("-")[0]) for f in _corpus_files(build)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def corpus_lengths(build: Path) -> pd.DataFrame:
+    """label, and the length in characters of question and response, per corpus row (one column read at a time)."""
+    frame = load_corpus_files(build, ["label"])
+    for field in ("question", "response"):
+        chunks = [pc.utf8_length(pq.read_table(f, columns=[field]).column(field).fill_null("None"))
+                  for f in _corpus_files(build)]
+        frame[field] = pd.Series([n for c in chunks for n in c.to_pylist()], dtype="int64")
+    return frame
 
 
 def funnel(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,7 +135,7 @@ def funnel(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def taxonomy(build: Path, corpus: pd.DataFrame) -> pd.DataFrame:
     """Every (scenario, subcategory) the build sampled elements for (so empty ones show), with names."""
     cols = ["scenario", "scenario_name", "subcategory", "subcategory_name"]
-    elements = _table(build / "stages" / "elements" / "rows")
+    elements = _table(build / "stages" / "elements" / "rows", cols)
     frames = [f[cols] for f in (elements, corpus) if not f.empty and set(cols) <= set(f.columns)]
     if not frames:
         return pd.DataFrame(columns=cols)
@@ -103,9 +160,10 @@ def coverage(build: Path, corpus: pd.DataFrame, hard: pd.DataFrame) -> list[dict
 def judge_agreement(build: Path) -> dict[str, Any]:
     """Agreement per scenario (agreed / (agreed + disagreed)), per judge pair, failures, per-judge unsafe rate."""
     annotate = build / "stages" / "annotate"
-    agreed = _table(annotate / "rows").assign(outcome="agree")
-    disagreed = _table(annotate / "hard").assign(outcome="disagree")
-    rejects = _table(annotate / "rejects")
+    columns = ["scenario", "scenario_name", *JUDGEMENT_FIELDS]
+    agreed = _table(annotate / "rows", columns).assign(outcome="agree")
+    disagreed = _table(annotate / "hard", columns).assign(outcome="disagree")
+    rejects = _table(annotate / "rejects", [*columns, "reject_reason"])
     failed = rejects[rejects["reject_reason"].astype(str).str.startswith("judge_failed")] if len(rejects) else rejects
     failed = failed.assign(outcome="failed") if len(failed) else failed
     frames = [f for f in (agreed, disagreed, failed) if len(f)]
@@ -158,10 +216,11 @@ def judge_agreement(build: Path) -> dict[str, Any]:
 
 def refusals(build: Path) -> dict[str, Any]:
     """Refusal rate per responder over every answer it gave (respond stage output), by question kind."""
-    answers = _table(build / "stages" / "respond" / "rows")
+    rows = build / "stages" / "respond" / "rows"
+    answers = _table(rows, ["responder", "kind"])
     if answers.empty:
         return {}
-    answers = answers.assign(refusal=answers["response"].astype(str).map(is_refusal))
+    answers = answers.assign(refusal=[is_refusal(text) for text in _texts(rows, "response")])
     out = {}
     for responder, g in answers.groupby("responder", sort=True):
         row = {"answers": int(len(g)), "refusals": int(g["refusal"].sum()), "rate": _rate(int(g["refusal"].sum()), len(g))}
@@ -183,38 +242,51 @@ def dedup_rates(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def diversity(build: Path, corpus: pd.DataFrame, dedup: dict[str, Any]) -> dict[str, Any]:
-    before = _table(build / "stages" / "filter_questions" / "rows")
+def diversity(build: Path, dedup: dict[str, Any]) -> dict[str, Any]:
+    """distinct-1/2 of the questions before dedup (every row) and of the corpus (each question once)."""
+    sources = {"questions_before_dedup": (build / "stages" / "filter_questions" / "rows", False),
+               "corpus_questions": (build / "corpus" / "data", True)}
     out: dict[str, Any] = {}
-    for name, frame in (("questions_before_dedup", before), ("corpus_questions", corpus)):
-        if frame.empty:
-            out[name] = {"n": 0}
-            continue
-        questions = frame["question"].astype(str).drop_duplicates().tolist() if name == "corpus_questions" \
-            else frame["question"].astype(str).tolist()
-        out[name] = {"n": len(questions), "distinct_1": round(distinct_n(questions, 1), 4),
-                     "distinct_2": round(distinct_n(questions, 2), 4)}
+    for name, (path, once) in sources.items():
+        def questions() -> Iterator[str]:
+            texts = _texts(path, "question") if path.exists() else iter(())
+            return _unique(texts) if once else texts
+
+        n = sum(1 for _ in questions())
+        out[name] = {"n": n, "distinct_1": round(distinct_n(questions(), 1), 4),
+                     "distinct_2": round(distinct_n(questions(), 2), 4)} if n else {"n": 0}
     q = dedup.get("dedup_questions")
     out["near_duplicate_share_before_dedup"] = q["rate"] if q else None
     return out
+
+
+def _unique(texts: Iterator[str]) -> Iterator[str]:
+    """Each text once, first occurrence first (by a digest, so the seen set stays small)."""
+    seen: set[bytes] = set()
+    for text in texts:
+        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        if key not in seen:
+            seen.add(key)
+            yield text
 
 
 def cost(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Wall time per stage (manifest) and completion tokens where the rows record them."""
     stages = build / "stages"
 
-    def both(stage: str) -> pd.DataFrame:
-        frames = [f for f in (_table(stages / stage / "rows"), _table(stages / stage / "rejects")) if len(f)]
+    def both(stage: str, columns: list[str]) -> pd.DataFrame:
+        frames = [f for f in (_table(stages / stage / "rows", columns), _table(stages / stage / "rejects", columns))
+                  if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     tokens: dict[str, int | None] = {}
-    q = both("queries")
+    q = both("queries", ["parent_id", "gen_completion_tokens"])
     if len(q) and "gen_completion_tokens" in q:
         tokens["queries"] = int(q.drop_duplicates("parent_id")["gen_completion_tokens"].sum())
-    a = both("augment")
+    a = both("augment", ["attack", "gen_completion_tokens"])
     if len(a) and "gen_completion_tokens" in a:
         tokens["augment"] = int(a.loc[a["attack"].astype(str) != "none", "gen_completion_tokens"].sum())
-    r = both("respond")
+    r = both("respond", ["response_tokens"])
     if len(r) and "response_tokens" in r:
         tokens["respond"] = int(r["response_tokens"].fillna(0).sum())
     out = []
@@ -230,8 +302,9 @@ def collect(build: Path) -> dict[str, Any]:
     build = Path(build)
     manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
     corpus = load_corpus_files(build)
-    hard = _table(build / "hard" / "hard.parquet") if (build / "hard" / "hard.parquet").exists() else pd.DataFrame()
-    rejects = {f.stem: int(len(pd.read_parquet(f, columns=["id"]))) for f in sorted((build / "rejects").glob("*.parquet"))}
+    lengths = corpus_lengths(build)
+    hard = _table(build / "hard" / "hard.parquet", ["scenario", "subcategory", "hard_reason", "hard_stage"])
+    rejects = {f.stem: pq.ParquetFile(f).metadata.num_rows for f in parquet_files(build / "rejects")}
     labels = {k: int(v) for k, v in corpus["label"].value_counts().sort_index().items()} if len(corpus) else {}
     by_scenario: dict[str, dict[str, Any]] = {}
     if len(corpus):
@@ -265,14 +338,14 @@ def collect(build: Path) -> dict[str, Any]:
         "coverage_gaps": [{"scenario": c["scenario"], "subcategory": c["subcategory"],
                            "subcategory_name": c["subcategory_name"], "missing": c["missing"]} for c in cov if c["missing"]],
         "lengths": {
-            field: {"all": _lengths(corpus[field]) if len(corpus) else {"n": 0},
-                    **{label: _lengths(corpus.loc[corpus["label"] == label, field]) for label in LABELS if len(corpus)}}
+            field: {"all": _lengths(lengths[field]) if len(corpus) else {"n": 0},
+                    **{label: _lengths(lengths.loc[lengths["label"] == label, field]) for label in LABELS if len(corpus)}}
             for field in ("question", "response")
         },
         "judges": judge_agreement(build),
         "refusals": refusals(build),
         "dedup": dedup,
-        "diversity": diversity(build, corpus, dedup),
+        "diversity": diversity(build, dedup),
         "cost": cost(build, manifest),
         "wall_seconds": round(sum(s.get("seconds", 0.0) for s in manifest.get("stages", [])), 2),
     }
