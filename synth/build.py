@@ -3,11 +3,21 @@
     elements → queries → augment → filter_questions → dedup_questions
              → respond → annotate → filter_pairs → dedup_pairs → export
 
-Each stage writes `<out>/stages/<name>/{rows,rejects[,hard]}/` into a temporary
-directory renamed into place when complete, then a `_SUCCESS.json` marker with
-its counts and a signature of everything it depends on. A rerun skips a stage
-whose marker carries the same signature, so a crashed build resumes from the
-last finished stage and a changed config reruns what it changes.
+The runner owns all I/O: a stage only turns its input dataset into an output
+dataset; the runner streams that output into `<out>/stages/<name>/{rows,rejects,
+pending[,hard]}/` (shards named by their rows' ids, so a retried Ray task overwrites
+its own shard), inside a temporary directory renamed into place, then writes a
+`_SUCCESS.json` marker with the counts and the stage's signature: a hash of what
+the stage declares it depends on (its config slice, templates, models, its input's
+output; see `Stage`). A rerun reuses a stage whose marker carries the same
+signature and has no pending requests, so a crashed build resumes from the last
+finished stage and a changed config reruns exactly the stages it changes. The
+manifest says why each stage ran (`why`).
+
+Rows whose request failed transiently are *pending*: the stage completes, and the
+next run reruns it, sending exactly those requests again (everything else comes
+from the request cache); what follows reruns too, so the corpus then equals a clean
+build's.
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +42,9 @@ import ray.data
 import synth
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput, BuildFailed
-from synth.faults import DRIVER_PID, fault_point
+from synth.engines.base import PENDING
+from synth.faults import DRIVER_PID, fault_point, worker_fault_point
+from synth.request_cache import model_identity
 from synth.filters import build_filters
 from synth.lock import BuildLock
 from synth.rows import REJECT_COLUMN, to_arrow
@@ -44,6 +55,8 @@ from synth.stages.labelling import Annotate, Respond
 from synth.templates import Catalog, load_catalog
 
 log = logging.getLogger("synth")
+ray_log = logging.getLogger("synth.ray")  # Ray's own notices: build.log only (see _log_to_file)
+ray_log.propagate = False
 
 STAGES: tuple[Stage, ...] = (
     Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(),
@@ -63,14 +76,22 @@ class StageRecord:
     seconds: float = 0.0
     reused: bool = False
     requests: dict[str, Any] = field(default_factory=dict)  # LLM requests sent vs served from the cache
+    pending: int = 0  # rows whose request failed transiently: sent again by the next run
+    why: str = ""  # "reused", or why the stage ran (no output yet, pending requests, which input changed)
     signature: str = ""
 
 
 def reason_key(reason: str) -> str:
     """Reasons are short codes; engine errors carry details that are kept in the rejects table only."""
-    if "llm_error" in reason:
-        return reason[: reason.index("llm_error") + len("llm_error")]
+    for code in ("llm_error", PENDING):
+        if code in reason:
+            return reason[: reason.index(code) + len(code)]
     return reason
+
+
+def is_failure(reason_code: str) -> bool:
+    """A request that failed (after the engine's retries): what --max-failures counts."""
+    return reason_code.endswith("llm_error") or reason_code == PENDING
 
 
 def prepare(config_path: Path, templates: Path | None = None, seeds: Path | None = None):
@@ -94,10 +115,31 @@ def init_ray() -> None:
         if not address:
             kwargs["num_cpus"] = int(os.environ.get("SYNTH_NUM_CPUS", os.cpu_count() or 2))
         ray.init(address=address, **kwargs)
+    _raylet_messages_to_log()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _raylet_messages_to_log() -> None:
+    """Ray prints the raylet's notices (e.g. "N PYTHON worker processes have been started")
+    on the driver's stdout, where a newcomer reads them as errors: send them to build.log."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "_synth", False):
+        return
+
+    def to_log(data: dict, ignore_prefix: bool = False) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                ray_log.info("raylet: %s", line)
+            return
+        original(data, ignore_prefix)
+
+    to_log._synth = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_log
 
 
 def run_build(
@@ -140,6 +182,9 @@ def run_build(
         _write_json_atomic(out / "manifest.json", manifest)
         log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"],
                  out / "manifest.json")
+        if manifest["pending"]:
+            log.warning("%d requests failed transiently and are pending: run the same command again to send them "
+                        "(everything else is reused)", manifest["pending"])
         _write_report(out)
     return manifest
 
@@ -156,7 +201,7 @@ def _write_report(out: Path) -> None:
 
 def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[StageRecord]:
     records: list[StageRecord] = []
-    upstream_signature = _build_signature(ctx)
+    upstream_output = ""
     previous: ray.data.Dataset | None = None
     previous_rows = 0
     for i, stage in enumerate(STAGES):
@@ -164,40 +209,91 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
         needed_next = _models_needed_next(ctx.config, STAGES[i:])
         ctx.release_engines(keep=needed_next)
         stage_dir = out / "stages" / stage.name
-        signature = hashlib.sha256(f"{upstream_signature}:{stage.name}".encode()).hexdigest()[:16]
-        upstream_signature = signature
+        inputs = stage_inputs(stage, ctx, upstream_output)
+        signature = _digest(inputs)
         marker = _read_marker(stage_dir)
-        if marker and marker.get("signature") == signature:
-            record = StageRecord(**{**marker["record"], "reused": True})
+        why = _why_run(marker, signature, inputs)
+        if why == "reused":
+            record = StageRecord(**{**marker["record"], "reused": True, "why": why})
+            output = marker.get("output", signature)
             log.info("stage %-16s reused (%d rows)", stage.name, record.rows_out)
         else:
             fault_point(f"stage_start:{stage.name}")
             started = time.monotonic()
-            log.info("stage %-16s running", stage.name)
+            log.info("stage %-16s running (%s)", stage.name, why)
             # Here, not before reused stages: a resumed build loads no model for stages already done.
             ctx.start_engines(needed_next)
             ctx.stage = stage.name
-            result = stage.run(ctx, previous).materialize()
+            failed_before = sum(n for r in records for code, n in r.rejected.items() if is_failure(code))
+            failed_before += sum(r.pending for r in records)
+            result = stage.run(ctx, previous)
             record = _write_stage(stage, result, stage_dir, previous_rows, signature,
+                                  budget=None if max_failures is None else (failed_before, max_failures, out),
                                   input_schema=previous.schema() if previous is not None else None)
             record.seconds = round(time.monotonic() - started, 2)
             record.requests = ctx.requests.get(stage.name, {})
-            _write_json_atomic(stage_dir / MARKER, {"signature": signature, "record": record.__dict__})
+            record.why = why
+            # What the next stage's signature chains from: a stage with pending rows will produce
+            # more rows when rerun, so its output is not the one its signature alone stands for.
+            output = signature if not record.pending else _digest({"partial": signature, "at": time.time_ns()})
+            _write_json_atomic(stage_dir / MARKER, {"signature": signature, "inputs": inputs, "output": output,
+                                                    "record": record.__dict__})
             log.info(
-                "stage %-16s %d in → %d out, %d rejected%s (%.1fs)", stage.name, record.rows_in, record.rows_out,
+                "stage %-16s %d in → %d out, %d rejected%s%s (%.1fs)", stage.name, record.rows_in, record.rows_out,
                 sum(record.rejected.values()),
-                "".join(f", {n} to {k}" for k, n in record.diverted.items()), record.seconds,
+                "".join(f", {n} to {k}" for k, n in record.diverted.items()),
+                f", {record.pending} pending (sent again next run)" if record.pending else "", record.seconds,
             )
         records.append(record)
-        failures = sum(n for r in records for reason, n in r.rejected.items() if reason.endswith("llm_error"))
+        upstream_output = output
+        failures = sum(n for r in records for code, n in r.rejected.items() if is_failure(code))
+        failures += sum(r.pending for r in records)
         if max_failures is not None and failures > max_failures:
-            raise BuildFailed(
-                f"{failures} LLM requests failed after retries (budget --max-failures {max_failures}); "
-                f"finished stages are kept in {out / 'stages'}, see rejects/ for the errors"
-            )
+            raise _over_budget(failures, max_failures, out)
         previous = read_rows(stage_dir / "rows")
         previous_rows = record.rows_out
     return records
+
+
+def _over_budget(failures: int, max_failures: int, out: Path) -> BuildFailed:
+    return BuildFailed(
+        f"{failures} LLM requests failed after retries (budget --max-failures {max_failures}); "
+        f"finished stages are kept in {out / 'stages'}, see rejects/ and pending/ for the errors"
+    )
+
+
+def stage_inputs(stage: Stage, ctx: StageContext, upstream_output: str) -> dict[str, str]:
+    """What a stage's output depends on, one hash per kind of input (the marker keeps them,
+    so a rerun can say which one changed). Throughput settings and paths are not in it."""
+    config = ctx.config
+    roles = {}
+    for role in stage.roles(config):
+        spec = config.models[role.model]
+        spec = spec.model_copy(update={"engine": "standin"}) if ctx.dry_run else spec
+        roles[role.name] = {"role": role.model_dump(mode="json"), "model": model_identity(role.model, spec)}
+    return {
+        "code": synth.__version__,
+        "engine": "standin" if ctx.dry_run else "real",
+        "config": _digest(stage.depends(config)),
+        "templates": _digest(stage.templates(ctx.catalog)),
+        "models": _digest(roles),
+        "input": upstream_output,
+    }
+
+
+def _why_run(marker: dict | None, signature: str, inputs: dict[str, str]) -> str:
+    if not marker:
+        return "no finished output"
+    if marker.get("signature") == signature:
+        pending = marker.get("record", {}).get("pending", 0)
+        return f"{pending} pending requests" if pending else "reused"
+    before = marker.get("inputs") or {}
+    changed = [k for k, v in inputs.items() if before.get(k) != v]
+    return "changed: " + ", ".join(changed or ["signature"])
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
 
 
 def _models_needed_next(config: PipelineConfig, stages: tuple[Stage, ...]) -> set[str]:
@@ -209,21 +305,38 @@ def _models_needed_next(config: PipelineConfig, stages: tuple[Stage, ...]) -> se
 
 
 def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in: int, signature: str,
-                 input_schema: Any = None) -> StageRecord:
-    """Write rows / rejects / side outputs in one pass over the result, shard by shard, then rename."""
+                 input_schema: Any = None, budget: tuple[int, int, Path] | None = None) -> StageRecord:
+    """Stream the result into rows / rejects / pending / side outputs, shard by shard, then rename.
+
+    `budget`: (requests failed before this stage, --max-failures, build dir); checked as the batches' counts arrive, so a
+    dead endpoint or a wrong key stops the build in its first batches, not after the stage.
+    """
     tmp = stage_dir.with_name(f".{stage.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    schema = _arrow_schema(result.schema(), input_schema)
     writer = ShardWriter(str(tmp), stage.name, dict(stage.diverted), list(stage.reject_only_columns))
     reasons: dict[str, int] = {}
+    failed = 0
+    schema: pa.Schema | None = None
     for part in result.map_batches(writer, batch_format="pandas").iter_batches(batch_format="pandas"):
-        for reason, n in zip(part["reason"], part["n"]):
+        for reason, n, batch_schema in zip(part["reason"], part["n"], part["schema"]):
             reasons[reason] = reasons.get(reason, 0) + int(n)
+            failed += int(n) if is_failure(reason_key(reason)) else 0
+            if schema is None and batch_schema:
+                schema = pa.ipc.read_schema(pa.py_buffer(batch_schema))
+        if budget is not None and budget[0] + failed > budget[1]:
+            raise _over_budget(budget[0] + failed, budget[1], budget[2])
+    if schema is None:  # no batch at all (an earlier stage kept no row): the input's columns
+        schema = _arrow_schema(None, input_schema)
+    if stage.columns is not None:
+        missing = [c for c in stage.columns if c not in schema.names]
+        if missing:
+            raise BuildFailed(f"stage {stage.name}: output lacks its declared columns {missing} (bug)")
     # Every output directory holds at least one (possibly empty) file with the schema.
     drop = [REJECT_COLUMN, *stage.reject_only_columns]
     _ensure_schema_file(tmp / "rows", pa.schema([f for f in schema if f.name not in drop]))
     _ensure_schema_file(tmp / "rejects", schema.append(pa.field("stage", pa.string())))
+    _ensure_schema_file(tmp / PENDING_DIR, schema)
     for side in set(stage.diverted.values()):
         _ensure_schema_file(tmp / side, schema)
     fault_point(f"mid_write:{stage.name}")
@@ -231,24 +344,32 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
     rows_out = reasons.pop("", 0)
     rejected: dict[str, int] = {}
     diverted: dict[str, int] = {}
+    pending = 0
     for reason, n in reasons.items():
         if reason in stage.diverted:
             diverted[stage.diverted[reason]] = diverted.get(stage.diverted[reason], 0) + n
+        elif reason_key(reason) == PENDING:
+            pending += n
         else:
             rejected[reason_key(reason)] = rejected.get(reason_key(reason), 0) + n
-    created = rows_out + sum(rejected.values()) + sum(diverted.values()) - rows_in
+    created = rows_out + sum(rejected.values()) + sum(diverted.values()) + pending - rows_in
     if created and not stage.fans_out:
         raise BuildFailed(f"stage {stage.name}: {rows_in} rows in but {rows_in + created} accounted for (bug: rows lost)")
     shutil.rmtree(stage_dir, ignore_errors=True)
     tmp.rename(stage_dir)
     return StageRecord(stage.name, rows_in, rows_out, dict(sorted(rejected.items())), diverted, created,
-                       signature=signature)
+                       pending=pending, signature=signature)
+
+
+PENDING_DIR = "pending"
 
 
 class ShardWriter:
-    """Ray Data callable: splits one batch into rows / rejects / side outputs, writes each as a shard.
+    """Ray Data callable: splits one batch into rows / rejects / pending / side outputs and
+    writes each as a shard named by a hash of the batch's row ids, so a task that Ray
+    retries (worker killed, node lost) overwrites its own shards instead of adding copies.
 
-    Returns the batch's reason counts, so counting and writing are one pass.
+    Returns the batch's reason counts (and its Arrow schema), so counting and writing are one pass.
     """
 
     def __init__(self, root: str, stage: str, diverted: dict[str, str], reject_only: list[str]):
@@ -256,19 +377,33 @@ class ShardWriter:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         reason = batch[REJECT_COLUMN].astype(str)
-        name = f"{uuid.uuid4().hex}.parquet"
+        ids = "\n".join(batch["id"].astype(str)) if "id" in batch.columns else str(len(batch))
+        name = f"{hashlib.sha256(ids.encode()).hexdigest()[:24]}.parquet"
+        is_pending = reason.str.startswith(PENDING)
+        is_side = reason.isin(list(self.diverted))
         kept = batch[reason == ""].drop(columns=[REJECT_COLUMN, *self.reject_only])
-        rejects = batch[(reason != "") & ~reason.isin(list(self.diverted))].assign(stage=self.stage)
-        parts = {"rows": kept, "rejects": rejects}
+        rejects = batch[(reason != "") & ~is_side & ~is_pending].assign(stage=self.stage)
+        parts = {"rows": kept, "rejects": rejects, PENDING_DIR: batch[is_pending]}
         for side in set(self.diverted.values()):
             parts[side] = batch[reason.isin([r for r, s in self.diverted.items() if s == side])]
         for folder, frame in parts.items():
             if len(frame):
                 path = self.root / folder
                 path.mkdir(parents=True, exist_ok=True)
-                pq.write_table(to_arrow(frame), path / name)
+                tmp = path / f".{name}.tmp"
+                pq.write_table(to_arrow(frame), tmp)
+                os.replace(tmp, path / name)
+        worker_fault_point(f"shard_written:{self.stage}")
         counts = reason.value_counts()
-        return pd.DataFrame({"reason": counts.index.astype(str), "n": counts.values.astype("int64")})
+        # The driver needs the stage's Arrow schema once (for the empty files of empty outputs):
+        # each worker process sends it with its first batch of this stage.
+        schema = b"" if str(self.root) in _SCHEMA_SENT else to_arrow(batch).schema.serialize().to_pybytes()
+        _SCHEMA_SENT.add(str(self.root))
+        return pd.DataFrame({"reason": counts.index.astype(str), "n": counts.values.astype("int64"),
+                             "schema": [schema] * len(counts)})
+
+
+_SCHEMA_SENT: set[str] = set()  # per worker process: the stage directories whose schema it sent
 
 
 def _ensure_schema_file(path: Path, schema: pa.Schema) -> None:
@@ -298,17 +433,6 @@ def _read_marker(stage_dir: Path) -> dict | None:
         return None
 
 
-def _build_signature(ctx: StageContext) -> str:
-    parts = {
-        "config": ctx.config.fingerprint(),
-        "scenarios": {k: s.hash for k, s in sorted(ctx.catalog.scenarios.items())},
-        "shared": ctx.catalog.hashes,
-        "dry_run": ctx.dry_run,
-        "version": synth.__version__,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _manifest(config: PipelineConfig, catalog: Catalog, ctx: StageContext, records: list[StageRecord],
               export_counts: dict[str, Any], dry_run: bool) -> dict[str, Any]:
     return {
@@ -328,6 +452,8 @@ def _manifest(config: PipelineConfig, catalog: Catalog, ctx: StageContext, recor
         "scenarios": {k: {"template_hash": s.hash, "subcategories": len(s.template.subcategories)}
                       for k, s in sorted(catalog.scenarios.items())},
         "stages": [{k: v for k, v in r.__dict__.items() if k != "signature"} for r in records],
+        # rows whose request failed transiently: the next run of the same command sends them again
+        "pending": sum(r.pending for r in records),
         "export": export_counts,
     }
 
@@ -346,6 +472,10 @@ def _log_to_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
+    for old in [h for h in ray_log.handlers if isinstance(h, logging.FileHandler)]:
+        ray_log.removeHandler(old)
+    ray_log.addHandler(handler)
+    ray_log.setLevel(logging.INFO)
 
 
 __all__ = ["run_build", "prepare", "STAGES", "BadInput", "BuildFailed"]

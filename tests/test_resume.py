@@ -36,8 +36,8 @@ def small_config(repo_root: Path, tmp_path: Path, **changes) -> Path:
 
 
 def synth_build(config: Path, out: Path, *extra: str, fault: str | None = None, dry_run: bool = True,
-                timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SYNTH_NUM_CPUS": "2"}
+                timeout: int = 900, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SYNTH_NUM_CPUS": "2", **(env_extra or {})}
     env.pop("SYNTH_FAULT", None)
     if fault:
         env["SYNTH_FAULT"] = fault
@@ -98,6 +98,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_build(reference, tmp_path: 
     total = sum(s["requests"].get("sent", 0) for s in reference_manifest["stages"])
     assert sent < total
     assert any(s["reused"] or s["requests"].get("cached") for s in manifest["stages"])
+
+
+@pytest.mark.parametrize("stage", ["respond", "annotate"])
+def test_a_writer_task_killed_mid_stage_is_retried_without_duplicates(reference, tmp_path: Path, stage: str):
+    """SIGKILL the Ray worker inside a stage's writer task, after it wrote a batch's shards:
+    Ray retries the task, which overwrites its own shards (named by the rows' ids)."""
+    config, reference_out = reference
+    out = tmp_path / "out"
+    once = tmp_path / "killed"
+    result = synth_build(config, out, env_extra={"SYNTH_WORKER_FAULT": f"shard_written:{stage}",
+                                                 "SYNTH_WORKER_FAULT_ONCE": str(once)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert once.exists()  # the worker was killed
+    manifest = json.loads((out / "manifest.json").read_text())
+    record = next(s for s in manifest["stages"] if s["name"] == stage)
+    rows = read_table(out / "stages" / stage / "rows")
+    assert len(rows) == record["rows_out"] and rows["id"].is_unique
+    for folder, n in [("rejects", sum(record["rejected"].values())), *record["diverted"].items()]:
+        assert len(read_table(out / "stages" / stage / folder)) == n, folder
+    assert export_bytes(out) == export_bytes(reference_out)
 
 
 def test_adding_a_scenario_generates_only_its_rows(reference, repo_root: Path, tmp_path: Path):

@@ -23,7 +23,7 @@ import yaml
 
 from synth.config import ModelSpec, Role, Sampling
 from synth.engines import make_engine, request_row
-from synth.errors import BadInput
+from synth.errors import BadInput, BuildFailed
 from openai_stub_server import StubServer
 
 KEY = "sk-synth-secret-0f9e8d7c"
@@ -65,14 +65,15 @@ def secret_config(repo_root: Path, tmp_path: Path, url: str) -> Path:
 
 @pytest.fixture(scope="module")
 def secret_build(repo_root: Path, tmp_path_factory):
-    """One real build; the stub echoes the key in some errors of every role (401: no retry, 500: retried)."""
+    """One real build; the stub echoes the key in some errors of every role (400: permanent, a reject;
+    500: retried, then pending)."""
     tmp = tmp_path_factory.mktemp("secret")
     out = tmp / "out"
     with StubServer() as server:
-        server.fail_where(lambda b: b.get("max_tokens") == GENERATOR and b["seed"] % 4 == 0, 401, ECHO)
+        server.fail_where(lambda b: b.get("max_tokens") == GENERATOR and b["seed"] % 4 == 0, 400, ECHO)
         server.fail_where(lambda b: b.get("max_tokens") in RESPONDERS and b["seed"] % 4 == 1, 500,
                           "upstream said: " + ECHO)
-        server.fail_where(lambda b: b.get("max_tokens") == JUDGE_B and b["seed"] % 3 == 0, 401, ECHO)
+        server.fail_where(lambda b: b.get("max_tokens") == JUDGE_B and b["seed"] % 3 == 0, 400, ECHO)
         env = {**os.environ, "SYNTH_NUM_CPUS": "2", KEY_ENV: KEY}
         env.pop("SYNTH_FAULT", None)
         env.pop("RAY_ADDRESS", None)
@@ -94,22 +95,25 @@ def test_the_server_received_the_key_and_echoed_it(secret_build):
     _, _, requests, failures = secret_build
     assert requests and all(r["headers"].get("Authorization") == f"Bearer {KEY}" for r in requests)
     echoed = [f for f in failures if KEY in f["message"]]
-    assert {f["status"] for f in echoed} == {401, 500}, failures
+    assert {f["status"] for f in echoed} == {400, 500}, failures
 
 
 def test_echoed_errors_are_recorded_scrubbed(secret_build):
-    """The hostile error text did reach rejects/ and the report, with the key replaced by ***."""
+    """The hostile error text did reach rejects/, pending/ and the report, with the key replaced by ***."""
     out, _, _, _ = secret_build
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     failed_stages = {s["name"] for s in manifest["stages"] if any(r.endswith("llm_error") for r in s["rejected"])}
-    assert {"queries", "respond", "annotate"} <= failed_stages, failed_stages
-    reasons = pd.concat([pd.read_parquet(p) for p in sorted((out / "rejects").glob("*.parquet"))])["reject_reason"]
+    assert {"queries", "annotate"} <= failed_stages, failed_stages
+    assert next(s for s in manifest["stages"] if s["name"] == "respond")["pending"] > 0
+    files = sorted((out / "rejects").glob("*.parquet")) + sorted((out / "stages").glob("*/pending/*.parquet"))
+    reasons = pd.concat([pd.read_parquet(p) for p in files])["reject_reason"]
     scrubbed = reasons[reasons.str.contains("invalid key Bearer ***", regex=False)]
     assert len(scrubbed) >= 3, reasons.value_counts()
-    assert reasons.str.contains("HTTP 401").any() and reasons.str.contains("HTTP 500").any()
-    assert reasons.str.contains("after 2 attempts").any()  # the 500s were retried, then recorded
+    assert reasons.str.contains("llm_error: HTTP 400").any()
+    # the 500s were retried, then left pending for the next run
+    assert reasons.str.contains("pending_request: HTTP 500").any() and reasons.str.contains("after 2 attempts").any()
     report = (out / "report/report.json").read_text(encoding="utf-8")
-    assert "judge_failed: llm_error: HTTP 401" in report and "invalid key Bearer ***" in report
+    assert "judge_failed: llm_error: HTTP 400" in report and "invalid key Bearer ***" in report
 
 
 def test_no_file_in_the_build_holds_the_key(secret_build):
@@ -160,7 +164,7 @@ def server(monkeypatch):
         yield s
 
 
-@pytest.mark.parametrize("status, attempts", [(401, 1), (500, 2)])
+@pytest.mark.parametrize("status, attempts", [(400, 1), (500, 2)])
 def test_error_echoing_the_key_is_scrubbed(server, status: int, attempts: int):
     server.fail_next(attempts, status=status, message=ECHO)
     out = _run(_spec(server.url), n=2)
@@ -174,11 +178,21 @@ def test_error_echoing_the_key_is_scrubbed(server, status: int, attempts: int):
 def test_key_split_by_the_error_snippet_cut_is_scrubbed(server):
     """The error body is cut at 300 characters; a key straddling the cut must not leave its first half."""
     template = "x" * 255 + " {authorization} trailing text"
-    server.fail_next(1, status=401, message=template)
+    server.fail_next(1, status=400, message=template)
     error = _run(_spec(server.url))[0]["error"]
     sent = json.dumps({"error": {"message": server.failures[0]["message"], "type": "injected"}})
     assert sent.index(KEY) < 300 < sent.index(KEY) + len(KEY)  # the premise: a raw cut would split the key
     assert "Bearer ***" in error and not _leaks(error), error
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_fail_the_build_at_once_without_echoing_the_key(server, status: int):
+    server.fail_where(lambda body: True, status=status, message=ECHO)
+    with pytest.raises(BuildFailed, match=f"refused the credentials \\(HTTP {status}") as caught:
+        _run(_spec(server.url, max_concurrency=2), n=20)
+    assert "api_key_env" in str(caught.value) and "Bearer ***" in str(caught.value)
+    assert not _leaks(str(caught.value))
+    assert len(server.requests) <= 3  # the rest of the batch is not sent
 
 
 def test_key_with_surrounding_whitespace_is_sent_stripped(server, monkeypatch):

@@ -20,7 +20,7 @@ Result columns (added by every engine):
     text, finish_reason, prompt_tokens, completion_tokens, error ("" = ok)
 
 A failed request has `error` set and `text` empty; the stage decides what that
-row becomes (a reject with the error as reason). Engines never drop rows.
+row becomes (`failure_reason`: pending if transient, else a reject). Engines never drop rows.
 """
 
 from __future__ import annotations
@@ -82,6 +82,26 @@ def request_row(
         "max_tokens": sampling.max_tokens,
         "stop": list(sampling.stop) + [s for s in extra_stop if s not in sampling.stop],
     }
+
+
+# A failed request is transient (429, 5xx, a timeout, an unreachable endpoint, an engine
+# that died: sending it again later may succeed) or permanent (a prompt longer than the
+# context, another 4xx, a schema violation). Engines mark transient errors with this
+# prefix; `failure_reason` turns an error into the row's reason: a transient one leaves the
+# row *pending* (the stage completes, and the next run sends exactly those requests again),
+# a permanent one makes it a reject.
+TRANSIENT = "transient: "
+PENDING = "pending_request"
+
+
+def transient(message: str) -> str:
+    return TRANSIENT + message
+
+
+def failure_reason(error: str) -> str:
+    if error.startswith(TRANSIENT):
+        return f"{PENDING}: {error[len(TRANSIENT):]}"
+    return f"llm_error: {error}"
 
 
 class Engine(ABC):

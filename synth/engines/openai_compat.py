@@ -12,7 +12,11 @@ dataset is split into blocks.
   output cut by `max_tokens` is closed if that parses (see `structured_output`).
 - 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff
   and jitter (`Retry-After` honoured, capped). Other 4xx are not retried.
-- A request that still fails gets `error` set and `text` ""; its row is kept.
+- A request that still fails gets `error` set and `text` ""; its row is kept. A
+  retryable failure is marked transient (`engines.base.transient`): the row is pending
+  and the next run sends it again; any other is permanent (a reject).
+- 401 and 403 (a wrong or missing API key) fail the build at once (`BuildFailed`): every
+  other request would fail the same way.
   Once one request gives up on a connection error, the endpoint is marked down and
   later requests try once instead of backing off again (each failing fast with an
   error naming the URL) until one succeeds.
@@ -36,9 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from synth.config import OpenAIOptions
-from synth.engines.base import Engine
+from synth.engines.base import Engine, transient
 from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget
-from synth.errors import BadInput
+from synth.errors import BadInput, BuildFailed
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -145,6 +149,7 @@ class OpenAIRequester:
         self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="openai")
         self._down_lock = threading.Lock()
         self._down = False  # endpoint unreachable after a full retry cycle
+        self._fatal: BuildFailed | None = None  # credentials refused: send nothing more
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = batch.to_dict("records")
@@ -168,11 +173,18 @@ class OpenAIRequester:
         except Exception as e:  # a bad row (e.g. schema not JSON) must not kill the batch
             return "", "error", 0, 0, f"bad request row: {type(e).__name__}: {e}"
         with self._down_lock:
+            if self._fatal is not None:
+                raise self._fatal
             attempts = 1 if self._down else self.options.max_retries + 1
         last: _Failure | None = None
         for attempt in range(attempts):
             try:
-                out = self._post(body)
+                try:
+                    out = self._post(body)
+                except BuildFailed as fatal:
+                    with self._down_lock:
+                        self._fatal = fatal
+                    raise
                 with self._down_lock:
                     self._down = False
                 schema_json = row.get("json_schema") or ""
@@ -190,8 +202,9 @@ class OpenAIRequester:
         if last.connection:
             with self._down_lock:
                 self._down = True
-        tries = f" after {attempt + 1} attempt{'s' if attempt else ''}" if last.retryable else ""
-        return "", "error", 0, 0, f"{last}{tries}"
+        if last.retryable:
+            return "", "error", 0, 0, transient(f"{last} after {attempt + 1} attempt{'s' if attempt else ''}")
+        return "", "error", 0, 0, str(last)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         base = min(self.options.backoff_max_s, self.options.backoff_s * (2**attempt))
@@ -215,6 +228,11 @@ class OpenAIRequester:
         if resp.status_code != 200:
             # Scrubbed before the cut, which could split the key and leave part of it unscrubbed.
             snippet = self.api_key.scrub(resp.text)[:300].replace("\n", " ")
+            if resp.status_code in (401, 403):
+                raise BuildFailed(
+                    f"model {self.model!r}: {self.shown_url} refused the credentials (HTTP {resp.status_code}: "
+                    f"{snippet}); check the API key in the variable named by openai.api_key_env"
+                )
             raise _Failure(
                 f"HTTP {resp.status_code} from {self.shown_url}: {snippet}",
                 resp.status_code in _RETRY_STATUS or resp.status_code >= 500,

@@ -23,7 +23,8 @@ from synth.config import PipelineConfig, Role
 from synth.engines import Engine, make_engine
 from synth.errors import BadInput
 from synth.request_cache import (
-    KEY_COLUMN, CacheReader, add_keys, cached_keys, log_sent, model_identity, write_to_cache,
+    COMPACT_AFTER_SHARDS, KEY_COLUMN, add_keys, batch_shard_count, compact_cache, log_sent, lookup,
+    lookup_counts, model_identity, only_hits, only_misses, write_to_cache,
 )
 from synth.templates import Catalog
 
@@ -78,28 +79,26 @@ class StageContext:
         if self.cache_root is None:
             return self.engine(model_name).generate(keyed)
         cache_dir = str(inside(self.cache_root, model_name))
-        known = cached_keys(Path(cache_dir))
+        if batch_shard_count(cache_dir) > COMPACT_AFTER_SHARDS:  # keep nightly builds from piling up files
+            compact_cache(cache_dir)
         stats = self.requests.setdefault(self.stage, {"sent": 0, "cached": 0, "sent_by_scenario": {}})
-        hit_count = 0
-        if known:  # a first build has no cache: skip the pass over the keys
-            for batch in keyed.select_columns([KEY_COLUMN, "scenario"]).iter_batches(batch_format="pandas"):
-                hits = batch[KEY_COLUMN].isin(known)
-                hit_count += int(hits.sum())
-                for scenario, n in batch.loc[~hits, "scenario"].value_counts().items():
-                    stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + int(n)
-        else:
-            for scenario, n in _count_column(keyed, "scenario").items():
-                stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + n
         total = keyed.count()
+        # A join of the requests with the cache's shards on cache_key; None when nothing
+        # can hit (no shard yet: a first build pays for no join; or no request at all).
+        looked_up = lookup(keyed, cache_dir) if total else None
+        if looked_up is None:
+            hit_count, sent_by_scenario, misses = 0, _count_column(keyed, "scenario"), keyed
+        else:
+            hit_count, sent_by_scenario = lookup_counts(looked_up, "scenario")
+            misses = looked_up.map_batches(only_misses, batch_format="pyarrow")
+        for scenario, n in sent_by_scenario.items():
+            stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + n
         stats["cached"] += hit_count
         stats["sent"] += total - hit_count
         parts = []
         if hit_count:
-            hits = keyed.map_batches(lambda b: b[b[KEY_COLUMN].isin(known)], batch_format="pandas")
-            parts.append(hits.map_batches(CacheReader, fn_constructor_kwargs={"cache_dir": cache_dir, "keys": known},
-                                          compute=ray.data.ActorPoolStrategy(size=1), batch_format="pandas"))
+            parts.append(looked_up.map_batches(only_hits, batch_format="pyarrow"))
         if total - hit_count or not parts:
-            misses = keyed.map_batches(lambda b: b[~b[KEY_COLUMN].isin(known)], batch_format="pandas")
             if total - hit_count == 0:  # nothing to send: keep the schema, start no engine
                 parts.append(misses.map_batches(_empty_results, batch_format="pandas"))
             else:
@@ -141,8 +140,20 @@ def inside(base: Path, *parts: str) -> Path:
 
 
 class Stage(ABC):
+    """A declared unit of the build.
+
+    What a stage declares is what the runner needs to decide whether its output can be
+    reused: its `signature` is a hash of `depends(config)` (the config slice it reads),
+    `templates(catalog)` (the template and seed files it renders, by content hash), the
+    identity and sampling of the `roles` it sends requests to, and its input's output.
+    Throughput settings (batch sizes, concurrency, replicas) and paths are never part of
+    it, so changing them reuses everything.
+    """
+
     name: ClassVar[str]
     input: ClassVar[str | None]  # the stage whose rows this one reads
+    # Columns every output row has (None: the input's columns, passed through).
+    columns: ClassVar[tuple[str, ...] | None] = None
     diverted: ClassVar[dict[str, str]] = {}  # reject reason -> side output name
     # A stage that fans out (one call → many questions, one question → several
     # answers) creates rows; any other stage must account for every input row
@@ -153,6 +164,14 @@ class Stage(ABC):
     def roles(self, config: PipelineConfig) -> list[Role]:
         """The roles whose models this stage sends requests to (the build keeps those loaded)."""
         return []
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        """The part of the config this stage's output depends on (roles are declared by `roles`)."""
+        return {}
+
+    def templates(self, catalog: Catalog) -> dict[str, str]:
+        """The template and seed files this stage reads itself: name -> content hash."""
+        return {}
 
     @abstractmethod
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:

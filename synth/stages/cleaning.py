@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 import ray.data
 
+from synth.config import PipelineConfig
 from synth.dedup import deduplicate
 from synth.filters import apply_filters, build_filters, diversions
 from synth.rows import REJECT_COLUMN
@@ -21,6 +22,9 @@ class _FilterStage(Stage):
     """
 
     target: ClassVar[str]  # "questions" | "pairs": which list of `filters` in the config
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"filters": [f.model_dump(mode="json") for f in getattr(config.filters, self.target)]}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         specs = getattr(ctx.config.filters, self.target)
@@ -51,6 +55,10 @@ class _DedupStage(Stage):
     reject_only_columns = ("duplicate_of", "similarity")
     target: ClassVar[str]
     text_fields: ClassVar[tuple[str, ...]]
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        # what decides which rows are duplicates; batch_size and concurrency are throughput
+        return {"dedup": getattr(config.dedup, self.target).model_dump(mode="json", exclude={"batch_size", "concurrency"})}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         config = getattr(ctx.config.dedup, self.target)

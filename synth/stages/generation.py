@@ -10,6 +10,7 @@ import ray.data
 
 from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, request_row
+from synth.engines.base import failure_reason
 from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import Stage, StageContext
@@ -24,6 +25,15 @@ class Elements(Stage):
     name = "elements"
     input = None
     fans_out = True
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        gen = config.generation
+        return {"seed": config.seed, "calls": [gen.harmful_calls_per_subcategory, gen.benign_calls_per_subcategory]}
+
+    def templates(self, catalog) -> dict[str, str]:
+        # the scenarios' pools (and template hashes, recorded per row) and the shared pools
+        return {**{f"scenario/{k}": s.hash for k, s in sorted(catalog.scenarios.items())},
+                **{k: v for k, v in catalog.hashes.items() if k.startswith("seeds/")}}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         gen = ctx.config.generation
@@ -66,9 +76,17 @@ class Queries(Stage):
     name = "queries"
     input = "elements"
     fans_out = True
+    columns = None  # set below: _QUESTION_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
         return [config.roles.generator]
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        gen = config.generation
+        return {"seed": config.seed, "n": gen.questions_per_call, "kept": gen.max_questions_per_call}
+
+    def templates(self, catalog) -> dict[str, str]:
+        return {f"scenario/{k}": s.hash for k, s in sorted(catalog.scenarios.items())}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         [role] = self.roles(ctx.config)
@@ -112,7 +130,7 @@ class Queries(Stage):
                     "gen_finish_reason": row["finish_reason"], "gen_completion_tokens": int(row["completion_tokens"]),
                 }
                 if row["error"]:
-                    out.append({**base, "id": row["id"], "question": "", "raw": "", REJECT_COLUMN: f"llm_error: {row['error']}"})
+                    out.append({**base, "id": row["id"], "question": "", "raw": "", REJECT_COLUMN: failure_reason(row["error"])})
                     continue
                 parsed = parse_question_list(row["text"], limit, continues_list_at=1 if style == "completion" else None)
                 if parsed.reason:
@@ -132,9 +150,16 @@ class Augment(Stage):
     name = "augment"
     input = "queries"
     fans_out = True
+    columns = None  # set below: _QUESTION_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
         return [config.roles.generator]
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"seed": config.seed, "augment": config.augment.model_dump(mode="json")}
+
+    def templates(self, catalog) -> dict[str, str]:
+        return {"templates/shared/augment": catalog.hashes["templates/shared/augment"]}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         [role] = self.roles(ctx.config)
@@ -179,7 +204,7 @@ class Augment(Stage):
                 base.update(id=row["request_id"], seed=int(row["seed"]), gen_finish_reason=row["finish_reason"],
                             gen_completion_tokens=int(row["completion_tokens"]))
                 if row["error"]:
-                    out.append({**base, "question": "", "raw": "", REJECT_COLUMN: f"llm_error: {row['error']}"})
+                    out.append({**base, "question": "", "raw": "", REJECT_COLUMN: failure_reason(row["error"])})
                     continue
                 parsed = parse_single_question(row["text"])
                 if parsed.reason:
@@ -203,3 +228,5 @@ _QUESTION_COLUMNS = (
     "template_id", "template_hash", "generator", "seed", "parent_id", "gen_finish_reason", "gen_completion_tokens",
     "question", "raw", REJECT_COLUMN,
 )
+
+Queries.columns = Augment.columns = _QUESTION_COLUMNS

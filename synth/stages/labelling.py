@@ -10,6 +10,7 @@ import ray.data
 
 from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, VERDICT_SCHEMA_JSON, request_row
+from synth.engines.base import PENDING, failure_reason
 from synth.output_parsing import parse_verdict
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import Stage, StageContext
@@ -33,9 +34,16 @@ class Respond(Stage):
     name = "respond"
     input = "dedup_questions"
     fans_out = True
+    columns = PAIR_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
         return list(config.roles.responders)
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"seed": config.seed, "respond": config.respond.model_dump(mode="json")}
+
+    def templates(self, catalog) -> dict[str, str]:
+        return {"templates/shared/respond": catalog.hashes["templates/shared/respond"]}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         responders = self.roles(ctx.config)
@@ -78,7 +86,7 @@ class Respond(Stage):
                 pair.update(
                     id=row["request_id"], responder=row["role"], seed=int(row["seed"]), response=row["text"].strip(),
                     finish_reason=row["finish_reason"], response_tokens=int(row["completion_tokens"]),
-                    **{REJECT_COLUMN: (f"llm_error: {row['error']}" if row["error"] else "empty_response") if failed else ""},
+                    **{REJECT_COLUMN: (failure_reason(row["error"]) if row["error"] else "empty_response") if failed else ""},
                 )
                 out.append(pair)
             return pd.DataFrame(out, columns=list(PAIR_COLUMNS))
@@ -87,55 +95,98 @@ class Respond(Stage):
 
 
 class Annotate(Stage):
-    """Two judges label each pair: agreement → label; disagreement → the hard pool."""
+    """Two judges label each pair: agreement → label; disagreement → the hard pool.
+
+    The judges run one after the other over the same rows, each adding its verdict
+    columns (`_judge<i>`), and one vectorised pass combines them: a pair stays one row
+    from start to end, so there is no per-pair shuffle.
+    """
 
     name = "annotate"
     input = "respond"
     diverted = {DISAGREE: HARD_POOL}
+    columns = LABELLED_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
         return list(config.roles.judges)
 
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"seed": config.seed}
+
+    def templates(self, catalog) -> dict[str, str]:
+        return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
+
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         judges = self.roles(ctx.config)
-        catalog, seed = ctx.catalog, ctx.config.seed
-
-        def requests_for(role: Role):
-            style = ctx.prompt_style(role)
-
-            def to_requests(batch: pd.DataFrame) -> pd.DataFrame:
-                out = []
-                for row in batch.to_dict("records"):
-                    rendered = catalog.render(
-                        catalog.judge, style, {"question": row["question"], "response": row["response"]}, "judge"
-                    )
-                    carried = {_CARRIED.get(k, k): v for k, v in row.items()}
-                    out.append({**carried, **request_row(
-                        request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
-                        system=rendered.system, role=role, base_seed=seed, json_schema=VERDICT_SCHEMA_JSON,
-                    ), "prompt_style": style})
-                carried_columns = [_CARRIED.get(c, c) for c in batch.columns]
-                return pd.DataFrame(out, columns=_columns(carried_columns, REQUEST_COLUMNS, "prompt_style"))
-
-            return role, rows.map_batches(to_requests, batch_format="pandas")
-
-        results = ctx.generate([requests_for(role) for role in judges])
-        judge_order = [j.name for j in judges]
-        # Both verdicts of a pair meet in one group. Few partitions: the shuffle's cost
-        # is per partition, and a pair's two rows are tiny.
-        partitions = _partitions_for(rows)
-        return results.groupby("id", num_partitions=partitions).map_groups(
-            lambda group: _combine_verdicts(group, judge_order), batch_format="pandas"
-        )
+        current = rows
+        for index, role in enumerate(judges):
+            requests = current.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
+                "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed})
+            answered = ctx.generate([(role, requests)])
+            current = answered.map_batches(record_judgement, fn_kwargs={"index": index}, batch_format="pandas")
+        return current.map_batches(combine_judgements, fn_kwargs={"judges": len(judges)}, batch_format="pandas")
 
 
-def _partitions_for(rows: ray.data.Dataset) -> int:
-    return max(1, min(64, rows.count() // 50_000 + 1))
+def _judge_columns(index: int) -> str:
+    return f"_judge{index}"
+
+
+def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int) -> pd.DataFrame:
+    """One judge's request per pair; the pair's own columns travel with it (renamed where a
+    request or result column would overwrite them)."""
+    out = []
+    for row in batch.to_dict("records"):
+        rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"]},
+                                  "judge")
+        carried = {_CARRIED.get(k, k): v for k, v in row.items()}
+        out.append({**carried, **request_row(
+            request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
+            system=rendered.system, role=role, base_seed=seed, json_schema=VERDICT_SCHEMA_JSON,
+        ), "prompt_style": style})
+    carried_columns = [_CARRIED.get(c, c) for c in batch.columns]
+    return pd.DataFrame(out, columns=_columns(carried_columns, REQUEST_COLUMNS, "prompt_style"))
+
+
+def record_judgement(batch: pd.DataFrame, index: int) -> pd.DataFrame:
+    """A judge's answers → one column `_judge<index>` of judgement dicts; the pair's columns restored."""
+    judgements = [_judgement(r) for r in batch[["role", "error", "prompt", "prompt_style", "text"]].to_dict("records")]
+    restored = {carried: original for original, carried in _CARRIED.items()}
+    drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c not in restored]
+    out = batch.drop(columns=[c for c in drop if c in batch.columns]).rename(columns=restored)
+    out[_judge_columns(index)] = judgements
+    return out
+
+
+def combine_judgements(batch: pd.DataFrame, judges: int) -> pd.DataFrame:
+    """The build's rule per pair: a failed judge → reject (a transient failure: pending, sent
+    again next run); both agree → the label; they disagree → the hard pool."""
+    columns = [_judge_columns(i) for i in range(judges)]
+    labels, analyses, reasons, all_judgements = [], [], [], []
+    for judgements in zip(*(batch[c] for c in columns)):
+        judgements = [dict(j) for j in judgements]
+        failures = [j["error"] for j in judgements if j["error"]]
+        pending = [f for f in failures if f.startswith(PENDING)]
+        verdicts = {j["verdict"] for j in judgements}
+        if pending:
+            reason, label = pending[0], ""
+        elif failures:
+            reason, label = f"judge_failed: {failures[0]}", ""
+        elif len(verdicts) > 1:
+            reason, label = DISAGREE, ""
+        else:
+            reason, label = "", verdicts.pop()
+        labels.append(label)
+        analyses.append(next((j["analysis"] for j in judgements if j["verdict"] == label), "") if label else "")
+        reasons.append(reason)
+        all_judgements.append(judgements)
+    out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses)
+    out[REJECT_COLUMN] = reasons
+    return out[list(LABELLED_COLUMNS)]
 
 
 def _judgement(row: dict[str, Any]) -> dict[str, str]:
     if row["error"]:
-        return {"judge": row["role"], "verdict": "", "analysis": "", "raw": "", "error": f"llm_error: {row['error']}"}
+        return {"judge": row["role"], "verdict": "", "analysis": "", "raw": "", "error": failure_reason(row["error"])}
     # Completion-style judges are prompted with the opening of the JSON object and continue it.
     prompt = row["prompt"]
     prefix = prompt[prompt.rfind("{"):] if row["prompt_style"] == "completion" and "{" in prompt else ""
@@ -144,20 +195,3 @@ def _judgement(row: dict[str, Any]) -> dict[str, str]:
         verdict = parse_verdict(row["text"], prefix=prefix)
     return {"judge": row["role"], "verdict": verdict.label, "analysis": verdict.analysis, "raw": row["text"],
             "error": verdict.reason}
-
-
-def _combine_verdicts(group: pd.DataFrame, judge_order: list[str]) -> pd.DataFrame:
-    records = sorted(group.to_dict("records"), key=lambda r: judge_order.index(r["role"]))
-    judgements = [_judgement(r) for r in records]
-    pair = {k: records[0][_CARRIED.get(k, k)] for k in PAIR_COLUMNS if k != REJECT_COLUMN}
-    failures = [j["error"] for j in judgements if j["error"]]
-    verdicts = {j["verdict"] for j in judgements}
-    if failures:
-        reason, label = f"judge_failed: {failures[0]}", ""
-    elif len(verdicts) > 1:
-        reason, label = DISAGREE, ""
-    else:
-        reason, label = "", verdicts.pop()
-    analyze = next((j["analysis"] for j in judgements if j["verdict"] == label), "") if label else ""
-    return pd.DataFrame([{**pair, "judgements": judgements, "label": label, "analyze": analyze, REJECT_COLUMN: reason}],
-                        columns=list(LABELLED_COLUMNS))
