@@ -39,6 +39,7 @@ __all__ = [
     "candidate_probability",
     "choose_bands_rows",
     "deduplicate",
+    "mark_duplicates",
 ]
 
 # The LSH banding is chosen so that a pair whose Jaccard equals the threshold becomes
@@ -161,3 +162,12 @@ def deduplicate(
 
     return _deduplicate(ds, text_field, id_field, config)
 
+
+
+def mark_duplicates(ds: "ray.data.Dataset", text_field: str, id_field: str, config: DedupConfig) -> "ray.data.Dataset":
+    """Like `deduplicate`, as one dataset: every row, with `duplicate_of`, `similarity` and
+    `reason` ("" for a kept row), read in one pass instead of two (what the build's dedup
+    stages use: the runner splits rows from rejects by `reason`)."""
+    from synth.dedup.pipeline import mark_duplicates as _mark
+
+    return _mark(ds, text_field, id_field, config)

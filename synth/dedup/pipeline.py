@@ -348,6 +348,23 @@ def _split(batch: pa.Table, id_field: str, removed_ref: Any, want_removed: bool)
         mine = pc.cast(id_column.take(pa.array(hits, pa.int64())), pa.large_string())
         same = pc.equal(stored, mine).to_numpy(zero_copy_only=False).astype(bool)
         hit[hits[~same]] = False
+    if want_removed is None:  # every row, marked (mark_duplicates)
+        out = batch
+        for name in REMOVED_COLUMNS:
+            if name in out.column_names:
+                out = out.drop_columns([name])
+        take = pa.array(np.where(hit, pos, 0), pa.int64())
+        info = removed_table.take(take) if len(removed_table) else None
+        mask = pa.array(~hit)
+        blank = {"duplicate_of": pa.scalar("", pa.string()), "similarity": pa.scalar(0.0, pa.float64()),
+                 "reason": pa.scalar("", pa.string())}
+        for name in REMOVED_COLUMNS:
+            if info is None:
+                column = pa.array([blank[name].as_py()] * len(batch), blank[name].type)
+            else:
+                column = pc.if_else(mask, blank[name], pc.cast(info[name], blank[name].type))
+            out = out.append_column(name, column)
+        return out
     if not want_removed:
         return batch.filter(pa.array(~hit))
     rows = np.flatnonzero(hit)
@@ -380,6 +397,22 @@ def deduplicate(
 ) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     if not config.enabled:
         return ds, _split_datasets(ds, id_field, np.zeros(0, np.uint64), _empty_removed())[1]
+    return _split_datasets(ds, id_field, *_removed_rows(ds, text_field, id_field, config))
+
+
+def mark_duplicates(ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig) -> ray.data.Dataset:
+    """Every row of `ds`, in one pass, with `duplicate_of`, `similarity` and `reason` ("" if kept)."""
+    found = _removed_rows(ds, text_field, id_field, config) if config.enabled else (np.zeros(0, np.uint64),
+                                                                                     _empty_removed())
+    ref = ray.put(found)
+    return ds.map_batches(_split, batch_format="pyarrow",
+                          fn_kwargs={"id_field": id_field, "removed_ref": ref, "want_removed": None})
+
+
+def _removed_rows(
+    ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig
+) -> tuple[np.ndarray, pa.Table]:
+    """The removed rows' id hashes (sorted) and their table (id, duplicate_of, similarity, reason)."""
 
     schema = ds.schema(fetch_if_missing=False)
     if schema is not None:
@@ -457,7 +490,7 @@ def deduplicate(
     removed_nodes = _id_nodes(removed_table["id"].to_pylist())
     order = np.argsort(removed_nodes, kind="stable")
     removed_table = removed_table.take(pa.array(order, pa.int64()))
-    return _split_datasets(ds, id_field, removed_nodes[order], removed_table)
+    return removed_nodes[order], removed_table
 
 
 def _empty_removed() -> pa.Table:

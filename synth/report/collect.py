@@ -118,7 +118,9 @@ def funnel(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for s in manifest.get("stages", []):
         rows.append({"stage": s["name"], "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                      "created": s.get("created", 0), "rejected": dict(s.get("rejected", {})),
-                     "diverted": dict(s.get("diverted", {})), "seconds": s.get("seconds", 0.0),
+                     # rows pending a request that failed transiently (sent again by the next run)
+                     "diverted": {**s.get("diverted", {}), **({"pending": s["pending"]} if s.get("pending") else {})},
+                     "seconds": s.get("seconds", 0.0),
                      "reused": s.get("reused", False)})
     export = manifest.get("export", {})
     balance = export.get("balance")

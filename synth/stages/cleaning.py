@@ -8,7 +8,7 @@ import pandas as pd
 import ray.data
 
 from synth.config import PipelineConfig
-from synth.dedup import deduplicate
+from synth.dedup import mark_duplicates
 from synth.filters import apply_filters, build_filters, diversions
 from synth.rows import REJECT_COLUMN
 from synth.stages.base import Stage, StageContext
@@ -71,16 +71,12 @@ class _DedupStage(Stage):
         def with_text(batch: pd.DataFrame) -> pd.DataFrame:
             return batch.assign(_dedup_text=batch[list(fields)].astype(str).agg("\n".join, axis=1))
 
-        kept, removed = deduplicate(rows.map_batches(with_text, batch_format="pandas"), "_dedup_text", "id", config)
-        kept = kept.map_batches(
-            lambda b: b.assign(duplicate_of="", similarity=0.0, **{REJECT_COLUMN: ""}), batch_format="pandas"
-        )
+        marked = mark_duplicates(rows.map_batches(with_text, batch_format="pandas"), "_dedup_text", "id", config)
         # A removed row keeps its pointer to the kept representative in the rejects table.
-        removed = removed.map_batches(
-            lambda b: b.assign(**{REJECT_COLUMN: b["reason"].astype(str)}).drop(columns=["reason"]),
+        return marked.map_batches(
+            lambda b: b.assign(**{REJECT_COLUMN: b["reason"].astype(str)}).drop(columns=["reason", "_dedup_text"]),
             batch_format="pandas",
         )
-        return kept.drop_columns(["_dedup_text"]).union(removed.drop_columns(["_dedup_text"]))
 
 
 class DedupQuestions(_DedupStage):
