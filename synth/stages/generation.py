@@ -91,57 +91,61 @@ class Queries(Stage):
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         [role] = self.roles(ctx.config)
         style = ctx.prompt_style(role)
-        catalog, gen, seed = ctx.catalog, ctx.config.generation, ctx.config.seed
+        requests = rows.map_batches(question_requests, batch_format="pandas", fn_kwargs={
+            "catalog": ctx.catalog, "role": role, "style": style, "seed": ctx.config.seed,
+            "generation": ctx.config.generation})
+        results = ctx.generate([(role, requests)])
+        return results.map_batches(questions_from_results, batch_format="pandas", fn_kwargs={
+            "role": role, "style": style, "limit": ctx.config.generation.max_questions_per_call})
 
-        def to_requests(batch: pd.DataFrame) -> pd.DataFrame:
-            systems, prompts, requests = [], [], []
-            for row in batch.to_dict("records"):
-                scenario = catalog.scenarios[row["scenario"]]
-                sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
-                variables = {
-                    "scenario": scenario_vars(scenario.template),
-                    "subcategory": sub.model_dump(),
-                    **{k: row["elements"][k] for k in ("behavior", "benign_topic", "task_type", "region", "event")},
-                    "n": gen.questions_per_call,
-                }
-                rendered = catalog.render(getattr(scenario.template, row["kind"]), style, variables, row["template_id"])
-                requests.append(
-                    request_row(
-                        request_id=row["id"], task="questions", prompt=rendered.prompt, system=rendered.system,
-                        role=role, base_seed=seed,
-                        extra_stop=list_item_stops(rendered.prompt, gen.max_questions_per_call,
-                                                   continues_list=style == "completion"),
-                    )
-                )
-            return pd.concat([batch.reset_index(drop=True), pd.DataFrame(requests)], axis=1)
 
-        results = ctx.generate([(role, rows.map_batches(to_requests, batch_format="pandas"))])
-        limit = gen.max_questions_per_call
+def question_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int, generation) -> pd.DataFrame:
+    """One generator request per elements row; the row's columns travel with it."""
+    requests = []
+    for row in batch.to_dict("records"):
+        scenario = catalog.scenarios[row["scenario"]]
+        sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
+        variables = {
+            "scenario": scenario_vars(scenario.template),
+            "subcategory": sub.model_dump(),
+            **{k: row["elements"][k] for k in ("behavior", "benign_topic", "task_type", "region", "event")},
+            "n": generation.questions_per_call,
+        }
+        rendered = catalog.render(getattr(scenario.template, row["kind"]), style, variables, row["template_id"])
+        requests.append(
+            request_row(
+                request_id=row["id"], task="questions", prompt=rendered.prompt, system=rendered.system,
+                role=role, base_seed=seed,
+                extra_stop=list_item_stops(rendered.prompt, generation.max_questions_per_call,
+                                           continues_list=style == "completion"),
+            )
+        )
+    return pd.concat([batch.reset_index(drop=True), pd.DataFrame(requests)], axis=1)
 
-        def to_questions(batch: pd.DataFrame) -> pd.DataFrame:
-            out = []
-            for row in batch.to_dict("records"):
-                base = {
-                    "scenario": row["scenario"], "scenario_name": row["scenario_name"],
-                    "subcategory": row["subcategory"], "subcategory_name": row["subcategory_name"],
-                    "kind": row["kind"], "elements": row["elements"], "attack": "none",
-                    "template_id": row["template_id"], "template_hash": row["template_hash"],
-                    "generator": role.name, "seed": int(row["seed"]), "parent_id": row["id"],
-                    "gen_finish_reason": row["finish_reason"], "gen_completion_tokens": int(row["completion_tokens"]),
-                }
-                if row["error"]:
-                    out.append({**base, "id": row["id"], "question": "", "raw": "", REJECT_COLUMN: failure_reason(row["error"])})
-                    continue
-                parsed = parse_question_list(row["text"], limit, continues_list_at=1 if style == "completion" else None)
-                if parsed.reason:
-                    out.append({**base, "id": row["id"], "question": "", "raw": row["text"], REJECT_COLUMN: parsed.reason})
-                    continue
-                for i, question in enumerate(parsed.items):
-                    out.append({**base, "id": stable_id(row["id"], i, question), "question": question, "raw": "",
-                                REJECT_COLUMN: ""})
-            return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
 
-        return results.map_batches(to_questions, batch_format="pandas")
+def questions_from_results(batch: pd.DataFrame, role: Role, style: str, limit: int) -> pd.DataFrame:
+    """The generator's answers → one row per parsed question (at most `limit`), or one reject per call."""
+    out = []
+    for row in batch.to_dict("records"):
+        base = {
+            "scenario": row["scenario"], "scenario_name": row["scenario_name"],
+            "subcategory": row["subcategory"], "subcategory_name": row["subcategory_name"],
+            "kind": row["kind"], "elements": row["elements"], "attack": "none",
+            "template_id": row["template_id"], "template_hash": row["template_hash"],
+            "generator": role.name, "seed": int(row["seed"]), "parent_id": row["id"],
+            "gen_finish_reason": row["finish_reason"], "gen_completion_tokens": int(row["completion_tokens"]),
+        }
+        if row["error"]:
+            out.append({**base, "id": row["id"], "question": "", "raw": "", REJECT_COLUMN: failure_reason(row["error"])})
+            continue
+        parsed = parse_question_list(row["text"], limit, continues_list_at=1 if style == "completion" else None)
+        if parsed.reason:
+            out.append({**base, "id": row["id"], "question": "", "raw": row["text"], REJECT_COLUMN: parsed.reason})
+            continue
+        for i, question in enumerate(parsed.items):
+            out.append({**base, "id": stable_id(row["id"], i, question), "question": question, "raw": "",
+                        REJECT_COLUMN: ""})
+    return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
 
 
 class Augment(Stage):
@@ -168,53 +172,64 @@ class Augment(Stage):
         tactics = aug.tactics or [t.id for t in catalog.augment.tactics]
         for tactic_id in tactics:
             catalog.tactic(tactic_id)  # unknown tactic ids fail before any request is sent
-
-        def chosen(row_id: str) -> str | None:
-            # Deterministic from the row id: the same questions get the same tactics.
-            rng = random.Random(stable_id("augment", seed, row_id))
-            return rng.choice(tactics) if rng.random() < aug.share else None
-
-        def to_requests(batch: pd.DataFrame) -> pd.DataFrame:
-            out = []
-            for row in batch.to_dict("records"):
-                tactic_id = chosen(row["id"]) if row["kind"] == "harmful" else None
-                if tactic_id is None:
-                    continue
-                scenario = catalog.scenarios[row["scenario"]]
-                sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
-                rendered = catalog.render(
-                    catalog.tactic(tactic_id), style,
-                    {"question": row["question"], "scenario": scenario_vars(scenario.template), "subcategory": sub.model_dump()},
-                    f"augment.{tactic_id}",
-                )
-                new_id = stable_id(row["id"], "augment", tactic_id)
-                out.append({**row, **request_row(request_id=new_id, task="augment", prompt=rendered.prompt,
-                                                 system=rendered.system, role=role, base_seed=seed),
-                            "attack": tactic_id, "parent_id": row["id"]})
-            return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS))
-
-        requests = rows.filter(lambda row: row["kind"] == "harmful" and chosen(row["id"]) is not None)
-        requests = requests.map_batches(to_requests, batch_format="pandas")
+        choice = {"tactics": tactics, "share": aug.share, "seed": seed}
+        requests = rows.filter(gets_tactic, fn_kwargs=choice)
+        requests = requests.map_batches(augment_requests, batch_format="pandas", fn_kwargs={
+            **choice, "catalog": catalog, "role": role, "style": style})
         results = ctx.generate([(role, requests)])
-
-        def to_rows(batch: pd.DataFrame) -> pd.DataFrame:
-            out = []
-            for row in batch.to_dict("records"):
-                base = {k: row[k] for k in _QUESTION_COLUMNS if k not in ("id", "question", "seed", "raw", REJECT_COLUMN)}
-                base.update(id=row["request_id"], seed=int(row["seed"]), gen_finish_reason=row["finish_reason"],
-                            gen_completion_tokens=int(row["completion_tokens"]))
-                if row["error"]:
-                    out.append({**base, "question": "", "raw": "", REJECT_COLUMN: failure_reason(row["error"])})
-                    continue
-                parsed = parse_single_question(row["text"])
-                if parsed.reason:
-                    out.append({**base, "question": "", "raw": row["text"], REJECT_COLUMN: parsed.reason})
-                else:
-                    out.append({**base, "question": parsed.items[0], "raw": "", REJECT_COLUMN: ""})
-            return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
-
         originals = rows.map_batches(_with_reject_column, batch_format="pandas")
-        return originals.union(results.map_batches(to_rows, batch_format="pandas"))
+        return originals.union(results.map_batches(augmented_rows, batch_format="pandas"))
+
+
+def chosen_tactic(row_id: str, tactics: list[str], share: float, seed: int) -> str | None:
+    """Deterministic from the row id: the same questions get the same tactics."""
+    rng = random.Random(stable_id("augment", seed, row_id))
+    return rng.choice(tactics) if rng.random() < share else None
+
+
+def gets_tactic(row: dict[str, Any], tactics: list[str], share: float, seed: int) -> bool:
+    """Only harmful questions are rewritten, and only those a tactic is chosen for."""
+    return row["kind"] == "harmful" and chosen_tactic(row["id"], tactics, share, seed) is not None
+
+
+def augment_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int, tactics: list[str],
+                     share: float) -> pd.DataFrame:
+    """One rewrite request per harmful question a tactic is chosen for; the others are dropped."""
+    out = []
+    for row in batch.to_dict("records"):
+        tactic_id = chosen_tactic(row["id"], tactics, share, seed) if row["kind"] == "harmful" else None
+        if tactic_id is None:
+            continue
+        scenario = catalog.scenarios[row["scenario"]]
+        sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
+        rendered = catalog.render(
+            catalog.tactic(tactic_id), style,
+            {"question": row["question"], "scenario": scenario_vars(scenario.template), "subcategory": sub.model_dump()},
+            f"augment.{tactic_id}",
+        )
+        new_id = stable_id(row["id"], "augment", tactic_id)
+        out.append({**row, **request_row(request_id=new_id, task="augment", prompt=rendered.prompt,
+                                         system=rendered.system, role=role, base_seed=seed),
+                    "attack": tactic_id, "parent_id": row["id"]})
+    return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS))
+
+
+def augmented_rows(batch: pd.DataFrame) -> pd.DataFrame:
+    """The rewrites' answers → one question row each (its id: the request's), or a reject."""
+    out = []
+    for row in batch.to_dict("records"):
+        base = {k: row[k] for k in _QUESTION_COLUMNS if k not in ("id", "question", "seed", "raw", REJECT_COLUMN)}
+        base.update(id=row["request_id"], seed=int(row["seed"]), gen_finish_reason=row["finish_reason"],
+                    gen_completion_tokens=int(row["completion_tokens"]))
+        if row["error"]:
+            out.append({**base, "question": "", "raw": "", REJECT_COLUMN: failure_reason(row["error"])})
+            continue
+        parsed = parse_single_question(row["text"])
+        if parsed.reason:
+            out.append({**base, "question": "", "raw": row["text"], REJECT_COLUMN: parsed.reason})
+        else:
+            out.append({**base, "question": parsed.items[0], "raw": "", REJECT_COLUMN: ""})
+    return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
 
 
 def _with_reject_column(batch: pd.DataFrame) -> pd.DataFrame:

@@ -47,51 +47,54 @@ class Respond(Stage):
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         responders = self.roles(ctx.config)
-        per_question = ctx.config.respond.responders_per_question
-        catalog, seed = ctx.catalog, ctx.config.seed
+        names, per_question = [r.name for r in responders], ctx.config.respond.responders_per_question
+        requests = []
+        for index, role in enumerate(responders):
+            requests.append((role, rows.map_batches(respond_requests, batch_format="pandas", fn_kwargs={
+                "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role),
+                "persona": ctx.catalog.persona(role.persona, index), "seed": ctx.config.seed,
+                "responders": names, "per_question": per_question})))
+        results = ctx.generate(requests)
+        return results.map_batches(pairs_from_results, batch_format="pandas")
 
-        def picks(question_id: str) -> set[str]:
-            names = [r.name for r in responders]
-            if per_question is None or per_question >= len(names):
-                return set(names)
-            return set(random.Random(stable_id("respond", seed, question_id)).sample(names, per_question))
 
-        def requests_for(index: int, role: Role):
-            style = ctx.prompt_style(role)
-            persona = catalog.persona(role.persona, index)
+def picked_responders(question_id: str, responders: list[str], per_question: int | None, seed: int) -> set[str]:
+    """The responders that answer a question: all, or a deterministic subset of `per_question`."""
+    if per_question is None or per_question >= len(responders):
+        return set(responders)
+    return set(random.Random(stable_id("respond", seed, question_id)).sample(responders, per_question))
 
-            def to_requests(batch: pd.DataFrame) -> pd.DataFrame:
-                out = []
-                for row in batch.to_dict("records"):
-                    if role.name not in picks(row["id"]):
-                        continue
-                    rendered = catalog.render(
-                        catalog.respond, style, {"question": row["question"], "persona": persona.model_dump()}, "respond"
-                    )
-                    out.append({**row, **request_row(
-                        request_id=stable_id(row["id"], "respond", role.name), task="respond", prompt=rendered.prompt,
-                        system=rendered.system, role=role, base_seed=seed,
-                    ), "question_id": row["id"], "persona": persona.id})
-                return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS, ("question_id", "persona")))
 
-            return role, rows.map_batches(to_requests, batch_format="pandas")
+def respond_requests(batch: pd.DataFrame, catalog, role: Role, style: str, persona, seed: int,
+                     responders: list[str], per_question: int | None) -> pd.DataFrame:
+    """One responder's request per question it is picked for; the question's columns travel with it."""
+    out = []
+    for row in batch.to_dict("records"):
+        if role.name not in picked_responders(row["id"], responders, per_question, seed):
+            continue
+        rendered = catalog.render(
+            catalog.respond, style, {"question": row["question"], "persona": persona.model_dump()}, "respond"
+        )
+        out.append({**row, **request_row(
+            request_id=stable_id(row["id"], "respond", role.name), task="respond", prompt=rendered.prompt,
+            system=rendered.system, role=role, base_seed=seed,
+        ), "question_id": row["id"], "persona": persona.id})
+    return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS, ("question_id", "persona")))
 
-        results = ctx.generate([requests_for(i, role) for i, role in enumerate(responders)])
 
-        def to_pairs(batch: pd.DataFrame) -> pd.DataFrame:
-            out = []
-            for row in batch.to_dict("records"):
-                pair = {k: row[k] for k in PAIR_COLUMNS if k in row}
-                failed = row["error"] or not row["text"].strip()
-                pair.update(
-                    id=row["request_id"], responder=row["role"], seed=int(row["seed"]), response=row["text"].strip(),
-                    finish_reason=row["finish_reason"], response_tokens=int(row["completion_tokens"]),
-                    **{REJECT_COLUMN: (failure_reason(row["error"]) if row["error"] else "empty_response") if failed else ""},
-                )
-                out.append(pair)
-            return pd.DataFrame(out, columns=list(PAIR_COLUMNS))
-
-        return results.map_batches(to_pairs, batch_format="pandas")
+def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
+    """The responders' answers → one pair per answer; a failed or empty answer is a reject."""
+    out = []
+    for row in batch.to_dict("records"):
+        pair = {k: row[k] for k in PAIR_COLUMNS if k in row}
+        failed = row["error"] or not row["text"].strip()
+        pair.update(
+            id=row["request_id"], responder=row["role"], seed=int(row["seed"]), response=row["text"].strip(),
+            finish_reason=row["finish_reason"], response_tokens=int(row["completion_tokens"]),
+            **{REJECT_COLUMN: (failure_reason(row["error"]) if row["error"] else "empty_response") if failed else ""},
+        )
+        out.append(pair)
+    return pd.DataFrame(out, columns=list(PAIR_COLUMNS))
 
 
 class Annotate(Stage):
