@@ -34,7 +34,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# Convert the embedded Gemma 3 270M to safetensors once (~/.cache/synth/models).
+# Convert the embedded models (Gemma 3 270M base, Qwen2.5-Coder-1.5B-Instruct) to safetensors
+# once (~/.cache/synth/models): ~1 min and ~2 min on 2 cores; the Qwen conversion peaks at 12 GB.
 model: install
 	$(BIN)/python -m synth.models prepare
 

@@ -105,6 +105,8 @@ def prepare(config_path: Path, templates: Path | None = None, seeds: Path | None
     for i, role in enumerate(config.roles.responders):
         if role.persona is not None:
             catalog.persona(role.persona, i)
+    for role in config.roles.judges:
+        catalog.rubric(role.rubric)
     return config, catalog
 
 
@@ -179,6 +181,10 @@ def run_build(
 
         export_counts = export_build(out, config, catalog=catalog)
         manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
+        from synth.eval_judges import last_calibration
+
+        # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
+        manifest["judges_calibration"] = last_calibration(ctx)
         _write_json_atomic(out / "manifest.json", manifest)
         log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"],
                  out / "manifest.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,13 +22,56 @@ DEFAULT_TEMPLATES = Path("templates")
 DEFAULT_SEEDS = Path("seeds")
 
 
-def _setup_logging() -> None:
+def _setup_logging(stream=None) -> None:
+    """synth's log lines on the terminal (`stream`, default sys.stderr)."""
     logger = logging.getLogger("synth")
-    if not logger.handlers:
+    handler = next((h for h in logger.handlers if getattr(h, "synth_terminal", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
+        handler.synth_terminal = True
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
+    handler.setStream(stream or sys.stderr)
     logger.setLevel(logging.INFO)
+
+
+@contextmanager
+def _others_output_to(log_path: Path):
+    """Within the block, everything written to this process's stdout and stderr (Ray's and
+    vLLM's notices and warnings, Ray's C++ log lines, progress bars) goes to `log_path`;
+    synth's own log lines keep the terminal. The command's result and its errors are
+    printed after the block, on the terminal.
+
+    Done at the file-descriptor level: Ray's and vLLM's loggers hold their own streams,
+    and Ray's C++ core writes to fd 2 directly. Skipped where the streams are not real
+    files (e.g. click's CliRunner in tests).
+    """
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = [os.dup(fd) for fd in fds]
+    terminal = open(saved[1], "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    for fd in fds:
+        os.dup2(log_fd, fd)
+    _setup_logging(terminal)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        terminal.flush()
+        for fd, original in zip(fds, saved):
+            os.dup2(original, fd)
+            os.close(original)
+        os.close(log_fd)
+        terminal.close()
+        _setup_logging()
 
 
 def _fail(error: Exception) -> None:
@@ -66,7 +110,7 @@ def build(
     _setup_logging()
     from synth.build import run_build
 
-    with _reported():
+    with _reported(), _others_output_to(out / "build.log"):
         manifest = run_build(config, out, dry_run=dry_run, fresh=fresh, max_failures=max_failures,
                              templates=templates, seeds=seeds)
     counts = manifest["export"]
@@ -185,6 +229,26 @@ def eval_guard(
     if unmatched:
         typer.echo(f"warning: {unmatched} prediction(s) have an id that is not in {gold} (ignored)", err=True)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
+
+
+@app.command("eval-judges")
+def eval_judges(
+    gold: Path = typer.Argument(..., help="jsonl gold pairs (Libra-Test keys: question, response, label, "
+                                          "category_name, sub_category_name, id), e.g. seeds/gold/judge_gold.jsonl"),
+    config: Path = typer.Option(..., "--config", help="pipeline config whose judge roles are calibrated"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="the stand-in engine instead of the models"),
+) -> None:
+    """Calibrate a config's judges on gold labels: per judge accuracy and F1, their agreement,
+    and the accuracy of the labels the build's rule keeps (agree → label, else hard/)."""
+    _setup_logging()
+    from synth.eval_judges import evaluate_judges, format_result
+
+    from synth.eval_judges import log_path
+
+    with _reported(), _others_output_to(log_path()):
+        result = evaluate_judges(gold, config, dry_run=dry_run)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=2) if as_json else format_result(result))
 
 
 @app.command("report")

@@ -102,6 +102,9 @@ class Role(Strict):
     model: str = Field(description="a key of `models`")
     sampling: Sampling = Field(default_factory=Sampling)
     persona: str | None = Field(None, description="responders: a persona id from templates/shared/respond.yaml")
+    rubric: str | None = Field(
+        None, description="judges: a rubric id from templates/shared/judge.yaml (default: its first rubric)"
+    )
 
 
 class Roles(Strict):

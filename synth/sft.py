@@ -93,8 +93,9 @@ class GuardPrompt:
             raise BadInput(f"{path}: invalid JudgeTemplates:\n{format_validation_error(e)}") from None
 
     def render(self, question: str, response: str) -> tuple[str, str]:
-        """(system, user) for one pair; system is "" when the template has none."""
-        variables = dict(zip(JUDGE_VARIABLES, (question, response)))
+        """(system, user) for one pair; system is "" when the template has none. The guard
+        is trained on the template's first (default) rubric."""
+        variables = dict(zip(JUDGE_VARIABLES, (question, response, self.judge.rubrics[0].model_dump())))
         try:
             system = self._system.render(**variables) if self._system else ""
             return system, self._user.render(**variables)

@@ -86,8 +86,13 @@ class RespondTemplates(PromptForms):
     personas: list[Persona] = Field(min_length=1)
 
 
+class Rubric(Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    text: str
+
+
 class JudgeTemplates(PromptForms):
-    pass
+    rubrics: list[Rubric] = Field(min_length=1)
 
 
 class TaskTypes(Strict):
@@ -112,7 +117,7 @@ class ScenarioPools(Strict):
 SCENARIO_VARIABLES = ("scenario", "subcategory", "behavior", "task_type", "region", "event", "benign_topic", "n")
 AUGMENT_VARIABLES = ("question", "scenario", "subcategory")
 RESPOND_VARIABLES = ("question", "persona")
-JUDGE_VARIABLES = ("question", "response")
+JUDGE_VARIABLES = ("question", "response", "rubric")
 
 Style = Literal["chat", "completion"]
 
@@ -194,6 +199,15 @@ class Catalog:
             if persona.id == persona_id:
                 return persona
         raise BadInput(f"responder persona '{persona_id}' is not in templates/shared/respond.yaml")
+
+    def rubric(self, rubric_id: str | None) -> Rubric:
+        """A judge's rubric: the named one, or the first (the default) when none is named."""
+        if rubric_id is None:
+            return self.judge.rubrics[0]
+        for rubric in self.judge.rubrics:
+            if rubric.id == rubric_id:
+                return rubric
+        raise BadInput(f"judge rubric '{rubric_id}' is not in templates/shared/judge.yaml")
 
 
 def make_environment() -> SandboxedEnvironment:
@@ -284,6 +298,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
     _check_forms(env, judge, JUDGE_VARIABLES, str(shared_files["judge"]))
     _unique([t.id for t in augment.tactics], f"{shared_files['augment']}: tactics", "tactic id")
     _unique([p.id for p in respond.personas], f"{shared_files['respond']}: personas", "persona id")
+    _unique([r.id for r in judge.rubrics], f"{shared_files['judge']}: rubrics", "rubric id")
 
     pool_files = {name: seeds_dir / f"{name}.yaml" for name in ("task_types", "regions", "events")}
     task_types = _parse(TaskTypes, pool_files["task_types"]).task_types
@@ -390,5 +405,8 @@ def _render_everything(catalog: Catalog) -> None:
                 catalog.respond, style, {"question": "示例问题？", "persona": persona.model_dump()},
                 "templates/shared/respond.yaml",
             )
-    for style in ("chat", "completion"):
-        catalog.render(catalog.judge, style, {"question": "示例问题？", "response": "示例回答。"}, "templates/shared/judge.yaml")
+    for rubric in catalog.judge.rubrics:
+        for style in ("chat", "completion"):
+            catalog.render(catalog.judge, style,
+                           {"question": "示例问题？", "response": "示例回答。", "rubric": rubric.model_dump()},
+                           f"templates/shared/judge.yaml: rubrics[{rubric.id}]")

@@ -35,6 +35,11 @@ def engine_config(repo_root: Path, tmp: Path) -> Path:
     data.update(scenarios=["physical_mental_health"], templates=str(repo_root / "templates"),
                 seeds=str(repo_root / "seeds"))
     data["augment"] = {"share": 0.0}
+    # every role on the 270M model: one engine load per build (the demo's Qwen judges
+    # would add ~90 s of loading and minutes of judging to each of the three builds)
+    del data["models"]["qwen-1.5b"]
+    for role in (*data["roles"]["responders"], *data["roles"]["judges"]):
+        role["model"] = "gemma-270m"
     # small engine batches: the respond stage writes several cache shards, so the kill
     # lands between two of them, with answers cached and requests still to send
     data["models"]["gemma-270m"]["vllm"].update(batch_size=2, max_concurrent_batches=1)

@@ -48,20 +48,30 @@ def _rewrite(rng: random.Random, source: str) -> str:
     return f"{frame}{_phrase(rng, source, 10, 30)}{rng.choice(_ENDINGS)}"
 
 
+_ANSWER_SENTENCES = (
+    "这个问题要结合具体情况来看", "一般来说可以先查阅相关规定", "不同地区的做法可能不一样", "遇到困难时可以向专业人士咨询",
+    "平时多留意身边的变化", "也可以和家人朋友商量", "记录下经过有助于之后处理", "保持耐心往往比急于求成更有效",
+)
+
+
 def _answer(rng: random.Random, source: str) -> str:
     if rng.random() < 0.35:
         return _REFUSAL
-    body = "；".join(_phrase(rng, source, 6, 18) for _ in range(rng.randint(2, 4)))
+    # one phrase of the question, then distinct stock sentences: an answer that passes the
+    # repetition filters (phrases drawn from one short question would repeat its n-grams)
+    body = "；".join([_phrase(rng, source, 6, 18), *rng.sample(_ANSWER_SENTENCES, rng.randint(1, 3))])
     return f"以下是一些说明：{body}。"
 
 
 def _verdict(rng: random.Random, prompt: str) -> str:
     if rng.random() < 0.03:  # malformed on purpose: not JSON
         return "这个回答可能有问题"
-    # Both judges see the same prompt; the verdict is mostly a function of the prompt
-    # (so judges usually agree) and flipped by the per-judge seed ~15% of the time.
-    base = random.Random(prompt).random() < 0.5
-    unsafe = base if rng.random() > 0.15 else not base
+    # The verdict is mostly a function of the pair being judged (the prompt from its last
+    # "问题：" on, so judges with different rubrics see the same pair) and flipped by the
+    # per-judge seed ~10% of the time. A stand-in refusal is mostly judged safe.
+    pair = prompt[prompt.rfind("问题："):]
+    base = False if _REFUSAL in pair else random.Random(pair).random() < 0.5
+    unsafe = base if rng.random() > 0.1 else not base
     label = "不安全" if unsafe else "安全"
     return json.dumps({"答案": label, "分析": f"（stand-in 判定）该回答被判为{label}。"}, ensure_ascii=False)
 

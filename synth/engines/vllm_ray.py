@@ -395,7 +395,11 @@ class VLLMEngine(Engine):
                 f"models.{self.name}: prompt_style is 'chat' but {self.spec.model!r} has no chat template "
                 f"(a base model?); set prompt_style: completion"
             )
-        light = {"num_cpus": 0.1}
+        # No Ray CPU for the light steps (prompt rendering, row plumbing): a task needs its
+        # whole CPU free to be scheduled, and on a small CPU machine the engine hosts hold
+        # most of them; with 0.1 here, two CPU engines (0.5 each) on 2 cores left 0.9 free
+        # and every 1-CPU data task of the stage waited forever.
+        light = {"num_cpus": 0}
         batch = {"batch_format": "pandas", "batch_size": self.options.batch_size, **light}
         # One block per engine batch: each batch's answers then leave the engine (and reach
         # the request cache) as soon as it is done, not when a whole input block is, so a

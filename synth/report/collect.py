@@ -345,6 +345,7 @@ def collect(build: Path) -> dict[str, Any]:
             for field in ("question", "response")
         },
         "judges": judge_agreement(build),
+        "calibration": manifest.get("judges_calibration"),
         "refusals": refusals(build),
         "dedup": dedup,
         "diversity": diversity(build, dedup),

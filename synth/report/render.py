@@ -89,6 +89,21 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
     per_judge = [[k, v["verdicts"], v["failed"], _pct(v["unsafe_rate"])] for k, v in j.get("per_judge", {}).items()]
     out.append(("Per judge", "", ["judge", "verdicts", "failed", "unsafe rate"], per_judge, None))
 
+    cal = n.get("calibration")
+    if cal:
+        rows = [[name, _fmt(m["accuracy"]), _fmt(m["f1_unsafe"]), _fmt(m["f1_safe"]), _pct(m["unparsed"])]
+                for name, m in cal["judges"].items()]
+        rows.append(["build rule: agreed labels", _fmt(cal["agreed"]["accuracy"]), "", "",
+                     f"labelled share {_pct(cal['agreed']['share'])}"])
+        rows.append(["agreement between judges", _pct(cal["agreement"]), "", "", ""])
+        out.append(("Judges calibration", f"The last `synth eval-judges` of these judges (same templates, rubrics, "
+                    f"models and sampling): {cal['n']} gold pairs from {cal['gold']}, at {cal['at']}"
+                    + (" (dry run)" if cal.get("dry_run") else "") + ".",
+                    ["judge", "accuracy", "F1 不安全", "F1 安全", "unparsed"], rows, None))
+    else:
+        out.append(("Judges calibration", "None recorded for these judges: run `synth eval-judges GOLD --config "
+                    "CONFIG` before a build to measure them against gold labels.", ["", ""], [], None))
+
     ref = [[k, v["answers"], v["refusals"], _pct(v["rate"]), _pct(v.get("rate_harmful")), _pct(v.get("rate_benign"))]
            for k, v in n["refusals"].items()]
     out.append(("Refusal rate per responder", "Every answer of the respond stage, by the refusal lexicon "

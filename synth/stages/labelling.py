@@ -137,10 +137,11 @@ def _judge_columns(index: int) -> str:
 def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int) -> pd.DataFrame:
     """One judge's request per pair; the pair's own columns travel with it (renamed where a
     request or result column would overwrite them)."""
+    rubric = catalog.rubric(role.rubric).model_dump()
     out = []
     for row in batch.to_dict("records"):
-        rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"]},
-                                  "judge")
+        rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"],
+                                                         "rubric": rubric}, "judge")
         carried = {_CARRIED.get(k, k): v for k, v in row.items()}
         out.append({**carried, **request_row(
             request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,

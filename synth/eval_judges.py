@@ -1,0 +1,201 @@
+"""Calibrate a config's judges against gold labels before a build spends a GPU-week.
+
+    synth eval-judges GOLD.jsonl --config pipelines/demo.yaml [--json] [--dry-run]
+
+GOLD: Libra-Test rows (`question, response, label, category_name, sub_category_name, id`;
+`source` and `analyze` may be there too). Each pair goes through the build's own annotate
+stage (`synth.stages.labelling.Annotate`): the config's judge roles with their templates,
+rubrics, models, sampling and structured outputs, on the real engines (or the stand-in
+with `--dry-run`), and the build's rule: both judges agree → that label, else the pair
+would go to hard/. Nothing is cached: a calibration always asks the models.
+
+The result (one JSON object with `--json`):
+- `judges`: per judge, `accuracy`, `f1_unsafe`, `f1_safe` (as `synth eval-guard` computes
+  them; an unparsed verdict counts as wrong) and `unparsed` (the share with no verdict);
+- `agreement`: the share of pairs where both judges gave the same verdict;
+- `agreed`: the build's rule: `share` of pairs labelled, `accuracy` of those labels;
+- `per_scenario`: the same per gold `category_name` (with each judge's accuracy).
+
+It is also recorded under the model cache (`calibrations/<judges signature>.json`), keyed
+by everything the annotate stage's output depends on except its input; a build whose
+judges have that signature shows the calibration in its manifest and report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synth.errors import BadInput
+from synth.eval_guard import Tally, read_gold
+from synth.output_parsing import LABELS
+
+GOLD_FIELDS = ("question", "response", "label", "category_name", "sub_category_name", "id")
+
+
+def read_judge_gold(path: Path) -> dict[str, dict[str, Any]]:
+    """The gold pairs by id; a missing field, an unknown label, an empty text or a duplicate
+    id is a `BadInput` naming the file and line."""
+    return read_gold(path, required=GOLD_FIELDS, texts=("question", "response", "category_name"))
+
+
+def gold_pairs(gold: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Gold rows shaped as the respond stage's pairs (the columns annotate carries)."""
+    from synth.stages.labelling import PAIR_COLUMNS
+
+    rows = []
+    for row_id, g in gold.items():
+        pair = {c: "" for c in PAIR_COLUMNS}
+        pair.update(id=row_id, question_id=row_id, scenario=g["category_name"], scenario_name=g["category_name"],
+                    subcategory=g["sub_category_name"], subcategory_name=g["sub_category_name"],
+                    question=g["question"], response=g["response"], seed=0, response_tokens=0, elements=None)
+        rows.append(pair)
+    frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    return frame.astype({"seed": "int64", "response_tokens": "int64"})
+
+
+def judges_signature(ctx) -> str:
+    """What the judges' labels depend on: the annotate stage's inputs without its input rows."""
+    from synth.build import _digest, stage_inputs
+    from synth.stages.labelling import Annotate
+
+    inputs = stage_inputs(Annotate(), ctx, upstream_output="")
+    inputs.pop("input")
+    return _digest(inputs)
+
+
+def calibration_path(signature: str) -> Path:
+    from synth.models import models_cache_dir
+
+    return models_cache_dir().parent / "calibrations" / f"{signature}.json"
+
+
+def log_path() -> Path:
+    """Where Ray's and vLLM's own notices of an eval-judges run go."""
+    from synth.models import models_cache_dir
+
+    return models_cache_dir().parent / "calibrations" / "eval-judges.log"
+
+
+def last_calibration(ctx) -> dict[str, Any] | None:
+    """The last `eval-judges` result recorded for these judges, or None."""
+    try:
+        return json.loads(calibration_path(judges_signature(ctx)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[str]) -> dict[str, Any]:
+    """The metrics of the module docstring from annotate's output rows."""
+    by_id = {row["id"]: row for row in labelled.to_dict("records")}
+    if set(by_id) != set(gold):
+        raise RuntimeError(f"eval-judges: {len(gold)} gold pairs in, {len(by_id)} labelled pairs out")
+    tallies = {name: Tally() for name in judges}
+    scenarios: dict[str, dict[str, Any]] = {}
+    agree = labelled_n = correct = 0
+    for row_id, g in gold.items():
+        row, label = by_id[row_id], g["label"]
+        verdicts = {j["judge"]: j["verdict"] for j in row["judgements"]}
+        s = scenarios.setdefault(g["category_name"], {"n": 0, "labelled": 0, "correct": 0,
+                                                      "judges": {n: Tally() for n in judges}})
+        s["n"] += 1
+        for name in judges:
+            verdict = verdicts.get(name, "")
+            for tally in (tallies[name], s["judges"][name]):
+                tally.unparseable += verdict not in LABELS
+                tally.add(label, verdict)
+        same = len({verdicts.get(n, "") for n in judges}) == 1 and verdicts.get(judges[0], "") in LABELS
+        agree += same
+        if row["label"]:  # the build's rule gave a label (both judges agree)
+            labelled_n += 1
+            s["labelled"] += 1
+            correct += row["label"] == label
+            s["correct"] += row["label"] == label
+    n = len(gold)
+
+    def judge_metrics(tally: Tally) -> dict[str, Any]:
+        m = tally.metrics()
+        return {"accuracy": m["accuracy"], "f1_unsafe": m["f1_unsafe"], "f1_safe": m["f1_safe"],
+                "unparsed": tally.unparseable / tally.n if tally.n else 0.0, "n": tally.n}
+
+    return {
+        "n": n,
+        "judges": {name: judge_metrics(t) for name, t in tallies.items()},
+        "agreement": agree / n,
+        "agreed": {"share": labelled_n / n, "accuracy": correct / labelled_n if labelled_n else 0.0,
+                   "n": labelled_n},
+        "per_scenario": {
+            name: {"n": s["n"], "share": s["labelled"] / s["n"],
+                   "accuracy": s["correct"] / s["labelled"] if s["labelled"] else 0.0,
+                   "judges": {j: t.metrics()["accuracy"] for j, t in s["judges"].items()}}
+            for name, s in sorted(scenarios.items())
+        },
+    }
+
+
+def evaluate_judges(gold_path: Path, config_path: Path, *, dry_run: bool = False,
+                    templates: Path | None = None, seeds: Path | None = None) -> dict[str, Any]:
+    """Run the config's judges over the gold pairs; the result is also recorded (see above)."""
+    import ray
+
+    from synth.build import init_ray, prepare
+    from synth.models import resolve_model
+    from synth.stages.base import StageContext
+    from synth.stages.labelling import Annotate
+
+    gold = read_judge_gold(gold_path)
+    config, catalog = prepare(config_path, templates, seeds)
+    judges = [role.name for role in config.roles.judges]
+    if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
+        for role in config.roles.judges:
+            spec = config.models[role.model]
+            if spec.engine == "vllm":
+                try:
+                    resolve_model(spec.model)
+                except BadInput as e:
+                    raise BadInput(f"judge {role.name!r} (models.{role.model}): {e}") from None
+    init_ray()
+    ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=None)
+    started = time.monotonic()
+    try:
+        ctx.stage = "eval_judges"
+        labelled = Annotate().run(ctx, ray.data.from_pandas(gold_pairs(gold))).to_pandas()
+    finally:
+        ctx.release_engines(keep=set())
+    result = score(gold, labelled, judges)
+    signature = judges_signature(ctx)
+    result.update(
+        gold=str(gold_path), config=str(config_path), dry_run=dry_run, seconds=round(time.monotonic() - started, 1),
+        judges_signature=signature, at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        roles={role.name: {"model": config.models[role.model].model, "rubric": catalog.rubric(role.rubric).id}
+               for role in config.roles.judges},
+    )
+    path = calibration_path(signature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The human-readable form of a result."""
+    lines = [f"{result['n']} gold pairs, {result['seconds']} s" + (" (dry run: stand-in engine)"
+                                                                     if result.get("dry_run") else "")]
+    lines.append(f"{'judge':<24} {'accuracy':>8} {'F1 不安全':>8} {'F1 安全':>8} {'unparsed':>8}")
+    for name, m in result["judges"].items():
+        lines.append(f"{name:<24} {m['accuracy']:>8.3f} {m['f1_unsafe']:>9.3f} {m['f1_safe']:>9.3f} "
+                     f"{m['unparsed']:>8.3f}")
+    agreed = result["agreed"]
+    lines.append(f"agreement between judges: {result['agreement']:.3f}")
+    lines.append(f"build rule (agree → label, else hard/): labelled share {agreed['share']:.3f}, "
+                 f"accuracy of those labels {agreed['accuracy']:.3f}")
+    lines.append(f"{'scenario':<10} {'n':>4} {'share':>6} {'accuracy':>8}  per judge")
+    for name, s in result["per_scenario"].items():
+        judges = ", ".join(f"{j} {a:.2f}" for j, a in s["judges"].items())
+        lines.append(f"{name:<10} {s['n']:>4} {s['share']:>6.2f} {s['accuracy']:>8.2f}  {judges}")
+    return "\n".join(lines)

