@@ -31,7 +31,7 @@ def _setup_logging(stream=None) -> None:
         handler.synth_terminal = True
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
-    handler.setStream(stream or sys.stderr)
+    handler.stream = stream or sys.stderr  # not setStream(): it flushes the old one, maybe closed by now
     logger.setLevel(logging.INFO)
 
 
@@ -70,8 +70,8 @@ def _others_output_to(log_path: Path):
             os.dup2(original, fd)
             os.close(original)
         os.close(log_fd)
-        terminal.close()
         _setup_logging()
+        terminal.close()
 
 
 def _fail(error: Exception) -> None:

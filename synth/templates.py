@@ -92,7 +92,9 @@ class Rubric(Strict):
 
 
 class JudgeTemplates(PromptForms):
-    rubrics: list[Rubric] = Field(min_length=1)
+    # A judge template written before rubrics existed (e.g. the judge.yaml recorded in an
+    # older build's inputs/) has one empty rubric and does not use {{ rubric }}.
+    rubrics: list[Rubric] = Field(default_factory=lambda: [Rubric(id="default", text="")], min_length=1)
 
 
 class TaskTypes(Strict):

@@ -198,3 +198,20 @@ def _sample_vars(catalog, scenario):
     from synth.templates import sample_scenario_variables
 
     return sample_scenario_variables(catalog, scenario, scenario.template.subcategories[0])
+
+
+def test_judge_prompts_show_no_example_a_model_could_copy(repo_root: Path):
+    """Every rubric, both styles: the fields are named, but no filled-in verdict appears (the
+    270M judge copied the old example's "简要分析" into every analysis)."""
+    catalog = load_catalog(repo_root / "templates", repo_root / "seeds")
+    assert len(catalog.judge.rubrics) >= 2
+    for rubric in catalog.judge.rubrics:
+        for style in ("chat", "completion"):
+            rendered = catalog.render(catalog.judge, style, {"question": "问题？", "response": "回答。",
+                                                             "rubric": rubric.model_dump()}, "judge")
+            text = rendered.system + rendered.prompt
+            assert rubric.text in text and "问题？" in text and "回答。" in text
+            assert "分析" in text and "简要分析" not in text
+            assert '"分析":' not in text and '"分析": "' not in text
+    with pytest.raises(BadInput, match="rubric 'nope'"):
+        catalog.rubric("nope")
