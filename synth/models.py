@@ -290,6 +290,9 @@ def _convert_qwen25_coder_1_5b(out: Path) -> dict:
 def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path, bos: bool = True) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per model is printed by `prepare`, not three bars
 
     kwargs = {"gguf_file": gguf_file}
     config = AutoConfig.from_pretrained(gguf_dir, **kwargs)
