@@ -112,7 +112,7 @@ def test_a_stand_in_calibration_shows_in_a_build_of_the_same_judges(ray_session,
     result = runner.invoke(app, ["eval-judges", str(repo_root / "seeds/gold/judge_gold.jsonl"), "--config",
                                  str(repo_root / "pipelines/demo.yaml"), "--json", "--dry-run"])
     assert result.exit_code == 0, result.output
-    calibration = json.loads(result.output)
+    calibration = json.loads(result.stdout)  # the log lines go to stderr
     assert {"judges", "agreement", "agreed", "per_scenario"} <= calibration.keys()
     assert set(calibration["judges"]) == {"judge-answer", "judge-intent"}
     assert len(calibration["per_scenario"]) == 7

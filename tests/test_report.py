@@ -112,10 +112,10 @@ def test_judges_refusals_dedup_and_cost_agree_with_the_stages(small_build):
     assert overall["failed"] == failures == sum(n["judges"]["failures"].values())
     assert sum(v["agree"] + v["disagree"] for v in n["judges"]["by_scenario"].values()) == overall["agree"] + overall["disagree"]
     (pair,) = n["judges"]["pairs"]
-    assert pair["judges"] == "judge-a × judge-b" and pair["n"] == overall["agree"] + overall["disagree"]
+    assert pair["judges"] == "judge-answer × judge-intent" and pair["n"] == overall["agree"] + overall["disagree"]
     assert pair["rate"] == pytest.approx(overall["rate"], abs=1e-3)
     assert sum(r["answers"] for r in n["refusals"].values()) == stage["respond"]["rows_out"]
-    assert set(n["refusals"]) <= {"responder-helpful", "responder-cautious"}
+    assert set(n["refusals"]) <= {"responder-base", "responder-instruct"}
     assert 0 < sum(r["refusals"] for r in n["refusals"].values())  # the stand-in refuses ~1/3 of the time
     for name in ("dedup_questions", "dedup_pairs"):
         assert n["dedup"][name]["rows_in"] == stage[name]["rows_in"]

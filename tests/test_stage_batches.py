@@ -72,9 +72,9 @@ def test_queries_requests_then_questions(demo):
     assert set(requests["task"]) == {"questions"} and set(requests["role"]) == {"generator"}
     assert requests["seed"][0] == request_seed(elements["id"][0], "generator", config.seed)
     # a completion prompt opens item 3 of a list (two examples first): the role's stop, then
-    # the stops after max_questions_per_call (2) more items
+    # the stops after max_questions_per_call (3) more items
     assert all(p.endswith("\n3.") for p in requests["prompt"])
-    assert requests["stop"][0] == ["\n\n", "\n5.", "\n5．", "\n5、"]
+    assert requests["stop"][0] == ["\n\n", "\n6.", "\n6．", "\n6、"]
 
     answered = _standin_batch(requests)
     answered.loc[0, "text"] = "好的。"  # no list at all
@@ -141,7 +141,7 @@ def test_respond_one_responder_per_question_then_pairs(demo):
     rows = questions(config, catalog)
     responders = config.roles.responders
     names, per_question = [r.name for r in responders], config.respond.responders_per_question
-    assert per_question == 1 and names == ["responder-helpful", "responder-cautious"]
+    assert per_question == 1 and names == ["responder-base", "responder-instruct"]
     parts = []
     for index, role in enumerate(responders):
         persona = catalog.persona(role.persona, index)
@@ -155,10 +155,10 @@ def test_respond_one_responder_per_question_then_pairs(demo):
     helpful, cautious = parts
     # each question goes to exactly one of the two, as picked_responders says, and both get some
     assert sorted([*helpful["question_id"], *cautious["question_id"]]) == sorted(rows["id"])
-    assert (len(rows), len(helpful)) == (108, 47)  # pinned: the demo's seed picks 47 of 108 for "helpful"
-    other_seed = [picked_responders(q, names, 1, config.seed + 1) == {"responder-helpful"} for q in rows["id"]]
+    assert (len(rows), len(helpful)) == (148, 64)  # pinned: the demo's seed picks 64 of 148 for the base responder
+    other_seed = [picked_responders(q, names, 1, config.seed + 1) == {"responder-base"} for q in rows["id"]]
     assert sum(other_seed) != len(helpful)  # the pick depends on the build seed
-    assert all(picked_responders(q, names, 1, config.seed) == {"responder-helpful"} for q in helpful["question_id"])
+    assert all(picked_responders(q, names, 1, config.seed) == {"responder-base"} for q in helpful["question_id"])
     assert picked_responders("q", names, None, config.seed) == set(names)
     everyone = respond_requests(rows, catalog, responders[0], "completion", catalog.persona("helpful", 0),
                                 config.seed, names, None)
