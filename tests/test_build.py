@@ -133,7 +133,7 @@ def test_element_sampling_is_deterministic(ray_session, repo_root: Path):
     pd.testing.assert_frame_equal(a, b)
     c = _elements(repo_root, 2)
     assert set(a["id"]).isdisjoint(set(c["id"]))
-    assert len(a) == 39 * 2
+    assert len(a) == 39 * (2 + 1)  # the demo: 2 harmful + 1 benign calls per subcategory
 
 
 NEW_SCENARIO = {

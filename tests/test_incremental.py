@@ -38,10 +38,12 @@ def reference(ray_session, repo_root: Path, tmp_path_factory) -> tuple[Path, Pat
     return config, out, manifest
 
 
-def rebuild(reference, tmp_path: Path, **changes) -> dict:
-    """Copy the reference build, apply `changes` to its config (dotted keys), rebuild."""
+def rebuild(reference, tmp_path: Path, edit=None, **changes) -> dict:
+    """Copy the reference build, apply `changes` to its config (dotted keys) and `edit(config)`, rebuild."""
     config, out, _ = reference
     data = yaml.safe_load(config.read_text())
+    if edit is not None:
+        edit(data)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = data
@@ -74,12 +76,12 @@ def test_a_filters_only_change_reruns_filter_pairs_and_what_follows(reference, t
 
 
 def test_throughput_settings_rerun_nothing(reference, tmp_path: Path):
-    config = yaml.safe_load(reference[0].read_text())
-    [model] = config["models"]
-    manifest = rebuild(reference, tmp_path, **{
-        f"models.{model}.vllm.batch_size": 7, f"models.{model}.vllm.concurrency": 3,
-        f"models.{model}.vllm.max_concurrent_batches": 2, "dedup.pairs.batch_size": 99,
-        "dedup.questions.concurrency": 1, "export.validation_share": 0.2,
+    def throughput(data):  # every model's (model keys hold dots: qwen-1.5b)
+        for spec in data["models"].values():
+            spec["vllm"].update(batch_size=7, concurrency=3, max_concurrent_batches=2)
+
+    manifest = rebuild(reference, tmp_path, edit=throughput, **{
+        "dedup.pairs.batch_size": 99, "dedup.questions.concurrency": 1, "export.validation_share": 0.2,
     })
     assert set(why(manifest).values()) == {"reused"}
 
