@@ -137,7 +137,9 @@ def test_adding_a_scenario_generates_only_its_rows(reference, repo_root: Path, t
         by_scenario = stage["requests"].get("sent_by_scenario", {})
         assert set(by_scenario) <= {"privacy_property"}, (stage["name"], by_scenario)
     queries = next(s for s in manifest["stages"] if s["name"] == "queries")
-    assert queries["requests"]["sent_by_scenario"]["privacy_property"] == 4 * 2  # 4 subcategories × 2 kinds
+    generation = data["generation"]
+    calls = generation["harmful_calls_per_subcategory"] + generation["benign_calls_per_subcategory"]
+    assert queries["requests"]["sent_by_scenario"]["privacy_property"] == 4 * calls  # 4 subcategories
     rows = read_table(out / "stages/respond/rows")
     assert "privacy_property" in set(rows["scenario"])
 
