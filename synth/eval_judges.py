@@ -69,17 +69,19 @@ def judges_signature(ctx) -> str:
     return _digest(inputs)
 
 
-def calibration_path(signature: str) -> Path:
+def _calibrations_dir() -> Path:
     from synth.models import models_cache_dir
 
-    return models_cache_dir().parent / "calibrations" / f"{signature}.json"
+    return models_cache_dir().parent / "calibrations"
+
+
+def calibration_path(signature: str) -> Path:
+    return _calibrations_dir() / f"{signature}.json"
 
 
 def log_path() -> Path:
     """Where Ray's and vLLM's own notices of an eval-judges run go."""
-    from synth.models import models_cache_dir
-
-    return models_cache_dir().parent / "calibrations" / "eval-judges.log"
+    return _calibrations_dir() / "eval-judges.log"
 
 
 def last_calibration(ctx) -> dict[str, Any] | None:
@@ -148,7 +150,7 @@ def evaluate_judges(gold_path: Path, config_path: Path, *, dry_run: bool = False
     """Run the config's judges over the gold pairs; the result is also recorded (see above)."""
     import ray
 
-    from synth.build import init_ray, prepare
+    from synth.build import _write_json_atomic, init_ray, prepare
     from synth.models import resolve_model
     from synth.stages.base import StageContext
     from synth.stages.labelling import Annotate
@@ -180,11 +182,7 @@ def evaluate_judges(gold_path: Path, config_path: Path, *, dry_run: bool = False
         roles={role.name: {"model": config.models[role.model].model, "rubric": catalog.rubric(role.rubric).id}
                for role in config.roles.judges},
     )
-    path = calibration_path(signature)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    _write_json_atomic(calibration_path(signature), result)
     return result
 
 
