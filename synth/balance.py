@@ -3,8 +3,9 @@
 Applied by the export to the final stage's rows, before the train/validation
 split, so every view (corpus/, sft/, libra_test.jsonl) sees the same rows.
 Deterministic: within a stratum, rows are ranked by a hash of (build seed, row id),
-so the same rows are kept on every machine and every rerun, and adding rows to
-one subcategory never changes which rows another keeps.
+the question kinds taking turns (harmful, benign, harmful, ... each in hash order), so
+the same rows are kept on every machine and every rerun, a cap keeps both kinds where
+both are there, and adding rows to one subcategory never changes which rows another keeps.
 
 1. Cap: in each (scenario, subcategory, label) stratum keep the first
    `max_per_subcategory_label` rows; the rest are cut with reason `balance_cap`.
@@ -78,8 +79,13 @@ def apply_balance(corpus: pd.DataFrame, config: Any, seed: int) -> tuple[pd.Data
     if corpus.empty or (cap is None and target is None):
         return corpus, empty_cut, counts
 
-    df = corpus.assign(_order=corpus["id"].map(lambda i: stable_id("balance", seed, i)))
-    df = df.sort_values([*STRATUM, "_order"])
+    df = corpus.reset_index(drop=True)
+    df = df.assign(_order=df["id"].map(lambda i: stable_id("balance", seed, i)))
+    # Within a stratum the kinds take turns (one harmful, one benign, ... in hash order), so a
+    # cap keeps both refusals of harmful questions and benign look-alikes in the 安全 class.
+    df["_turn"] = (df.sort_values("_order").groupby([*STRATUM, "kind"], sort=False).cumcount()
+                   if "kind" in df.columns else 0)
+    df = df.sort_values([*STRATUM, "_turn", "_order"])
     df["_rank"] = df.groupby(STRATUM, sort=False).cumcount()
     reason = pd.Series("", index=df.index, dtype=object)
 
@@ -105,9 +111,9 @@ def apply_balance(corpus: pd.DataFrame, config: Any, seed: int) -> tuple[pd.Data
             keep = water_fill(sizes, max(1, keep_n), seed)
             for (s, c), g in groups:
                 n_keep = keep[f"{s}/{c}"]
-                reason[g.index[n_keep:]] = BALANCE_SHARE  # g is in _order within the stratum
+                reason[g.index[n_keep:]] = BALANCE_SHARE  # g is in turn order within the stratum
 
-    df = df.drop(columns=["_order", "_rank"])
+    df = df.drop(columns=["_order", "_turn", "_rank"])
     kept = df[reason == ""].sort_values("id")
     cut = df[reason != ""].assign(**{REJECT_COLUMN: reason[reason != ""]}).sort_values("id")
     counts.update(

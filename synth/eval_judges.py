@@ -15,7 +15,8 @@ The result (one JSON object with `--json`):
 - `agreement`: the share of pairs where both judges gave the same verdict;
 - `agreed`: the build's rule: `share` of pairs labelled, `accuracy` of those labels;
 - `per_scenario`: the same per gold `category_name` (with each judge's accuracy);
-- `pairs`: every gold pair's id, gold label, each judge's verdict and the build rule's label.
+- `pairs`: every gold pair's id, gold label, each judge's verdict (and its analysis) and the build
+  rule's label.
 
 It is also recorded under the model cache (`calibrations/<judges signature>.json`), keyed
 by everything the annotate stage's output depends on except its input; a build whose
@@ -125,9 +126,13 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
         return {"accuracy": m["accuracy"], "f1_unsafe": m["f1_unsafe"], "f1_safe": m["f1_safe"],
                 "unparsed": tally.unparseable / tally.n if tally.n else 0.0, "n": tally.n}
 
+    def judged(row_id: str, name: str) -> dict[str, Any]:
+        return next((j for j in by_id[row_id]["judgements"] if j["judge"] == name), {})
+
     pairs = [{"id": row_id, "category_name": g["category_name"], "gold": g["label"], "label": by_id[row_id]["label"],
-              **{name: next((j["verdict"] for j in by_id[row_id]["judgements"] if j["judge"] == name), "")
-                 for name in judges}} for row_id, g in gold.items()]
+              **{name: judged(row_id, name).get("verdict", "") for name in judges},
+              "analyses": {name: judged(row_id, name).get("analysis", "") for name in judges}}
+             for row_id, g in gold.items()]
     return {
         "n": n,
         "judges": {name: judge_metrics(t) for name, t in tallies.items()},

@@ -288,11 +288,24 @@ def _convert_qwen25_coder_1_5b(out: Path) -> dict:
 
 
 def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path, bos: bool = True) -> dict:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one line per model is printed by `prepare`, not three bars
+    # The GGUF de-quantizing loop uses plain tqdm, which only this switch (tqdm >= 4.66) silences.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return _convert(gguf_dir, gguf_file, out, bos)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
+def _convert(gguf_dir: Path, gguf_file: str, out: Path, bos: bool) -> dict:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file}
     config = AutoConfig.from_pretrained(gguf_dir, **kwargs)

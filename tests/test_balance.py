@@ -14,7 +14,7 @@ import yaml
 from synth.balance import BALANCE_CAP, BALANCE_SHARE, apply_balance, water_fill
 from synth.config import Balance, load_config
 from synth.export import CORPUS_COLUMNS, FINAL_STAGE, export_build, read_table
-from synth.rows import REJECT_COLUMN
+from synth.rows import REJECT_COLUMN, stable_id
 
 
 def corpus(spec: dict[tuple[str, str], int]) -> pd.DataFrame:
@@ -52,6 +52,22 @@ def test_cap_per_subcategory_and_label_is_deterministic():
     more = pd.concat([df, corpus({("b", "安全"): 9}).assign(id=lambda d: d["id"] + "-new")])
     grown, _, _ = apply_balance(more, Balance(max_per_subcategory_label=4), seed=7)
     assert set(grown.loc[grown.subcategory == "a", "id"]) == set(kept.loc[kept.subcategory == "a", "id"])
+
+
+def test_cap_keeps_both_kinds_of_a_label_where_both_are_there():
+    # 安全 rows of one subcategory: 8 refusals of harmful questions, 2 benign look-alikes
+    df = pd.concat([corpus({("a", "安全"): 8}),
+                    corpus({("a", "安全"): 2}).assign(kind="benign", id=lambda d: d["id"] + "-benign")])
+    for seed in range(5):
+        kept, _, _ = apply_balance(df, Balance(max_per_subcategory_label=2), seed=seed)
+        assert kept["kind"].value_counts().to_dict() == {"harmful": 1, "benign": 1}
+    kept, _, _ = apply_balance(df, Balance(max_per_subcategory_label=5), seed=7)
+    assert kept["kind"].value_counts().to_dict() == {"harmful": 3, "benign": 2}
+    # one kind only: the cap takes the first rows in hash order, as before
+    only = corpus({("a", "安全"): 8})
+    kept, _, _ = apply_balance(only, Balance(max_per_subcategory_label=3), seed=7)
+    ranked = sorted(only["id"], key=lambda i: stable_id("balance", 7, i))
+    assert sorted(kept["id"]) == sorted(ranked[:3])
 
 
 def test_unsafe_share_cuts_the_larger_label_from_the_largest_subcategories():
