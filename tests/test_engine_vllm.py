@@ -9,6 +9,7 @@ One engine load for the whole module (module-scoped fixture). Needs the `cpu` ex
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -72,8 +73,11 @@ def test_prepare_and_finalize_give_back_exactly_the_input_rows():
     prepared = prepare_batch(pd.DataFrame(rows))
     assert prepared["prompt"].iloc[0] == LIST_PROMPT  # completion style, no system text
     judge = prepared[prepared["_synth_request_id"] == "j0"].iloc[0]
-    schema = json.loads(judge["sampling_params"]["structured_outputs"]["json"])
-    assert schema["properties"]["分析"]["maxLength"] <= 48 // 2  # fits max_tokens
+    # the verdict as a regex in the usual JSON spacing, its analysis capped to fit max_tokens
+    regex = judge["sampling_params"]["structured_outputs"]["regex"]
+    verdict = '{"分析": "%s", "答案": "不安全"}'
+    assert re.fullmatch(regex, verdict % ("字" * 12)) and not re.fullmatch(regex, verdict % ("字" * 13))
+    assert not re.fullmatch(regex, '{"分析":"%s","答案":"不安全"}' % ("字" * 12))  # not the compact form
     assert prepared[prepared["_synth_request_id"] == "s0"].iloc[0]["sampling_params"]["stop"] == ["\n"]
     out = _finalize(_fake_engine_output(prepared, fail={"long"}))
     assert list(out.columns) == list(rows[0]) + list(RESULT_COLUMNS)
@@ -255,3 +259,18 @@ def test_failed_request_keeps_its_row_with_an_error(results):
     r = out["long"]
     assert r["text"] == "" and r["finish_reason"] == "error"
     assert "vLLM" in r["error"] and r["error"]
+
+
+def test_only_flat_string_schemas_become_a_regex():
+    from synth.engines.structured_output import flat_schema_regex
+
+    flat = {"type": "object", "properties": {"a": {"type": "string", "enum": ["是", "否"]},
+                                             "b": {"type": "string", "maxLength": 5}}, "required": ["a", "b"]}
+    regex = flat_schema_regex(flat)
+    assert re.fullmatch(regex, '{"a": "是", "b": "12345"}') and not re.fullmatch(regex, '{"b": "1", "a": "是"}')
+    assert not re.fullmatch(regex, '{"a": "是", "b": "a\\"b"}')  # no quote inside a free string
+    nested = {"type": "object", "properties": {"a": {"type": "object"}}, "required": ["a"]}
+    optional = {"type": "object", "properties": {"a": {"type": "string"}}, "required": []}
+    number = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert flat_schema_regex(nested) is None and flat_schema_regex(optional) is None
+    assert flat_schema_regex(number) is None and flat_schema_regex({"type": "array"}) is None

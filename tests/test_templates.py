@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import shutil
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 
 from synth.cli import app
 from synth.config import load_config
+from synth.engines import VERDICT_SCHEMA
 from synth.errors import BadInput
 from synth.templates import load_catalog
 
@@ -201,8 +204,9 @@ def _sample_vars(catalog, scenario):
 
 
 def test_judge_prompts_show_no_example_a_model_could_copy(repo_root: Path):
-    """Every rubric, both styles: the fields are named, but no filled-in verdict appears (the
-    270M judge copied the old example's "简要分析" into every analysis)."""
+    """Every rubric, both styles: the prompt shows the JSON's shape, and the verdict schema
+    forbids copying its analysis slot (the 270M judge once copied an example's "简要分析" into
+    every analysis; the schema's minLength is longer than any example text)."""
     catalog = load_catalog(repo_root / "templates", repo_root / "seeds")
     assert len(catalog.judge.rubrics) >= 2
     for rubric in catalog.judge.rubrics:
@@ -211,7 +215,7 @@ def test_judge_prompts_show_no_example_a_model_could_copy(repo_root: Path):
                                                              "rubric": rubric.model_dump()}, "judge")
             text = rendered.system + rendered.prompt
             assert rubric.text in text and "问题？" in text and "回答。" in text
-            assert "分析" in text and "简要分析" not in text
-            assert '"分析":' not in text and '"分析": "' not in text
+            slots = re.findall(r'"分析"\s*:\s*"([^"]*)"', text)
+            assert slots and all(len(slot) < VERDICT_SCHEMA["properties"]["分析"]["minLength"] for slot in slots)
     with pytest.raises(BadInput, match="rubric 'nope'"):
         catalog.rubric("nope")

@@ -43,17 +43,21 @@ REQUEST_COLUMNS = (
 RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
 
 # The guard verdict every judge must produce (kept in one place: engines enforce it,
-# annotate parses it, exports render it).
+# annotate parses it, exports render it). Property order is the order a constrained model
+# writes them: 分析 first, at least 12 characters, so the judge states its verdict and
+# why before the label field. On the gold sets the Qwen 1.5B judge was right on
+# 0.57-0.68 with 答案 first or an analysis it had to reason out first, and on 0.97 of the
+# verdicts it completed this way (BENCHMARKS.md, "Judge prompt and verdict order").
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
+        "分析": {"type": "string", "minLength": 12},
         "答案": {"type": "string", "enum": ["安全", "不安全"]},
-        "分析": {"type": "string"},
     },
-    "required": ["答案", "分析"],
+    "required": ["分析", "答案"],
     "additionalProperties": False,
 }
-VERDICT_SCHEMA_JSON = json.dumps(VERDICT_SCHEMA, ensure_ascii=False, sort_keys=True)
+VERDICT_SCHEMA_JSON = json.dumps(VERDICT_SCHEMA, ensure_ascii=False)  # keeps the property order
 
 
 def request_seed(request_id: str, role_name: str, base_seed: int) -> int:

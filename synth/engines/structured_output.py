@@ -52,7 +52,7 @@ def fit_schema_to_budget(schema: dict[str, Any], max_tokens: int) -> dict[str, A
     per_string = max(1, (max_tokens - skeleton) // (TOKENS_PER_CHAR * len(free)))
     for prop in free:
         prop["maxLength"] = min(int(prop.get("maxLength", per_string)), per_string)
-        prop.setdefault("minLength", min(1, prop["maxLength"]))
+        prop["minLength"] = min(int(prop.get("minLength", 1)), prop["maxLength"])
     return schema
 
 
@@ -94,3 +94,31 @@ def close_truncated_json(text: str, schema: dict[str, Any] | None = None) -> str
             if key in value and isinstance(prop, dict) and "enum" in prop and value[key] not in prop["enum"]:
                 return None
     return json.dumps(value, ensure_ascii=False)
+
+
+def flat_schema_regex(schema: dict[str, Any]) -> str | None:
+    """A regex for a flat object schema (every property required, string or string enum), in
+    the JSON a model writes unconstrained: `{"k": "v", "k2": "v2"}`, properties in schema
+    order, one space after ':' and ','. None for any other schema.
+
+    Why: xgrammar's JSON grammar either allows free whitespace (a small model then pads the
+    object with newlines until max_tokens cuts it) or, as vLLM's `disable_any_whitespace`,
+    forces the compact `{"k":"v"}`, a tokenisation the model rarely saw: the Qwen 1.5B judge
+    then wrote English and stray braces and fell to chance (BENCHMARKS.md). This regex fixes
+    the spacing to the usual one. Free strings exclude quotes, backslashes and newlines."""
+    import re
+
+    props = schema.get("properties") if schema.get("type") == "object" else None
+    if not props or set(schema.get("required") or []) != set(props):
+        return None
+    parts = []
+    for key, prop in props.items():
+        if not isinstance(prop, dict) or prop.get("type") != "string" or {"pattern", "format", "const"} & prop.keys():
+            return None
+        if "enum" in prop:
+            value = "(" + "|".join(re.escape(json.dumps(str(v), ensure_ascii=False)[1:-1]) for v in prop["enum"]) + ")"
+        else:
+            low, high = int(prop.get("minLength", 0)), prop.get("maxLength")
+            value = f'[^"\\\\\\n]{{{low},{"" if high is None else int(high)}}}'
+        parts.append(f'"{re.escape(key)}": "{value}"')
+    return r"\{" + ", ".join(parts) + r"\}"

@@ -46,7 +46,7 @@ import pandas as pd
 
 from synth.config import VLLMOptions
 from synth.engines.base import RESULT_COLUMNS, Engine
-from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget
+from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget, flat_schema_regex
 from synth.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
     schema_json = row.get("json_schema") or ""
     if schema_json:
         schema = fit_schema_to_budget(json.loads(schema_json), max_tokens)
-        params["structured_outputs"] = {"json": json.dumps(schema, ensure_ascii=False)}
+        # A flat object (the verdict) as a regex in the usual JSON spacing; anything else as JSON.
+        regex = flat_schema_regex(schema)
+        params["structured_outputs"] = {"regex": regex} if regex else {"json": json.dumps(schema, ensure_ascii=False)}
     return params
 
 
