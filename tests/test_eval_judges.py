@@ -114,7 +114,7 @@ def test_a_stand_in_calibration_shows_in_a_build_of_the_same_judges(ray_session,
     assert result.exit_code == 0, result.output
     calibration = json.loads(result.stdout)  # the log lines go to stderr
     assert {"judges", "agreement", "agreed", "per_scenario"} <= calibration.keys()
-    assert set(calibration["judges"]) == {"judge-answer", "judge-intent"}
+    assert set(calibration["judges"]) == {"judge-answer", "judge-behaviour"}
     assert len(calibration["per_scenario"]) == 7
     assert 0 < calibration["agreed"]["share"] < 1  # the stand-in's judges disagree sometimes
     # A smaller build (two scenarios) with the same judges finds it; its report shows it.

@@ -112,7 +112,7 @@ def test_judges_refusals_dedup_and_cost_agree_with_the_stages(small_build):
     assert overall["failed"] == failures == sum(n["judges"]["failures"].values())
     assert sum(v["agree"] + v["disagree"] for v in n["judges"]["by_scenario"].values()) == overall["agree"] + overall["disagree"]
     (pair,) = n["judges"]["pairs"]
-    assert pair["judges"] == "judge-answer × judge-intent" and pair["n"] == overall["agree"] + overall["disagree"]
+    assert pair["judges"] == "judge-answer × judge-behaviour" and pair["n"] == overall["agree"] + overall["disagree"]
     assert pair["rate"] == pytest.approx(overall["rate"], abs=1e-3)
     assert sum(r["answers"] for r in n["refusals"].values()) == stage["respond"]["rows_out"]
     assert set(n["refusals"]) <= {"responder-base", "responder-instruct"}

@@ -44,10 +44,9 @@ RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens",
 
 # The guard verdict every judge must produce (kept in one place: engines enforce it,
 # annotate parses it, exports render it). Property order is the order a constrained model
-# writes them: 分析 first, at least 12 characters, so the judge states its verdict and
-# why before the label field. On the gold sets the Qwen 1.5B judge was right on
-# 0.57-0.68 with 答案 first or an analysis it had to reason out first, and on 0.97 of the
-# verdicts it completed this way (BENCHMARKS.md, "Judge prompt and verdict order").
+# writes them (vLLM's engine enforces it as a regex in the usual JSON spacing,
+# structured_output.flat_schema_regex): 分析 first, at least 12 characters, so the judge
+# states its verdict and why before the label field (BENCHMARKS.md, "The judge prompt").
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
