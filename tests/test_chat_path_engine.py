@@ -93,6 +93,7 @@ def test_every_verdict_is_one_clean_json_object_with_an_own_analysis(run):
     template = (Path(__file__).parent.parent / "templates/shared/judge.yaml").read_text(encoding="utf-8")
     for j in judgements:
         raw = j["raw"]
+        assert raw and not j["error"], (j["error"], j)
         assert raw == raw.strip() and "\n" not in raw and "  " not in raw, repr(raw)  # no whitespace padding
         data = json.loads(raw)  # as written: no repair needed
         assert set(data) == {"答案", "分析"} and data["答案"] in LABELS

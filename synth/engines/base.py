@@ -47,10 +47,12 @@ RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens",
 # writes them (vLLM's engine enforces it as a regex in the usual JSON spacing,
 # structured_output.flat_schema_regex): 分析 first, at least 12 characters, so the judge
 # states its verdict and why before the label field (BENCHMARKS.md, "The judge prompt").
+# At most 80 (one sentence): vLLM gives a regex 5 s to compile, and `{12,180}` (384 tokens'
+# worth) timed out on a loaded 2-core machine, which returned an empty verdict.
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "分析": {"type": "string", "minLength": 12},
+        "分析": {"type": "string", "minLength": 12, "maxLength": 80},
         "答案": {"type": "string", "enum": ["安全", "不安全"]},
     },
     "required": ["分析", "答案"],
