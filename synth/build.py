@@ -1,7 +1,7 @@
 """Run the stages in order, write each one's output as parquet, count, export.
 
     elements → queries → augment → filter_questions → dedup_questions
-             → respond → annotate → filter_pairs → dedup_pairs → export
+             → respond → annotate → filter_pairs → dedup_pairs → decontaminate → export
 
 The runner owns all I/O: a stage only turns its input dataset into an output
 dataset; the runner streams that output into `<out>/stages/<name>/{rows,rejects,
@@ -49,7 +49,7 @@ from synth.filters import build_filters
 from synth.lock import BuildLock
 from synth.rows import REJECT_COLUMN, to_arrow
 from synth.stages.base import Stage, StageContext
-from synth.stages.cleaning import DedupPairs, DedupQuestions, FilterPairs, FilterQuestions
+from synth.stages.cleaning import Decontaminate, DedupPairs, DedupQuestions, FilterPairs, FilterQuestions
 from synth.stages.generation import Augment, Elements, Queries
 from synth.stages.labelling import Annotate, Respond
 from synth.templates import Catalog, load_catalog
@@ -60,7 +60,7 @@ ray_log.propagate = False
 
 STAGES: tuple[Stage, ...] = (
     Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(),
-    Respond(), Annotate(), FilterPairs(), DedupPairs(),
+    Respond(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
 )
 MARKER = "_SUCCESS.json"
 
@@ -108,6 +108,15 @@ def prepare(config_path: Path, templates: Path | None = None, seeds: Path | None
     for role in config.roles.judges:
         catalog.rubric(role.rubric)
     return config, catalog
+
+
+def check_eval_sets(config: PipelineConfig) -> None:
+    """Read every evaluation file of `decontaminate.against` once: BadInput (exit 2) naming a
+    missing, empty or malformed one before the build writes anything."""
+    if config.decontaminate.against:
+        from synth.dedup.decontaminate import load_eval_sets
+
+        load_eval_sets(config.decontaminate.against, config.decontaminate.fields)
 
 
 def init_ray() -> None:
@@ -160,6 +169,7 @@ def run_build(
     recorded in rejects/ before the build fails; None = no limit.
     """
     config, catalog = prepare(config_path, templates, seeds)
+    check_eval_sets(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with BuildLock(out):

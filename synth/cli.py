@@ -284,6 +284,31 @@ def dedup(
     raise typer.Exit(code)
 
 
+@app.command()
+def decontaminate(
+    input: Path = typer.Argument(..., help="a .jsonl file, a .parquet file or a folder of parquet files"),
+    against: list[Path] = typer.Option(..., "--against", help="an evaluation file (.jsonl or parquet); repeatable"),
+    text_field: str = typer.Option(..., "--text-field", help="column with the text to compare"),
+    against_field: Optional[str] = typer.Option(
+        None, "--against-field", help="the evaluation files' text field (default: the same as --text-field)"),
+    against_id_field: str = typer.Option("id", "--against-id-field", help="the evaluation files' id field"),
+    threshold: float = typer.Option(
+        0.7, "--threshold", help="Jaccard of character 5-grams that makes a row a copy of a (long) evaluation item"),
+    out: Path = typer.Option(..., "--out", help="output folder, gets kept/ and removed/ (parquet)"),
+) -> None:
+    """Remove rows that copy an evaluation item (MinHash near duplicates; n-gram overlap for short items).
+
+    Removed rows keep all columns and add contaminated_by (the evaluation item's id),
+    contamination_similarity and reason ("contaminated: <evaluation file stem>").
+    """
+    _setup_logging()
+    from synth.dedup.command import run_decontaminate_command
+
+    with _reported():
+        code = run_decontaminate_command(input, against, text_field, against_field, against_id_field, threshold, out)
+    raise typer.Exit(code)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

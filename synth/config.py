@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, model_validator
 
-from synth.dedup import DedupConfig
+from synth.dedup import DecontaminateConfig, DedupConfig
 from synth.errors import BadInput
 
 
@@ -178,6 +178,10 @@ class PipelineConfig(Strict):
     respond: Respond = Field(default_factory=Respond)
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
+    decontaminate: DecontaminateConfig = Field(
+        default_factory=DecontaminateConfig,
+        description="evaluation files whose copies are removed (after dedup_pairs); paths relative to this config file",
+    )
     export: Export = Field(default_factory=Export)
     balance: Balance = Field(default_factory=Balance)
     # Where load_config found this config and its templates/seeds (not part of the content).
@@ -224,8 +228,12 @@ class PipelineConfig(Strict):
         """Hash of the config's content (paths excluded), recorded in the manifest."""
         # export.label_position only shapes sft/ and balance only the export: changing them
         # must not rerun the LLM stages.
-        data = self.model_dump(mode="json", exclude={"templates": True, "seeds": True, "balance": True,
-                                                     "export": {"label_position"}})
+        # The evaluation files count by content (the decontaminate stage's signature), not by path;
+        # a config without any is hashed as before the section existed.
+        exclude: dict[str, Any] = {"templates": True, "seeds": True, "balance": True, "export": {"label_position"},
+                                   "decontaminate": {"against": {"__all__": {"path"}}} if self.decontaminate.against
+                                   else True}
+        data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -248,6 +256,8 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
     config._source = path.resolve()
     config._templates_dir = (base / config.templates).resolve()
     config._seeds_dir = (base / config.seeds).resolve()
+    for spec in config.decontaminate.against:  # like templates and seeds: relative to the config file
+        spec.path = (base / spec.path).resolve()
     return config, config._templates_dir, config._seeds_dir
 
 

@@ -23,40 +23,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from synth.errors import BadInput
 from synth.output_parsing import LABELS, parse_verdict
+from synth.stream_io import read_jsonl
 
 SAFE, UNSAFE = "安全", "不安全"
 OPPOSITE = {SAFE: UNSAFE, UNSAFE: SAFE}
 AVERAGE = "average"
 METRICS = ("accuracy", "f1_unsafe", "f1_safe")
 GOLD_REQUIRED = ("id", "source", "label")
-
-
-def _read_jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: {what} file is a directory") from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: {what} file is not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read {what} file: {e.strerror}") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise BadInput(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-        yield number, row
 
 
 def _id(value: Any, path: Path, number: int) -> str:
@@ -71,7 +48,7 @@ def read_gold(path: Path, required: tuple[str, ...] = GOLD_REQUIRED,
     Every error names the file and line."""
     gold: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
-    for number, row in _read_jsonl(path, "gold"):
+    for number, row in read_jsonl(path, "gold"):
         missing = [k for k in required if k not in row]
         if missing:
             raise BadInput(f"{path}: line {number}: missing key(s) {', '.join(missing)} "
@@ -95,7 +72,7 @@ def read_gold(path: Path, required: tuple[str, ...] = GOLD_REQUIRED,
 def read_predictions(path: Path) -> dict[str, str]:
     predictions: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for number, row in _read_jsonl(path, "predictions"):
+    for number, row in read_jsonl(path, "predictions"):
         missing = [k for k in ("id", "prediction") if k not in row]
         if missing:
             raise BadInput(f"{path}: line {number}: missing key(s) {', '.join(missing)} (need id and prediction)")

@@ -5,7 +5,8 @@
 - `SortedRows`: rows in id order, `CHUNK_ROWS` ids at a time (an external sort by id range).
 - `write_parquet`: tables written in order into one or several files whose row groups depend
   only on the rows, not on how they arrived, so the same rows always give the same bytes.
-- `write_jsonl`: one JSON object a line, written as the rows come.
+- `write_jsonl`: one JSON object a line, written as the rows come; `read_jsonl` reads one
+  back (gold sets, predictions, evaluation sets), naming the file and line of a bad one.
 
 Every file is written under a temporary name and renamed when complete.
 """
@@ -22,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from synth.errors import BadInput
 
 CHUNK_ROWS = 10_000  # rows held at once by a sort chunk, a read batch and a parquet row group
 SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -168,6 +171,32 @@ def write_parquet(paths: Sequence[Path], schema: pa.Schema, tables: Iterable[pa.
         Path(paths[index]).parent.mkdir(parents=True, exist_ok=True)
         finish()
     return total
+
+
+def read_jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line of a JSON-lines file; BadInput naming the file
+    (`what` says which: gold, predictions, evaluation ...) and the line where it is not one."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: {what} file is a directory") from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: {what} file is not UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read {what} file: {e.strerror}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise BadInput(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -120,7 +120,7 @@ def test_every_other_export_is_the_same_whatever_the_chunks(builds):
     parquet = [p.relative_to(whole) for p in (whole / "rejects").glob("*.parquet")]
     parquet += [Path("hard/hard.parquet"), Path("sft/data/train-00000-of-00001.parquet"),
                 Path("sft/data/validation-00000-of-00001.parquet")]
-    assert len(parquet) == 6  # annotate, dedup_pairs, balance rejects; hard; sft train, validation
+    assert len(parquet) == 6  # annotate, decontaminate (the final stage), balance rejects; hard; sft train, validation
     for relative in parquet:
         assert pq.read_table(whole / relative) == pq.read_table(sharded / relative), relative
     hard = pq.read_table(sharded / "hard/hard.parquet").to_pylist()

@@ -265,7 +265,7 @@ def test_export_refuses_what_is_not_a_finished_build(build: Path, tmp_path: Path
     assert result.exit_code == 2, result.output
     assert str(target) in result.output
     expected = {"missing": "no such build directory", "no_manifest": "not a finished build (manifest.json is missing)",
-                "no_final_stage": "not a finished build (stages/dedup_pairs/_SUCCESS.json is missing)",
+                "no_final_stage": "not a finished build (stages/decontaminate/_SUCCESS.json is missing)",
                 "no_corpus": "not a finished build (corpus/data/train", "old_build": "--config"}[case]
     assert expected in result.output
     assert not (tmp_path / "out").exists()

@@ -1,10 +1,15 @@
-"""`synth dedup INPUT --text-field F [--id-field id] [--threshold 0.8] --out OUT`.
+"""`synth dedup INPUT --text-field F [--id-field id] [--threshold 0.8] --out OUT` and
+`synth decontaminate INPUT --against EVAL [--against EVAL2 ...] --text-field F
+[--against-field G] [--against-id-field id] [--threshold 0.7] --out OUT`.
 
 INPUT is a .jsonl file, a .parquet file or a folder of parquet files. Writes
 OUT/kept/ and OUT/removed/ as parquet (all input columns; removed rows add
-`duplicate_of`, `similarity` and `reason`) and prints a one-line summary.
+`duplicate_of`, `similarity` and `reason` for dedup; `contaminated_by` (the evaluation
+item's id), `contamination_similarity` and `reason` ("contaminated: <set>") for
+decontaminate) and prints a one-line summary.
 
 Bad input (missing file or field, unreadable file, empty input, duplicate ids, an
+evaluation file that is missing, empty, malformed or lacks its text or id field, an
 existing non-empty OUT) prints an error naming the file and field on stderr and
 returns 2 with nothing written: results are written to a temporary folder beside
 OUT and renamed into place only when complete.
@@ -18,12 +23,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from synth.dedup import DedupConfig, DuplicateIdError
+from synth.dedup import DecontaminateConfig, DedupConfig, DuplicateIdError
+from synth.errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +61,21 @@ def _json_parse_options(text_field: str):
     return pj.ParseOptions(explicit_schema=pa.schema([(text_field, pa.string())]))
 
 
-def _check_columns(path: Path, schema: pa.Schema, text_field: str, id_field: str) -> None:
+def _check_columns(path: Path, schema: pa.Schema, text_field: str, id_field: str | None) -> None:
     for role, field in (("text", text_field), ("id", id_field)):
-        if field not in schema.names:
+        if field is not None and field not in schema.names:
             raise _BadInput(
                 f"{path}: no field {field!r} (--{role}-field); fields are: {', '.join(schema.names) or '(none)'}"
             )
     if not _is_text(schema.field(text_field).type):
         raise _BadInput(f"{path}: field {text_field!r} is {schema.field(text_field).type}, expected text")
-    if not _id_ok(schema.field(id_field).type):
+    if id_field is not None and not _id_ok(schema.field(id_field).type):
         raise _BadInput(f"{path}: field {id_field!r} is {schema.field(id_field).type}, expected a string or integer id")
 
 
-def _scan_input(path: Path, text_field: str, id_field: str) -> _Input:
-    """Check the input before any work: fields present and typed, ids set, rows > 0."""
+def _scan_input(path: Path, text_field: str, id_field: str | None) -> _Input:
+    """Check the input before any work: fields present and typed, ids set (unless `id_field`
+    is None: no ids needed), rows > 0."""
     if not path.exists():
         raise _BadInput(f"{path}: no such file or folder")
     if path.is_dir():
@@ -94,7 +102,8 @@ def _scan_input(path: Path, text_field: str, id_field: str) -> _Input:
                 pf = pq.ParquetFile(file)
                 file_schema = pf.schema_arrow
                 _check_columns(file, file_schema, text_field, id_field)
-                batches = pf.iter_batches(columns=[id_field, text_field], batch_size=65536)
+                batches = pf.iter_batches(columns=[f for f in (id_field, text_field) if f is not None],
+                                          batch_size=65536)
             else:
                 import pyarrow.json as pj
 
@@ -105,12 +114,14 @@ def _scan_input(path: Path, text_field: str, id_field: str) -> _Input:
             text_seen = False
             for batch in batches:
                 text_seen = text_seen or batch.column(batch.schema.get_field_index(text_field)).null_count < batch.num_rows
+                rows += batch.num_rows
+                if id_field is None:
+                    continue
                 column = batch.column(batch.schema.get_field_index(id_field))
                 if column.null_count:
                     raise _BadInput(f"{file}: field {id_field!r} is missing or null in {column.null_count} row(s)")
                 if not _id_ok(column.type):
                     raise _BadInput(f"{file}: field {id_field!r} is {column.type}, expected a string or integer id")
-                rows += batch.num_rows
             if kind == "jsonl" and rows and not text_seen:
                 # the explicit schema makes the text field appear even where no row has it
                 raise _BadInput(f"{file}: no field {text_field!r} (--text-field) in any row")
@@ -154,9 +165,43 @@ def _write(ds, folder: Path, schema: pa.Schema) -> None:
         pq.write_table(schema.empty_table(), folder / "part-0.parquet")
 
 
-def _removed_schema(schema: pa.Schema) -> pa.Schema:
-    fields = [f for f in schema if f.name not in ("duplicate_of", "similarity", "reason")]
-    return pa.schema(fields + [pa.field("duplicate_of", pa.string()), pa.field("similarity", pa.float64()), pa.field("reason", pa.string())])
+_DEDUP_REMOVED = (pa.field("duplicate_of", pa.string()), pa.field("similarity", pa.float64()),
+                  pa.field("reason", pa.string()))
+
+
+def _removed_schema(schema: pa.Schema, added: Sequence[pa.Field] = _DEDUP_REMOVED) -> pa.Schema:
+    """The input's schema with the columns a removed row adds (replacing any of the same names)."""
+    names = {f.name for f in added}
+    return pa.schema([f for f in schema if f.name not in names] + list(added))
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise _BadInput(f"{out}: output already exists and is not an empty folder; remove it or choose another --out")
+    if not out.parent.exists():
+        raise _BadInput(f"{out.parent}: parent folder of --out does not exist")
+
+
+def _num_blocks(rows: int) -> int:
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(2 * cpus, min(rows // 10_000, 4 * cpus * 8), 1)
+
+
+def _temporary_out(out: Path) -> Path:
+    """A folder beside OUT for the results, renamed to OUT when they are complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; OUT should look like any folder
+    return tmp
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        out.rmdir()  # checked empty before any work
+    os.replace(tmp, out)
 
 
 def run_dedup_command(
@@ -177,28 +222,18 @@ def run_dedup_command(
             config = DedupConfig.model_validate({**(config or DedupConfig()).model_dump(), "threshold": threshold})
         except ValueError as e:
             raise _BadInput(f"--threshold {threshold}: {e}") from e
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise _BadInput(f"{out}: output already exists and is not an empty folder; remove it or choose another --out")
-        if not out.parent.exists():
-            raise _BadInput(f"{out.parent}: parent folder of --out does not exist")
+        _check_out(out)
         inp = _scan_input(input, text_field, id_field)
-
-        import ray
 
         from synth.build import init_ray
 
         init_ray()
         from synth.dedup.pipeline import deduplicate
 
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        num_blocks = max(2 * cpus, min(inp.rows // 10_000, 4 * cpus * 8), 1)
-        ds = _read(inp, text_field, num_blocks)
+        ds = _read(inp, text_field, _num_blocks(inp.rows))
         kept, removed = deduplicate(ds, text_field, id_field, config)
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; OUT should look like any folder
+        tmp = _temporary_out(out)
         _write(kept, tmp / "kept", inp.schema)
         _write(removed, tmp / "removed", _removed_schema(inp.schema))
         import pyarrow.dataset as pds
@@ -206,9 +241,7 @@ def run_dedup_command(
         removed_rows = pds.dataset(tmp / "removed", format="parquet").to_table(columns=["reason"])
         n_removed = removed_rows.num_rows
         n_exact = sum(1 for r in removed_rows["reason"].to_pylist() if r == "exact_duplicate")
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(tmp, out)
+        _move_into_place(tmp, out)
         tmp = None
         print(
             f"dedup: {inp.rows} rows → {inp.rows - n_removed} kept, {n_removed} removed "
@@ -219,6 +252,91 @@ def run_dedup_command(
     except (_BadInput, DuplicateIdError) as e:
         where = f"{input}: " if isinstance(e, DuplicateIdError) else ""
         print(f"synth dedup: error: {where}{e}", file=sys.stderr)
+        return 2
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _eval_sets(against: Sequence[Path], text_field: str, against_field: str | None, against_id_field: str) -> list[dict]:
+    """--against files as `decontaminate.against` entries, named by their stem (by their path where stems repeat)."""
+    stems = [Path(a).stem for a in against]
+    return [{"path": Path(a), "text_field": against_field or text_field, "id_field": against_id_field,
+             "name": stem if stems.count(stem) == 1 else str(a)} for a, stem in zip(against, stems)]
+
+
+def _clean(batch: pa.Table, reason_column: str, want_removed: bool) -> pa.Table:
+    import pyarrow.compute as pc
+
+    removed = pc.not_equal(batch[reason_column], "")
+    if want_removed:
+        return batch.filter(removed)
+    from synth.dedup.decontaminate import COLUMNS
+
+    return batch.filter(pc.invert(removed)).drop_columns([*COLUMNS, reason_column])
+
+
+def run_decontaminate_command(
+    input: Path,
+    against: Sequence[Path],
+    text_field: str,
+    against_field: str | None = None,
+    against_id_field: str = "id",
+    threshold: float = 0.7,
+    out: Path = Path("decontaminate-out"),
+    *,
+    config: DecontaminateConfig | None = None,
+) -> int:
+    """Run `synth decontaminate`; returns the exit code (0 ok, 2 bad input)."""
+    from synth.dedup.decontaminate import COLUMNS, ContaminationIndex, load_eval_sets, mark_contamination, set_of_reason
+
+    input, out = Path(input), Path(out)
+    started = time.perf_counter()
+    tmp: Path | None = None
+    try:
+        if not against:
+            raise _BadInput("--against: give at least one evaluation file")
+        try:
+            settings = (config or DecontaminateConfig()).model_dump(exclude={"against"})
+            config = DecontaminateConfig.model_validate(
+                {**settings, "threshold": threshold,
+                 "against": _eval_sets(against, text_field, against_field, against_id_field)})
+        except ValueError as e:
+            raise _BadInput(f"--threshold {threshold} / --against: {e}") from e
+        _check_out(out)
+        inp = _scan_input(input, text_field, None)
+        sets = load_eval_sets(config.against, [text_field])
+
+        from synth.build import init_ray
+
+        init_ray()
+        index = ContaminationIndex(sets, config)
+        ds = _read(inp, text_field, _num_blocks(inp.rows))
+        marked = mark_contamination(ds, [text_field], index, batch_size=config.batch_size, reason_column="reason")
+
+        tmp = _temporary_out(out)
+        _write(marked.map_batches(_clean, batch_format="pyarrow", fn_kwargs={"reason_column": "reason", "want_removed": False}),
+               tmp / "kept", inp.schema)
+        added = [pa.field(COLUMNS[0], pa.string()), pa.field(COLUMNS[1], pa.float64()), pa.field("reason", pa.string())]
+        _write(marked.map_batches(_clean, batch_format="pyarrow", fn_kwargs={"reason_column": "reason", "want_removed": True}),
+               tmp / "removed", _removed_schema(inp.schema, added))
+        import pyarrow.dataset as pds
+
+        reasons = pds.dataset(tmp / "removed", format="parquet").to_table(columns=["reason"])["reason"].to_pylist()
+        by_set = {s.name: 0 for s in sets}
+        for reason in reasons:
+            by_set[set_of_reason(reason)] += 1
+        _move_into_place(tmp, out)
+        tmp = None
+        print(
+            f"decontaminate: {inp.rows} rows → {inp.rows - len(reasons)} kept, {len(reasons)} removed "
+            f"({', '.join(f'{name}: {n}' for name, n in by_set.items())}; "
+            f"{sum(len(s.ids) for s in sets)} evaluation items) "
+            f"in {time.perf_counter() - started:.1f}s → {out}"
+        )
+        return 0
+    except (_BadInput, BadInput) as e:
+        print(f"synth decontaminate: error: {e}", file=sys.stderr)
         return 2
     finally:
         if tmp is not None:

@@ -39,7 +39,8 @@ import ray.data
 from synth.dedup import DedupConfig, DuplicateIdError
 from synth.dedup.clusters import connected_components, keep_order
 from synth.dedup.minhash import MinHasher
-from synth.dedup.text import exact_hashes, fmix64, id_hash, jaccard, normalise_batch, shingles_of_code_points
+from synth.dedup.text import (exact_hashes, fmix64, id_hash, jaccard, normalise_batch, shingles_of_code_points,
+                              sorted_sets)
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +204,8 @@ def _candidate_rows(
     n_docs = len(rows)
     if config.verify:
         # Sorted unique 32-bit shingle hashes per document, as list<uint32>.
-        keyed = np.repeat(np.arange(n_docs, dtype=np.uint64) << _U64(32), counts) | (hashes >> _U64(32))
-        keyed.sort()
-        keyed = keyed[np.concatenate(([True], keyed[1:] != keyed[:-1]))] if len(keyed) else keyed
-        doc = (keyed >> _U64(32)).astype(np.int64)
-        h32 = (keyed & _U64(0xFFFFFFFF)).astype(np.uint32)
-        offsets = np.concatenate(([0], np.cumsum(np.bincount(doc, minlength=n_docs)))).astype(np.int32)
+        h32, offsets = sorted_sets(hashes, counts)
+        offsets = offsets.astype(np.int32)
     else:
         sig = _minhasher(config.num_perm, config.seed).signatures(hashes, counts).T  # (docs, num_perm)
         h32 = np.ascontiguousarray(sig).ravel()

@@ -273,12 +273,27 @@ def shingles_of_code_points(cps: np.ndarray, lengths: np.ndarray, kind: str, n: 
     return shingles(texts_of(cps, lengths), kind, n)
 
 
+def sorted_sets(hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's sorted unique 32-bit shingle hashes (the high bits of `hashes`, which
+    hold `counts[i]` hashes of document i in order), flat, with offsets: document i's set is
+    `values[offsets[i]:offsets[i + 1]]`. What exact Jaccard and n-gram overlap compare.
+
+    One sort of (document, hash) keys for the whole batch, no Python loop per document.
+    """
+    n_docs = len(counts)
+    keyed = np.repeat(np.arange(n_docs, dtype=np.uint64) << _U64(32), counts) | (hashes >> _U64(32))
+    keyed.sort()
+    keyed = keyed[np.concatenate(([True], keyed[1:] != keyed[:-1]))] if len(keyed) else keyed
+    doc = (keyed >> _U64(32)).astype(np.int64)
+    values = (keyed & _U64(0xFFFFFFFF)).astype(np.uint32)
+    offsets = np.concatenate(([0], np.cumsum(np.bincount(doc, minlength=n_docs)))).astype(np.int64)
+    return values, offsets
+
+
 def shingle_sets(texts: Sequence[str], kind: str, n: int) -> list[np.ndarray]:
     """Sorted unique 32-bit shingle hashes of each text (for exact Jaccard)."""
-    hashes, counts = shingles(texts, kind, n)
-    hashes32 = (hashes >> _U64(32)).astype(np.uint32)
-    bounds = np.cumsum(counts)
-    return [np.unique(part) for part in np.split(hashes32, bounds[:-1])]
+    values, offsets = sorted_sets(*shingles(texts, kind, n))
+    return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

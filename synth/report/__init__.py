@@ -5,9 +5,10 @@ the build directory (manifest, stage outputs, exports), so it can be regenerated
 at any time. Sections: the funnel from elements to exported rows with every
 reject reason, the hard pool by reason, judge failures, label × scenario and
 subcategory coverage (gaps flagged), length distributions, judge agreement per
-scenario and per judge pair, refusal rate per responder, dedup rates, question
-diversity, balance, tokens and wall time per stage. The dataset card
-(`corpus/README.md`) gets the headline numbers in a marked block.
+scenario and per judge pair, refusal rate per responder, dedup rates, rows removed
+per evaluation set (decontamination), question diversity, balance, tokens and wall
+time per stage. The dataset card (`corpus/README.md`) gets the headline numbers in a
+marked block.
 """
 
 from __future__ import annotations

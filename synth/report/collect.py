@@ -2,8 +2,9 @@
 
 Sources: `manifest.json` (per-stage counts, wall time, export counts), the stage
 outputs under `stages/` (for what the manifest does not break down: judge
-agreement, refusals, diversity, tokens) and the exports (`corpus/`, `hard/`,
-`rejects/`). Everything returned is plain JSON-able data; `report.json` is this
+agreement, refusals, diversity, tokens), the exports (`corpus/`, `hard/`,
+`rejects/`) and the recorded config (`inputs/config.yaml`: which evaluation sets
+were checked). Everything returned is plain JSON-able data; `report.json` is this
 dict, and the tests check it against the manifest and the exported files.
 
 Each section reads only the columns it needs (texts only where it reads them: lengths
@@ -23,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
 from synth.filters.chinese import distinct_n
 from synth.filters.refusal import is_refusal
@@ -244,6 +246,32 @@ def dedup_rates(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def decontamination(build: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Rows the decontaminate stage removed, per evaluation set: its `contaminated: <set>` reject
+    counts, with every set of the recorded config (inputs/config.yaml) listed, 0 if it removed none.
+    Empty when the build checked no evaluation set."""
+    from synth.dedup.decontaminate import set_of_reason
+
+    stage = next((s for s in manifest.get("stages", []) if s["name"] == "decontaminate"), None)
+    if stage is None:
+        return {}
+    by_set: dict[str, int] = {}
+    try:
+        recorded = yaml.safe_load((build / "inputs" / "config.yaml").read_text(encoding="utf-8")) or {}
+        for spec in (recorded.get("decontaminate") or {}).get("against") or []:
+            by_set[str(spec.get("name") or Path(str(spec.get("path", ""))).stem)] = 0
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    for reason, n in stage.get("rejected", {}).items():
+        name = set_of_reason(reason)
+        if name is not None:
+            by_set[name] = by_set.get(name, 0) + n
+    if not by_set:
+        return {}
+    removed = sum(by_set.values())
+    return {"rows_in": stage["rows_in"], "removed": removed, "by_set": by_set, "rate": _rate(removed, stage["rows_in"])}
+
+
 def diversity(build: Path, dedup: dict[str, Any]) -> dict[str, Any]:
     """distinct-1/2 of the questions before dedup (every row) and of the corpus (each question once)."""
     sources = {"questions_before_dedup": (build / "stages" / "filter_questions" / "rows", False),
@@ -348,6 +376,7 @@ def collect(build: Path) -> dict[str, Any]:
         "calibration": manifest.get("judges_calibration"),
         "refusals": refusals(build),
         "dedup": dedup,
+        "decontamination": decontamination(build, manifest),
         "diversity": diversity(build, dedup),
         "cost": cost(build, manifest),
         "wall_seconds": round(sum(s.get("seconds", 0.0) for s in manifest.get("stages", [])), 2),

@@ -112,6 +112,12 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
 
     dd = [[k, v["rows_in"], v["exact"], v["near"], _pct(v["rate"])] for k, v in n["dedup"].items()]
     out.append(("Dedup", "", ["stage", "in", "exact", "near", "removed"], dd, None))
+    dc = n.get("decontamination") or {}
+    if dc:
+        out.append(("Decontamination", f"Rows of {dc['rows_in']} whose text copies an item of an evaluation set "
+                    f"({_pct(dc['rate'])} removed); they are in rejects/decontaminate.parquet with contaminated_by "
+                    "(the item's id) and contamination_similarity.",
+                    ["evaluation set", "removed"], [[k, v] for k, v in dc["by_set"].items()], None))
     d = n["diversity"]
     div = [[k, v.get("n"), _fmt(v.get("distinct_1")), _fmt(v.get("distinct_2"))] for k, v in d.items() if isinstance(v, dict)]
     out.append(("Diversity of questions", "distinct-n = distinct character n-grams / all character n-grams. "
@@ -219,6 +225,8 @@ def headline_block(n: dict[str, Any]) -> str:
         f"judge failures: {sum(j.get('failures', {}).values())}",
         "- refusal rate per responder: " + (", ".join(f"{k} {_pct(v['rate'])}" for k, v in ref.items()) or "–"),
         "- dedup removed: " + (", ".join(f"{k} {_pct(v['rate'])}" for k, v in n["dedup"].items()) or "–"),
+        *([f"- decontamination removed: {n['decontamination']['removed']} rows "
+           f"{json.dumps(n['decontamination']['by_set'], ensure_ascii=False)}"] if n.get("decontamination") else []),
         f"- question diversity (corpus): distinct-1 {_fmt(n['diversity'].get('corpus_questions', {}).get('distinct_1'))}, "
         f"distinct-2 {_fmt(n['diversity'].get('corpus_questions', {}).get('distinct_2'))}",
         f"- subcategories with a label missing: {len(n['coverage_gaps'])} of {len(n['coverage'])}",

@@ -1,4 +1,5 @@
-"""Filter and dedup stages, each used twice: on questions and on (question, response) pairs."""
+"""Filter and dedup stages, each used twice: on questions and on (question, response) pairs;
+then decontamination against evaluation sets."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import ray.data
 
 from synth.config import PipelineConfig
 from synth.dedup import mark_duplicates
+from synth.dedup.decontaminate import (COLUMNS as CONTAMINATION_COLUMNS, ContaminationIndex, eval_set_identity,
+                                       load_eval_sets, mark_contamination)
 from synth.filters import apply_filters, build_filters, diversions
 from synth.rows import REJECT_COLUMN
 from synth.stages.base import Stage, StageContext
@@ -91,3 +94,36 @@ class DedupPairs(_DedupStage):
     input = "filter_pairs"
     target = "pairs"
     text_fields = ("question", "response")
+
+
+class Decontaminate(Stage):
+    """Rows whose question (or question + response, `decontaminate.fields`) copies an item of an
+    evaluation set go to rejects with reason `contaminated: <set>` (so the runner counts them per
+    set), `contaminated_by` (the item's id) and `contamination_similarity`; see
+    synth/dedup/decontaminate.py for what counts as a copy.
+
+    Without evaluation sets (`decontaminate.against` empty, the default) every row passes
+    through and the signature holds no config, so the settings of an unused section rerun nothing.
+    An evaluation file counts by its content, not its path.
+    """
+
+    name = "decontaminate"
+    input = "dedup_pairs"
+    reject_only_columns = CONTAMINATION_COLUMNS
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        d = config.decontaminate
+        if not d.against:
+            return {}
+        return {"decontaminate": d.model_dump(mode="json", exclude={"against", "batch_size"}),
+                "against": [eval_set_identity(spec, d.fields) for spec in d.against]}
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        d = ctx.config.decontaminate
+        if not d.against:
+            return rows.map_batches(
+                lambda b: b.assign(contaminated_by="", contamination_similarity=0.0, **{REJECT_COLUMN: ""}),
+                batch_format="pandas",
+            )
+        index = ContaminationIndex(load_eval_sets(d.against, d.fields), d)
+        return mark_contamination(rows, d.fields, index, batch_size=d.batch_size, reason_column=REJECT_COLUMN)
