@@ -291,16 +291,19 @@ def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path, bos: bool = True
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one line per model is printed by `prepare`, not three bars
-    # The GGUF de-quantizing loop uses plain tqdm, which only this switch (tqdm >= 4.66) silences.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    # The GGUF de-quantizing loop uses plain tqdm. TQDM_DISABLE would not silence it: tqdm
+    # reads its environment once, when it is first imported. Its module's `tqdm` is swapped
+    # for a disabled one for the conversion.
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(bar, disable=True)
     try:
         return _convert(gguf_dir, gguf_file, out, bos)
     finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+        gguf_utils.tqdm = bar
 
 
 def _convert(gguf_dir: Path, gguf_file: str, out: Path, bos: bool) -> dict:
