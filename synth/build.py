@@ -1,7 +1,8 @@
 """Run the stages in order, write each one's output as parquet, count, export.
 
     elements → queries → augment → filter_questions → dedup_questions
-             → respond → annotate → filter_pairs → dedup_pairs → decontaminate → export
+             → respond → filter_responses → annotate → filter_pairs → dedup_pairs
+             → decontaminate → export
 
 The runner owns all I/O: a stage only turns its input dataset into an output
 dataset; the runner streams that output into `<out>/stages/<name>/{rows,rejects,
@@ -49,7 +50,8 @@ from synth.filters import build_filters
 from synth.lock import BuildLock
 from synth.rows import REJECT_COLUMN, to_arrow
 from synth.stages.base import Stage, StageContext
-from synth.stages.cleaning import Decontaminate, DedupPairs, DedupQuestions, FilterPairs, FilterQuestions
+from synth.stages.cleaning import (Decontaminate, DedupPairs, DedupQuestions, FilterPairs, FilterQuestions,
+                                   FilterResponses)
 from synth.stages.generation import Augment, Elements, Queries
 from synth.stages.labelling import Annotate, Respond
 from synth.templates import Catalog, load_catalog
@@ -60,7 +62,7 @@ ray_log.propagate = False
 
 STAGES: tuple[Stage, ...] = (
     Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(),
-    Respond(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
+    Respond(), FilterResponses(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
 )
 MARKER = "_SUCCESS.json"
 
@@ -342,8 +344,11 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
                 schema = pa.ipc.read_schema(pa.py_buffer(batch_schema))
         if budget is not None and budget[0] + failed > budget[1]:
             raise _over_budget(budget[0] + failed, budget[1], budget[2])
-    if schema is None:  # no batch at all (an earlier stage kept no row): the input's columns
-        schema = _arrow_schema(None, input_schema)
+    if schema is None:  # no batch at all (an earlier stage kept no row): the input's columns,
+        schema = _arrow_schema(None, input_schema)  # and the stage's own (as strings: no row has a value)
+        for column in stage.columns or ():
+            if column not in schema.names:
+                schema = schema.append(pa.field(column, pa.string()))
     if stage.columns is not None:
         missing = [c for c in stage.columns if c not in schema.names]
         if missing:

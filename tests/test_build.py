@@ -202,8 +202,11 @@ def test_a_build_whose_filters_drop_every_pair_finishes_with_an_empty_corpus(ray
     config.write_text(yaml.safe_dump(data, allow_unicode=True))
     manifest = run_build(config, tmp_path / "out", dry_run=True)
     stages = {s["name"]: s for s in manifest["stages"]}
-    assert stages["filter_pairs"]["rows_out"] == 0 and stages["filter_pairs"]["rows_in"] > 0
+    # a filter that reads no label runs before annotate: the judges get no request at all
+    assert stages["filter_responses"]["rows_out"] == 0 and stages["filter_responses"]["rows_in"] > 0
+    assert stages["annotate"]["rows_in"] == 0 and not stages["annotate"]["requests"].get("sent")
+    assert stages["filter_pairs"]["rows_in"] == stages["filter_pairs"]["rows_out"] == 0
     assert stages["dedup_pairs"]["rows_in"] == 0 and stages["dedup_pairs"]["rows_out"] == 0
     train = pq.read_table(tmp_path / "out/corpus/data/train-00000-of-00001.parquet").to_pandas()
     assert len(train) == 0 and {"question", "response", "label"} <= set(train.columns)
-    assert len(read_table(tmp_path / "out/rejects")) >= stages["filter_pairs"]["rows_in"]
+    assert len(read_table(tmp_path / "out/rejects")) >= stages["filter_responses"]["rows_in"]

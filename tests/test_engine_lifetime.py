@@ -33,8 +33,9 @@ def test_responders_are_loaded_from_the_filters_before_respond_and_judges_after(
     responders = {"qwen2.5-7b", "llama3.1-8b", "gemma2-9b"}
     for stage in ("filter_questions", "dedup_questions", "respond"):
         assert needed[stage] == responders, stage
-    # the generator model judges too: closed for respond, loaded again for annotate
-    assert needed["annotate"] == {"qwen2.5-32b", "gemma2-27b"}
+    # the generator model judges too: closed for respond, loaded again while the responses
+    # are filtered, before annotate
+    assert needed["filter_responses"] == needed["annotate"] == {"qwen2.5-32b", "gemma2-27b"}
     assert needed["filter_pairs"] == needed["dedup_pairs"] == set()
 
 
@@ -97,10 +98,11 @@ def test_a_build_starts_each_model_while_the_stages_before_its_use_run(ray_sessi
     assert events[0] == ("start", "gemma-270m", set())  # before any stage was written: while elements runs
     first_generate = next(i for i, e in enumerate(events) if e[0] == "generate")
     assert "elements" in events[first_generate][2]
-    # asked before each of the 7 stages up to annotate (the last that sends requests), for
+    # asked before each of the 8 stages up to annotate (the last that sends requests), for
     # each model the next requesting stage needs: gemma for elements, queries, augment;
-    # gemma and qwen for filter_questions, dedup_questions, respond; qwen for annotate
-    assert sum(e[0] == "start" for e in events) == 3 + 3 * 2 + 1
+    # gemma and qwen for filter_questions, dedup_questions, respond; qwen for
+    # filter_responses and annotate
+    assert sum(e[0] == "start" for e in events) == 3 + 3 * 2 + 2
     assert [e[1] for e in events if e[0] == "start"][-1] == "qwen-1.5b"
 
     events.clear()

@@ -257,3 +257,22 @@ def test_is_question_or_request():
         assert reason(f, question=text) is None, text
     for text in ("考试作弊是不对的。", "今天天气很好。", "这是一本关于历史的书", "Thanks for the great answer."):
         assert reason(f, question=text) == "not_a_question", text
+
+
+def test_the_pair_filters_split_around_the_judges_by_whether_they_read_labels():
+    """filter_responses (before annotate) takes the filters that read no label, filter_pairs the rest."""
+    from synth.config import FilterSpec
+    from synth.filters import REGISTRY, reads_labels
+    from synth.stages.cleaning import FilterPairs, FilterResponses
+
+    reads_labels("length")  # registers the built-in filters
+    assert {name for name in list(REGISTRY) if reads_labels(name)} == {"judge_verdicts", "label_consistency",
+                                                                        "benign_flagged"}
+    specs = [FilterSpec(name=n) for n in ("non_empty", "judge_verdicts", "length", "label_consistency", "repetition")]
+
+    class Config:  # the one field the stages read
+        class filters:
+            pairs = specs
+
+    assert [f["name"] for f in FilterResponses().depends(Config)["filters"]] == ["non_empty", "length", "repetition"]
+    assert [f["name"] for f in FilterPairs().depends(Config)["filters"]] == ["judge_verdicts", "label_consistency"]

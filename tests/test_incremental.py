@@ -28,6 +28,10 @@ def why(manifest: dict) -> dict[str, str]:
     return {s["name"]: s["why"] for s in manifest["stages"]}
 
 
+def stage(manifest: dict, name: str) -> dict:
+    return next(s for s in manifest["stages"] if s["name"] == name)
+
+
 @pytest.fixture(scope="module")
 def reference(ray_session, repo_root: Path, tmp_path_factory) -> tuple[Path, Path, dict]:
     tmp = tmp_path_factory.mktemp("incremental")
@@ -62,10 +66,10 @@ def test_an_unchanged_rebuild_reuses_every_stage(reference, tmp_path: Path):
     assert set(why(manifest).values()) == {"reused"}
 
 
-def test_a_filters_only_change_reruns_filter_pairs_and_what_follows(reference, tmp_path: Path):
+def test_a_label_filter_change_reruns_filter_pairs_and_what_follows(reference, tmp_path: Path):
     _, _, before = reference
     config = yaml.safe_load(reference[0].read_text())
-    pairs = [f for f in config["filters"]["pairs"] if f["name"] != "repetition"]
+    pairs = [f for f in config["filters"]["pairs"] if f["name"] != "benign_flagged"]
     assert len(pairs) < len(config["filters"]["pairs"])
     manifest = rebuild(reference, tmp_path, **{"filters.pairs": pairs})
     first = NAMES.index("filter_pairs")
@@ -73,6 +77,23 @@ def test_a_filters_only_change_reruns_filter_pairs_and_what_follows(reference, t
     assert why(manifest)["filter_pairs"] == "changed: config"
     assert why(manifest)["dedup_pairs"] == "changed: input"
     assert all(not s["requests"].get("sent") for s in manifest["stages"] if not s["reused"])
+
+
+def test_a_response_filter_change_reruns_from_filter_responses_and_judges_only_new_pairs(reference, tmp_path: Path):
+    _, _, before = reference
+    config = yaml.safe_load(reference[0].read_text())
+    pairs = [f for f in config["filters"]["pairs"] if f["name"] != "repetition"]
+    assert len(pairs) < len(config["filters"]["pairs"])
+    manifest = rebuild(reference, tmp_path, **{"filters.pairs": pairs})
+    first = NAMES.index("filter_responses")
+    assert reused(manifest) == {n: i < first for i, n in enumerate(NAMES)}
+    assert why(manifest)["filter_responses"] == "changed: config"
+    assert why(manifest)["annotate"] == "changed: input"
+    # the pairs judged before are served from the request cache; only the pairs that the
+    # repetition filter dropped last time reach the judges now
+    dropped = sum(n for r, n in stage(before, "filter_responses")["rejected"].items() if r.startswith("repetition"))
+    judges = len(yaml.safe_load(reference[0].read_text())["roles"]["judges"])
+    assert stage(manifest, "annotate")["requests"].get("sent", 0) == judges * dropped
 
 
 def test_throughput_settings_rerun_nothing(reference, tmp_path: Path):

@@ -6,6 +6,9 @@ looks at one row at a time. The filter stage applies them in the configured
 order; the first Drop wins and its reason (prefixed with the filter name) goes
 to the rejects table.
 
+The pair filters that read the judges' output (`reads_labels`) run after annotate, the
+others before it, each group in its configured order (`synth/stages/cleaning.py`).
+
 A Drop may name a side output instead of the rejects table: `Drop(reason,
 to="hard")` sends the row to the hard pool (`<stage>/hard/`, merged into
 `<out>/hard/` by the export, reason kept). A filter declares up front, in
@@ -43,6 +46,10 @@ class Filter(ABC):
     name: ClassVar[str]
     # reason -> side output, for every Drop(reason, to=side) this filter may return
     diverts: dict[str, str] = {}
+    # True for a filter that reads the judges' output (label, judgements, analyze). The pair
+    # filters run in two passes: the others before annotate (`filter_responses`), so no judge
+    # request is spent on a pair they drop, and these after it (`filter_pairs`).
+    reads_labels: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -75,6 +82,13 @@ def build_filters(specs: list[Any], where: str) -> list[Filter]:
                 raise BadInput(f"{where}[{i}].params: side output '{side}' (known: {', '.join(SIDE_OUTPUTS)})")
         filters.append(f)
     return filters
+
+
+def reads_labels(name: str) -> bool:
+    """Whether the filter registered as `name` reads the judges' output (see `Filter.reads_labels`)."""
+    _register_builtin()
+    cls = REGISTRY.get(name)
+    return bool(cls and cls.reads_labels)
 
 
 def reason_of(f: Filter, reason: str) -> str:

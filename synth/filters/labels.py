@@ -42,6 +42,7 @@ def _destination(to: str, reasons: tuple[str, ...]) -> dict[str, str]:
 
 
 class _Routing(Filter):
+    reads_labels = True
     def _drop(self, reason: str) -> Drop:
         return Drop(reason, to=self.diverts.get(reason))
 
@@ -92,6 +93,7 @@ class JudgeVerdicts(Filter):
     """Drop pairs without a valid label or with a judge that gave no verdict (counted as judge failures)."""
 
     name = "judge_verdicts"
+    reads_labels = True
 
     def __init__(self, min_judges: int = 2):
         self.min_judges = int(min_judges)

@@ -1,4 +1,5 @@
-"""Filter and dedup stages, each used twice: on questions and on (question, response) pairs;
+"""Filter and dedup stages, used on questions and on (question, response) pairs (the pair
+filters in two passes, before and after annotate);
 then decontamination against evaluation sets."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from synth.config import PipelineConfig
 from synth.dedup import mark_duplicates
 from synth.dedup.decontaminate import (COLUMNS as CONTAMINATION_COLUMNS, ContaminationIndex, eval_set_identity,
                                        load_eval_sets, mark_contamination)
-from synth.filters import apply_filters, build_filters, diversions
+from synth.filters import apply_filters, build_filters, diversions, reads_labels
 from synth.rows import REJECT_COLUMN
 from synth.stages.base import Stage, StageContext
 
@@ -25,13 +26,21 @@ class _FilterStage(Stage):
     """
 
     target: ClassVar[str]  # "questions" | "pairs": which list of `filters` in the config
+    # None: every filter of the list; False / True: only those that do not / do read the
+    # judges' output (`Filter.reads_labels`), the pair filters' two passes around annotate
+    labels: ClassVar[bool | None] = None
+
+    def _mine(self, name: str) -> bool:
+        return self.labels is None or reads_labels(name) == self.labels
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
-        return {"filters": [f.model_dump(mode="json") for f in getattr(config.filters, self.target)]}
+        return {"filters": [f.model_dump(mode="json") for f in getattr(config.filters, self.target)
+                            if self._mine(f.name)]}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         specs = getattr(ctx.config.filters, self.target)
-        filters = build_filters(specs, f"filters.{self.target}")
+        # the whole list is built (so errors name its index in the config), this pass's part applied
+        filters = [f for f in build_filters(specs, f"filters.{self.target}") if self._mine(f.name)]
         self.diverted = diversions(filters)
 
         def check(batch: pd.DataFrame) -> pd.DataFrame:
@@ -48,10 +57,24 @@ class FilterQuestions(_FilterStage):
     target = "questions"
 
 
+class FilterResponses(_FilterStage):
+    """The pair filters that need no label (length, language, truncation, repetition,
+    leakage, ...), before annotate: the judges see only the pairs these keep."""
+
+    name = "filter_responses"
+    input = "respond"
+    target = "pairs"
+    labels = False
+
+
 class FilterPairs(_FilterStage):
+    """The pair filters that read the judges' output (judge_verdicts, label_consistency,
+    benign_flagged), after annotate."""
+
     name = "filter_pairs"
     input = "annotate"
     target = "pairs"
+    labels = True
 
 
 class _DedupStage(Stage):

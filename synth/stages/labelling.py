@@ -106,7 +106,7 @@ class Annotate(Stage):
     """
 
     name = "annotate"
-    input = "respond"
+    input = "filter_responses"
     diverted = {DISAGREE: HARD_POOL}
     columns = LABELLED_COLUMNS
 
