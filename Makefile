@@ -27,8 +27,10 @@ $(BIN)/python:
 # the install's 236 s here. Python compiles the modules a run imports instead, once,
 # if it may write them (see PYTHONDONTWRITEBYTECODE above). BENCHMARKS.md, "make demo
 # on a fresh machine".
+# -W ignore::UserWarning: pip re-prints setuptools' notices about editable installs as
+# warnings (a page of asterisks for a newcomer); errors still show.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -q --no-compile -e '.[cpu,test]'
+	$(BIN)/python -W ignore::UserWarning -m pip install -q --no-compile -e '.[cpu,test]'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
