@@ -7,16 +7,20 @@ GOLD: Libra-Test rows (`question, response, label, category_name, sub_category_n
 stage (`synth.stages.labelling.Annotate`): the config's judge roles with their templates,
 rubrics, models, sampling and structured outputs, on the real engines (or the stand-in
 with `--dry-run`), and the build's rule: both judges agree → that label, else the pair
-would go to hard/. Nothing is cached: a calibration always asks the models.
+would go to hard/; an agreed label that the config's label filters (the pair filters that
+read the judges' output, e.g. `label_consistency`: a 安全 label whose own analysis says
+不安全) would send to hard/ or the rejects is not a label either. Nothing is cached: a
+calibration always asks the models.
 
 The result (one JSON object with `--json`):
 - `judges`: per judge, `accuracy`, `f1_unsafe`, `f1_safe` (as `synth eval-guard` computes
   them; an unparsed verdict counts as wrong) and `unparsed` (the share with no verdict);
 - `agreement`: the share of pairs where both judges gave the same verdict;
 - `agreed`: the build's rule: `share` of pairs labelled, `accuracy` of those labels;
+- `judges_agree`: the same before the label filters (both judges agree, nothing else);
 - `per_scenario`: the same per gold `category_name` (with each judge's accuracy);
-- `pairs`: every gold pair's id, gold label, each judge's verdict (and its analysis) and the build
-  rule's label.
+- `pairs`: every gold pair's id, gold label, each judge's verdict (and its analysis), the build
+  rule's label, and `held` (the label filter's reason where one held an agreed label back).
 
 It is also recorded under the model cache (`calibrations/<judges signature>.json`), keyed
 by everything the annotate stage's output depends on except its input; a build whose
@@ -93,14 +97,28 @@ def last_calibration(ctx) -> dict[str, Any] | None:
         return None
 
 
-def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[str]) -> dict[str, Any]:
-    """The metrics of the module docstring from annotate's output rows."""
+def held_back(row: dict[str, Any], label_filters: list[Any]) -> str:
+    """The reason the build's label filters would not keep this agreed label ('' if they keep it)."""
+    from synth.filters import reason_of
+
+    for f in label_filters:
+        verdict = f.check(row)
+        if verdict is not None:
+            return reason_of(f, verdict.reason)
+    return ""
+
+
+def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[str],
+          label_filters: list[Any] = ()) -> dict[str, Any]:
+    """The metrics of the module docstring from annotate's output rows; `label_filters` are
+    the config's pair filters that read the judges' output (`Filter.reads_labels`)."""
     by_id = {row["id"]: row for row in labelled.to_dict("records")}
+    held = {row_id: held_back(row, label_filters) if row["label"] else "" for row_id, row in by_id.items()}
     if set(by_id) != set(gold):
         raise RuntimeError(f"eval-judges: {len(gold)} gold pairs in, {len(by_id)} labelled pairs out")
     tallies = {name: Tally() for name in judges}
     scenarios: dict[str, dict[str, Any]] = {}
-    agree = labelled_n = correct = 0
+    agree = labelled_n = correct = agreed_n = agreed_correct = 0
     for row_id, g in gold.items():
         row, label = by_id[row_id], g["label"]
         verdicts = {j["judge"]: j["verdict"] for j in row["judgements"]}
@@ -114,7 +132,10 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
                 tally.add(label, verdict)
         same = len({verdicts.get(n, "") for n in judges}) == 1 and verdicts.get(judges[0], "") in LABELS
         agree += same
-        if row["label"]:  # the build's rule gave a label (both judges agree)
+        if row["label"]:  # both judges agree
+            agreed_n += 1
+            agreed_correct += row["label"] == label
+        if row["label"] and not held[row_id]:  # the build's rule gave a label (agreed, kept by the label filters)
             labelled_n += 1
             s["labelled"] += 1
             correct += row["label"] == label
@@ -129,7 +150,8 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
     def judged(row_id: str, name: str) -> dict[str, Any]:
         return next((j for j in by_id[row_id]["judgements"] if j["judge"] == name), {})
 
-    pairs = [{"id": row_id, "category_name": g["category_name"], "gold": g["label"], "label": by_id[row_id]["label"],
+    pairs = [{"id": row_id, "category_name": g["category_name"], "gold": g["label"],
+              "label": "" if held[row_id] else by_id[row_id]["label"], "held": held[row_id],
               **{name: judged(row_id, name).get("verdict", "") for name in judges},
               "analyses": {name: judged(row_id, name).get("analysis", "") for name in judges}}
              for row_id, g in gold.items()]
@@ -139,6 +161,8 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
         "agreement": agree / n,
         "agreed": {"share": labelled_n / n, "accuracy": correct / labelled_n if labelled_n else 0.0,
                    "n": labelled_n},
+        "judges_agree": {"share": agreed_n / n, "accuracy": agreed_correct / agreed_n if agreed_n else 0.0,
+                         "n": agreed_n},
         "per_scenario": {
             name: {"n": s["n"], "share": s["labelled"] / s["n"],
                    "accuracy": s["correct"] / s["labelled"] if s["labelled"] else 0.0,
@@ -179,7 +203,10 @@ def evaluate_judges(gold_path: Path, config_path: Path, *, dry_run: bool = False
         labelled = Annotate().run(ctx, ray.data.from_pandas(gold_pairs(gold))).to_pandas()
     finally:
         ctx.release_engines(keep=set())
-    result = score(gold, labelled, judges)
+    from synth.filters import build_filters
+
+    label_filters = [f for f in build_filters(config.filters.pairs, "filters.pairs") if f.reads_labels]
+    result = score(gold, labelled, judges, label_filters)
     signature = judges_signature(ctx)
     result.update(
         gold=str(gold_path), config=str(config_path), dry_run=dry_run, seconds=round(time.monotonic() - started, 1),
@@ -201,8 +228,10 @@ def format_result(result: dict[str, Any]) -> str:
                      f"{m['unparsed']:>8.3f}")
     agreed = result["agreed"]
     lines.append(f"agreement between judges: {result['agreement']:.3f}")
-    lines.append(f"build rule (agree → label, else hard/): labelled share {agreed['share']:.3f}, "
-                 f"accuracy of those labels {agreed['accuracy']:.3f}")
+    raw = result["judges_agree"]
+    lines.append(f"judges agree: share {raw['share']:.3f}, accuracy {raw['accuracy']:.3f}")
+    lines.append(f"build rule (agree and kept by the label filters → label, else hard/): labelled share "
+                 f"{agreed['share']:.3f}, accuracy of those labels {agreed['accuracy']:.3f}")
     lines.append(f"{'scenario':<10} {'n':>4} {'share':>6} {'accuracy':>8}  per judge")
     for name, s in result["per_scenario"].items():
         judges = ", ".join(f"{j} {a:.2f}" for j, a in s["judges"].items())
