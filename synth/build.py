@@ -44,6 +44,7 @@ import synth
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput, BuildFailed
 from synth.engines.base import PENDING
+from synth.engines.pushback import BUILD_LOG_ENV
 from synth.faults import DRIVER_PID, fault_point, worker_fault_point
 from synth.request_cache import model_identity
 from synth.filters import build_filters
@@ -181,6 +182,7 @@ def run_build(
         _log_to_file(out / "build.log")
         log.setLevel(logging.INFO)
         log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
+        os.environ[BUILD_LOG_ENV] = str((out / "build.log").resolve())  # engines' workers log there too
         os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
         init_ray()
         ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=out / "cache" / "requests")

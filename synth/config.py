@@ -73,6 +73,31 @@ class OpenAIOptions(Strict):
         description="how judges ask for JSON: json_schema (vLLM, SGLang, OpenAI), json_object (e.g. DeepSeek), none",
     )
     extra_body: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields sent with every request")
+    # Pushback (synth/engines/pushback.py): how the engine paces itself when the server is busy or down.
+    min_concurrency: int = Field(1, ge=1, description="adaptive concurrency never goes below this")
+    latency_backoff: float | None = Field(
+        3.0, gt=1, description="halve concurrency when an answer takes this many times the recent median "
+        "seconds per output token; null: latency never cuts it")
+    requests_per_minute: int | None = Field(None, ge=1, description="at most this many requests a minute")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="at most this many tokens a minute (prompt characters + max_tokens before "
+        "sending, corrected with the server's usage)")
+    rate_window_s: float = Field(60.0, gt=0, description="the window the per-minute limits hold in (scaled "
+                                 "to it): 60; 1 for a server that enforces per second")
+    breaker_failures: int = Field(5, ge=1, description="failed requests in a row (no connection, timeout, 5xx) "
+                                  "that open the circuit breaker")
+    breaker_cooldown_s: float = Field(10.0, gt=0, description="wait before the breaker's first probe; doubles "
+                                      "after each failed probe")
+    breaker_cooldown_max_s: float = Field(120.0, gt=0, description="cap on the wait between probes")
+    give_up_s: float = Field(
+        600.0, ge=0, description="after the breaker has been open this long (or a request throttled this long), "
+        "requests fail at once as transient: the next run sends them again")
+
+    @model_validator(mode="after")
+    def _concurrency_range(self) -> "OpenAIOptions":
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError(f"min_concurrency ({self.min_concurrency}) is above max_concurrency ({self.max_concurrency})")
+        return self
 
 
 class ModelSpec(Strict):

@@ -16,9 +16,14 @@ Faults are injected on command, so tests can check retries and dead endpoints:
                                          # every request whose JSON body matches fails
     server.delay_next(1, seconds=2.0)    # next request answers after 2 s
     server.stop_after(3)                 # serve 3 more requests, then close the port
+    server.fail_next(5, status=429, retry_after=1.5)
+                                         # Retry-After header on injected failures (429: "0")
+    server.latency = 0.05                # every answer takes this long (so in-flight counts mean something)
     server.url                           # "http://127.0.0.1:<port>/v1"
     server.requests                      # every request seen: path, headers, body
     server.failures                      # every injected failure: status, message sent
+    server.log                           # per request: arrival time (monotonic), requests in flight
+                                         # at arrival (itself included), status, tokens (usage total)
 
 Run alone for manual poking: `python tests/openai_stub_server.py --port 8011`.
 """
@@ -57,10 +62,11 @@ def stub_verdict(prompt: str, seed: Any) -> str:
 class _Faults:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # ("status", code, message template | None) | ("delay", seconds)
+        # ("status", code, message template | None, retry_after | None) | ("delay", seconds)
         self.queue: deque[tuple[Any, ...]] = deque()
-        # (predicate on the request body, code, message template | None): checked when the queue is empty
-        self.rules: list[tuple[Callable[[dict[str, Any]], bool], int, str | None]] = []
+        # (predicate on the request body, code, message template | None, retry_after | None):
+        # checked when the queue is empty
+        self.rules: list[tuple[Callable[[dict[str, Any]], bool], int, str | None, float | None]] = []
         self.stop_after: int | None = None
 
 
@@ -91,6 +97,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
     def do_POST(self) -> None:  # noqa: N802
+        stub = self.server.stub
+        with stub._lock:
+            stub._in_flight += 1
+            entry = {"t": time.monotonic(), "in_flight": stub._in_flight, "status": None, "tokens": 0}
+            stub.log.append(entry)
+        self._entry = entry
+        try:
+            self._post()
+        finally:
+            with stub._lock:
+                stub._in_flight -= 1
+
+    def _post(self) -> None:
         if self.server.stub._closed:  # a kept-alive connection outliving close(): hang up
             self.close_connection = True
             return
@@ -109,13 +128,15 @@ class _Handler(BaseHTTPRequestHandler):
             if stub._faults.queue:
                 fault = stub._faults.queue.popleft()
             else:
-                fault = next((("status", code, message) for matches, code, message in stub._faults.rules
-                              if matches(body)), None)
+                fault = next((("status", code, message, retry_after)
+                              for matches, code, message, retry_after in stub._faults.rules if matches(body)), None)
         if fault and fault[0] == "status":
-            self._fail(fault[1], fault[2])
+            self._fail(fault[1], fault[2], fault[3])
             return
         if fault and fault[0] == "delay":
             time.sleep(fault[1])
+        elif stub.latency:
+            time.sleep(stub.latency)
         path = self.path.split("?")[0].rstrip("/")
         if path.endswith("/chat/completions"):
             self._chat(body)
@@ -127,12 +148,15 @@ class _Handler(BaseHTTPRequestHandler):
         if stub._count_served():
             self.close_connection = True
 
-    def _fail(self, status: int, template: str | None) -> None:
+    def _fail(self, status: int, template: str | None, retry_after: float | None = None) -> None:
         message = (template or "injected {status}").replace("{status}", str(status))
         message = message.replace("{authorization}", self.headers.get("Authorization", ""))
         with self.server.stub._lock:
             self.server.stub.failures.append({"status": status, "message": message})
-        headers = {"Retry-After": "0"} if status == 429 else None
+        if retry_after is None and status == 429:
+            retry_after = 0
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+        self._entry["status"] = status
         self._send(status, {"error": {"message": message, "type": "injected"}}, headers)
 
     def _answer(self, prompt: str, body: dict[str, Any]) -> tuple[str, str, int]:
@@ -149,6 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
         messages = body.get("messages") or []
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         text, finish, n = self._answer(prompt, body)
+        self._entry.update(status=200, tokens=len(prompt) + n)
         self._send(200, {
             "id": "chatcmpl-stub", "object": "chat.completion", "model": body.get("model", ""),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
@@ -158,6 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _completion(self, body: dict[str, Any]) -> None:
         prompt = str(body.get("prompt", ""))
         text, finish, n = self._answer(prompt, body)
+        self._entry.update(status=200, tokens=len(prompt) + n)
         self._send(200, {
             "id": "cmpl-stub", "object": "text_completion", "model": body.get("model", ""),
             "choices": [{"index": 0, "text": text, "finish_reason": finish}],
@@ -184,6 +210,9 @@ class StubServer:
         self._socket_closed = False
         self.requests: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
+        self.log: list[dict[str, Any]] = []
+        self.latency = 0.0
+        self._in_flight = 0
 
     @property
     def port(self) -> int:
@@ -210,17 +239,19 @@ class StubServer:
         self.close()
 
     # -- fault injection ---------------------------------------------------------
-    def fail_next(self, k: int, status: int = 429, message: str | None = None) -> None:
+    def fail_next(self, k: int, status: int = 429, message: str | None = None,
+                  retry_after: float | None = None) -> None:
         """The next k requests get HTTP `status`; `message` is the error text, in which
-        `{authorization}` becomes the request's Authorization header and `{status}` the code."""
+        `{authorization}` becomes the request's Authorization header and `{status}` the code;
+        `retry_after` is sent as the Retry-After header (a 429 without it says 0)."""
         with self._faults.lock:
-            self._faults.queue.extend([("status", status, message)] * k)
+            self._faults.queue.extend([("status", status, message, retry_after)] * k)
 
     def fail_where(self, matches: Callable[[dict[str, Any]], bool], status: int = 500,
-                   message: str | None = None) -> None:
+                   message: str | None = None, retry_after: float | None = None) -> None:
         """Every later request whose JSON body satisfies `matches` gets HTTP `status` (see fail_next)."""
         with self._faults.lock:
-            self._faults.rules.append((matches, status, message))
+            self._faults.rules.append((matches, status, message, retry_after))
 
     def delay_next(self, k: int, seconds: float) -> None:
         with self._faults.lock:

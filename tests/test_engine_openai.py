@@ -17,7 +17,9 @@ KEY = "sk-test-not-a-real-key-1234"
 
 def _spec(url: str, style: str = "chat", **options) -> ModelSpec:
     opts = {"base_url": url, "max_concurrency": 2, "timeout_s": 2.0, "max_retries": 3,
-            "backoff_s": 0.01, "backoff_max_s": 0.05, **options}
+            "backoff_s": 0.01, "backoff_max_s": 0.05,
+            # a dead endpoint gives up at once once the breaker opens (tests/test_pushback.py times it)
+            "breaker_cooldown_s": 0.05, "breaker_cooldown_max_s": 0.1, "give_up_s": 0.0, **options}
     return ModelSpec(engine="openai", model="stub-model", prompt_style=style, openai=opts)
 
 

@@ -44,7 +44,8 @@ def secret_config(repo_root: Path, tmp_path: Path, url: str) -> Path:
     data["models"] = {"stub": {
         "engine": "openai", "model": "stub-model", "prompt_style": "completion",
         "openai": {"base_url": url, "api_key_env": KEY_ENV, "max_concurrency": 2, "timeout_s": 10.0,
-                   "max_retries": 1, "backoff_s": 0.01, "backoff_max_s": 0.05},
+                   "max_retries": 1, "backoff_s": 0.01, "backoff_max_s": 0.05,
+                   "breaker_cooldown_s": 0.1, "breaker_cooldown_max_s": 0.2},
     }}
     roles = data["roles"]
     roles["generator"]["sampling"]["max_tokens"] = GENERATOR

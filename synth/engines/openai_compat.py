@@ -11,15 +11,20 @@ dataset is split into blocks.
   per `openai.response_format`), with free-text fields capped to fit `max_tokens`; an
   output cut by `max_tokens` is closed if that parses (see `structured_output`).
 - 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff
-  and jitter (`Retry-After` honoured, capped). Other 4xx are not retried.
+  and jitter. Other 4xx are not retried.
+- Every request takes its turn from one `Pushback` (synth/engines/pushback.py): concurrency
+  adapts (halved on 429 or answers far slower than usual, grown again while healthy),
+  `Retry-After` pauses the whole requester, optional requests/tokens-per-minute limits,
+  and a circuit breaker that stops sending to an endpoint that keeps failing, probes it
+  now and then, and resumes when it answers. A 429 does not use up a retry: a request
+  waits out throttling for up to `give_up_s`.
 - A request that still fails gets `error` set and `text` ""; its row is kept. A
   retryable failure is marked transient (`engines.base.transient`): the row is pending
   and the next run sends it again; any other is permanent (a reject).
 - 401 and 403 (a wrong or missing API key) fail the build at once (`BuildFailed`): every
   other request would fail the same way.
-  Once one request gives up on a connection error, the endpoint is marked down and
-  later requests try once instead of backing off again (each failing fast with an
-  error naming the URL) until one succeeds.
+  Once the breaker has been open for `give_up_s`, requests fail fast (transient, with an
+  error naming the URL) except the breaker's probes, until one succeeds.
 - The API key is read from the env var named by `openai.api_key_env` and sent as
   `Authorization: Bearer …`; it never appears in `describe()`, reprs or errors: a
   server or proxy that quotes it back ("invalid key Bearer sk-…") has it replaced by
@@ -34,6 +39,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,6 +47,7 @@ import pandas as pd
 
 from synth.config import OpenAIOptions
 from synth.engines.base import Engine, transient
+from synth.engines.pushback import FAILED, OK, REFUSED, THROTTLED, EndpointDown, Pushback, attach_build_log
 from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget
 from synth.errors import BadInput, BuildFailed
 
@@ -111,18 +118,35 @@ def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAI
 
 
 class _Failure(Exception):
-    def __init__(self, message: str, retryable: bool, retry_after: float | None = None, connection: bool = False):
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None, connection: bool = False,
+                 status: int | None = None):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.connection = connection
+        self.status = status
+
+    @property
+    def outcome(self) -> str:
+        """What this failure says about the endpoint (see pushback.py)."""
+        if self.status == 429:
+            return THROTTLED
+        return FAILED if self.retryable else REFUSED
 
 
 def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date."""
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class OpenAIRequester:
@@ -147,8 +171,17 @@ class OpenAIRequester:
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
         )
         self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="openai")
-        self._down_lock = threading.Lock()
-        self._down = False  # endpoint unreachable after a full retry cycle
+        o = self.options
+        attach_build_log()
+        self.pushback = Pushback(
+            max_concurrency=n, min_concurrency=o.min_concurrency, latency_backoff=o.latency_backoff,
+            tokens_per_minute=o.tokens_per_minute, requests_per_minute=o.requests_per_minute,
+            breaker_failures=o.breaker_failures, breaker_cooldown_s=o.breaker_cooldown_s,
+            breaker_cooldown_max_s=o.breaker_cooldown_max_s, give_up_s=o.give_up_s,
+            rate_window_s=o.rate_window_s,
+            retry_after_max_s=max(o.backoff_max_s, 1.0), name=f"{model} at {self.shown_url}",
+        )
+        self._fatal_lock = threading.Lock()
         self._fatal: BuildFailed | None = None  # credentials refused: send nothing more
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -172,39 +205,48 @@ class OpenAIRequester:
             body = request_body(row, model=self.model, chat=self.chat, options=self.options)
         except Exception as e:  # a bad row (e.g. schema not JSON) must not kill the batch
             return "", "error", 0, 0, f"bad request row: {type(e).__name__}: {e}"
-        with self._down_lock:
-            if self._fatal is not None:
-                raise self._fatal
-            attempts = 1 if self._down else self.options.max_retries + 1
-        last: _Failure | None = None
-        for attempt in range(attempts):
+        tokens = len(body.get("prompt") or "") + sum(len(m["content"]) for m in body.get("messages", []))
+        tokens += body["max_tokens"]  # the estimate a tokens-per-minute limit starts from
+        attempt, throttles, throttled_since = 0, 0, None
+        while True:
+            with self._fatal_lock:
+                if self._fatal is not None:
+                    raise self._fatal
             try:
-                try:
-                    out = self._post(body)
-                except BuildFailed as fatal:
-                    with self._down_lock:
-                        self._fatal = fatal
-                    raise
-                with self._down_lock:
-                    self._down = False
-                schema_json = row.get("json_schema") or ""
-                if schema_json and out[1] == "length":  # cut mid-JSON: close it if that parses
-                    closed = close_truncated_json(out[0], json.loads(schema_json))
-                    if closed is not None:
-                        out = (closed, *out[1:])
-                return out
+                ticket = self.pushback.acquire(tokens)
+            except EndpointDown as down:
+                return "", "error", 0, 0, transient(f"cannot reach {self.shown_url}: {down}")
+            try:
+                out = self._post(body)
+            except BuildFailed as fatal:
+                self.pushback.release(ticket, REFUSED)
+                with self._fatal_lock:
+                    self._fatal = fatal
+                raise
             except _Failure as f:
-                last = f
-                if not f.retryable or attempt == attempts - 1:
-                    break
-                time.sleep(self._delay(attempt, f.retry_after))
-        assert last is not None
-        if last.connection:
-            with self._down_lock:
-                self._down = True
-        if last.retryable:
-            return "", "error", 0, 0, transient(f"{last} after {attempt + 1} attempt{'s' if attempt else ''}")
-        return "", "error", 0, 0, str(last)
+                self.pushback.release(ticket, f.outcome, retry_after=f.retry_after)
+                now = time.monotonic()
+                if f.outcome == THROTTLED:  # waits out throttling without using up a retry
+                    throttled_since = throttled_since if throttled_since is not None else now
+                    if now - throttled_since < self.options.give_up_s:
+                        throttles += 1
+                        if f.retry_after is None:  # else the pushback pauses every thread
+                            time.sleep(self._delay(min(throttles - 1, 8), None))
+                        continue
+                attempt += 1
+                if not f.retryable or attempt > self.options.max_retries:
+                    if f.retryable:
+                        return "", "error", 0, 0, transient(f"{f} after {attempt} attempt{'s' if attempt > 1 else ''}")
+                    return "", "error", 0, 0, str(f)
+                time.sleep(self._delay(attempt - 1, f.retry_after))
+                continue
+            self.pushback.release(ticket, OK, tokens_used=out[2] + out[3], completion_tokens=out[3])
+            schema_json = row.get("json_schema") or ""
+            if schema_json and out[1] == "length":  # cut mid-JSON: close it if that parses
+                closed = close_truncated_json(out[0], json.loads(schema_json))
+                if closed is not None:
+                    out = (closed, *out[1:])
+            return out
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         base = min(self.options.backoff_max_s, self.options.backoff_s * (2**attempt))
@@ -237,6 +279,7 @@ class OpenAIRequester:
                 f"HTTP {resp.status_code} from {self.shown_url}: {snippet}",
                 resp.status_code in _RETRY_STATUS or resp.status_code >= 500,
                 _retry_after(resp.headers.get("Retry-After")),
+                status=resp.status_code,
             )
         try:
             data = resp.json()
