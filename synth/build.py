@@ -173,6 +173,9 @@ def run_build(
     """
     config, catalog = prepare(config_path, templates, seeds)
     check_eval_sets(config)
+    from synth.plan import headline, make_plan
+
+    plan = make_plan(config, catalog)  # what this build should cost, recorded beside what it did
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with BuildLock(out):
@@ -182,6 +185,7 @@ def run_build(
         _log_to_file(out / "build.log")
         log.setLevel(logging.INFO)
         log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
+        log.info("%s", headline(plan))
         os.environ[BUILD_LOG_ENV] = str((out / "build.log").resolve())  # engines' workers log there too
         os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
         init_ray()
@@ -199,6 +203,7 @@ def run_build(
 
         # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
         manifest["judges_calibration"] = last_calibration(ctx)
+        manifest["plan"] = plan
         _write_json_atomic(out / "manifest.json", manifest)
         log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"],
                  out / "manifest.json")

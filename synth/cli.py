@@ -251,6 +251,23 @@ def eval_judges(
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2) if as_json else format_result(result))
 
 
+@app.command("plan")
+def plan_cmd(
+    config: Path = typer.Argument(..., help="pipeline config, e.g. pipelines/libra-stage1.yaml"),
+    from_build: Optional[Path] = typer.Option(None, "--from-build",
+                                              help="a previous build of a config like this one: its acceptance rates"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as one JSON object"),
+) -> None:
+    """Before a build: requests per stage and role, tokens, GPU-hours, wall time and API cost."""
+    from synth.build import prepare
+    from synth.plan import make_plan, render
+
+    with _reported():
+        cfg, catalog = prepare(config)
+        plan = make_plan(cfg, catalog, from_build)
+    typer.echo(json.dumps(plan, ensure_ascii=False, indent=2) if as_json else render(plan))
+
+
 @app.command("report")
 def report_cmd(
     build_dir: Path = typer.Argument(..., help="a finished build directory (with manifest.json)"),

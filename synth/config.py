@@ -190,6 +190,31 @@ class Balance(Strict):
     tolerance: float = Field(0.02, ge=0.0, lt=0.5, description="no cut while the share is within target ± this")
 
 
+class Throughput(Strict):
+    output_tokens_per_s: float = Field(gt=0, description="output tokens a second one replica sustains")
+    gpus_per_replica: int = Field(1, ge=1)
+
+
+class Price(Strict):
+    input_per_mtok: float = Field(ge=0, description="price of a million prompt tokens")
+    output_per_mtok: float = Field(ge=0, description="price of a million output tokens")
+
+
+class Plan(Strict):
+    """What `synth plan` assumes (synth/plan.py)."""
+
+    throughput: dict[str, Throughput] = Field(default_factory=dict, description="per vllm model key")
+    default_throughput: Throughput = Field(
+        default_factory=lambda: Throughput(output_tokens_per_s=2500.0, gpus_per_replica=1),
+        description="an assumption, not a measurement: a model batched by vLLM on a data-centre GPU "
+        "(GPUs per replica then come from the model's tensor_parallel_size); measure yours and set "
+        "plan.throughput",
+    )
+    prices: dict[str, Price] = Field(default_factory=dict, description="per openai model key")
+    chars_per_token: float = Field(1.3, gt=0, description="Chinese text: ~1.3 characters a token (Qwen2.5)")
+    output_fill: float = Field(0.7, gt=0, le=1, description="answers use this share of max_tokens")
+
+
 class PipelineConfig(Strict):
     name: str
     seed: int = 0
@@ -203,6 +228,7 @@ class PipelineConfig(Strict):
     respond: Respond = Field(default_factory=Respond)
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
+    plan: Plan = Field(default_factory=Plan)
     decontaminate: DecontaminateConfig = Field(
         default_factory=DecontaminateConfig,
         description="evaluation files whose copies are removed (after dedup_pairs); paths relative to this config file",
@@ -229,6 +255,13 @@ class PipelineConfig(Strict):
             if role.name in seen:
                 raise ValueError(f"{where}.name: role name '{role.name}' is used twice")
             seen.add(role.name)
+        for table, engine in (("throughput", "vllm"), ("prices", "openai")):
+            for key in getattr(self.plan, table):
+                if key not in self.models:
+                    raise ValueError(f"plan.{table}.{key}: model '{key}' is not defined in `models`")
+                if self.models[key].engine != engine:
+                    raise ValueError(f"plan.{table}.{key}: model '{key}' has engine '{self.models[key].engine}', "
+                                     f"plan.{table} is for engine '{engine}' models")
         return self
 
     def all_roles(self) -> list[Role]:

@@ -26,3 +26,13 @@ def ray_session():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_build(ray_session, repo_root: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """A dry run of pipelines/demo.yaml (stand-in engine), shared by the tests that read one."""
+    from synth.build import run_build
+
+    out = tmp_path_factory.mktemp("demo") / "build"
+    manifest = run_build(repo_root / "pipelines/demo.yaml", out, dry_run=True)
+    return out, manifest

@@ -20,13 +20,6 @@ from synth.stages.generation import Elements
 from synth.templates import load_catalog
 
 
-@pytest.fixture(scope="session")
-def demo_build(ray_session, repo_root: Path, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("demo") / "build"
-    manifest = run_build(repo_root / "pipelines/demo.yaml", out, dry_run=True)
-    return out, manifest
-
-
 def test_every_export_is_written(demo_build):
     out, manifest = demo_build
     for path in ("corpus/README.md", "corpus/data", "libra_test.jsonl", "hard/hard.parquet", "rejects", "manifest.json",
@@ -133,7 +126,7 @@ def test_element_sampling_is_deterministic(ray_session, repo_root: Path):
     pd.testing.assert_frame_equal(a, b)
     c = _elements(repo_root, 2)
     assert set(a["id"]).isdisjoint(set(c["id"]))
-    assert len(a) == 39 * (2 + 1)  # the demo: 2 harmful + 1 benign calls per subcategory
+    assert len(a) == 39 * (2 + 2)  # the demo: 2 harmful + 2 benign calls per subcategory
 
 
 NEW_SCENARIO = {

@@ -328,6 +328,20 @@ def cost(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def plan_and_actual(manifest: dict[str, Any], costs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan the build recorded (synth/plan.py) beside what its stages did."""
+    plan = manifest.get("plan") or {}
+    actual = {c["stage"]: c for c in costs}
+    out = []
+    for s in plan.get("stages", []):
+        a = actual.get(s["name"], {})
+        done = (a.get("requests_sent") or 0) + (a.get("requests_cached") or 0) if a else None
+        out.append({"stage": s["name"], "planned_requests": s["requests"], "requests": done,
+                    "planned_output_tokens": s.get("output_tokens"), "output_tokens": a.get("completion_tokens"),
+                    "seconds": a.get("seconds")})
+    return out
+
+
 def collect(build: Path) -> dict[str, Any]:
     build = Path(build)
     manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
@@ -379,5 +393,8 @@ def collect(build: Path) -> dict[str, Any]:
         "decontamination": decontamination(build, manifest),
         "diversity": diversity(build, dedup),
         "cost": cost(build, manifest),
+        "plan": {"stages": plan_and_actual(manifest, cost(build, manifest)),
+                 "totals": (manifest.get("plan") or {}).get("totals"),
+                 "rates_from": (manifest.get("plan") or {}).get("rates_from")},
         "wall_seconds": round(sum(s.get("seconds", 0.0) for s in manifest.get("stages", [])), 2),
     }

@@ -139,6 +139,17 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                 "respond; the judges' token counts are not recorded in the stage rows). Prompt tokens are not recorded.",
                 ["stage", "seconds", "reused", "completion tokens", "requests sent", "cached"], cost, "time"))
     # (a reused stage shows the seconds of the run that produced it)
+    plan = n.get("plan") or {}
+    if plan.get("stages"):
+        t = plan.get("totals") or {}
+        rows = [[p["stage"], _fmt(p["planned_requests"]), _fmt(p["requests"]), _fmt(p["planned_output_tokens"]),
+                 _fmt(p["output_tokens"]), _fmt(p["seconds"])] for p in plan["stages"]]
+        out.append(("Plan and actual", f"The plan `synth build` made before it ran (`synth plan`; acceptance rates: "
+                    f"{plan.get('rates_from')}): {_fmt(t.get('gpu_hours'))} GPU-hours, {_fmt(t.get('wall_hours'))} h "
+                    f"of model time, API cost ${_fmt(t.get('cost_usd'))}. Planned output tokens are max_tokens × the "
+                    "fill share; actual ones as recorded in the rows (not for the judges).",
+                    ["stage", "planned requests", "requests", "planned output tokens", "output tokens", "seconds"],
+                    rows, None))
     return out
 
 

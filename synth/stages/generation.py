@@ -36,38 +36,44 @@ class Elements(Stage):
                 **{k: v for k, v in catalog.hashes.items() if k.startswith("seeds/")}}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        gen = ctx.config.generation
-        calls = {"harmful": gen.harmful_calls_per_subcategory, "benign": gen.benign_calls_per_subcategory}
-        out: list[dict[str, Any]] = []
-        for scenario in sorted(ctx.catalog.scenarios.values(), key=lambda s: s.id):
-            for sub in scenario.template.subcategories:
-                for kind in KINDS:
-                    for index in range(calls[kind]):
-                        # One RNG per call, seeded by what the call is: adding a scenario
-                        # or a subcategory never changes the elements of the others.
-                        rng = random.Random(stable_id(ctx.config.seed, scenario.id, sub.id, kind, index))
-                        elements = {
-                            "behavior": rng.choice(scenario.pools.behaviors[sub.id]),
-                            "benign_topic": rng.choice(scenario.pools.benign_topics[sub.id]),
-                            "task_type": rng.choice(ctx.catalog.task_types),
-                            "region": rng.choice(ctx.catalog.regions),
-                            "event": rng.choice(ctx.catalog.events),
-                        }
-                        out.append(
-                            {
-                                "id": stable_id("elements", ctx.config.seed, scenario.id, sub.id, kind, index, elements),
-                                "scenario": scenario.id,
-                                "scenario_name": scenario.template.name_zh,
-                                "subcategory": sub.id,
-                                "subcategory_name": sub.name_zh,
-                                "kind": kind,
-                                "elements": elements,
-                                "template_id": f"{scenario.id}.{kind}",
-                                "template_hash": scenario.hash,
-                                REJECT_COLUMN: "",
-                            }
-                        )
+        out = element_rows(ctx.config, ctx.catalog)
         return ray.data.from_items(out, override_num_blocks=max(1, min(8, len(out) // 64 or 1)))
+
+
+def element_rows(config: PipelineConfig, catalog) -> list[dict[str, Any]]:
+    """The elements stage's rows: one per generator call (also what `synth plan` counts)."""
+    gen = config.generation
+    calls = {"harmful": gen.harmful_calls_per_subcategory, "benign": gen.benign_calls_per_subcategory}
+    out: list[dict[str, Any]] = []
+    for scenario in sorted(catalog.scenarios.values(), key=lambda s: s.id):
+        for sub in scenario.template.subcategories:
+            for kind in KINDS:
+                for index in range(calls[kind]):
+                    # One RNG per call, seeded by what the call is: adding a scenario
+                    # or a subcategory never changes the elements of the others.
+                    rng = random.Random(stable_id(config.seed, scenario.id, sub.id, kind, index))
+                    elements = {
+                        "behavior": rng.choice(scenario.pools.behaviors[sub.id]),
+                        "benign_topic": rng.choice(scenario.pools.benign_topics[sub.id]),
+                        "task_type": rng.choice(catalog.task_types),
+                        "region": rng.choice(catalog.regions),
+                        "event": rng.choice(catalog.events),
+                    }
+                    out.append(
+                        {
+                            "id": stable_id("elements", config.seed, scenario.id, sub.id, kind, index, elements),
+                            "scenario": scenario.id,
+                            "scenario_name": scenario.template.name_zh,
+                            "subcategory": sub.id,
+                            "subcategory_name": sub.name_zh,
+                            "kind": kind,
+                            "elements": elements,
+                            "template_id": f"{scenario.id}.{kind}",
+                            "template_hash": scenario.hash,
+                            REJECT_COLUMN: "",
+                        }
+                    )
+    return out
 
 
 class Queries(Stage):
