@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, field_validator,
+                      model_validator)
 
 from synth.dedup import DecontaminateConfig, DedupConfig
 from synth.errors import BadInput
+from synth.output_parsing import JUDGE_FIELDS
 
 
 class Strict(BaseModel):
@@ -156,6 +158,24 @@ class Respond(Strict):
     )
 
 
+class Annotate(Strict):
+    fields: list[str] = Field(
+        default_factory=list,
+        description="optional judge fields after 答案: question_harmful, refusal, subcategory (columns "
+        "question_harmful, refusal, judged_subcategory); empty = the Libra verdict only",
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, fields: list[str]) -> list[str]:
+        unknown = [f for f in fields if f not in JUDGE_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown judge field(s) {', '.join(unknown)} (known: {', '.join(JUDGE_FIELDS)})")
+        if len(set(fields)) != len(fields):
+            raise ValueError("a judge field is listed twice")
+        return fields
+
+
 class FilterSpec(Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -226,6 +246,7 @@ class PipelineConfig(Strict):
     generation: Generation = Field(default_factory=Generation)
     augment: Augment = Field(default_factory=Augment)
     respond: Respond = Field(default_factory=Respond)
+    annotate: Annotate = Field(default_factory=Annotate)
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
     plan: Plan = Field(default_factory=Plan)
@@ -291,6 +312,8 @@ class PipelineConfig(Strict):
         exclude: dict[str, Any] = {"templates": True, "seeds": True, "balance": True, "export": {"label_position"},
                                    "decontaminate": {"against": {"__all__": {"path"}}} if self.decontaminate.against
                                    else True}
+        if not self.annotate.fields:  # a config without judge fields is hashed as before they existed
+            exclude["annotate"] = True
         data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 

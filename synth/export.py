@@ -36,6 +36,7 @@ import yaml
 from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput
+from synth.output_parsing import FIELD_COLUMNS
 from synth.rows import REJECT_COLUMN, stable_id
 from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_column, shard_paths, unified_schema,
                              with_ids, write_jsonl, write_parquet)
@@ -43,8 +44,10 @@ from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_c
 CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
     "response", "responder", "persona", "label", "analyze", "judgements", "elements", "generator",
-    "template_id", "template_hash", "finish_reason", "seed",
+    "template_id", "template_hash", "finish_reason", "seed", *FIELD_COLUMNS.values(),
 )
+# The judge fields' columns (config `annotate.fields`) keep their types when no row has a value.
+FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string()}
 # What balance, the split, the counts and the dataset card read: the only columns held whole.
 KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind")
 SHARD_ROWS = 50_000  # rows per corpus/ parquet file at most
@@ -165,7 +168,9 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
 
 def _as_written(schema: pa.Schema) -> pa.Schema:
     """Top-level strings as large_string: the type these files had when they went through pandas."""
-    return pa.schema([f.with_type(pa.large_string()) if f.type == pa.string() else f for f in schema])
+    return pa.schema([f.with_type(pa.large_string()) if f.type == pa.string()
+                      else f.with_type(FIELD_TYPES[f.name]) if f.type == pa.null() and f.name in FIELD_TYPES else f
+                      for f in schema])
 
 
 def _with_cut_reason(tables: Iterable[pa.Table], cut: pd.DataFrame) -> Iterator[pa.Table]:

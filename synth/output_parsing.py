@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 
 # "1." "1、" "1)" "（1）" "第1个" "-" "*" "•" "Q1:" "问题1：" at the start of a line
 _ITEM_PREFIX = re.compile(
@@ -98,12 +99,34 @@ def parse_single_question(text: str) -> Parsed:
 
 LABELS = ("安全", "不安全")
 
+# Optional judge fields (config `annotate.fields`), in the order they follow 答案 in the
+# verdict JSON: the config name, the JSON key the judge writes, and the pair's column.
+# question_harmful and refusal are answered 是/否 (True/False in the columns); subcategory
+# with one of the catalog's subcategory ids.
+JUDGE_FIELDS = ("question_harmful", "refusal", "subcategory")
+FIELD_KEYS = {"question_harmful": "问题有害", "refusal": "拒答", "subcategory": "子类"}
+FIELD_COLUMNS = {"question_harmful": "question_harmful", "refusal": "refusal", "subcategory": "judged_subcategory"}
+YES_NO = ("是", "否")
+FIELD_MISSING = "judge_field_missing"
+FIELD_MALFORMED = "judge_field_malformed"
+
+
+def ordered_fields(fields: Collection[str]) -> list[str]:
+    """The requested fields in schema order (the order in the config does not matter)."""
+    return [f for f in JUDGE_FIELDS if f in fields]
+
+
+def field_column_value(name: str, value: str) -> bool | str:
+    """A judge's field value as the pair's column holds it."""
+    return value == YES_NO[0] if name != "subcategory" else value
+
 
 @dataclass(frozen=True)
 class Verdict:
     label: str  # "安全" | "不安全" | "" when unparseable
     analysis: str
     reason: str = ""
+    fields: dict[str, str] = field(default_factory=dict)  # requested field -> value as written (是/否, an id)
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
@@ -114,11 +137,15 @@ _REASONING = re.compile(r"^.*</think>", re.DOTALL)  # reasoning models think bef
 _LABEL_NOISE = " \t\n。.!！,，"
 
 
-def parse_verdict(text: str, *, prefix: str = "") -> Verdict:
+def parse_verdict(text: str, *, prefix: str = "", fields: Sequence[str] = (),
+                  subcategories: Collection[str] = ()) -> Verdict:
     """The guard verdict `{"答案": ..., "分析": ...}`, tolerating code fences and minor damage.
 
     `prefix` is what the prompt already wrote of the JSON (completion-style judges
-    are prompted with `{"答案": "` and continue from there).
+    are prompted with `{"答案": "` and continue from there). `fields` are the optional
+    judge fields asked for (JUDGE_FIELDS); each must be present and valid (a subcategory
+    one of `subcategories`), else the verdict keeps its label and says which field failed
+    (`judge_field_missing:<field>` / `judge_field_malformed:<field>`).
     """
     raw = _REASONING.sub("", prefix + (text or "")).strip()
     if not raw:
@@ -130,12 +157,46 @@ def parse_verdict(text: str, *, prefix: str = "") -> Verdict:
             data = json.loads(cleaned[start : end + 1])
             label = str(data.get("答案", "")).strip(_LABEL_NOISE)
             if label in LABELS:
-                return Verdict(label, str(data.get("分析", "")).strip())
+                return _with_fields(Verdict(label, str(data.get("分析", "")).strip()), fields, subcategories,
+                                    {k: data[k] for k in FIELD_KEYS.values() if k in data})
             return Verdict("", "", "verdict_missing_or_invalid")
         except (json.JSONDecodeError, AttributeError):
             pass
     match = _LABEL_FIELD.search(cleaned)
     if match:
         analysis = _ANALYSIS_FIELD.search(cleaned[match.end() :])
-        return Verdict(match.group(1), analysis.group(1).strip() if analysis else "")
+        written = {}
+        for name in fields:
+            found = _field_pattern(FIELD_KEYS[name]).search(cleaned)
+            if found:
+                written[FIELD_KEYS[name]] = found.group(1)
+        # the analysis field runs to the end of the text: the fields written after it are not part of it
+        text_analysis = analysis.group(1).strip() if analysis else ""
+        if fields and text_analysis:
+            text_analysis = _FIELDS_AFTER.split(text_analysis)[0].strip()
+        return _with_fields(Verdict(match.group(1), text_analysis), fields, subcategories, written)
     return Verdict("", "", "verdict_unparseable")
+
+
+_FIELDS_AFTER = re.compile(rf"{_Q}\s*[,，]\s*{_Q}(?:{'|'.join(FIELD_KEYS.values())})")
+
+
+def _field_pattern(key: str) -> re.Pattern[str]:
+    return re.compile(rf"{_Q}{key}{_Q}\s*[:：]\s*{_Q}\s*([^\"'“”‘’,，}}\s]*)")
+
+
+def _with_fields(verdict: Verdict, fields: Sequence[str], subcategories: Collection[str],
+                 written: dict[str, object]) -> Verdict:
+    """The verdict with its requested fields, or a reason naming the first missing or malformed one."""
+    values: dict[str, str] = {}
+    for name in fields:
+        key = FIELD_KEYS[name]
+        if key not in written:
+            return Verdict(verdict.label, verdict.analysis, f"{FIELD_MISSING}:{name}")
+        value = written[key]
+        value = value.strip(_LABEL_NOISE) if isinstance(value, str) else value
+        allowed = subcategories if name == "subcategory" else YES_NO
+        if not isinstance(value, str) or value not in allowed:
+            return Verdict(verdict.label, verdict.analysis, f"{FIELD_MALFORMED}:{name}")
+        values[name] = value
+    return Verdict(verdict.label, verdict.analysis, fields=values)

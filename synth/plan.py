@@ -78,6 +78,7 @@ def _harmful_share(gen: Generation) -> float:
 
 
 def make_plan(config: PipelineConfig, catalog, from_build: Path | None = None) -> dict[str, Any]:
+    from synth.output_parsing import ordered_fields
     from synth.stages.generation import element_rows, question_requests
     from synth.stages.labelling import judge_requests, respond_requests
 
@@ -149,7 +150,8 @@ def make_plan(config: PipelineConfig, catalog, from_build: Path | None = None) -
     pair = pd.DataFrame([{"id": "plan", "question": "问" * SAMPLE_QUESTION_CHARS,
                           "response": "答" * int(sum(answer_chars) / max(1, len(answer_chars)))}])
     for role in judges:
-        r = judge_requests(pair, catalog, role, config.models[role.model].prompt_style, config.seed)
+        r = judge_requests(pair, catalog, role, config.models[role.model].prompt_style, config.seed,
+                           ordered_fields(config.annotate.fields))
         count("annotate", role, annotate_total / len(judges), float(len(r["prompt"][0]) + len(r["system"][0])))
     stages.append({"name": "annotate", "requests": annotate_total})
     rows = pairs * rate("annotate", "keep", DEFAULT_KEEP["annotate"])

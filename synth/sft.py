@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
@@ -69,6 +69,8 @@ class GuardPrompt:
 
     judge: JudgeTemplates
     source: str = "judge.yaml"
+    # the judge fields the prompt asks for (Catalog.judge_fields); none = Libra's prompt
+    fields: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         env = make_environment()
@@ -95,7 +97,7 @@ class GuardPrompt:
     def render(self, question: str, response: str) -> tuple[str, str]:
         """(system, user) for one pair; system is "" when the template has none. The guard
         is trained on the template's first (default) rubric."""
-        variables = dict(zip(JUDGE_VARIABLES, (question, response, self.judge.rubrics[0].model_dump())))
+        variables = dict(zip(JUDGE_VARIABLES, (question, response, self.judge.rubrics[0].model_dump(), self.fields)))
         try:
             system = self._system.render(**variables) if self._system else ""
             return system, self._user.render(**variables)

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synth.config import format_validation_error
 from synth.errors import BadInput
+from synth.output_parsing import FIELD_KEYS, JUDGE_FIELDS, ordered_fields
 
 ID_PATTERN = r"^[a-z0-9_]+$"
 
@@ -119,7 +120,7 @@ class ScenarioPools(Strict):
 SCENARIO_VARIABLES = ("scenario", "subcategory", "behavior", "task_type", "region", "event", "benign_topic", "n")
 AUGMENT_VARIABLES = ("question", "scenario", "subcategory")
 RESPOND_VARIABLES = ("question", "persona")
-JUDGE_VARIABLES = ("question", "response", "rubric")
+JUDGE_VARIABLES = ("question", "response", "rubric", "fields")
 
 Style = Literal["chat", "completion"]
 
@@ -155,6 +156,9 @@ class Catalog:
     events: list[str]
     hashes: dict[str, str] = field(default_factory=dict)  # shared file name -> content hash
     env: SandboxedEnvironment = field(default_factory=lambda: make_environment(), repr=False)
+    # every subcategory id -> its Chinese name, across all scenarios (also those a config leaves out):
+    # the choices of the judge field `subcategory`
+    subcategories: dict[str, str] = field(default_factory=dict)
     # source -> compiled template, filled as templates are first rendered in this process.
     # Not pickled (a Catalog travels to Ray workers in task closures): each process compiles its own.
     _compiled: dict[str, jinja2.Template] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -210,6 +214,13 @@ class Catalog:
             if rubric.id == rubric_id:
                 return rubric
         raise BadInput(f"judge rubric '{rubric_id}' is not in templates/shared/judge.yaml")
+
+    def judge_fields(self, fields: list[str]) -> list[dict[str, Any]]:
+        """The judge template's `fields`: per requested field (config `annotate.fields`, in schema
+        order) its name, the JSON key the judge writes and, for `subcategory`, the choices."""
+        return [{"name": name, "key": FIELD_KEYS[name],
+                 "choices": [f"{i}（{zh}）" for i, zh in self.subcategories.items()] if name == "subcategory" else []}
+                for name in ordered_fields(fields)]
 
 
 def make_environment() -> SandboxedEnvironment:
@@ -335,6 +346,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
                 raise BadInput(f"{pool_path}: {field_name}: unknown subcategory {', '.join(extra)}")
         scenarios[template.id] = Scenario(template, pools, path, _digest(path, pool_path))
 
+    subcategories = {sub.id: sub.name_zh for s in scenarios.values() for sub in s.template.subcategories}
     if only:
         unknown = sorted(set(only) - set(scenarios))
         if unknown:
@@ -354,6 +366,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
             **{f"seeds/{k}": _digest(p) for k, p in pool_files.items()},
         },
         env=env,
+        subcategories=subcategories,
     )
     _render_everything(catalog)
     return catalog
@@ -409,6 +422,7 @@ def _render_everything(catalog: Catalog) -> None:
             )
     for rubric in catalog.judge.rubrics:
         for style in ("chat", "completion"):
-            catalog.render(catalog.judge, style,
-                           {"question": "示例问题？", "response": "示例回答。", "rubric": rubric.model_dump()},
-                           f"templates/shared/judge.yaml: rubrics[{rubric.id}]")
+            for fields in ([], catalog.judge_fields(list(JUDGE_FIELDS))):
+                catalog.render(catalog.judge, style, {"question": "示例问题？", "response": "示例回答。",
+                                                      "rubric": rubric.model_dump(), "fields": fields},
+                               f"templates/shared/judge.yaml: rubrics[{rubric.id}]")

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from synth.config import ModelSpec, Role, Sampling
+from synth.output_parsing import FIELD_KEYS, YES_NO, ordered_fields
 
 if TYPE_CHECKING:
     import ray.data
@@ -59,6 +60,20 @@ VERDICT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 VERDICT_SCHEMA_JSON = json.dumps(VERDICT_SCHEMA, ensure_ascii=False)  # keeps the property order
+
+
+def verdict_schema(fields: Sequence[str] = (), subcategories: Sequence[str] = ()) -> dict[str, Any]:
+    """VERDICT_SCHEMA with the requested judge fields (config `annotate.fields`) after 答案:
+    yes/no fields written before the verdict lowered a judge's accuracy, so the verdict
+    comes first and the fields after it. No fields: VERDICT_SCHEMA itself."""
+    fields = ordered_fields(fields)
+    if not fields:
+        return VERDICT_SCHEMA
+    properties = dict(VERDICT_SCHEMA["properties"])
+    for name in fields:
+        choices = list(subcategories) if name == "subcategory" else list(YES_NO)
+        properties[FIELD_KEYS[name]] = {"type": "string", "enum": choices}
+    return {**VERDICT_SCHEMA, "properties": properties, "required": list(properties)}
 
 
 def request_seed(request_id: str, role_name: str, base_seed: int) -> int:

@@ -63,7 +63,7 @@ def _answer(rng: random.Random, source: str) -> str:
     return f"以下是一些说明：{body}。"
 
 
-def _verdict(rng: random.Random, prompt: str) -> str:
+def _verdict(rng: random.Random, prompt: str, schema: str = "") -> str:
     if rng.random() < 0.03:  # malformed on purpose: not JSON
         return "这个回答可能有问题"
     # The verdict is mostly a function of the pair being judged (the prompt from its last
@@ -73,23 +73,47 @@ def _verdict(rng: random.Random, prompt: str) -> str:
     base = False if _REFUSAL in pair else random.Random(pair).random() < 0.5
     unsafe = base if rng.random() > 0.1 else not base
     label = "不安全" if unsafe else "安全"
-    return json.dumps({"答案": label, "分析": f"（stand-in 判定）该回答被判为{label}。"}, ensure_ascii=False)
+    verdict = {"答案": label, "分析": f"（stand-in 判定）该回答被判为{label}。"}
+    return json.dumps({**verdict, **_fields(rng, pair, schema)}, ensure_ascii=False)
+
+
+def _fields(rng: random.Random, pair: str, schema: str) -> dict[str, str]:
+    """The optional judge fields the schema asks for after 答案 (config `annotate.fields`): like the
+    verdict, a function of the pair flipped by the judge's seed now and then; ~3% of outputs get
+    one field value outside its choices, so the malformed-field reject is exercised too."""
+    properties = list(json.loads(schema)["properties"].items())[2:] if schema else []
+    if not properties:
+        return {}
+    by_pair = random.Random(f"fields:{pair}")
+    out = {}
+    for key, prop in properties:
+        choices = prop["enum"]
+        if choices == ["是", "否"]:
+            agreed = "是" if (_REFUSAL in pair if key == "拒答" else by_pair.random() < 0.5) else "否"
+        else:
+            agreed = by_pair.choice(choices)
+        out[key] = agreed if rng.random() > 0.1 else rng.choice(choices)
+    if rng.random() < 0.03:
+        out[properties[rng.randrange(len(properties))][0]] = "不确定"
+    return out
 
 
 _TASKS = {"questions": _questions, "augment": _rewrite, "respond": _answer}
 
 
-def standin_output(task: str, prompt: str, seed: int) -> str:
+def standin_output(task: str, prompt: str, seed: int, schema: str = "") -> str:
     rng = random.Random(f"{task}:{seed}")
     if task == "judge":
-        return _verdict(rng, prompt)
+        return _verdict(rng, prompt, schema)
     return _TASKS[task](rng, _han_text(prompt))
 
 
 def _standin_batch(batch: pd.DataFrame) -> pd.DataFrame:
     if batch.empty:
         return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="")
-    texts = [standin_output(t, p, int(s)) for t, p, s in zip(batch["task"], batch["prompt"], batch["seed"])]
+    schemas = batch["json_schema"] if "json_schema" in batch else [""] * len(batch)
+    texts = [standin_output(t, p, int(s), j)
+             for t, p, s, j in zip(batch["task"], batch["prompt"], batch["seed"], schemas)]
     batch = batch.copy()
     batch["text"] = texts
     batch["finish_reason"] = "stop"

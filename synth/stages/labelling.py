@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -9,9 +10,10 @@ import pandas as pd
 import ray.data
 
 from synth.config import PipelineConfig, Role
-from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, VERDICT_SCHEMA_JSON, request_row
-from synth.engines.base import PENDING, failure_reason
-from synth.output_parsing import parse_verdict
+from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, request_row
+from synth.engines.base import PENDING, failure_reason, verdict_schema
+from synth.output_parsing import (FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, field_column_value, ordered_fields,
+                                  parse_verdict)
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import Stage, StageContext
 
@@ -20,7 +22,8 @@ PAIR_COLUMNS = (
     "attack", "template_id", "template_hash", "generator", "responder", "persona", "seed", "question",
     "response", "finish_reason", "response_tokens", REJECT_COLUMN,
 )
-LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", REJECT_COLUMN)
+# The judge fields' columns (config `annotate.fields`) are always there, null when not asked for.
+LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", *FIELD_COLUMNS.values(), REJECT_COLUMN)
 # Pair columns a judge request or its result would overwrite (the responder's `seed` and
 # `finish_reason`): carried through the judges' requests under another name.
 _CARRIED = {k: f"pair_{k}" for k in PAIR_COLUMNS if k in (*REQUEST_COLUMNS, *RESULT_COLUMNS)}
@@ -114,46 +117,56 @@ class Annotate(Stage):
         return list(config.roles.judges)
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
-        return {"seed": config.seed}
+        fields = ordered_fields(config.annotate.fields)
+        return {"seed": config.seed, **({"fields": fields} if fields else {})}
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        judges = self.roles(ctx.config)
+        judges, fields = self.roles(ctx.config), ordered_fields(ctx.config.annotate.fields)
+        subcategories = list(ctx.catalog.subcategories)
         current = rows
         for index, role in enumerate(judges):
             requests = current.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
-                "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed})
+                "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
+                "fields": fields})
             answered = ctx.generate([(role, requests)])
-            current = answered.map_batches(record_judgement, fn_kwargs={"index": index}, batch_format="pandas")
-        return current.map_batches(combine_judgements, fn_kwargs={"judges": len(judges)}, batch_format="pandas")
+            current = answered.map_batches(record_judgement, fn_kwargs={
+                "index": index, "fields": fields, "subcategories": subcategories}, batch_format="pandas")
+        return current.map_batches(combine_judgements, fn_kwargs={"judges": len(judges), "fields": fields},
+                                   batch_format="pandas")
 
 
 def _judge_columns(index: int) -> str:
     return f"_judge{index}"
 
 
-def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int) -> pd.DataFrame:
+def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
+                   fields: list[str] = ()) -> pd.DataFrame:
     """One judge's request per pair; the pair's own columns travel with it (renamed where a
-    request or result column would overwrite them)."""
+    request or result column would overwrite them). `fields`: the judge fields asked for."""
     rubric = catalog.rubric(role.rubric).model_dump()
+    field_vars = catalog.judge_fields(list(fields))
+    schema = json.dumps(verdict_schema(fields, list(catalog.subcategories)), ensure_ascii=False)
     out = []
     for row in batch.to_dict("records"):
         rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"],
-                                                         "rubric": rubric}, "judge")
+                                                         "rubric": rubric, "fields": field_vars}, "judge")
         carried = {_CARRIED.get(k, k): v for k, v in row.items()}
         out.append({**carried, **request_row(
             request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
-            system=rendered.system, role=role, base_seed=seed, json_schema=VERDICT_SCHEMA_JSON,
+            system=rendered.system, role=role, base_seed=seed, json_schema=schema,
         ), "prompt_style": style})
     carried_columns = [_CARRIED.get(c, c) for c in batch.columns]
     return pd.DataFrame(out, columns=_columns(carried_columns, REQUEST_COLUMNS, "prompt_style"))
 
 
-def record_judgement(batch: pd.DataFrame, index: int) -> pd.DataFrame:
+def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
+                     subcategories: list[str] = ()) -> pd.DataFrame:
     """A judge's answers → one column `_judge<index>` of judgement dicts; the pair's columns restored."""
-    judgements = [_judgement(r) for r in batch[["role", "error", "prompt", "prompt_style", "text"]].to_dict("records")]
+    results = batch[["role", "error", "prompt", "prompt_style", "text"]].to_dict("records")
+    judgements = [_judgement(r, fields, subcategories) for r in results]
     restored = {carried: original for original, carried in _CARRIED.items()}
     drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c not in restored]
     out = batch.drop(columns=[c for c in drop if c in batch.columns]).rename(columns=restored)
@@ -161,9 +174,11 @@ def record_judgement(batch: pd.DataFrame, index: int) -> pd.DataFrame:
     return out
 
 
-def combine_judgements(batch: pd.DataFrame, judges: int) -> pd.DataFrame:
+def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = ()) -> pd.DataFrame:
     """The build's rule per pair: a failed judge → reject (a transient failure: pending, sent
-    again next run); both agree → the label; they disagree → the hard pool."""
+    again next run; a missing or malformed judge field: a reject naming it); both agree → the
+    label; they disagree → the hard pool. Each judge field: its value where the judges agree,
+    null where they disagree (each judge's value stays in `judgements`)."""
     columns = [_judge_columns(i) for i in range(judges)]
     labels, analyses, reasons, all_judgements = [], [], [], []
     for judgements in zip(*(batch[c] for c in columns)):
@@ -174,7 +189,8 @@ def combine_judgements(batch: pd.DataFrame, judges: int) -> pd.DataFrame:
         if pending:
             reason, label = pending[0], ""
         elif failures:
-            reason, label = f"judge_failed: {failures[0]}", ""
+            field_failure = failures[0].startswith((FIELD_MISSING, FIELD_MALFORMED))
+            reason, label = failures[0] if field_failure else f"judge_failed: {failures[0]}", ""
         elif len(verdicts) > 1:
             reason, label = DISAGREE, ""
         else:
@@ -183,19 +199,35 @@ def combine_judgements(batch: pd.DataFrame, judges: int) -> pd.DataFrame:
         analyses.append(next((j["analysis"] for j in judgements if j["verdict"] == label), "") if label else "")
         reasons.append(reason)
         all_judgements.append(judgements)
-    out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses)
+    out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses,
+                                             **combined_fields(all_judgements, fields))
     out[REJECT_COLUMN] = reasons
     return out[list(LABELLED_COLUMNS)]
 
 
-def _judgement(row: dict[str, Any]) -> dict[str, str]:
+def combined_fields(all_judgements: list[list[dict[str, Any]]], fields: list[str]) -> dict[str, list[Any]]:
+    """Per judge-field column: the value the judges agree on, None where they disagree, where
+    one failed, or when the field was not asked for."""
+    columns: dict[str, list[Any]] = {column: [] for column in FIELD_COLUMNS.values()}
+    for judgements in all_judgements:
+        for name, column in FIELD_COLUMNS.items():
+            values = {j.get(name, "") for j in judgements} if name in fields else {""}
+            columns[column].append(field_column_value(name, values.pop()) if len(values) == 1 and "" not in values
+                                   else None)
+    return columns
+
+
+def _judgement(row: dict[str, Any], fields: list[str] = (), subcategories: list[str] = ()) -> dict[str, str]:
+    """One judge's answer: its verdict, analysis, raw text, error and (when asked for) its fields."""
+    blank = {name: "" for name in fields}
     if row["error"]:
-        return {"judge": row["role"], "verdict": "", "analysis": "", "raw": "", "error": failure_reason(row["error"])}
+        return {"judge": row["role"], "verdict": "", "analysis": "", "raw": "", "error": failure_reason(row["error"]),
+                **blank}
     # Completion-style judges are prompted with the opening of the JSON object and continue it.
     prompt = row["prompt"]
     prefix = prompt[prompt.rfind("{"):] if row["prompt_style"] == "completion" and "{" in prompt else ""
-    verdict = parse_verdict(row["text"])
+    verdict = parse_verdict(row["text"], fields=fields, subcategories=subcategories)
     if verdict.reason and prefix:
-        verdict = parse_verdict(row["text"], prefix=prefix)
+        verdict = parse_verdict(row["text"], prefix=prefix, fields=fields, subcategories=subcategories)
     return {"judge": row["role"], "verdict": verdict.label, "analysis": verdict.analysis, "raw": row["text"],
-            "error": verdict.reason}
+            "error": verdict.reason, **blank, **verdict.fields}
