@@ -121,7 +121,7 @@ def test_two_judges_fields_combine_per_field_and_a_bad_field_is_a_reject():
                                         "judge_field_malformed:refusal"]
     assert out["question_harmful"][0] is True and out["refusal"][0] is True and out["judged_subcategory"][0] == "gender"
     # pair 1: the label agrees, question_harmful and subcategory do not: null there, each judge's value kept
-    assert out["question_harmful"][1] is None and out["refusal"][1] is False and out["judged_subcategory"][1] is None
+    assert pd.isna(out["question_harmful"][1]) and out["refusal"][1] is False and pd.isna(out["judged_subcategory"][1])
     assert [j["subcategory"] for j in out["judgements"][1]] == ["gambling", "misinformation"]
     # pair 2: the verdicts disagree, the fields agree
     assert out["question_harmful"][2] is False and out["judged_subcategory"][2] == "gender"
