@@ -200,6 +200,10 @@ def export_cmd(
         None, "--label-position", help="sft, alpaca: 答案 before|after 分析 (default: the config's export.label_position)"
     ),
     config: Optional[Path] = typer.Option(None, help="the build's config (default: BUILD_DIR/inputs/config.yaml)"),
+    sft_target: Optional[str] = typer.Option(
+        None, "--sft-target", help="sft, alpaca: libra ({答案, 分析}) | extended (+ the judge fields the build asked "
+        "for) (default: the config's export.sft_target)"
+    ),
 ) -> None:
     """Re-export a finished build without rerunning it.
 
@@ -212,7 +216,8 @@ def export_cmd(
     with _reported():
         if label_position not in (None, "before", "after"):
             raise BadInput(f"--label-position must be before or after, got {label_position!r}")
-        counts = export_format(build_dir, fmt, out, config_path=config, label_position=label_position)
+        counts = export_format(build_dir, fmt, out, config_path=config, label_position=label_position,
+                               sft_target=sft_target)
     typer.echo(json.dumps(counts, ensure_ascii=False))
 
 

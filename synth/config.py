@@ -196,6 +196,10 @@ class Export(Strict):
     label_position: Literal["before", "after"] = Field(
         "before", description='sft/: the verdict JSON puts 答案 before 分析 ("before") or after it ("after")'
     )
+    sft_target: Literal["libra", "extended"] = Field(
+        "libra", description="sft/: the assistant turn is Libra's {答案, 分析} (libra) or also carries the judge "
+        "fields of annotate.fields (extended), the user turn then asking for them",
+    )
 
 
 class Balance(Strict):
@@ -285,6 +289,12 @@ class PipelineConfig(Strict):
                                      f"plan.{table} is for engine '{engine}' models")
         return self
 
+    @model_validator(mode="after")
+    def _extended_target_needs_fields(self) -> "PipelineConfig":
+        if self.export.sft_target == "extended" and not self.annotate.fields:
+            raise ValueError("export.sft_target: extended needs judge fields (annotate.fields)")
+        return self
+
     def all_roles(self) -> list[Role]:
         return [self.roles.generator, *self.roles.responders, *self.roles.judges]
 
@@ -305,11 +315,12 @@ class PipelineConfig(Strict):
 
     def fingerprint(self) -> str:
         """Hash of the config's content (paths excluded), recorded in the manifest."""
-        # export.label_position only shapes sft/ and balance only the export: changing them
+        # export.label_position and sft_target only shape sft/ and balance only the export: changing them
         # must not rerun the LLM stages.
         # The evaluation files count by content (the decontaminate stage's signature), not by path;
         # a config without any is hashed as before the section existed.
-        exclude: dict[str, Any] = {"templates": True, "seeds": True, "balance": True, "export": {"label_position"},
+        exclude: dict[str, Any] = {"templates": True, "seeds": True, "balance": True,
+                                   "export": {"label_position", "sft_target"},
                                    "decontaminate": {"against": {"__all__": {"path"}}} if self.decontaminate.against
                                    else True}
         if not self.annotate.fields:  # a config without judge fields is hashed as before they existed

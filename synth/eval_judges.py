@@ -108,8 +108,37 @@ def held_back(row: dict[str, Any], label_filters: list[Any]) -> str:
     return ""
 
 
+def field_agreement(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judges: list[str], fields: list[str],
+                    subcategory_ids: dict[str, str]) -> dict[str, Any]:
+    """Per judge field (config `annotate.fields`): the share of gold pairs where every judge gave
+    a valid value and the share where they gave the same one (gold has no field labels). For
+    `subcategory`, each judge's accuracy against gold's sub_category_name where that name is one
+    of the catalog's subcategories (`subcategory_ids`: Chinese name -> id)."""
+    out: dict[str, Any] = {}
+    for name in fields:
+        answered = same = 0
+        hits, mapped = {j: 0 for j in judges}, 0
+        for row_id, g in gold.items():
+            values = {j["judge"]: j.get(name, "") for j in by_id[row_id]["judgements"]}
+            given = [values.get(j, "") for j in judges]
+            answered += all(given)
+            same += all(given) and len(set(given)) == 1
+            expected = subcategory_ids.get(g["sub_category_name"])
+            if name == "subcategory" and expected:
+                mapped += 1
+                for j in judges:
+                    hits[j] += values.get(j, "") == expected
+        n = len(gold)
+        out[name] = {"answered": answered / n if n else 0.0, "agreement": same / n if n else 0.0}
+        if name == "subcategory":
+            out[name]["gold_mapped"] = mapped
+            out[name]["accuracy"] = {j: hits[j] / mapped if mapped else 0.0 for j in judges}
+    return out
+
+
 def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[str],
-          label_filters: list[Any] = ()) -> dict[str, Any]:
+          label_filters: list[Any] = (), fields: list[str] = (),
+          subcategory_ids: dict[str, str] | None = None) -> dict[str, Any]:
     """The metrics of the module docstring from annotate's output rows; `label_filters` are
     the config's pair filters that read the judges' output (`Filter.reads_labels`)."""
     by_id = {row["id"]: row for row in labelled.to_dict("records")}
@@ -171,6 +200,7 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
         },
         # every pair's verdicts, to see which gold pairs the judges get wrong
         "pairs": pairs,
+        **({"fields": field_agreement(gold, by_id, judges, list(fields), subcategory_ids or {})} if fields else {}),
     }
 
 
@@ -206,7 +236,10 @@ def evaluate_judges(gold_path: Path, config_path: Path, *, dry_run: bool = False
     from synth.filters import build_filters
 
     label_filters = [f for f in build_filters(config.filters.pairs, "filters.pairs") if f.reads_labels]
-    result = score(gold, labelled, judges, label_filters)
+    from synth.output_parsing import ordered_fields
+
+    result = score(gold, labelled, judges, label_filters, ordered_fields(config.annotate.fields),
+                   {zh: sub_id for sub_id, zh in catalog.subcategories.items()})
     signature = judges_signature(ctx)
     result.update(
         gold=str(gold_path), config=str(config_path), dry_run=dry_run, seconds=round(time.monotonic() - started, 1),
@@ -236,4 +269,10 @@ def format_result(result: dict[str, Any]) -> str:
     for name, s in result["per_scenario"].items():
         judges = ", ".join(f"{j} {a:.2f}" for j, a in s["judges"].items())
         lines.append(f"{name:<10} {s['n']:>4} {s['share']:>6.2f} {s['accuracy']:>8.2f}  {judges}")
+    for name, f in result.get("fields", {}).items():
+        line = f"judge field {name}: answered {f['answered']:.3f}, judges agree {f['agreement']:.3f}"
+        if "accuracy" in f:
+            line += (f"; accuracy against gold ({f['gold_mapped']} pairs): "
+                     + ", ".join(f"{j} {a:.2f}" for j, a in f["accuracy"].items()))
+        lines.append(line)
     return "\n".join(lines)

@@ -55,6 +55,7 @@ LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "respo
 LIBRA_SOURCE = "Synthetic Data"
 FINAL_STAGE = "decontaminate"  # the last of synth.build.STAGES: the export reads its rows
 INPUTS_DIR = "inputs"
+JUDGE_FIELDS_FILE = "judge_fields.json"  # in inputs/: the judge fields the build asked for, as the prompt renders them
 EXPORT_FORMATS = ("sft", "alpaca", "libra-test", "jsonl")
 SPLITS = ("train", "validation")
 
@@ -160,6 +161,8 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
         _write_card(corpus_dir / "README.md", config, kept, counts)
 
         prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog))
+        if config.export.sft_target == "extended":
+            prompt.fields = json.loads((out / INPUTS_DIR / JUDGE_FIELDS_FILE).read_text(encoding="utf-8"))
         counts["sft"] = write_sft(out / "sft", {"train": with_ids(final, train["id"]),
                                                 "validation": with_ids(final, validation["id"])},
                                   prompt, label_position=config.export.label_position, name=config.name)
@@ -246,6 +249,13 @@ def snapshot_inputs(out: Path, config: PipelineConfig, catalog: Any = None) -> P
     if config.source is not None and config.source.parent == inputs.resolve():
         return judge_copy
     inputs.mkdir(parents=True, exist_ok=True)
+    if config.annotate.fields and (catalog is not None or config.templates_dir is not None):
+        # what the extended sft target's prompt asks for (with the subcategory choices)
+        from synth.templates import load_catalog
+
+        fields_from = catalog if catalog is not None else load_catalog(config.templates_dir, config.seeds_dir)
+        (inputs / JUDGE_FIELDS_FILE).write_text(json.dumps(fields_from.judge_fields(config.annotate.fields),
+                                                           ensure_ascii=False, indent=1), encoding="utf-8")
     if catalog is not None:
         text = ("# The guard prompt this build's judges used (synth dumps it from the build's templates).\n"
                 + yaml.safe_dump(catalog.judge.model_dump(), allow_unicode=True, sort_keys=False, width=1000))
@@ -280,6 +290,23 @@ class FinishedBuild:
     name: str
     label_position: str
     judge: Path  # the guard prompt template the sft views render
+    sft_target: str = "libra"
+
+    def guard_prompt(self, target: str | None = None) -> Any:
+        """The sft views' prompt; the extended target asks for the judge fields the build recorded."""
+        from synth.sft import SFT_TARGETS, GuardPrompt
+
+        target = target or self.sft_target
+        if target not in SFT_TARGETS:
+            raise BadInput(f"--sft-target must be one of {', '.join(SFT_TARGETS)}, got {target!r}")
+        prompt = GuardPrompt.from_file(self.judge)
+        if target == "extended":
+            recorded = self.path / INPUTS_DIR / JUDGE_FIELDS_FILE
+            if not recorded.exists():
+                raise BadInput(f"{self.path}: the extended sft target needs the judge fields, and this build asked "
+                               f"its judges for none ({INPUTS_DIR}/{JUDGE_FIELDS_FILE} is missing)")
+            prompt.fields = json.loads(recorded.read_text(encoding="utf-8"))
+        return prompt
 
     def split_files(self, split: str) -> list[Path]:
         """corpus/ shards of `split`, in order (each sorted by id, one id range after the other)."""
@@ -309,7 +336,7 @@ def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuil
     if config_path is not None:
         config, templates_dir, _ = load_config(Path(config_path))
         return FinishedBuild(build_dir, config.name, config.export.label_position,
-                             templates_dir / "shared" / "judge.yaml")
+                             templates_dir / "shared" / "judge.yaml", config.export.sft_target)
     recorded, judge = build_dir / INPUTS_DIR / "config.yaml", build_dir / INPUTS_DIR / "judge.yaml"
     if not recorded.exists() or not judge.exists():
         raise BadInput(f"{build_dir}: {INPUTS_DIR}/config.yaml or {INPUTS_DIR}/judge.yaml is missing (built by an "
@@ -317,16 +344,17 @@ def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuil
     try:
         raw = yaml.safe_load(recorded.read_text(encoding="utf-8"))
         export = raw.get("export") or {}
-        return FinishedBuild(build_dir, str(raw["name"]), str(export.get("label_position", "before")), judge)
+        return FinishedBuild(build_dir, str(raw["name"]), str(export.get("label_position", "before")), judge,
+                             str(export.get("sft_target", "libra")))
     except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError) as e:
         raise BadInput(f"{recorded}: unreadable recorded config ({type(e).__name__}: {e})") from None
 
 
 def export_format(build_dir: Path, fmt: str, path: Path, *, config_path: Path | None = None,
-                  label_position: str | None = None) -> dict[str, Any]:
+                  label_position: str | None = None, sft_target: str | None = None) -> dict[str, Any]:
     """Re-export one view of a finished build into `path` (see `synth export --help`)."""
     from synth.lock import BuildLock
-    from synth.sft import GuardPrompt, write_alpaca, write_sft
+    from synth.sft import write_alpaca, write_sft
 
     if fmt not in EXPORT_FORMATS:
         raise BadInput(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
@@ -336,10 +364,10 @@ def export_format(build_dir: Path, fmt: str, path: Path, *, config_path: Path | 
     with BuildLock(build.path):  # no build rewrites corpus/ while it is read
         splits = build.splits()
         if fmt == "sft":
-            counts = write_sft(path, splits, GuardPrompt.from_file(build.judge), label_position=position,
+            counts = write_sft(path, splits, build.guard_prompt(sft_target), label_position=position,
                                name=build.name)
         elif fmt == "alpaca":
-            counts = write_alpaca(path, splits, GuardPrompt.from_file(build.judge), label_position=position)
+            counts = write_alpaca(path, splits, build.guard_prompt(sft_target), label_position=position)
         else:
             counts = {"rows": _write_corpus_jsonl(build, fmt, Path(path))}
     return {"format": fmt, "path": str(path), **counts}

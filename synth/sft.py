@@ -5,7 +5,10 @@ Each corpus row becomes one conversation:
     user       the guard prompt: the chat form of the build's judge template
                (templates/shared/judge.yaml) rendered with the row's question and response
     assistant  the verdict JSON {"答案": label, "分析": analyze} (ensure_ascii=False),
-               label first or last (`export.label_position`)
+               label first or last (`export.label_position`); with `export.sft_target: extended`
+               the judge fields follow ({"问题有害": "是"|"否", "拒答": ..., "子类": id}, those the
+               build asked its judges for, a field the judges disagreed on left out) and the
+               user turn asks for them as the judges were asked
 
 Written as `<build>/sft/`:
 
@@ -37,11 +40,14 @@ from pydantic import ValidationError
 
 from synth.config import format_validation_error
 from synth.errors import BadInput
+from synth.output_parsing import FIELD_COLUMNS, FIELD_KEYS, YES_NO
 from synth.stream_io import CHUNK_ROWS, write_jsonl, write_parquet
 from synth.templates import JUDGE_VARIABLES, JudgeTemplates, make_environment
 
 LabelPosition = Literal["before", "after"]
 LABEL_POSITIONS: tuple[str, ...] = ("before", "after")
+SftTarget = Literal["libra", "extended"]
+SFT_TARGETS: tuple[str, ...] = ("libra", "extended")
 LABEL_KEY, ANALYSIS_KEY = "答案", "分析"
 SFT_SCHEMA = pa.schema([("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
                         ("id", pa.string()), ("scenario", pa.string()), ("label", pa.string())])
@@ -54,13 +60,26 @@ LLAMA_FACTORY_NAMES = {
 }
 
 
-def verdict_json(label: str, analysis: str, label_position: LabelPosition = "before") -> str:
-    """The assistant turn: the guard verdict as one line of JSON, Chinese kept as is."""
+def verdict_json(label: str, analysis: str, label_position: LabelPosition = "before",
+                 fields: dict[str, str] | None = None) -> str:
+    """The assistant turn: the guard verdict as one line of JSON, Chinese kept as is; `fields`
+    (JSON key -> value) follow it (the extended target)."""
     if label_position not in LABEL_POSITIONS:
         raise BadInput(f"label_position must be one of {', '.join(LABEL_POSITIONS)}, got {label_position!r}")
     label_item, analysis_item = (LABEL_KEY, label), (ANALYSIS_KEY, analysis or "")
     items = [label_item, analysis_item] if label_position == "before" else [analysis_item, label_item]
-    return json.dumps(dict(items), ensure_ascii=False)
+    return json.dumps({**dict(items), **(fields or {})}, ensure_ascii=False)
+
+
+def target_fields(row: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str, str]:
+    """The judge fields of a corpus row as the guard writes them (a null column, where the judges
+    disagreed, is left out)."""
+    out = {}
+    for f in fields:
+        value = row.get(FIELD_COLUMNS[f["name"]])
+        if value is not None:
+            out[FIELD_KEYS[f["name"]]] = value if isinstance(value, str) else YES_NO[0] if value else YES_NO[1]
+    return out
 
 
 @dataclass
@@ -105,20 +124,27 @@ class GuardPrompt:
             raise BadInput(f"{self.source}: chat: cannot render: {type(e).__name__}: {e}") from None
 
     def messages(self, question: str, response: str, label: str, analysis: str,
-                 label_position: LabelPosition = "before") -> list[dict[str, str]]:
+                 label_position: LabelPosition = "before", fields: dict[str, str] | None = None) -> list[dict[str, str]]:
         system, user = self.render(question, response)
         turns = [{"role": "system", "content": system}] if system else []
         turns.append({"role": "user", "content": user})
-        turns.append({"role": "assistant", "content": verdict_json(label, analysis, label_position)})
+        turns.append({"role": "assistant", "content": verdict_json(label, analysis, label_position, fields)})
         return turns
 
 
 def sft_rows(corpus: pa.Table, prompt: GuardPrompt, label_position: LabelPosition = "before") -> pa.Table:
-    """The chat layout of some corpus rows: `messages` plus id, scenario, label (corpus order)."""
+    """The chat layout of some corpus rows: `messages` plus id, scenario, label (corpus order).
+    A prompt with judge fields (the extended target) reads them from the rows' field columns."""
+    columns = ["question", "response", "label", "analyze", "id", "scenario"]
+    columns += [FIELD_COLUMNS[f["name"]] for f in prompt.fields]
+    missing = [c for c in columns if c not in corpus.column_names]
+    if missing:
+        raise BadInput(f"the corpus has no column {', '.join(missing)} (built without those judge fields?)")
     rows = [
-        {"messages": prompt.messages(r["question"], r["response"], r["label"], r["analyze"], label_position),
+        {"messages": prompt.messages(r["question"], r["response"], r["label"], r["analyze"], label_position,
+                                     target_fields(r, prompt.fields)),
          "id": r["id"], "scenario": r["scenario"], "label": r["label"]}
-        for r in corpus.select(["question", "response", "label", "analyze", "id", "scenario"]).to_pylist()
+        for r in corpus.select(columns).to_pylist()
     ]
     return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
 
@@ -149,7 +175,7 @@ def write_sft(path: Path, splits: dict[str, Iterable[pa.Table]], prompt: GuardPr
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
     (tmp / "alpaca").mkdir()
-    counts: dict[str, Any] = {"label_position": label_position}
+    counts: dict[str, Any] = {"label_position": label_position, **({"target": "extended"} if prompt.fields else {})}
     empty_analysis = 0
 
     def rendered(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:

@@ -149,18 +149,58 @@ def test_standin_writes_the_fields_its_schema_asks_for_deterministically():
     assert "问题有害" not in standin_output("judge", "问题：x？回答：y。", 3, json.dumps(VERDICT_SCHEMA))
 
 
-def test_dry_run_with_fields_has_the_columns(ray_session, repo_root: Path, tmp_path: Path):
+def test_dry_run_with_fields_has_the_columns_and_an_extended_sft_target(ray_session, repo_root: Path, tmp_path: Path):
+    """A libra-stage1-like config (judge fields requested) on the stand-in: the corpus has the
+    columns, sft/ carries the fields, and a re-export with --sft-target libra is Libra's target."""
     from synth.build import run_build
+    from synth.export import export_format
 
     data = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text())
-    data.update(scenarios=["hate_abuse"], templates=str(repo_root / "templates"),
-                seeds=str(repo_root / "seeds"), annotate={"fields": list(JUDGE_FIELDS)})
+    data.update(scenarios=["hate_abuse"], templates=str(repo_root / "templates"), seeds=str(repo_root / "seeds"),
+                annotate={"fields": list(JUDGE_FIELDS)})
+    data.setdefault("export", {})["sft_target"] = "extended"
     config = tmp_path / "fields.yaml"
     config.write_text(yaml.safe_dump(data, allow_unicode=True))
-    run_build(config, tmp_path / "out", dry_run=True)
-    corpus = pd.concat(pq.read_table(f).to_pandas() for f in sorted((tmp_path / "out/corpus").rglob("*.parquet")))
+    out = tmp_path / "out"
+    run_build(config, out, dry_run=True)
+    corpus = pd.concat(pq.read_table(f).to_pandas() for f in sorted((out / "corpus").rglob("*.parquet")))
     assert len(corpus) > 0
     assert corpus["judged_subcategory"].notna().any() and corpus["refusal"].notna().any()
-    assert set(corpus["judged_subcategory"].dropna()) <= set(load_catalog(repo_root / "templates",
-                                                                          repo_root / "seeds").subcategories)
+    subcategories = load_catalog(repo_root / "templates", repo_root / "seeds").subcategories
+    assert set(corpus["judged_subcategory"].dropna()) <= set(subcategories)
     assert all({"question_harmful", "refusal", "subcategory"} <= set(j) for js in corpus["judgements"] for j in js)
+
+    by_id = corpus.set_index("id")
+    sft = pq.read_table(out / "sft/data/train-00000-of-00001.parquet").to_pylist()
+    for row in sft:
+        user, target = row["messages"][-2]["content"], json.loads(row["messages"][-1]["content"])
+        assert '"子类"' in user and list(target)[:2] == ["答案", "分析"]
+        sub = by_id.at[row["id"], "judged_subcategory"]
+        assert target.get("子类") == (None if pd.isna(sub) else sub)
+    assert any(set(json.loads(r["messages"][-1]["content"])) == {"答案", "分析", "问题有害", "拒答", "子类"}
+               for r in sft)
+
+    export_format(out, "sft", tmp_path / "libra_sft", sft_target="libra")
+    libra = pq.read_table(tmp_path / "libra_sft/data/train-00000-of-00001.parquet").to_pylist()
+    assert [r["id"] for r in libra] == [r["id"] for r in sft]
+    assert all(set(json.loads(r["messages"][-1]["content"])) == {"答案", "分析"} for r in libra)
+    assert all('"子类"' not in r["messages"][-2]["content"] for r in libra)
+
+
+def test_eval_judges_reports_field_agreement_and_subcategory_accuracy():
+    from synth.eval_judges import field_agreement
+
+    gold = {"g1": {"sub_category_name": "赌博"}, "g2": {"sub_category_name": "性别"},
+            "g3": {"sub_category_name": "不在目录里"}}
+    by_id = {
+        "g1": {"judgements": [{"judge": "a", "subcategory": "gambling", "refusal": "是"},
+                              {"judge": "b", "subcategory": "gambling", "refusal": "是"}]},
+        "g2": {"judgements": [{"judge": "a", "subcategory": "gender", "refusal": "否"},
+                              {"judge": "b", "subcategory": "misinformation", "refusal": ""}]},
+        "g3": {"judgements": [{"judge": "a", "subcategory": "gender", "refusal": "否"},
+                              {"judge": "b", "subcategory": "gender", "refusal": "是"}]},
+    }
+    out = field_agreement(gold, by_id, ["a", "b"], ["refusal", "subcategory"], {"赌博": "gambling", "性别": "gender"})
+    assert out["refusal"] == {"answered": 2 / 3, "agreement": 1 / 3}
+    assert out["subcategory"]["agreement"] == 2 / 3 and out["subcategory"]["gold_mapped"] == 2
+    assert out["subcategory"]["accuracy"] == {"a": 1.0, "b": 0.5}
