@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -119,12 +120,17 @@ def test_two_judges_fields_combine_per_field_and_a_bad_field_is_a_reject():
     assert list(out["label"]) == ["安全", "不安全", "", "", ""]
     assert list(out[REJECT_COLUMN]) == ["", "", DISAGREE, "judge_field_missing:refusal",
                                         "judge_field_malformed:refusal"]
-    assert out["question_harmful"][0] is True and out["refusal"][0] is True and out["judged_subcategory"][0] == "gender"
+    harmful, refusal, sub = (out[c].tolist() for c in ("question_harmful", "refusal", "judged_subcategory"))
+    assert harmful[0] is True and refusal[0] is True and sub[0] == "gender"
     # pair 1: the label agrees, question_harmful and subcategory do not: null there, each judge's value kept
-    assert pd.isna(out["question_harmful"][1]) and out["refusal"][1] is False and pd.isna(out["judged_subcategory"][1])
+    assert pd.isna(harmful[1]) and refusal[1] is False and pd.isna(sub[1])
     assert [j["subcategory"] for j in out["judgements"][1]] == ["gambling", "misinformation"]
     # pair 2: the verdicts disagree, the fields agree
-    assert out["question_harmful"][2] is False and out["judged_subcategory"][2] == "gender"
+    assert harmful[2] is False and sub[2] == "gender"
+    # rows whose fields are all null still give typed columns (a batch written alone keeps them)
+    nulls = pa.Table.from_pandas(out[["question_harmful", "refusal", "judged_subcategory"]].iloc[3:])
+    assert nulls.schema.types[:2] == [pa.bool_(), pa.bool_()]
+    assert pa.types.is_string(nulls.schema.types[2]) or pa.types.is_large_string(nulls.schema.types[2])
 
 
 def test_without_fields_the_columns_are_null_and_judgements_unchanged():

@@ -200,9 +200,13 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = ())
         reasons.append(reason)
         all_judgements.append(judgements)
     out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses,
-                                             **combined_fields(all_judgements, fields))
+                                             **combined_fields(all_judgements, fields)).astype(FIELD_DTYPES)
     out[REJECT_COLUMN] = reasons
     return out[list(LABELLED_COLUMNS)]
+
+
+# Nullable types: a batch where no judge field has a value still writes bool and string columns.
+FIELD_DTYPES = {"question_harmful": "boolean", "refusal": "boolean", "judged_subcategory": "string"}
 
 
 def combined_fields(all_judgements: list[list[dict[str, Any]]], fields: list[str]) -> dict[str, list[Any]]:
