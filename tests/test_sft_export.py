@@ -54,6 +54,7 @@ def _rows(n_per_stratum: int = 3) -> list[dict]:
                     "elements": {"behavior": "某类行为", "task_type": "问答", "region": "某地", "event": "某事件"},
                     "generator": "generator", "template_id": scenario, "template_hash": "0" * 16,
                     "finish_reason": "stop", "seed": k,
+                    "question_harmful": None, "refusal": None, "judged_subcategory": None,  # no judge fields asked for
                 })
     return rows
 
