@@ -5,8 +5,8 @@ load for the module.
 
 What it proves: a responder's persona travels as a real system turn of Qwen's chat
 template and the answer ends at the model's own end-of-turn (finish_reason stop, no
-template tokens in the text); every judge verdict is exactly one JSON object, parsed
-without repair, with no whitespace padding, a label and an analysis of its own (not text
+template tokens in the text); every judge verdict is exactly one JSON object holding the
+judge fields libra-stage1 asks for (valid values), parsed without repair, with no whitespace padding, a label and an analysis of its own (not text
 copied from the prompt); and the judges label gold pairs better than chance.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synth.output_parsing import LABELS
+from synth.output_parsing import FIELD_KEYS, LABELS, YES_NO
 
 pytestmark = pytest.mark.engine
 
@@ -91,12 +91,19 @@ def test_every_verdict_is_one_clean_json_object_with_an_own_analysis(run):
     judgements = [j for js in labelled["judgements"] for j in js]
     assert len(judgements) == 2 * len(run["gold"])
     template = (Path(__file__).parent.parent / "templates/shared/judge.yaml").read_text(encoding="utf-8")
+    fields = run["ctx"].config.annotate.fields
+    assert fields, "libra-stage1.yaml asks its judges for the extra fields"
+    expected_keys = {"答案", "分析"} | {FIELD_KEYS[name] for name in fields}
+    subcategories = set(run["ctx"].catalog.subcategories)
     for j in judgements:
         raw = j["raw"]
         assert raw and not j["error"], (j["error"], j)
         assert raw == raw.strip() and "\n" not in raw and "  " not in raw, repr(raw)  # no whitespace padding
         data = json.loads(raw)  # as written: no repair needed
-        assert set(data) == {"答案", "分析"} and data["答案"] in LABELS
+        assert set(data) == expected_keys and data["答案"] in LABELS
+        for name in fields:  # the judge fields libra-stage1 asks for, each valid as written
+            allowed = subcategories if name == "subcategory" else YES_NO
+            assert data[FIELD_KEYS[name]] in allowed, (name, data)
         assert j["verdict"] == data["答案"] and not j["error"]
         assert data["分析"].strip() and data["分析"] not in template  # written, not copied from the prompt
     assert len({j["analysis"] for j in judgements}) >= len(judgements) // 2
