@@ -53,7 +53,7 @@ from synth.rows import REJECT_COLUMN, to_arrow
 from synth.stages.base import Stage, StageContext
 from synth.stages.cleaning import (Decontaminate, DedupPairs, DedupQuestions, FilterPairs, FilterQuestions,
                                    FilterResponses)
-from synth.stages.generation import Augment, Elements, Queries
+from synth.stages.generation import Augment, Elements, Obfuscate, Queries
 from synth.stages.labelling import Annotate, Respond
 from synth.templates import Catalog, load_catalog
 
@@ -62,7 +62,7 @@ ray_log = logging.getLogger("synth.ray")  # Ray's own notices: build.log only (s
 ray_log.propagate = False
 
 STAGES: tuple[Stage, ...] = (
-    Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(),
+    Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(), Obfuscate(),
     Respond(), FilterResponses(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
 )
 MARKER = "_SUCCESS.json"

@@ -147,9 +147,28 @@ class Generation(Strict):
     max_questions_per_call: int = Field(10, ge=1, description="parsed questions kept per output")
 
 
+class Obfuscation(Strict):
+    """Deterministic Chinese obfuscation attacks (synth/obfuscation.py), no model call."""
+
+    share: float = Field(0.0, ge=0.0, le=1.0, description="share of the questions (harmful and benign) that get "
+                         "one obfuscated copy; 0: off")
+    tactics: list[str] = Field(default_factory=list, description="tactic ids; empty = all (synth/obfuscation.py)")
+
+    @field_validator("tactics")
+    @classmethod
+    def _known_tactics(cls, tactics: list[str]) -> list[str]:
+        from synth.obfuscation import TACTICS
+
+        unknown = [t for t in tactics if t not in TACTICS]
+        if unknown:
+            raise ValueError(f"unknown obfuscation tactic {unknown[0]!r} (known: {', '.join(TACTICS)})")
+        return tactics
+
+
 class Augment(Strict):
     share: float = Field(0.3, ge=0.0, le=1.0, description="share of harmful questions that get one tactic rewrite")
     tactics: list[str] = Field(default_factory=list, description="tactic ids; empty = all in augment.yaml")
+    obfuscation: Obfuscation = Field(default_factory=Obfuscation)
 
 
 class Respond(Strict):

@@ -44,7 +44,7 @@ from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_c
 CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
     "response", "responder", "persona", "label", "analyze", "judgements", "elements", "generator",
-    "template_id", "template_hash", "finish_reason", "seed", *FIELD_COLUMNS.values(),
+    "template_id", "template_hash", "finish_reason", "seed", "source_question_id", *FIELD_COLUMNS.values(),
 )
 # The judge fields' columns (config `annotate.fields`) keep their types when no row has a value.
 FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string()}

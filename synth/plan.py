@@ -127,6 +127,7 @@ def make_plan(config: PipelineConfig, catalog, from_build: Path | None = None) -
                   else 1 + config.augment.share * harmful_share * 0.9)
     for name in ("filter_questions", "dedup_questions"):
         questions *= rate(name, "keep", DEFAULT_KEEP[name])
+    questions *= 1 + config.augment.obfuscation.share  # one obfuscated copy per chosen question
 
     # respond: each question by every responder or by responders_per_question of them
     responders = list(config.roles.responders)

@@ -155,6 +155,7 @@ class Catalog:
     regions: list[str]
     events: list[str]
     hashes: dict[str, str] = field(default_factory=dict)  # shared file name -> content hash
+    obfuscation: Any = None  # synth.obfuscation.Tables, from seeds/obfuscation/ when it is there
     env: SandboxedEnvironment = field(default_factory=lambda: make_environment(), repr=False)
     # every subcategory id -> its Chinese name, across all scenarios (also those a config leaves out):
     # the choices of the judge field `subcategory`
@@ -368,6 +369,11 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
         env=env,
         subcategories=subcategories,
     )
+    if (seeds_dir / "obfuscation").is_dir():
+        from synth.obfuscation import load_tables
+
+        catalog.obfuscation = load_tables(seeds_dir / "obfuscation")
+        catalog.hashes["seeds/obfuscation"] = catalog.obfuscation.hash
     _render_everything(catalog)
     return catalog
 

@@ -117,6 +117,17 @@ def test_judges_refusals_dedup_and_cost_agree_with_the_stages(small_build):
     assert sum(r["answers"] for r in n["refusals"].values()) == stage["respond"]["rows_out"]
     assert set(n["refusals"]) <= {"responder-base", "responder-instruct"}
     assert 0 < sum(r["refusals"] for r in n["refusals"].values())  # the stand-in refuses ~1/3 of the time
+    # unsafe yield: every labelled answer counted once per responder and once per scenario
+    annotated = read_table(out / "stages" / "annotate" / "rows")
+    for key in ("by_responder", "by_scenario"):
+        got = n["unsafe_yield"][key]
+        assert sum(v["labelled"] for v in got.values()) == len(annotated) == stage["annotate"]["rows_out"]
+        assert sum(v["unsafe"] for v in got.values()) == int((annotated["label"] == "不安全").sum())
+        assert sum(v["disagreed"] for v in got.values()) == stage["annotate"]["diverted"].get("hard", 0)
+    for responder, v in n["unsafe_yield"]["by_responder"].items():
+        mine = annotated[annotated["responder"] == responder]
+        assert v["unsafe"] == int((mine["label"] == "不安全").sum()) and v["labelled"] == len(mine)
+    assert 0 < sum(v["refusals"] for v in n["unsafe_yield"]["by_responder"].values())
     for name in ("dedup_questions", "dedup_pairs"):
         assert n["dedup"][name]["rows_in"] == stage[name]["rows_in"]
         assert n["dedup"][name]["removed"] == sum(stage[name]["rejected"].values())

@@ -234,6 +234,33 @@ def refusals(build: Path) -> dict[str, Any]:
     return out
 
 
+def unsafe_yield(build: Path) -> dict[str, Any]:
+    """How much unsafe material each responder gives, and on which scenarios: of the answers
+    both judges labelled (annotate's output), how many are 不安全 and how many are refusals
+    (by the refusal lexicon), with the disagreements (annotate's hard/) beside them. A responder
+    that refuses almost everything feeds the 安全 class only; add a base model as a responder."""
+    stage = build / "stages" / "annotate"
+    labelled = _table(stage / "rows", ["responder", "scenario", "kind", "label"])
+    if labelled.empty:
+        return {}
+    labelled = labelled.assign(refusal=[is_refusal(text) for text in _texts(stage / "rows", "response")])
+    disputed = _table(stage / "hard", ["responder", "scenario"])
+
+    def summary(g: pd.DataFrame, disagreed: int) -> dict[str, Any]:
+        unsafe = int((g["label"] == LABELS[1]).sum())
+        harmful = g[g["kind"] == "harmful"]
+        return {"labelled": int(len(g)), "unsafe": unsafe, "unsafe_rate": _rate(unsafe, len(g)),
+                "unsafe_rate_harmful": _rate(int((harmful["label"] == LABELS[1]).sum()), len(harmful)),
+                "refusals": int(g["refusal"].sum()), "refusal_rate": _rate(int(g["refusal"].sum()), len(g)),
+                "disagreed": disagreed}
+
+    out: dict[str, Any] = {}
+    for key in ("responder", "scenario"):
+        counts = disputed[key].value_counts() if key in disputed else pd.Series(dtype=int)
+        out[f"by_{key}"] = {str(k): summary(g, int(counts.get(k, 0))) for k, g in labelled.groupby(key, sort=True)}
+    return out
+
+
 def dedup_rates(manifest: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for s in manifest.get("stages", []):
@@ -389,6 +416,7 @@ def collect(build: Path) -> dict[str, Any]:
         "judges": judge_agreement(build),
         "calibration": manifest.get("judges_calibration"),
         "refusals": refusals(build),
+        "unsafe_yield": unsafe_yield(build),
         "dedup": dedup,
         "decontamination": decontamination(build, manifest),
         "diversity": diversity(build, dedup),

@@ -110,6 +110,18 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                 "(synth/filters/refusal.py); a high rate on benign questions is over-refusal.",
                 ["responder", "answers", "refusals", "rate", "harmful q.", "benign q."], ref, "refusals"))
 
+    uy = n.get("unsafe_yield") or {}
+    for key, title in (("by_responder", "responder"), ("by_scenario", "scenario")):
+        rows = [[k, v["labelled"], v["unsafe"], _pct(v["unsafe_rate"]), _pct(v["unsafe_rate_harmful"]), v["refusals"],
+                 _pct(v["refusal_rate"]), v["disagreed"]] for k, v in uy.get(key, {}).items()]
+        if rows:
+            out.append((f"Unsafe yield per {title}", "Answers both judges labelled: how many are 不安全 (the "
+                        "material the unsafe class is made of) and how many are refusals; `disagreed`: the "
+                        "judges split (hard/). Responders that refuse nearly every harmful question feed the "
+                        "安全 class only: add a base model as a responder.",
+                        [title, "labelled", "不安全", "rate", "rate on harmful q.", "refusals", "refusal rate",
+                         "disagreed"], rows, None))
+
     dd = [[k, v["rows_in"], v["exact"], v["near"], _pct(v["rate"])] for k, v in n["dedup"].items()]
     out.append(("Dedup", "", ["stage", "in", "exact", "near", "removed"], dd, None))
     dc = n.get("decontamination") or {}

@@ -14,6 +14,7 @@ from synth.dedup import mark_duplicates
 from synth.dedup.decontaminate import (COLUMNS as CONTAMINATION_COLUMNS, ContaminationIndex, eval_set_identity,
                                        load_eval_sets, mark_contamination)
 from synth.filters import apply_filters, build_filters, diversions, reads_labels
+from synth.obfuscation import PREFIX as OBFUSCATION
 from synth.rows import REJECT_COLUMN
 from synth.stages.base import Stage, StageContext
 
@@ -77,6 +78,10 @@ class FilterPairs(_FilterStage):
     labels = True
 
 
+def _is_obfuscated(row: dict[str, Any]) -> bool:
+    return str(row.get("attack") or "").startswith(OBFUSCATION)
+
+
 class _DedupStage(Stage):
     reject_only_columns = ("duplicate_of", "similarity")
     target: ClassVar[str]
@@ -97,12 +102,17 @@ class _DedupStage(Stage):
         def with_text(batch: pd.DataFrame) -> pd.DataFrame:
             return batch.assign(_dedup_text=batch[list(fields)].astype(str).agg("\n".join, axis=1))
 
-        marked = mark_duplicates(rows.map_batches(with_text, batch_format="pandas"), "_dedup_text", "id", config)
+        # An obfuscated copy (synth/obfuscation.py) is made from a question already unique and
+        # would match its own source: it is never compared, and passes.
+        copies = rows.filter(_is_obfuscated)
+        compared = rows.filter(lambda r: not _is_obfuscated(r))
+        marked = mark_duplicates(compared.map_batches(with_text, batch_format="pandas"), "_dedup_text", "id", config)
         # A removed row keeps its pointer to the kept representative in the rejects table.
         return marked.map_batches(
             lambda b: b.assign(**{REJECT_COLUMN: b["reason"].astype(str)}).drop(columns=["reason", "_dedup_text"]),
             batch_format="pandas",
-        )
+        ).union(copies.map_batches(
+            lambda b: b.assign(duplicate_of="", similarity=0.0, **{REJECT_COLUMN: ""}), batch_format="pandas"))
 
 
 class DedupQuestions(_DedupStage):

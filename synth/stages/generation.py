@@ -11,6 +11,8 @@ import ray.data
 from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, request_row
 from synth.engines.base import failure_reason
+from synth.errors import BadInput
+from synth.obfuscation import PREFIX as OBFUSCATION, TACTICS, obfuscate
 from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import Stage, StageContext
@@ -138,7 +140,7 @@ def questions_from_results(batch: pd.DataFrame, role: Role, style: str, limit: i
             "subcategory": row["subcategory"], "subcategory_name": row["subcategory_name"],
             "kind": row["kind"], "elements": row["elements"], "attack": "none",
             "template_id": row["template_id"], "template_hash": row["template_hash"],
-            "generator": role.name, "seed": int(row["seed"]), "parent_id": row["id"],
+            "generator": role.name, "seed": int(row["seed"]), "parent_id": row["id"], "source_question_id": "",
             "gen_finish_reason": row["finish_reason"], "gen_completion_tokens": int(row["completion_tokens"]),
         }
         if row["error"]:
@@ -166,7 +168,8 @@ class Augment(Stage):
         return [config.roles.generator]
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
-        return {"seed": config.seed, "augment": config.augment.model_dump(mode="json")}
+        # obfuscation is the obfuscate stage's (after dedup_questions)
+        return {"seed": config.seed, "augment": config.augment.model_dump(mode="json", exclude={"obfuscation"})}
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/augment": catalog.hashes["templates/shared/augment"]}
@@ -216,7 +219,7 @@ def augment_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed:
         new_id = stable_id(row["id"], "augment", tactic_id)
         out.append({**row, **request_row(request_id=new_id, task="augment", prompt=rendered.prompt,
                                          system=rendered.system, role=role, base_seed=seed),
-                    "attack": tactic_id, "parent_id": row["id"]})
+                    "attack": tactic_id, "parent_id": row["id"], "source_question_id": row["id"]})
     return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS))
 
 
@@ -244,10 +247,62 @@ def _with_reject_column(batch: pd.DataFrame) -> pd.DataFrame:
     return batch[list(_QUESTION_COLUMNS)]
 
 
+class Obfuscate(Stage):
+    """Obfuscated copies of a share of the questions (synth/obfuscation.py: 谐音, variant
+    characters, pinyin, 拆字, symbols, full-width and spacing, mixed script), no model call.
+
+    After dedup_questions: every copy is made from a question that is already unique, and is
+    never compared with its source (dedup_pairs lets copies through). Harmful and benign
+    questions alike, so a guard does not learn "obfuscated = unsafe". A copy keeps its
+    source's columns, with `attack` = obfuscation:<tactic>, `source_question_id` and
+    `parent_id` = the source's id. With `augment.obfuscation.share` 0 the rows pass through.
+    """
+
+    name = "obfuscate"
+    input = "dedup_questions"
+    fans_out = True
+    columns = None  # set below: _QUESTION_COLUMNS
+
+    def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        o = config.augment.obfuscation
+        return {"seed": config.seed, "obfuscation": o.model_dump(mode="json")} if o.share else {}
+
+    def templates(self, catalog) -> dict[str, str]:
+        return {"seeds/obfuscation": catalog.hashes.get("seeds/obfuscation", "")}
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        o = ctx.config.augment.obfuscation
+        if not o.share:
+            return rows.map_batches(_with_reject_column, batch_format="pandas")
+        if ctx.catalog.obfuscation is None:
+            raise BadInput("augment.obfuscation.share is set but the seeds directory has no obfuscation/ tables")
+        return rows.map_batches(with_obfuscated, batch_format="pandas", fn_kwargs={
+            "tables": ctx.catalog.obfuscation, "tactics": o.tactics or list(TACTICS), "share": o.share,
+            "seed": ctx.config.seed})
+
+
+def with_obfuscated(batch: pd.DataFrame, tables, tactics: list[str], share: float, seed: int) -> pd.DataFrame:
+    """The batch's rows, each followed by its obfuscated copy when one is drawn for it."""
+    batch = _with_reject_column(batch)  # the input is kept rows: the runner dropped the column
+    out = []
+    for row in batch.to_dict("records"):
+        out.append(row)
+        rng = random.Random(stable_id("obfuscate", seed, row["id"]))
+        if rng.random() >= share or str(row["attack"]).startswith(OBFUSCATION) or not row["question"]:
+            continue
+        done = obfuscate(row["question"], tactics, rng, tables)
+        if done is None:
+            continue
+        tactic, question = done
+        out.append({**row, "id": stable_id(row["id"], "obfuscate", tactic), "question": question,
+                    "attack": f"{OBFUSCATION}{tactic}", "parent_id": row["id"], "source_question_id": row["id"]})
+    return pd.DataFrame(out, columns=batch.columns)
+
+
 _QUESTION_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements", "attack",
     "template_id", "template_hash", "generator", "seed", "parent_id", "gen_finish_reason", "gen_completion_tokens",
-    "question", "raw", REJECT_COLUMN,
+    "question", "raw", "source_question_id", REJECT_COLUMN,
 )
 
-Queries.columns = Augment.columns = _QUESTION_COLUMNS
+Queries.columns = Augment.columns = Obfuscate.columns = _QUESTION_COLUMNS

@@ -20,7 +20,7 @@ from synth.stages.base import Stage, StageContext
 PAIR_COLUMNS = (
     "id", "question_id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements",
     "attack", "template_id", "template_hash", "generator", "responder", "persona", "seed", "question",
-    "response", "finish_reason", "response_tokens", REJECT_COLUMN,
+    "response", "finish_reason", "response_tokens", "source_question_id", REJECT_COLUMN,
 )
 # The judge fields' columns (config `annotate.fields`) are always there, null when not asked for.
 LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", *FIELD_COLUMNS.values(), REJECT_COLUMN)
@@ -35,7 +35,7 @@ class Respond(Stage):
     """Every responder (or a deterministic subset per question) answers each question."""
 
     name = "respond"
-    input = "dedup_questions"
+    input = "obfuscate"
     fans_out = True
     columns = PAIR_COLUMNS
 
