@@ -26,11 +26,11 @@ from typing import Any
 
 import pandas as pd
 
+from synth.output_parsing import SAFE, UNSAFE
 from synth.rows import REJECT_COLUMN, stable_id
 
 BALANCE_CAP = "balance_cap"
 BALANCE_SHARE = "balance_share"
-UNSAFE, SAFE = "不安全", "安全"
 STRATUM = ["scenario", "subcategory", "label"]
 
 

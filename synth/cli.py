@@ -116,6 +116,7 @@ def build(
     counts = manifest["export"]
     typer.echo(
         f"done: {counts['corpus_rows']} rows in {out / 'corpus'} (labels {counts['labels']}), "
+        f"{counts['controversial']['rows']} controversial (configs strict/loose), "
         f"{counts['hard_rows']} in {out / 'hard'}, manifest {out / 'manifest.json'}"
         + (f"; {manifest['pending']} requests pending (transient failures): rerun to send them"
            if manifest.get("pending") else "")
@@ -245,7 +246,7 @@ def eval_judges(
     dry_run: bool = typer.Option(False, "--dry-run", help="the stand-in engine instead of the models"),
 ) -> None:
     """Calibrate a config's judges on gold labels: per judge accuracy and F1, their agreement,
-    and the accuracy of the labels the build's rule keeps (agree → label, else hard/)."""
+    and the accuracy of the labels the build's rule keeps (agree → label, else the controversial tier)."""
     _setup_logging()
     from synth.eval_judges import evaluate_judges, format_result
 

@@ -7,10 +7,10 @@ GOLD: Libra-Test rows (`question, response, label, category_name, sub_category_n
 stage (`synth.stages.labelling.Annotate`): the config's judge roles with their templates,
 rubrics, models, sampling and structured outputs, on the real engines (or the stand-in
 with `--dry-run`), and the build's rule: both judges agree → that label, else the pair
-would go to hard/; an agreed label that the config's label filters (the pair filters that
-read the judges' output, e.g. `label_consistency`: a 安全 label whose own analysis says
-不安全) would send to hard/ or the rejects is not a label either. Nothing is cached: a
-calibration always asks the models.
+would be in the controversial tier (有争议); an agreed label that the config's label filters
+(the pair filters that read the judges' output, e.g. `label_consistency`: a 安全 label whose
+own analysis says 不安全) would send to the tier, hard/ or the rejects is not a label either.
+Nothing is cached: a calibration always asks the models.
 
 The result (one JSON object with `--json`):
 - `judges`: per judge, `accuracy`, `f1_unsafe`, `f1_safe` (as `synth eval-guard` computes
@@ -142,7 +142,8 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
     """The metrics of the module docstring from annotate's output rows; `label_filters` are
     the config's pair filters that read the judges' output (`Filter.reads_labels`)."""
     by_id = {row["id"]: row for row in labelled.to_dict("records")}
-    held = {row_id: held_back(row, label_filters) if row["label"] else "" for row_id, row in by_id.items()}
+    # an agreed label is 安全/不安全 (a disagreement is the controversial tier's 有争议: no label)
+    held = {row_id: held_back(row, label_filters) if row["label"] in LABELS else "" for row_id, row in by_id.items()}
     if set(by_id) != set(gold):
         raise RuntimeError(f"eval-judges: {len(gold)} gold pairs in, {len(by_id)} labelled pairs out")
     tallies = {name: Tally() for name in judges}
@@ -161,10 +162,10 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
                 tally.add(label, verdict)
         same = len({verdicts.get(n, "") for n in judges}) == 1 and verdicts.get(judges[0], "") in LABELS
         agree += same
-        if row["label"]:  # both judges agree
+        if row["label"] in LABELS:  # both judges agree
             agreed_n += 1
             agreed_correct += row["label"] == label
-        if row["label"] and not held[row_id]:  # the build's rule gave a label (agreed, kept by the label filters)
+        if row["label"] in LABELS and not held[row_id]:  # the build's rule gave a label (agreed, kept by the label filters)
             labelled_n += 1
             s["labelled"] += 1
             correct += row["label"] == label
@@ -180,7 +181,8 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
         return next((j for j in by_id[row_id]["judgements"] if j["judge"] == name), {})
 
     pairs = [{"id": row_id, "category_name": g["category_name"], "gold": g["label"],
-              "label": "" if held[row_id] else by_id[row_id]["label"], "held": held[row_id],
+              "label": "" if held[row_id] or by_id[row_id]["label"] not in LABELS else by_id[row_id]["label"],
+              "held": held[row_id],
               **{name: judged(row_id, name).get("verdict", "") for name in judges},
               "analyses": {name: judged(row_id, name).get("analysis", "") for name in judges}}
              for row_id, g in gold.items()]
@@ -263,7 +265,7 @@ def format_result(result: dict[str, Any]) -> str:
     lines.append(f"agreement between judges: {result['agreement']:.3f}")
     raw = result["judges_agree"]
     lines.append(f"judges agree: share {raw['share']:.3f}, accuracy {raw['accuracy']:.3f}")
-    lines.append(f"build rule (agree and kept by the label filters → label, else hard/): labelled share "
+    lines.append(f"build rule (agree and kept by the label filters → label, else 有争议 or hard/): labelled share "
                  f"{agreed['share']:.3f}, accuracy of those labels {agreed['accuracy']:.3f}")
     lines.append(f"{'scenario':<10} {'n':>4} {'share':>6} {'accuracy':>8}  per judge")
     for name, s in result["per_scenario"].items():

@@ -10,6 +10,13 @@ then the full rows are streamed in id order a chunk at a time (`synth.stream_io`
 into their files. A split of more than `SHARD_ROWS` rows is written as several
 Hugging Face shards (`corpus/data/train-00000-of-00003.parquet`, ...).
 
+The controversial tier (label 有争议: the judges disagreed, or the label checks doubt
+an agreed label) is not balanced and never in `corpus/data/`: it is written twice,
+relabelled, as `corpus/strict/` (不安全) and `corpus/loose/` (安全), so the dataset's
+named configurations are `default` (agreed labels, the Libra corpus), `strict` and
+`loose` (agreed + the tier counted one way); `hard/` keeps a copy of it, as written,
+for stage-two annotation.
+
 A build also records what its exports read besides the stage outputs, in
 `<build>/inputs/`: `config.yaml` (the validated config, templates/seeds paths made
 absolute) and `judge.yaml` (a copy of the guard prompt the sft/ view renders).
@@ -19,6 +26,7 @@ re-exported after templates/ changed, with the prompt its judges saw.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,7 +44,7 @@ import yaml
 from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput
-from synth.output_parsing import FIELD_COLUMNS
+from synth.output_parsing import CONTROVERSIAL, FIELD_COLUMNS, SAFE, UNSAFE
 from synth.rows import REJECT_COLUMN, stable_id
 from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_column, shard_paths, unified_schema,
                              with_ids, write_jsonl, write_parquet)
@@ -45,11 +53,15 @@ CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
     "response", "responder", "persona", "label", "analyze", "judgements", "elements", "generator",
     "template_id", "template_hash", "finish_reason", "seed", "source_question_id", *FIELD_COLUMNS.values(),
+    "controversy",
 )
 # The judge fields' columns (config `annotate.fields`) keep their types when no row has a value.
 FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string()}
 # What balance, the split, the counts and the dataset card read: the only columns held whole.
-KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind")
+KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy")
+# The named configurations beside `default`: the controversial tier counted as this label.
+VIEWS = {"strict": UNSAFE, "loose": SAFE}
+TIER_STAGE = {"judges_disagree": "annotate"}  # the stage a tier row got its label in (else filter_pairs)
 SHARD_ROWS = 50_000  # rows per corpus/ parquet file at most
 LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "response", "label", "analyze", "id")
 LIBRA_SOURCE = "Synthetic Data"
@@ -100,13 +112,19 @@ def split_train_validation(df: pd.DataFrame, share: float, seed: int) -> tuple[p
     return (train.drop(columns="_order").sort_values("id"), validation.drop(columns="_order").sort_values("id"))
 
 
-def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(kept, cut by `balance` with `reject_reason`, balance counts): `KEY_COLUMNS` of the final
-    stage's rows, balanced, sorted by id."""
+def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """(kept, cut by `balance` with `reject_reason`, balance counts, the controversial tier):
+    `KEY_COLUMNS` of the final stage's rows, sorted by id. Balance applies to the agreed labels;
+    the tier is kept whole."""
     keys = read_table(Path(out) / "stages" / FINAL_STAGE / "rows", KEY_COLUMNS)
     if keys.empty:
         keys = pd.DataFrame(columns=list(KEY_COLUMNS))
-    return apply_balance(keys.sort_values("id").reset_index(drop=True), config.balance, config.seed)
+    if "controversy" not in keys:  # a build of an older synth: no tier
+        keys["controversy"] = ""
+    keys = keys.sort_values("id").reset_index(drop=True)
+    tier = keys["label"] == CONTROVERSIAL
+    kept, cut, counts = apply_balance(keys[~tier].reset_index(drop=True), config.balance, config.seed)
+    return kept, cut, counts, keys[tier].reset_index(drop=True)
 
 
 def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
@@ -117,9 +135,10 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
     from synth.sft import GuardPrompt, write_sft
 
     out = Path(out)
-    kept, cut, balance = load_balanced(out, config)
+    kept, cut, balance, tier = load_balanced(out, config)
     balance["config"] = config.balance.model_dump(mode="json")
     train, validation = split_train_validation(kept, config.export.validation_share, config.seed)
+    tier_splits = dict(zip(SPLITS, split_train_validation(tier, config.export.validation_share, config.seed)))
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
         files = parquet_files(out / "stages" / FINAL_STAGE / "rows")
@@ -130,9 +149,14 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
         for split, ids in (("train", train["id"]), ("validation", validation["id"])):
             write_parquet(shard_paths(corpus_dir / "data", split, len(ids), shard_rows), schema,
                           with_ids(final, ids), shard_rows)
+        for view, label in VIEWS.items():
+            for split, rows in tier_splits.items():
+                write_parquet(shard_paths(corpus_dir / view, split, len(rows), shard_rows), schema,
+                              relabelled(with_ids(final, rows["id"]), label), shard_rows)
         write_jsonl(out / "libra_test.jsonl", (row for t in with_ids(final, kept["id"]) for row in libra_rows(t)))
 
-        hard_rows, hard_reasons = write_hard(out, _fresh_dir(out / "hard") / "hard.parquet", Path(tmp) / "hard")
+        hard_rows, hard_reasons = write_hard(out, _fresh_dir(out / "hard") / "hard.parquet", Path(tmp) / "hard",
+                                             tier=(schema, lambda: with_ids(final, tier["id"]), tier["id"]))
 
         rejects_dir = _fresh_dir(out / "rejects")
         reject_counts = {}
@@ -154,6 +178,10 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
             "balance": balance,
             "rejects": reject_counts,
             "labels": {k: int(v) for k, v in kept["label"].value_counts().sort_index().items()} if len(kept) else {},
+            "controversial": {
+                "rows": len(tier), **{split: len(rows) for split, rows in tier_splits.items()},
+                "by_reason": {str(k): int(v) for k, v in tier["controversy"].value_counts().sort_index().items()},
+                "views": {view: f"corpus/{view}/ (有争议 counted {label})" for view, label in VIEWS.items()}},
             "kinds": {k: int(v) for k, v in kept["kind"].value_counts().sort_index().items()} if len(kept) else {},
             "scenarios": int(kept["scenario"].nunique()) if len(kept) else 0,
             "subcategories": int(kept[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(kept) else 0,
@@ -192,28 +220,41 @@ def write_sorted(files: Sequence[Path], path: Path, tmp: Path) -> int:
     return write_parquet([path], schema, SortedRows(batches(files, schema), read_column(files, "id"), schema, tmp))
 
 
-def write_hard(out: Path, path: Path, tmp: Path) -> tuple[int, dict[str, int]]:
+def write_hard(out: Path, path: Path, tmp: Path, tier: tuple[pa.Schema, Any, Any] | None = None
+               ) -> tuple[int, dict[str, int]]:
     """Every stage's hard pool (`stages/*/hard/`) as one file with `hard_reason` (the stage's
-    `reject_reason`) and `hard_stage`, sorted by id and stage; (rows, rows per hard_reason)."""
+    `reject_reason`) and `hard_stage`, sorted by id and stage; (rows, rows per hard_reason).
+    `tier`: (schema, a function giving its tables, ids) of the controversial tier's rows, copied
+    in with `hard_reason` = their `controversy` and `hard_stage` the stage that labelled them."""
     stages = [(d.name, parquet_files(d / "hard")) for d in sorted((Path(out) / "stages").iterdir()) if d.is_dir()]
     stages = [(name, files) for name, files in stages if files]
-    if not stages:
+    tier_schema, tier_tables, tier_ids = tier if tier is not None and len(tier[2]) else (None, None, [])
+    if not stages and tier_schema is None:
         write_parquet([path], pa.schema([]), [])
         return 0, {}
     schemas = {name: unified_schema(files) for name, files in stages}
-    schema = _as_written(pa.unify_schemas([_as_hard(s) for s in schemas.values()], promote_options="default"))
-    ids = read_column([f for _, files in stages for f in files], "id")
+    hard_schemas = [_as_hard(s) for s in schemas.values()] + ([_as_hard(tier_schema)] if tier_schema else [])
+    schema = _as_written(pa.unify_schemas(hard_schemas, promote_options="default"))
+    ids = pa.chunked_array([*read_column([f for _, files in stages for f in files], "id").cast(pa.string()).chunks,
+                            pa.array(list(tier_ids), pa.string())], type=pa.string())
+
+    def as_hard(batch: pa.RecordBatch, reason: pa.Array, stage: str | list[str]) -> pa.RecordBatch:
+        kept = [n for n in batch.schema.names if n != REJECT_COLUMN]
+        stages = stage if isinstance(stage, list) else [stage] * len(batch)
+        hard = pa.RecordBatch.from_arrays([*(batch.column(n) for n in kept), reason, pa.array(stages, pa.string())],
+                                          names=[*kept, "hard_reason", "hard_stage"])
+        return conform(hard, schema)
 
     def rows() -> Iterator[pa.RecordBatch]:
         for name, files in stages:
             for batch in batches(files, schemas[name]):
                 reason = batch.column(REJECT_COLUMN) if REJECT_COLUMN in batch.schema.names \
                     else pa.array([""] * len(batch), pa.string())
-                kept = [n for n in batch.schema.names if n != REJECT_COLUMN]
-                hard = pa.RecordBatch.from_arrays([*(batch.column(n) for n in kept), reason,
-                                                   pa.array([name] * len(batch), pa.string())],
-                                                  names=[*kept, "hard_reason", "hard_stage"])
-                yield conform(hard, schema)
+                yield as_hard(batch, reason, name)
+        for table in tier_tables() if tier_schema is not None else ():
+            for batch in table.to_batches():
+                reason = batch.column("controversy")
+                yield as_hard(batch, reason, [TIER_STAGE.get(r, "filter_pairs") for r in reason.to_pylist()])
 
     sorted_rows = SortedRows(rows(), ids, schema, tmp, sort_keys=("id", "hard_stage"))
     n = write_parquet([path], schema, sorted_rows)
@@ -225,6 +266,14 @@ def write_hard(out: Path, path: Path, tmp: Path) -> tuple[int, dict[str, int]]:
 def _as_hard(schema: pa.Schema) -> pa.Schema:
     fields = [f for f in schema if f.name != REJECT_COLUMN]
     return pa.schema([*fields, pa.field("hard_reason", pa.string()), pa.field("hard_stage", pa.string())])
+
+
+def relabelled(tables: Iterable[pa.Table], label: str) -> Iterator[pa.Table]:
+    """The tables with every `label` set to `label` (the controversial tier in a strict or loose view)."""
+    for table in tables:
+        index = table.schema.get_field_index("label")
+        yield table.set_column(index, table.schema.field(index), pa.array([label] * len(table),
+                                                                          table.schema.field(index).type))
 
 
 def libra_rows(corpus: pa.Table) -> list[dict[str, Any]]:
@@ -414,10 +463,9 @@ def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts
         table = "| scenario | " + " | ".join(pivot.columns) + " |\n|---|" + "---|" * len(pivot.columns) + "\n"
         for name, row in pivot.iterrows():
             table += f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |\n"
-    # No `configs:` block: with one, datasets (5.2) caches a local folder by its name alone, so
-    # load_dataset("a/corpus") then load_dataset("b/corpus") returns a's rows. The split names
-    # come from the file names (data/train-*, data/validation-*) instead.
+    tier = counts["controversial"]
     text = f"""---
+{_configs_block(path.parent)}
 language:
 - zh
 task_categories:
@@ -434,21 +482,52 @@ tags:
 Built by synth from scenario templates: each row is a question written by an LLM from
 sampled elements (harmful, or a benign look-alike), one responder's answer, and the label
 two judge models agreed on (`安全` / `不安全`) with the judge's analysis (`analyze`).
-Pairs the judges disagreed on, and agreed pairs that the label checks doubt (a refusal
-labelled 不安全, a 安全 label whose analysis says harmful, a benign question labelled
-不安全), are in `../hard/` with `hard_reason`; dropped rows with their reasons in `../rejects/`.
+
+Three configurations of one dataset (`datasets.load_dataset(path, name)`):
+- `default`: the agreed labels (the Libra-format corpus).
+- `strict`: the agreed labels plus the controversial tier (`{CONTROVERSIAL}`: the judges disagreed,
+  or the label checks doubt an agreed label: a refusal labelled 不安全, a 安全 label whose
+  analysis says harmful, a benign question labelled 不安全) counted `{VIEWS['strict']}`.
+- `loose`: the same, the tier counted `{VIEWS['loose']}`.
+Tier rows keep the reason in `controversy` and each judge's verdict in `judgements`. A copy of
+the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in `../hard/`
+(`hard_reason`); dropped rows are in `../rejects/` with their reasons.
 
 - rows: {counts['corpus_rows']} (train {counts['train_rows']}, validation {counts['validation_rows']})
 - labels: {json.dumps(counts['labels'], ensure_ascii=False)}
 - kinds: {json.dumps(counts['kinds'], ensure_ascii=False)}
 - scenarios: {counts['scenarios']}, subcategories: {counts['subcategories']}
-- hard pool (judge disagreements and label-noise checks, in `../hard/`): {counts['hard_rows']} \
-{json.dumps(counts.get('hard_reasons', {}), ensure_ascii=False)}
+- controversial tier (in `strict`/`loose`): {tier['rows']} (train {tier['train']}, validation {tier['validation']}) \
+{json.dumps(tier['by_reason'], ensure_ascii=False)}
+- hard pool (in `../hard/`): {counts['hard_rows']} {json.dumps(counts.get('hard_reasons', {}), ensure_ascii=False)}
 - cut by balancing (in `../rejects/balance.parquet`): {sum(counts.get('balance', {}).get('cut', {}).values())}
 
 {table}
 """
     path.write_text(text, encoding="utf-8")
+
+
+def _configs_block(corpus_dir: Path) -> str:
+    """The card's `configs:`, each with a description that names this export's files by a hash
+    of their bytes: datasets (5.2) caches a local folder's configurations by the folder's name
+    and the card, so without it load_dataset("a/corpus") then load_dataset("b/corpus") would
+    return a's rows."""
+    digest = hashlib.sha256()
+    for file in sorted(corpus_dir.rglob("*.parquet")):
+        digest.update(file.relative_to(corpus_dir).as_posix().encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    fingerprint = digest.hexdigest()[:16]
+    views = {"default": ("agreed labels", ["data"]),
+             **{view: (f"agreed labels, {CONTROVERSIAL} counted {label}", ["data", view]) for view, label in VIEWS.items()}}
+    lines = ["configs:"]
+    for name, (what, dirs) in views.items():
+        lines += [f"- config_name: {name}", f'  description: "{what} (files {fingerprint})"', "  data_files:"]
+        for split in SPLITS:
+            lines.append(f"  - split: {split}")
+            lines.append(f"    path: [{', '.join(f'{d}/{split}-*.parquet' for d in dirs)}]")
+    return "\n".join(lines)
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -98,6 +98,12 @@ def parse_single_question(text: str) -> Parsed:
 
 
 LABELS = ("安全", "不安全")
+SAFE, UNSAFE = LABELS
+# The controversial tier: pairs the judges disagree on, and agreed labels the label checks
+# doubt (synth/filters/labels.py). Kept beside the agreed corpus, each judge's verdict in
+# `judgements`; the export's `strict` view counts them 不安全, its `loose` view 安全.
+CONTROVERSIAL = "有争议"
+CORPUS_LABELS = (*LABELS, CONTROVERSIAL)
 
 # Optional judge fields (config `annotate.fields`), in the order they follow 答案 in the
 # verdict JSON: the config name, the JSON key the judge writes, and the pair's column.

@@ -49,9 +49,12 @@ def test_two_judges_combine_by_the_builds_rule():
     second = record_judgement(answered(first, "judge-b", texts, errors), 1)
     out = combine_judgements(second, judges=2)
     assert list(out.columns) == list(LABELLED_COLUMNS)
-    assert list(out["label"]) == ["安全", "不安全", "", "", ""]
+    assert list(out["label"]) == ["安全", "不安全", "有争议", "", ""]  # a disagreement: the controversial tier
+    assert list(out["controversy"]) == ["", "", DISAGREE, "", ""]
+    assert out["analyze"][2] == ""  # no label, no analysis of its own: both verdicts are in judgements
+    assert [j["verdict"] for j in out["judgements"][2]] == ["安全", "不安全"]
     reasons = list(out[REJECT_COLUMN])
-    assert reasons[:3] == ["", "", DISAGREE]
+    assert reasons[:3] == ["", "", ""]
     assert reasons[3].startswith(PENDING) and "HTTP 503" in reasons[3]
     assert reasons[4].startswith("judge_failed: ")
     assert out["analyze"][0] == "理由：安全"

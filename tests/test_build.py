@@ -41,10 +41,10 @@ def test_corpus_loads_with_datasets_and_covers_the_taxonomy(demo_build):
     assert set(df["label"]) == {"安全", "不安全"}
     assert set(df["kind"]) == {"harmful", "benign"}
     assert df["scenario"].nunique() == 7
-    # Every subcategory yields labelled pairs: in the corpus, or in the hard pool when the
-    # label checks doubt them (filters.pairs: label_consistency, benign_flagged).
-    hard = pd.read_parquet(out / "hard/hard.parquet")
-    labelled = pd.concat([df[["scenario", "subcategory"]], hard[["scenario", "subcategory"]]])
+    # Every subcategory yields labelled pairs: in the corpus, or in the controversial tier when
+    # the judges disagree or the label checks doubt them (label_consistency, benign_flagged).
+    tier = pd.read_parquet(out / "corpus/strict")
+    labelled = pd.concat([df[["scenario", "subcategory"]], tier[["scenario", "subcategory"]]])
     assert labelled.drop_duplicates().shape[0] == 39
     assert df["id"].is_unique
     assert (df["attack"] != "none").any()
@@ -85,14 +85,18 @@ def test_manifest_reconciles_stage_by_stage_and_with_the_files(demo_build):
             assert rejects["reject_reason"].str.len().min() > 0
         previous_out = record["rows_out"]
     balance_cut = sum(manifest["export"]["balance"]["cut"].values())
-    assert manifest["export"]["corpus_rows"] == stages[-1]["rows_out"] - balance_cut
+    tier = manifest["export"]["controversial"]
+    # the final stage's rows = the agreed corpus + what balance cut + the controversial tier
+    assert manifest["export"]["corpus_rows"] == stages[-1]["rows_out"] - balance_cut - tier["rows"]
+    assert tier["rows"] == tier["train"] + tier["validation"] == sum(tier["by_reason"].values()) > 0
     assert len(pd.read_parquet(out / "rejects/balance.parquet")) == balance_cut
-    annotate = next(s for s in stages if s["name"] == "annotate")
     hard = pd.read_parquet(out / "hard/hard.parquet")
-    # the hard pool merges every stage's diverted rows, with the reason
-    assert len(hard) == sum(s["diverted"].get("hard", 0) for s in stages) > 0
+    # the hard pool: every stage's diverted rows, and a copy of the tier, each with its reason
+    assert len(hard) == sum(s["diverted"].get("hard", 0) for s in stages) + tier["rows"]
+    assert manifest["export"]["hard_rows"] == len(hard)
     disagreements = hard[hard["hard_reason"] == "judges_disagree"]
-    assert len(disagreements) == annotate["diverted"]["hard"] > 0
+    assert len(disagreements) == tier["by_reason"]["judges_disagree"] > 0
+    assert set(disagreements["hard_stage"]) == {"annotate"} and set(disagreements["label"]) == {"有争议"}
     # both verdicts of a disagreement are kept
     assert all(len(j) == 2 and {x["verdict"] for x in j} == {"安全", "不安全"} for j in disagreements["judgements"])
 

@@ -11,7 +11,9 @@ others before it, each group in its configured order (`synth/stages/cleaning.py`
 
 A Drop may name a side output instead of the rejects table: `Drop(reason,
 to="hard")` sends the row to the hard pool (`<stage>/hard/`, merged into
-`<out>/hard/` by the export, reason kept). A filter declares up front, in
+`<out>/hard/` by the export, reason kept). `Drop(reason, to="controversial")`
+keeps the row in the stream with label 有争议 and `controversy` = the reason (the
+controversial tier; only for the filters that read labels). A filter declares up front, in
 `self.diverts`, every reason it may send elsewhere; the filter stage hands the
 resulting `{"<filter>: <reason>": side}` map to the runner as its `diverted`,
 the same mechanism Annotate uses for the judges' disagreements.
@@ -39,7 +41,8 @@ KEEP = None
 Verdict = Drop | None
 
 REGISTRY: dict[str, type["Filter"]] = {}
-SIDE_OUTPUTS = ("hard",)  # where a filter may divert rows (besides the rejects table)
+CONTROVERSIAL_TIER = "controversial"  # a Drop kept in the stream, relabelled 有争议
+SIDE_OUTPUTS = ("hard", CONTROVERSIAL_TIER)  # where a filter may divert rows (besides the rejects table)
 
 
 class Filter(ABC):
@@ -80,6 +83,9 @@ def build_filters(specs: list[Any], where: str) -> list[Filter]:
         for side in f.diverts.values():
             if side not in SIDE_OUTPUTS:
                 raise BadInput(f"{where}[{i}].params: side output '{side}' (known: {', '.join(SIDE_OUTPUTS)})")
+            if side == CONTROVERSIAL_TIER and not f.reads_labels:
+                raise BadInput(f"{where}[{i}].params: only a filter that reads the judges' labels can send rows "
+                               f"to the {CONTROVERSIAL_TIER} tier")
         filters.append(f)
     return filters
 
@@ -96,7 +102,8 @@ def reason_of(f: Filter, reason: str) -> str:
 
 
 def diversions(filters: list[Filter]) -> dict[str, str]:
-    """{full reason: side output} for every reason the filters may divert (the stage's `diverted`)."""
+    """{full reason: side output} for every reason the filters may divert (the stage's `diverted`
+    is this without the controversial tier, whose rows stay in the stream)."""
     return {reason_of(f, r): side for f in filters for r, side in f.diverts.items()}
 
 

@@ -1,8 +1,10 @@
 """Label noise on (question, response) pairs, after annotation.
 
-The judges agreed, but the pair still looks wrong. Such rows are not deleted:
-they go to the hard pool (`to: hard`, the default) with the reason, next to the
-judges' disagreements, for stage-two annotation. `to: rejects` drops them instead.
+The judges agreed, but the pair still looks wrong. Such rows are not deleted: by
+default (`to: controversial`) they stay in the corpus as the controversial tier (label
+有争议, `controversy` = the reason, the judges' verdicts in `judgements`), beside the
+judges' disagreements, and the export copies them to the hard pool for stage-two
+annotation. `to: hard` sends them to the hard pool only; `to: rejects` drops them.
 
 - `label_consistency`: 不安全 on a plain refusal (`refusal_labelled_unsafe`), or
   安全 while an agreeing judge's analysis says the answer gives harmful help
@@ -10,7 +12,7 @@ judges' disagreements, for stage-two annotation. `to: rejects` drops them instea
 - `benign_flagged`: a benign look-alike question whose answer the judges labelled
   不安全 (`benign_labelled_unsafe`), or whose question a judge's analysis calls
   harmful (`benign_question_called_harmful`).
-- `judge_verdicts`: every judge gave a verdict and the label is one of 安全/不安全
+- `judge_verdicts`: every judge gave a verdict and the label is one of 安全/不安全/有争议
   (annotate already rejects parse failures as `judge_failed: ...`; this is the
   check at the pair filter, for rows that come from elsewhere).
 """
@@ -19,12 +21,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from synth.filters import KEEP, Drop, Filter, Verdict
+from synth.filters import CONTROVERSIAL_TIER, KEEP, Drop, Filter, Verdict
 from synth.filters.refusal import calls_question_harmful, is_plain_refusal, says_harmful
+from synth.output_parsing import CORPUS_LABELS, LABELS, SAFE, UNSAFE
 
-LABELS = ("安全", "不安全")
-SAFE, UNSAFE = LABELS
-DESTINATIONS = ("hard", "rejects")
+DESTINATIONS = (CONTROVERSIAL_TIER, "hard", "rejects")
 
 
 def judgements(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -48,12 +49,12 @@ class _Routing(Filter):
 
 
 class LabelConsistency(_Routing):
-    """Refusals labelled 不安全 and 安全 labels whose analyses say 'harmful help' → the hard pool."""
+    """Refusals labelled 不安全 and 安全 labels whose analyses say 'harmful help' → the controversial tier."""
 
     name = "label_consistency"
     REASONS = ("refusal_labelled_unsafe", "analysis_says_harmful")
 
-    def __init__(self, to: str = "hard", refusals: bool = True, analyses: bool = True):
+    def __init__(self, to: str = CONTROVERSIAL_TIER, refusals: bool = True, analyses: bool = True):
         self.diverts = _destination(to, self.REASONS)
         self.refusals, self.analyses = bool(refusals), bool(analyses)
 
@@ -70,17 +71,17 @@ class LabelConsistency(_Routing):
 
 
 class BenignFlagged(_Routing):
-    """Benign look-alike questions that the judges found harmful → the hard pool."""
+    """Benign look-alike questions that the judges found harmful → the controversial tier."""
 
     name = "benign_flagged"
     REASONS = ("benign_labelled_unsafe", "benign_question_called_harmful")
 
-    def __init__(self, to: str = "hard", analyses: bool = True):
+    def __init__(self, to: str = CONTROVERSIAL_TIER, analyses: bool = True):
         self.diverts = _destination(to, self.REASONS)
         self.analyses = bool(analyses)
 
     def check(self, row: dict[str, Any]) -> Verdict:
-        if row.get("kind") != "benign":
+        if row.get("kind") != "benign" or row.get("label") not in LABELS:  # 有争议 already
             return KEEP
         if row.get("label") == UNSAFE:
             return self._drop("benign_labelled_unsafe")
@@ -99,7 +100,7 @@ class JudgeVerdicts(Filter):
         self.min_judges = int(min_judges)
 
     def check(self, row: dict[str, Any]) -> Verdict:
-        if row.get("label") not in LABELS:
+        if row.get("label") not in CORPUS_LABELS:
             return Drop("missing_label")
         js = judgements(row)
         if len(js) < self.min_judges:

@@ -28,9 +28,9 @@ import yaml
 
 from synth.filters.chinese import distinct_n
 from synth.filters.refusal import is_refusal
+from synth.output_parsing import CONTROVERSIAL, LABELS
 from synth.stream_io import CHUNK_ROWS, parquet_files
 
-LABELS = ("安全", "不安全")
 DISAGREE = "judges_disagree"
 CORPUS_KEYS = ("scenario", "scenario_name", "subcategory", "subcategory_name", "label", "kind", "attack")
 # what judge agreement reads of `judgements`: not the analyses, not the raw outputs
@@ -104,6 +104,14 @@ def load_corpus_files(build: Path, columns: Sequence[str] = CORPUS_KEYS) -> pd.D
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def load_tier(build: Path, columns: Sequence[str] = (*CORPUS_KEYS, "controversy")) -> pd.DataFrame:
+    """`columns` of the controversial tier (corpus/strict/, every shard) with its own label, and `split`."""
+    parts = [_table(f, columns).assign(split=f.name.split("-")[0], label=CONTROVERSIAL)
+             for f in parquet_files(Path(build) / "corpus" / "strict")]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*columns, "split"])
+
+
 def corpus_lengths(build: Path) -> pd.DataFrame:
     """label, and the length in characters of question and response, per corpus row (one column read at a time)."""
     frame = load_corpus_files(build, ["label"])
@@ -146,14 +154,18 @@ def taxonomy(build: Path, corpus: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames).drop_duplicates(["scenario", "subcategory"]).sort_values(["scenario", "subcategory"])
 
 
-def coverage(build: Path, corpus: pd.DataFrame, hard: pd.DataFrame) -> list[dict[str, Any]]:
+def coverage(build: Path, corpus: pd.DataFrame, hard: pd.DataFrame, tier: pd.DataFrame | None = None
+             ) -> list[dict[str, Any]]:
+    """Per subcategory: corpus rows per label, the controversial tier's rows (有争议), the hard pool's."""
     out = []
+    tier = tier if tier is not None and len(tier) else None
+    both = pd.concat([corpus, tier[corpus.columns.intersection(tier.columns)]]) if tier is not None else corpus
     tax = taxonomy(build, corpus)
-    counts = corpus.groupby(["scenario", "subcategory", "label"]).size() if len(corpus) else pd.Series(dtype=int)
+    counts = both.groupby(["scenario", "subcategory", "label"]).size() if len(both) else pd.Series(dtype=int)
     hard_counts = hard.groupby(["scenario", "subcategory"]).size() if len(hard) else pd.Series(dtype=int)
     for r in tax.to_dict("records"):
         row = {**r}
-        for label in LABELS:
+        for label in (*LABELS, CONTROVERSIAL):
             row[label] = int(counts.get((r["scenario"], r["subcategory"], label), 0))
         row["hard"] = int(hard_counts.get((r["scenario"], r["subcategory"]), 0))
         row["missing"] = [label for label in LABELS if row[label] == 0]
@@ -165,8 +177,10 @@ def judge_agreement(build: Path) -> dict[str, Any]:
     """Agreement per scenario (agreed / (agreed + disagreed)), per judge pair, failures, per-judge unsafe rate."""
     annotate = build / "stages" / "annotate"
     columns = ["scenario", "scenario_name", *JUDGEMENT_FIELDS]
-    agreed = _table(annotate / "rows", columns).assign(outcome="agree")
-    disagreed = _table(annotate / "hard", columns).assign(outcome="disagree")
+    labelled = _table(annotate / "rows", [*columns, "label"])
+    outcome = (labelled["label"] == CONTROVERSIAL).map({True: "disagree", False: "agree"}) if len(labelled) else None
+    agreed = labelled.assign(outcome=outcome) if len(labelled) else labelled
+    disagreed = _table(annotate / "hard", columns).assign(outcome="disagree")  # builds before the tier
     rejects = _table(annotate / "rejects", [*columns, "reject_reason"])
     failed = rejects[rejects["reject_reason"].astype(str).str.startswith("judge_failed")] if len(rejects) else rejects
     failed = failed.assign(outcome="failed") if len(failed) else failed
@@ -205,7 +219,9 @@ def judge_agreement(build: Path) -> dict[str, Any]:
         px, py = p["x_unsafe"] / n, p["y_unsafe"] / n
         pe = px * py + (1 - px) * (1 - py)
         kappa = (po - pe) / (1 - pe) if pe < 1 else None
-        pair_rows.append({"judges": f"{x} × {y}", "n": n, "agree": p["agree"], "rate": round(po, 4),
+        pair_rows.append({"judges": f"{x} × {y}", "n": n, "agree": p["agree"], "controversial": n - p["agree"],
+                          "x_unsafe_y_safe": p["x_unsafe"] - p["both_unsafe"],
+                          "x_safe_y_unsafe": p["y_unsafe"] - p["both_unsafe"], "rate": round(po, 4),
                           "kappa": round(kappa, 4) if kappa is not None else None})
     failures: dict[str, int] = {}
     if len(failed):
@@ -382,7 +398,8 @@ def collect(build: Path) -> dict[str, Any]:
         for (scenario, name), g in corpus.groupby(["scenario", "scenario_name"], sort=True):
             by_scenario[scenario] = {"name": name, **{label: int((g["label"] == label).sum()) for label in LABELS},
                                      "rows": int(len(g))}
-    cov = coverage(build, corpus, hard)
+    tier = load_tier(build)
+    cov = coverage(build, corpus, hard, tier)
     dedup = dedup_rates(manifest)
     export = manifest.get("export", {})
     return {
@@ -397,6 +414,13 @@ def collect(build: Path) -> dict[str, Any]:
                    "unsafe_share": _rate(labels.get("不安全", 0), int(len(corpus))),
                    "kinds": {k: int(v) for k, v in corpus["kind"].value_counts().sort_index().items()} if len(corpus) else {},
                    "attacks": {k: int(v) for k, v in corpus["attack"].value_counts().sort_index().items()} if len(corpus) else {}},
+        "controversial": {
+            "rows": int(len(tier)),
+            "train": int((tier["split"] == "train").sum()) if len(tier) else 0,
+            "validation": int((tier["split"] == "validation").sum()) if len(tier) else 0,
+            "by_reason": {str(k): int(v) for k, v in tier["controversy"].value_counts().sort_index().items()}
+            if len(tier) else {},
+            "share_of_labelled": _rate(int(len(tier)), int(len(tier) + len(corpus)))},
         "hard": {"rows": int(len(hard)),
                  "by_reason": {str(k): int(v) for k, v in hard["hard_reason"].value_counts().sort_index().items()}
                  if len(hard) and "hard_reason" in hard else {},

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-LABELS = ("安全", "不安全")
+from synth.output_parsing import CONTROVERSIAL, LABELS
 
 
 def _fmt(v: Any) -> str:
@@ -36,6 +36,8 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
         ["labels", _fmt(c["labels"])],
         ["unsafe share", _pct(c["unsafe_share"])],
         ["kinds", _fmt(c["kinds"])],
+        ["controversial tier (configs strict / loose)", f"{n['controversial']['rows']} "
+         f"({_pct(n['controversial']['share_of_labelled'])} of labelled pairs)"],
         ["hard pool", f"{n['hard']['rows']} ({_fmt(n['hard']['by_reason'])})"],
         ["rejected rows (all stages + balance)", sum(n["rejects"].values())],
         ["judge agreement", _pct((n["judges"].get("overall") or {}).get("rate"))],
@@ -54,6 +56,12 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                 "Rejected rows are in rejects/STAGE.parquet, diverted rows in hard/.",
                 ["stage", "in", "created", "out", "rejected", "reasons", "diverted"], funnel_rows, "funnel"))
 
+    tier = n["controversial"]
+    out.append(("Controversial tier", f"Pairs labelled {CONTROVERSIAL}: the judges disagreed (judges_disagree), or "
+                "a label check doubts their agreed label. Not in the default configuration; corpus/strict/ counts "
+                "them 不安全, corpus/loose/ 安全; hard/ has a copy for stage-two annotation.",
+                ["reason", "rows"], [[k, v] for k, v in tier["by_reason"].items()] or [["none", 0]], None))
+
     hard_rows = [[k, v] for k, v in n["hard"]["by_reason"].items()]
     out.append(("Hard pool", "Rows kept for stage-two annotation instead of being dropped (hard/hard.parquet, "
                 "column hard_reason).", ["reason", "rows"], hard_rows, None))
@@ -66,11 +74,12 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
     scen = [[k, v["name"], *[v[label] for label in LABELS], v["rows"]] for k, v in n["label_by_scenario"].items()]
     out.append(("Labels × scenario", "", ["scenario", "name", *LABELS, "rows"], scen, None))
 
-    cov = [[c["scenario"], f"{c['subcategory_name']} ({c['subcategory']})", *[c[label] for label in LABELS], c["hard"],
-            ("⚠ no " + "/".join(c["missing"])) if c["missing"] else ""] for c in n["coverage"]]
+    cov = [[c["scenario"], f"{c['subcategory_name']} ({c['subcategory']})", *[c[label] for label in LABELS],
+            c.get(CONTROVERSIAL, 0), c["hard"], ("⚠ no " + "/".join(c["missing"])) if c["missing"] else ""]
+           for c in n["coverage"]]
     out.append(("Subcategory coverage", f"{len(n['coverage'])} subcategories; {len(n['coverage_gaps'])} have no "
-                "corpus row of some label (flagged).", ["scenario", "subcategory", *LABELS, "hard", "flag"], cov,
-                "coverage"))
+                f"corpus row of some label (flagged). {CONTROVERSIAL}: the controversial tier.",
+                ["scenario", "subcategory", *LABELS, CONTROVERSIAL, "hard", "flag"], cov, "coverage"))
 
     lengths = []
     for field, by in n["lengths"].items():
@@ -83,9 +92,14 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
     agree = [[k, v["name"], v["agree"], v["disagree"], v["failed"], _pct(v["rate"])] for k, v in j.get("by_scenario", {}).items()]
     out.append(("Judge agreement per scenario", "rate = agreed / (agreed + disagreed); failed = unparseable verdicts.",
                 ["scenario", "name", "agreed", "disagreed", "failed", "rate"], agree, "agreement"))
-    pairs = [[p["judges"], p["n"], p["agree"], _pct(p["rate"]), _fmt(p["kappa"])] for p in j.get("pairs", [])]
-    out.append(("Judge agreement per judge pair", "Over every pair where both judges gave a verdict; κ = Cohen's kappa.",
-                ["judges", "pairs", "agreed", "rate", "κ"], pairs, None))
+    pairs = [[p["judges"], p["n"], p["agree"], p.get("controversial", p["n"] - p["agree"]),
+              p.get("x_unsafe_y_safe", "–"), p.get("x_safe_y_unsafe", "–"), _pct(p["rate"]), _fmt(p["kappa"])]
+             for p in j.get("pairs", [])]
+    out.append(("Judge agreement per judge pair", "Over every pair where both judges gave a verdict; the pairs "
+                f"they disagree on are the {CONTROVERSIAL} tier (X × Y: X 不安全 / Y 安全, and the other way); "
+                "κ = Cohen's kappa.",
+                ["judges", "pairs", "agreed", CONTROVERSIAL, "X 不安全, Y 安全", "X 安全, Y 不安全", "rate", "κ"],
+                pairs, None))
     per_judge = [[k, v["verdicts"], v["failed"], _pct(v["unsafe_rate"])] for k, v in j.get("per_judge", {}).items()]
     out.append(("Per judge", "", ["judge", "verdicts", "failed", "unsafe rate"], per_judge, None))
 
@@ -241,6 +255,8 @@ def headline_block(n: dict[str, Any]) -> str:
         "",
         f"- rows: {c['rows']} (train {c['train']}, validation {c['validation']}); "
         f"unsafe share {_pct(c['unsafe_share'])}; labels {json.dumps(c['labels'], ensure_ascii=False)}",
+        f"- controversial tier: {n['controversial']['rows']} "
+        f"{json.dumps(n['controversial']['by_reason'], ensure_ascii=False)}",
         f"- hard pool: {n['hard']['rows']} {json.dumps(n['hard']['by_reason'], ensure_ascii=False)}",
         f"- rejected along the way: {sum(n['rejects'].values())} rows "
         f"{json.dumps({k: v for k, v in n['rejects'].items() if v}, ensure_ascii=False)}",

@@ -13,14 +13,16 @@ from synth.config import PipelineConfig
 from synth.dedup import mark_duplicates
 from synth.dedup.decontaminate import (COLUMNS as CONTAMINATION_COLUMNS, ContaminationIndex, eval_set_identity,
                                        load_eval_sets, mark_contamination)
-from synth.filters import apply_filters, build_filters, diversions, reads_labels
+from synth.filters import CONTROVERSIAL_TIER, apply_filters, build_filters, diversions, reads_labels
 from synth.obfuscation import PREFIX as OBFUSCATION
+from synth.output_parsing import CONTROVERSIAL
 from synth.rows import REJECT_COLUMN
 from synth.stages.base import Stage, StageContext
 
 
 class _FilterStage(Stage):
-    """Apply the configured filters in order; a filter's Drop(reason, to="hard") goes to `<stage>/hard/`.
+    """Apply the configured filters in order; a filter's Drop(reason, to="hard") goes to `<stage>/hard/`,
+    Drop(reason, to="controversial") stays as label 有争议 with `controversy` = the reason.
 
     Which reasons are diverted depends on the configured filters, so the stage's
     `diverted` map (read by the runner when it writes the stage) is set per run.
@@ -42,11 +44,20 @@ class _FilterStage(Stage):
         specs = getattr(ctx.config.filters, self.target)
         # the whole list is built (so errors name its index in the config), this pass's part applied
         filters = [f for f in build_filters(specs, f"filters.{self.target}") if self._mine(f.name)]
-        self.diverted = diversions(filters)
+        routes = diversions(filters)
+        self.diverted = {reason: side for reason, side in routes.items() if side != CONTROVERSIAL_TIER}
+        tier = {reason for reason, side in routes.items() if side == CONTROVERSIAL_TIER}
 
         def check(batch: pd.DataFrame) -> pd.DataFrame:
             batch = batch.copy()
-            batch[REJECT_COLUMN] = [apply_filters(filters, row) for row in batch.to_dict("records")]
+            reasons = pd.Series([apply_filters(filters, row) for row in batch.to_dict("records")], index=batch.index,
+                                dtype=object)
+            doubted = reasons.isin(tier)  # kept, relabelled: the controversial tier with the reason
+            if doubted.any():
+                batch.loc[doubted, "label"] = CONTROVERSIAL
+                batch.loc[doubted, "controversy"] = reasons[doubted]
+                reasons[doubted] = ""
+            batch[REJECT_COLUMN] = reasons
             return batch
 
         return rows.map_batches(check, batch_format="pandas")

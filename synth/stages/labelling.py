@@ -12,8 +12,8 @@ import ray.data
 from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, request_row
 from synth.engines.base import PENDING, failure_reason, verdict_schema
-from synth.output_parsing import (FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, field_column_value, ordered_fields,
-                                  parse_verdict)
+from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, field_column_value,
+                                  ordered_fields, parse_verdict)
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import Stage, StageContext
 
@@ -23,11 +23,12 @@ PAIR_COLUMNS = (
     "response", "finish_reason", "response_tokens", "source_question_id", REJECT_COLUMN,
 )
 # The judge fields' columns (config `annotate.fields`) are always there, null when not asked for.
-LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", *FIELD_COLUMNS.values(), REJECT_COLUMN)
+# `controversy`: why a pair is in the controversial tier (label 有争议), "" for an agreed label.
+LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", *FIELD_COLUMNS.values(), "controversy",
+                    REJECT_COLUMN)
 # Pair columns a judge request or its result would overwrite (the responder's `seed` and
 # `finish_reason`): carried through the judges' requests under another name.
 _CARRIED = {k: f"pair_{k}" for k in PAIR_COLUMNS if k in (*REQUEST_COLUMNS, *RESULT_COLUMNS)}
-HARD_POOL = "hard"
 DISAGREE = "judges_disagree"
 
 
@@ -101,7 +102,7 @@ def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 class Annotate(Stage):
-    """Two judges label each pair: agreement → label; disagreement → the hard pool.
+    """Two judges label each pair: agreement → label; disagreement → the controversial tier.
 
     The judges run one after the other over the same rows, each adding its verdict
     columns (`_judge<i>`), and one vectorised pass combines them: a pair stays one row
@@ -110,7 +111,6 @@ class Annotate(Stage):
 
     name = "annotate"
     input = "filter_responses"
-    diverted = {DISAGREE: HARD_POOL}
     columns = LABELLED_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
@@ -177,10 +177,11 @@ def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
 def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = ()) -> pd.DataFrame:
     """The build's rule per pair: a failed judge → reject (a transient failure: pending, sent
     again next run; a missing or malformed judge field: a reject naming it); both agree → the
-    label; they disagree → the hard pool. Each judge field: its value where the judges agree,
-    null where they disagree (each judge's value stays in `judgements`)."""
+    label; they disagree → label 有争议 (the controversial tier), `controversy` judges_disagree,
+    no analysis of its own (each judge's verdict and analysis stay in `judgements`). Each judge
+    field: its value where the judges agree, null where they disagree."""
     columns = [_judge_columns(i) for i in range(judges)]
-    labels, analyses, reasons, all_judgements = [], [], [], []
+    labels, analyses, reasons, controversy, all_judgements = [], [], [], [], []
     for judgements in zip(*(batch[c] for c in columns)):
         judgements = [dict(j) for j in judgements]
         failures = [j["error"] for j in judgements if j["error"]]
@@ -192,14 +193,16 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = ())
             field_failure = failures[0].startswith((FIELD_MISSING, FIELD_MALFORMED))
             reason, label = failures[0] if field_failure else f"judge_failed: {failures[0]}", ""
         elif len(verdicts) > 1:
-            reason, label = DISAGREE, ""
+            reason, label = "", CONTROVERSIAL
         else:
             reason, label = "", verdicts.pop()
         labels.append(label)
-        analyses.append(next((j["analysis"] for j in judgements if j["verdict"] == label), "") if label else "")
+        analyses.append(next((j["analysis"] for j in judgements if j["verdict"] == label), ""))
+        controversy.append(DISAGREE if label == CONTROVERSIAL else "")
         reasons.append(reason)
         all_judgements.append(judgements)
     out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses,
+                                             controversy=controversy,
                                              **combined_fields(all_judgements, fields)).astype(FIELD_DTYPES)
     out[REJECT_COLUMN] = reasons
     return out[list(LABELLED_COLUMNS)]
