@@ -61,7 +61,8 @@ FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_su
 KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy")
 # The named configurations beside `default`: the controversial tier counted as this label.
 VIEWS = {"strict": UNSAFE, "loose": SAFE}
-TIER_STAGE = {"judges_disagree": "annotate"}  # the stage a tier row got its label in (else filter_pairs)
+TIER_STAGE = {"judges_disagree": "annotate"}
+FINGERPRINT_COLUMNS = ("id", "label", "question", "response", "analyze")  # the stage a tier row got its label in (else filter_pairs)
 SHARD_ROWS = 50_000  # rows per corpus/ parquet file at most
 LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "response", "label", "analyze", "id")
 LIBRA_SOURCE = "Synthetic Data"
@@ -508,22 +509,25 @@ the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in
 
 
 def _configs_block(corpus_dir: Path) -> str:
-    """The card's `configs:`, each with a description that names this export's files by a hash
-    of their bytes: datasets (5.2) caches a local folder's configurations by the folder's name
-    and the card, so without it load_dataset("a/corpus") then load_dataset("b/corpus") would
-    return a's rows."""
+    """The card's `configs:`, each with a description that names this export's rows by a hash
+    (of their ids, labels and texts, in file order: the same whatever the shard size): datasets
+    (5.2) caches a local folder's configurations by the folder's name and the card, so without
+    it load_dataset("a/corpus") then load_dataset("b/corpus") would return a's rows."""
     digest = hashlib.sha256()
-    for file in sorted(corpus_dir.rglob("*.parquet")):
-        digest.update(file.relative_to(corpus_dir).as_posix().encode())
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+    for view in ("data", *VIEWS):
+        for split in SPLITS:
+            for file in sorted((corpus_dir / view).glob(f"{split}-*.parquet")):
+                parquet = pq.ParquetFile(file)
+                columns = [c for c in FINGERPRINT_COLUMNS if c in parquet.schema_arrow.names]
+                for batch in parquet.iter_batches(columns=columns):
+                    for row in zip(*(c.to_pylist() for c in batch.columns)):
+                        digest.update(json.dumps(row, ensure_ascii=False, default=str).encode())
     fingerprint = digest.hexdigest()[:16]
     views = {"default": ("agreed labels", ["data"]),
              **{view: (f"agreed labels, {CONTROVERSIAL} counted {label}", ["data", view]) for view, label in VIEWS.items()}}
     lines = ["configs:"]
     for name, (what, dirs) in views.items():
-        lines += [f"- config_name: {name}", f'  description: "{what} (files {fingerprint})"', "  data_files:"]
+        lines += [f"- config_name: {name}", f'  description: "{what} (rows {fingerprint})"', "  data_files:"]
         for split in SPLITS:
             lines.append(f"  - split: {split}")
             lines.append(f"    path: [{', '.join(f'{d}/{split}-*.parquet' for d in dirs)}]")

@@ -182,7 +182,7 @@ def test_labelled_pairs_keep_the_responders_seed_and_finish_reason(demo_build):
     """The judges' requests and results have their own `seed` and `finish_reason`; a pair keeps its own."""
     out, _ = demo_build
     respond = read_table(out / "stages/respond/rows").set_index("id")
-    parts = [read_table(out / "stages/annotate" / part) for part in ("rows", "hard", "rejects")]
+    parts = [read_table(out / "stages/annotate" / part) for part in ("rows", "rejects")]
     labelled = pd.concat([p for p in parts if len(p)])
     assert len(labelled) == len(respond)
     for row in labelled.itertuples():

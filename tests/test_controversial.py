@@ -97,7 +97,7 @@ def test_the_report_shows_the_tier_per_subcategory_and_per_judge_pair(demo_build
 
 def test_a_card_of_another_build_with_the_same_folder_name_loads_its_own_rows(demo_build, tmp_path: Path):
     """datasets caches a local folder's configurations by folder name and card: the card's
-    description names the export's files by their hash, so a second build's corpus/ is not
+    description names the export's rows by a hash, so a second build's corpus/ is not
     served from the first one's cache."""
     import shutil
 

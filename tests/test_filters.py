@@ -54,9 +54,9 @@ def test_first_drop_wins_and_diversions_are_declared():
          FilterSpec(name="label_consistency"), FilterSpec(name="benign_flagged", params={"to": "rejects"})],
         "filters.pairs",
     )
-    assert diversions(filters) == {
-        "label_consistency: refusal_labelled_unsafe": "hard",
-        "label_consistency: analysis_says_harmful": "hard",
+    assert diversions(filters) == {  # the default: kept, as the controversial tier
+        "label_consistency: refusal_labelled_unsafe": "controversial",
+        "label_consistency: analysis_says_harmful": "controversial",
     }
     row = {"question": "如何看待这类现象？", "response": "", "label": "不安全", "kind": "benign"}
     assert apply_filters(filters, row) == "non_empty: empty_response"
@@ -65,6 +65,20 @@ def test_first_drop_wins_and_diversions_are_declared():
     row["response"] = "这是一个常见的社会话题，可以从历史背景和相关法规两方面理解。"
     assert apply_filters(filters, row) == "benign_flagged: benign_labelled_unsafe"  # to: rejects → not diverted
     assert [name for name, v in explain(filters, row) if v] == ["benign_flagged"]
+
+
+def test_only_a_filter_that_reads_labels_may_send_rows_to_the_controversial_tier():
+    class Early(Filter):
+        name = "test_early"
+
+        def __init__(self):
+            self.diverts = {"odd": "controversial"}
+
+        def check(self, row):
+            return None
+
+    with pytest.raises(BadInput, match=r"filters.pairs\[0\].params: only a filter that reads the judges' labels"):
+        build_filters([FilterSpec(name="test_early")], "filters.pairs")
 
 
 def test_a_filter_that_diverts_without_declaring_it_is_a_bug():
@@ -85,7 +99,7 @@ def test_demo_and_stage1_configs_build_their_filters(repo_root):
         p = build_filters(config.filters.pairs, "filters.pairs")
         assert {f.name for f in q} >= {"chinese_ratio", "repetition", "prompt_leakage", "meta_answer", "is_question"}
         assert {f.name for f in p} >= {"label_consistency", "benign_flagged", "truncation", "judge_verdicts"}
-        assert set(diversions(p).values()) == {"hard"}
+        assert set(diversions(p).values()) == {"controversial"}
 
 
 # --- text measurements ----------------------------------------------------------------------

@@ -97,12 +97,14 @@ def _row(label, response, analyses=("分析",), kind="harmful"):
             "analyze": analyses[0] if analyses else ""}
 
 
-def test_label_consistency_routes_to_the_hard_pool():
+def test_label_consistency_routes_to_the_controversial_tier():
     f = LabelConsistency()
     v = f.check(_row("不安全", "抱歉，我无法提供这方面的帮助。"))
-    assert v is not None and v.reason == "refusal_labelled_unsafe" and v.to == "hard"
+    assert v is not None and v.reason == "refusal_labelled_unsafe" and v.to == "controversial"
     v = f.check(_row("安全", "先准备材料，然后……", analyses=["该回答提供了实施违法行为的具体方法。", "回答安全。"]))
-    assert v is not None and v.reason == "analysis_says_harmful" and v.to == "hard"
+    assert v is not None and v.reason == "analysis_says_harmful" and v.to == "controversial"
+    v = LabelConsistency(to="hard").check(_row("不安全", "抱歉，我无法提供这方面的帮助。"))
+    assert v is not None and v.to == "hard"
     # consistent rows stay
     assert f.check(_row("安全", "抱歉，我无法提供这方面的帮助。", analyses=["回答拒绝了有害请求。"])) is None
     assert f.check(_row("不安全", "先准备材料，然后……", analyses=["回答提供了违法方法。"])) is None
@@ -113,10 +115,10 @@ def test_label_consistency_routes_to_the_hard_pool():
     assert LabelConsistency(refusals=False).check(_row("不安全", "抱歉，我无法提供这方面的帮助。")) is None
 
 
-def test_benign_questions_the_judges_found_harmful_go_to_the_hard_pool():
+def test_benign_questions_the_judges_found_harmful_go_to_the_controversial_tier():
     f = BenignFlagged()
     v = f.check(_row("不安全", "可以用任务管理器结束进程。", kind="benign"))
-    assert v is not None and v.reason == "benign_labelled_unsafe" and v.to == "hard"
+    assert v is not None and v.reason == "benign_labelled_unsafe" and v.to == "controversial"
     v = f.check(_row("安全", "这是正常的科普。", analyses=["问题意图是违法的，回答拒绝了。"], kind="benign"))
     assert v is not None and v.reason == "benign_question_called_harmful"
     assert f.check(_row("安全", "可以用任务管理器结束进程。", analyses=["问题正常，回答无害。"], kind="benign")) is None

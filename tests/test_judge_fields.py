@@ -117,8 +117,9 @@ def test_two_judges_fields_combine_per_field_and_a_bad_field_is_a_reject():
     second = record_judgement(answered(first, "judge-b", [_verdict(*x) for x in b], [""] * 5), 1, **kw)
     out = combine_judgements(second, judges=2, fields=fields)
     assert list(out.columns) == list(LABELLED_COLUMNS)
-    assert list(out["label"]) == ["安全", "不安全", "", "", ""]
-    assert list(out[REJECT_COLUMN]) == ["", "", DISAGREE, "judge_field_missing:refusal",
+    assert list(out["label"]) == ["安全", "不安全", "有争议", "", ""]
+    assert out["controversy"][2] == DISAGREE
+    assert list(out[REJECT_COLUMN]) == ["", "", "", "judge_field_missing:refusal",
                                         "judge_field_malformed:refusal"]
     harmful, refusal, sub = (out[c].tolist() for c in ("question_harmful", "refusal", "judged_subcategory"))
     assert harmful[0] is True and refusal[0] is True and sub[0] == "gender"

@@ -69,10 +69,13 @@ def test_funnel_and_rejects_agree_with_the_manifest_and_files(small_build):
     cut = pd.read_parquet(out / "rejects" / "balance.parquet")
     assert len(cut) == sum(stages["balance"]["rejected"].values()) == n["rejects"]["balance"] > 0
     assert set(cut["reject_reason"]) == {"balance_cap"}
-    # rows that left the funnel are all in rejects/ or hard/: nothing vanished
+    # rows that left the funnel are all in rejects/ or hard/: nothing vanished; hard/ also has
+    # a copy of the controversial tier (still in the funnel: the export's strict/loose configs)
     hard = pd.read_parquet(out / "hard" / "hard.parquet")
     total_diverted = sum(sum(f["diverted"].values()) for f in n["funnel"])
-    assert len(hard) == n["hard"]["rows"] == export["hard_rows"] == total_diverted
+    tier = export["controversial"]["rows"]
+    assert n["controversial"]["rows"] == tier
+    assert len(hard) == n["hard"]["rows"] == export["hard_rows"] == total_diverted + tier
     assert n["hard"]["by_reason"] == export["hard_reasons"] == hard["hard_reason"].value_counts().sort_index().to_dict()
     assert set(n["hard"]["by_stage"]) <= {"annotate", "filter_pairs", "filter_questions"}
 
@@ -95,6 +98,7 @@ def test_corpus_numbers_agree_with_the_exported_files(small_build):
     cov = n["coverage"]
     assert len(cov) == 7 and {c["scenario"] for c in cov} == set(SCENARIOS)
     assert sum(c["安全"] + c["不安全"] for c in cov) == len(corpus)
+    assert sum(c["有争议"] for c in cov) == n["controversial"]["rows"] == manifest["export"]["controversial"]["rows"]
     assert sum(c["hard"] for c in cov) == n["hard"]["rows"]
     assert [g["subcategory"] for g in n["coverage_gaps"]] == [c["subcategory"] for c in cov if c["missing"]]
     lengths = corpus["question"].str.len()
@@ -107,8 +111,9 @@ def test_judges_refusals_dedup_and_cost_agree_with_the_stages(small_build):
     stage = {s["name"]: s for s in manifest["stages"]}
     overall = n["judges"]["overall"]
     failures = sum(v for k, v in stage["annotate"]["rejected"].items() if k.startswith("judge_failed"))
-    assert overall["agree"] == stage["annotate"]["rows_out"]
-    assert overall["disagree"] == stage["annotate"]["diverted"].get("hard", 0)
+    annotated = read_table(out / "stages" / "annotate" / "rows", ["label"])
+    assert overall["agree"] + overall["disagree"] == stage["annotate"]["rows_out"]
+    assert overall["disagree"] == (annotated["label"] == "有争议").sum()
     assert overall["failed"] == failures == sum(n["judges"]["failures"].values())
     assert sum(v["agree"] + v["disagree"] for v in n["judges"]["by_scenario"].values()) == overall["agree"] + overall["disagree"]
     (pair,) = n["judges"]["pairs"]

@@ -38,7 +38,9 @@ class _FilterStage(Stage):
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
         return {"filters": [f.model_dump(mode="json") for f in getattr(config.filters, self.target)
-                            if self._mine(f.name)]}
+                            if self._mine(f.name)],
+                # the label checks' default destination became the controversial tier (was hard/)
+                **({"doubts": CONTROVERSIAL} if self.labels else {})}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         specs = getattr(ctx.config.filters, self.target)

@@ -118,7 +118,9 @@ class Annotate(Stage):
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
         fields = ordered_fields(config.annotate.fields)
-        return {"seed": config.seed, **({"fields": fields} if fields else {})}
+        # `disagreement`: where a disagreement goes (the label 有争议 since the controversial tier;
+        # before it, hard/): stage outputs of older builds are not reused as this one's
+        return {"seed": config.seed, "disagreement": CONTROVERSIAL, **({"fields": fields} if fields else {})}
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
