@@ -124,13 +124,14 @@ def test_judges_refusals_dedup_and_cost_agree_with_the_stages(small_build):
     assert 0 < sum(r["refusals"] for r in n["refusals"].values())  # the stand-in refuses ~1/3 of the time
     # unsafe yield: every labelled answer counted once per responder and once per scenario
     annotated = read_table(out / "stages" / "annotate" / "rows")
+    agreed = annotated[annotated["label"] != "有争议"]
     for key in ("by_responder", "by_scenario"):
         got = n["unsafe_yield"][key]
-        assert sum(v["labelled"] for v in got.values()) == len(annotated) == stage["annotate"]["rows_out"]
+        assert sum(v["labelled"] for v in got.values()) == len(agreed) == overall["agree"]
         assert sum(v["unsafe"] for v in got.values()) == int((annotated["label"] == "不安全").sum())
-        assert sum(v["disagreed"] for v in got.values()) == stage["annotate"]["diverted"].get("hard", 0)
+        assert sum(v["disagreed"] for v in got.values()) == overall["disagree"] > 0
     for responder, v in n["unsafe_yield"]["by_responder"].items():
-        mine = annotated[annotated["responder"] == responder]
+        mine = agreed[agreed["responder"] == responder]
         assert v["unsafe"] == int((mine["label"] == "不安全").sum()) and v["labelled"] == len(mine)
     assert 0 < sum(v["refusals"] for v in n["unsafe_yield"]["by_responder"].values())
     for name in ("dedup_questions", "dedup_pairs"):

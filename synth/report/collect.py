@@ -252,15 +252,17 @@ def refusals(build: Path) -> dict[str, Any]:
 
 def unsafe_yield(build: Path) -> dict[str, Any]:
     """How much unsafe material each responder gives, and on which scenarios: of the answers
-    both judges labelled (annotate's output), how many are 不安全 and how many are refusals
-    (by the refusal lexicon), with the disagreements (annotate's hard/) beside them. A responder
+    both judges labelled alike (annotate's output), how many are 不安全 and how many are refusals
+    (by the refusal lexicon), with the disagreements (label 有争议) beside them. A responder
     that refuses almost everything feeds the 安全 class only; add a base model as a responder."""
     stage = build / "stages" / "annotate"
-    labelled = _table(stage / "rows", ["responder", "scenario", "kind", "label"])
-    if labelled.empty:
+    rows = _table(stage / "rows", ["responder", "scenario", "kind", "label"])
+    if rows.empty:
         return {}
-    labelled = labelled.assign(refusal=[is_refusal(text) for text in _texts(stage / "rows", "response")])
-    disputed = _table(stage / "hard", ["responder", "scenario"])
+    rows = rows.assign(refusal=[is_refusal(text) for text in _texts(stage / "rows", "response")])
+    labelled = rows[rows["label"].isin(LABELS)]
+    old_hard = _table(stage / "hard", ["responder", "scenario"])  # builds before the controversial tier
+    disputed = pd.concat([rows.loc[rows["label"] == CONTROVERSIAL, ["responder", "scenario"]], old_hard])
 
     def summary(g: pd.DataFrame, disagreed: int) -> dict[str, Any]:
         unsafe = int((g["label"] == LABELS[1]).sum())
