@@ -69,13 +69,14 @@ def test_funnel_and_rejects_agree_with_the_manifest_and_files(small_build):
     cut = pd.read_parquet(out / "rejects" / "balance.parquet")
     assert len(cut) == sum(stages["balance"]["rejected"].values()) == n["rejects"]["balance"] > 0
     assert set(cut["reject_reason"]) == {"balance_cap"}
-    # rows that left the funnel are all in rejects/ or hard/: nothing vanished; hard/ also has
-    # a copy of the controversial tier (still in the funnel: the export's strict/loose configs)
+    # rows that left the funnel are all in rejects/ or hard/: nothing vanished (the controversial
+    # tier leaves at balance, into the strict/loose configs, and hard/ has a copy of it)
     hard = pd.read_parquet(out / "hard" / "hard.parquet")
     total_diverted = sum(sum(f["diverted"].values()) for f in n["funnel"])
     tier = export["controversial"]["rows"]
-    assert n["controversial"]["rows"] == tier
-    assert len(hard) == n["hard"]["rows"] == export["hard_rows"] == total_diverted + tier
+    assert n["controversial"]["rows"] == tier == stages["balance"]["diverted"].get("controversial", 0)
+    assert stages["balance"]["rows_in"] == stages["balance"]["rows_out"] + sum(stages["balance"]["rejected"].values()) + tier
+    assert len(hard) == n["hard"]["rows"] == export["hard_rows"] == total_diverted
     assert n["hard"]["by_reason"] == export["hard_reasons"] == hard["hard_reason"].value_counts().sort_index().to_dict()
     assert set(n["hard"]["by_stage"]) <= {"annotate", "filter_pairs", "filter_questions"}
 

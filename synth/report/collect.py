@@ -135,9 +135,11 @@ def funnel(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     export = manifest.get("export", {})
     balance = export.get("balance")
     if balance:
-        rows.append({"stage": "balance", "rows_in": balance["rows_in"], "rows_out": balance["rows_out"],
+        # the controversial tier leaves the agreed corpus here (not balanced; configs strict/loose, a copy in hard/)
+        tier = (export.get("controversial") or {}).get("rows", 0)
+        rows.append({"stage": "balance", "rows_in": balance["rows_in"] + tier, "rows_out": balance["rows_out"],
                      "created": 0, "rejected": {k: v for k, v in balance["cut"].items() if v},
-                     "diverted": {}, "seconds": 0.0, "reused": False})
+                     "diverted": {"controversial": tier} if tier else {}, "seconds": 0.0, "reused": False})
     rows.append({"stage": "export", "rows_in": export.get("corpus_rows", 0), "rows_out": export.get("corpus_rows", 0),
                  "created": 0, "rejected": {}, "diverted": {}, "seconds": 0.0, "reused": False,
                  "train": export.get("train_rows", 0), "validation": export.get("validation_rows", 0)})
