@@ -55,6 +55,7 @@ def _rows(n_per_stratum: int = 3) -> list[dict]:
                     "generator": "generator", "template_id": scenario, "template_hash": "0" * 16,
                     "finish_reason": "stop", "seed": k,
                     "question_harmful": None, "refusal": None, "judged_subcategory": None,  # no judge fields asked for
+                    "source_question_id": "", "controversy": "",  # not an obfuscated copy; an agreed label
                 })
     return rows
 
