@@ -82,6 +82,7 @@ class StageRecord:
     pending: int = 0  # rows whose request failed transiently: sent again by the next run
     why: str = ""  # "reused", or why the stage ran (no output yet, pending requests, which input changed)
     signature: str = ""
+    nodes: dict[str, int] = field(default_factory=dict)  # rows written per Ray node id (where the work ran)
 
 
 def reason_key(reason: str) -> str:
@@ -127,6 +128,9 @@ def init_ray() -> None:
         address = os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if not address:
+            # "local": a Ray of its own, even where `ray start` (or a test's cluster) left its
+            # address in /tmp/ray, which ray.init() would join; a cluster is joined by RAY_ADDRESS
+            address = "local"
             kwargs["num_cpus"] = int(os.environ.get("SYNTH_NUM_CPUS", os.cpu_count() or 2))
         ray.init(address=address, **kwargs)
     _raylet_messages_to_log()
@@ -343,9 +347,11 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
     reasons: dict[str, int] = {}
     failed = 0
     schema: pa.Schema | None = None
+    nodes: dict[str, int] = {}
     for part in result.map_batches(writer, batch_format="pandas").iter_batches(batch_format="pandas"):
-        for reason, n, batch_schema in zip(part["reason"], part["n"], part["schema"]):
+        for reason, n, batch_schema, node in zip(part["reason"], part["n"], part["schema"], part["node"]):
             reasons[reason] = reasons.get(reason, 0) + int(n)
+            nodes[node] = nodes.get(node, 0) + int(n)
             failed += int(n) if is_failure(reason_key(reason)) else 0
             if schema is None and batch_schema:
                 schema = pa.ipc.read_schema(pa.py_buffer(batch_schema))
@@ -386,7 +392,7 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
     shutil.rmtree(stage_dir, ignore_errors=True)
     tmp.rename(stage_dir)
     return StageRecord(stage.name, rows_in, rows_out, dict(sorted(rejected.items())), diverted, created,
-                       pending=pending, signature=signature)
+                       pending=pending, signature=signature, nodes=dict(sorted(nodes.items())))
 
 
 PENDING_DIR = "pending"
@@ -397,7 +403,8 @@ class ShardWriter:
     writes each as a shard named by a hash of the batch's row ids, so a task that Ray
     retries (worker killed, node lost) overwrites its own shards instead of adding copies.
 
-    Returns the batch's reason counts (and its Arrow schema), so counting and writing are one pass.
+    Returns the batch's reason counts (and its Arrow schema, and the Ray node that wrote it),
+    so counting and writing are one pass.
     """
 
     def __init__(self, root: str, stage: str, diverted: dict[str, str], reject_only: list[str]):
@@ -427,8 +434,9 @@ class ShardWriter:
         # each worker process sends it with its first batch of this stage.
         schema = b"" if str(self.root) in _SCHEMA_SENT else to_arrow(batch).schema.serialize().to_pybytes()
         _SCHEMA_SENT.add(str(self.root))
+        node = ray.get_runtime_context().get_node_id()
         return pd.DataFrame({"reason": counts.index.astype(str), "n": counts.values.astype("int64"),
-                             "schema": [schema] * len(counts)})
+                             "schema": [schema] * len(counts), "node": [node] * len(counts)})
 
 
 _SCHEMA_SENT: set[str] = set()  # per worker process: the stage directories whose schema it sent
