@@ -41,6 +41,7 @@ import ray
 import ray.data
 
 import synth
+from synth import storage
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput, BuildFailed
 from synth.engines.base import PENDING
@@ -180,20 +181,27 @@ def run_build(
     from synth.plan import headline, make_plan
 
     plan = make_plan(config, catalog)  # what this build should cost, recorded beside what it did
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    remote = storage.is_remote(out)  # an object store (s3://…): see synth.storage
+    if remote:
+        storage.check_reachable(out)
+    else:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    build_log = storage.local_log_dir(out) / "build.log"  # a remote build's log: local, uploaded at the end
+    build_log.parent.mkdir(parents=True, exist_ok=True)
     with BuildLock(out):
         if fresh:
             for name in ("stages", "cache"):
-                shutil.rmtree(out / name, ignore_errors=True)
-        _log_to_file(out / "build.log")
+                storage.delete_dir(storage.join(out, name))
+        _log_to_file(build_log)
         log.setLevel(logging.INFO)
         log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
         log.info("%s", headline(plan))
-        os.environ[BUILD_LOG_ENV] = str((out / "build.log").resolve())  # engines' workers log there too
+        os.environ[BUILD_LOG_ENV] = str(build_log.resolve())  # engines' workers log there too
         os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
         init_ray()
-        ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=out / "cache" / "requests")
+        ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run,
+                           cache_root=storage.join(out, "cache", "requests"))
         try:
             records = _run_stages(ctx, out, max_failures)
         finally:
@@ -201,21 +209,42 @@ def run_build(
 
         from synth.export import export_build
 
-        export_counts = export_build(out, config, catalog=catalog)
-        manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
-        from synth.eval_judges import last_calibration
+        # The exports and the report read and write local files: on an object store they run in a
+        # local copy of the build (without the request cache) and what they wrote is uploaded.
+        with storage.local_mirror(out) as local:
+            export_counts = export_build(local, config, catalog=catalog)
+            manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
+            from synth.eval_judges import last_calibration
 
-        # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
-        manifest["judges_calibration"] = last_calibration(ctx)
-        manifest["plan"] = plan
-        _write_json_atomic(out / "manifest.json", manifest)
-        log.info("corpus: %s (%d rows), manifest: %s", out / "corpus", export_counts["corpus_rows"],
-                 out / "manifest.json")
-        if manifest["pending"]:
-            log.warning("%d requests failed transiently and are pending: run the same command again to send them "
-                        "(everything else is reused)", manifest["pending"])
-        _write_report(out)
+            # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
+            manifest["judges_calibration"] = last_calibration(ctx)
+            manifest["plan"] = plan
+            if remote:
+                _write_json_atomic(local / "manifest.json", manifest)
+            else:
+                _write_json_atomic(out / "manifest.json", manifest)
+            log.info("corpus: %s (%d rows), manifest: %s", storage.join(out, "corpus"), export_counts["corpus_rows"],
+                     storage.join(out, "manifest.json"))
+            if manifest["pending"]:
+                log.warning("%d requests failed transiently and are pending: run the same command again to send "
+                            "them (everything else is reused)", manifest["pending"])
+            _write_report(local)
+            if remote:
+                upload_outputs(local, out)
+        if remote:
+            storage.upload(build_log, storage.join(out, "build.log"))
     return manifest
+
+
+# What the exports and the report write into a build (uploaded from a local copy on an object
+# store); manifest.json last: a build is finished when its manifest is there.
+BUILD_OUTPUTS = ("inputs", "corpus", "sft", "hard", "rejects", "libra_test.jsonl", "report", "manifest.json")
+
+
+def upload_outputs(local: Path, out: str, names: tuple[str, ...] = BUILD_OUTPUTS) -> None:
+    for name in names:
+        if (local / name).exists():
+            storage.upload(local / name, storage.join(out, name))
 
 
 def _write_report(out: Path) -> None:
@@ -237,7 +266,7 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
         # Loaded models stay loaded across the stages between their uses; any other is closed.
         needed_next = _models_needed_next(ctx.config, STAGES[i:])
         ctx.release_engines(keep=needed_next)
-        stage_dir = out / "stages" / stage.name
+        stage_dir = storage.join(out, "stages", stage.name)
         inputs = stage_inputs(stage, ctx, upstream_output)
         signature = _digest(inputs)
         marker = _read_marker(stage_dir)
@@ -265,7 +294,7 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
             # What the next stage's signature chains from: a stage with pending rows will produce
             # more rows when rerun, so its output is not the one its signature alone stands for.
             output = signature if not record.pending else _digest({"partial": signature, "at": time.time_ns()})
-            _write_json_atomic(stage_dir / MARKER, {"signature": signature, "inputs": inputs, "output": output,
+            _write_json_atomic(storage.join(stage_dir, MARKER), {"signature": signature, "inputs": inputs, "output": output,
                                                     "record": record.__dict__})
             log.info(
                 "stage %-16s %d in → %d out, %d rejected%s%s (%.1fs)", stage.name, record.rows_in, record.rows_out,
@@ -279,7 +308,7 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
         failures += sum(r.pending for r in records)
         if max_failures is not None and failures > max_failures:
             raise _over_budget(failures, max_failures, out)
-        previous = read_rows(stage_dir / "rows")
+        previous = read_rows(storage.join(stage_dir, "rows"))
         previous_rows = record.rows_out
     return records
 
@@ -287,7 +316,7 @@ def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[
 def _over_budget(failures: int, max_failures: int, out: Path) -> BuildFailed:
     return BuildFailed(
         f"{failures} LLM requests failed after retries (budget --max-failures {max_failures}); "
-        f"finished stages are kept in {out / 'stages'}, see rejects/ and pending/ for the errors"
+        f"finished stages are kept in {storage.join(out, 'stages')}, see rejects/ and pending/ for the errors"
     )
 
 
@@ -340,9 +369,14 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
     `budget`: (requests failed before this stage, --max-failures, build dir); checked as the batches' counts arrive, so a
     dead endpoint or a wrong key stops the build in its first batches, not after the stage.
     """
-    tmp = stage_dir.with_name(f".{stage.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if storage.is_remote(stage_dir):  # no rename on an object store: write-then-marker
+        storage.delete(storage.join(stage_dir, MARKER))  # readers trust only a marked stage directory
+        storage.delete_dir(stage_dir)
+        tmp = stage_dir
+    else:
+        tmp = stage_dir.with_name(f".{stage.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     writer = ShardWriter(str(tmp), stage.name, dict(stage.diverted), list(stage.reject_only_columns))
     reasons: dict[str, int] = {}
     failed = 0
@@ -368,11 +402,11 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
             raise BuildFailed(f"stage {stage.name}: output lacks its declared columns {missing} (bug)")
     # Every output directory holds at least one (possibly empty) file with the schema.
     drop = [REJECT_COLUMN, *stage.reject_only_columns]
-    _ensure_schema_file(tmp / "rows", pa.schema([f for f in schema if f.name not in drop]))
-    _ensure_schema_file(tmp / "rejects", schema.append(pa.field("stage", pa.string())))
-    _ensure_schema_file(tmp / PENDING_DIR, schema)
+    _ensure_schema_file(storage.join(tmp, "rows"), pa.schema([f for f in schema if f.name not in drop]))
+    _ensure_schema_file(storage.join(tmp, "rejects"), schema.append(pa.field("stage", pa.string())))
+    _ensure_schema_file(storage.join(tmp, PENDING_DIR), schema)
     for side in set(stage.diverted.values()):
-        _ensure_schema_file(tmp / side, schema)
+        _ensure_schema_file(storage.join(tmp, side), schema)
     fault_point(f"mid_write:{stage.name}")
 
     rows_out = reasons.pop("", 0)
@@ -389,8 +423,9 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
     created = rows_out + sum(rejected.values()) + sum(diverted.values()) + pending - rows_in
     if created and not stage.fans_out:
         raise BuildFailed(f"stage {stage.name}: {rows_in} rows in but {rows_in + created} accounted for (bug: rows lost)")
-    shutil.rmtree(stage_dir, ignore_errors=True)
-    tmp.rename(stage_dir)
+    if tmp != stage_dir:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        tmp.rename(stage_dir)
     return StageRecord(stage.name, rows_in, rows_out, dict(sorted(rejected.items())), diverted, created,
                        pending=pending, signature=signature, nodes=dict(sorted(nodes.items())))
 
@@ -408,7 +443,8 @@ class ShardWriter:
     """
 
     def __init__(self, root: str, stage: str, diverted: dict[str, str], reject_only: list[str]):
-        self.root, self.stage, self.diverted, self.reject_only = Path(root), stage, diverted, reject_only
+        self.root = root if storage.is_remote(root) else Path(root)
+        self.stage, self.diverted, self.reject_only = stage, diverted, reject_only
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         reason = batch[REJECT_COLUMN].astype(str)
@@ -422,12 +458,8 @@ class ShardWriter:
         for side in set(self.diverted.values()):
             parts[side] = batch[reason.isin([r for r, s in self.diverted.items() if s == side])]
         for folder, frame in parts.items():
-            if len(frame):
-                path = self.root / folder
-                path.mkdir(parents=True, exist_ok=True)
-                tmp = path / f".{name}.tmp"
-                pq.write_table(to_arrow(frame), tmp)
-                os.replace(tmp, path / name)
+            if len(frame):  # atomically: a local temporary file renamed, or one PUT (synth.storage)
+                storage.write_table(storage.join(self.root, folder, name), to_arrow(frame))
         worker_fault_point(f"shard_written:{self.stage}")
         counts = reason.value_counts()
         # The driver needs the stage's Arrow schema once (for the empty files of empty outputs):
@@ -442,10 +474,11 @@ class ShardWriter:
 _SCHEMA_SENT: set[str] = set()  # per worker process: the stage directories whose schema it sent
 
 
-def _ensure_schema_file(path: Path, schema: pa.Schema) -> None:
-    if not any(path.glob("*.parquet")):
-        path.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.empty_table(), path / "empty.parquet")
+def _ensure_schema_file(path: Path | str, schema: pa.Schema) -> None:
+    if not storage.files(path):
+        if not storage.is_remote(path):
+            path.mkdir(parents=True, exist_ok=True)
+        storage.write_table(storage.join(path, "empty.parquet"), schema.empty_table())
 
 
 def _arrow_schema(schema: Any, input_schema: Any = None) -> pa.Schema:
@@ -458,13 +491,16 @@ def _arrow_schema(schema: Any, input_schema: Any = None) -> pa.Schema:
     return pa.schema([pa.field(n, pa.string()) for n in schema.names])
 
 
-def read_rows(path: Path) -> ray.data.Dataset:
+def read_rows(path: Path | str) -> ray.data.Dataset:
+    if storage.is_remote(path):
+        fs, inside_fs = storage.resolve(path)
+        return ray.data.read_parquet(inside_fs, filesystem=fs)
     return ray.data.read_parquet(str(path))
 
 
-def _read_marker(stage_dir: Path) -> dict | None:
+def _read_marker(stage_dir: Path | str) -> dict | None:
     try:
-        return json.loads((stage_dir / MARKER).read_text())
+        return json.loads(storage.read_bytes(storage.join(stage_dir, MARKER)))
     except (OSError, ValueError):
         return None
 
@@ -494,11 +530,8 @@ def _manifest(config: PipelineConfig, catalog: Catalog, ctx: StageContext, recor
     }
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _write_json_atomic(path: Path | str, data: Any) -> None:
+    storage.write_bytes(path, (json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def _log_to_file(path: Path) -> None:

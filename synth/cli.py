@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -97,7 +98,8 @@ def _reported():
 @app.command()
 def build(
     config: Path = typer.Argument(..., help="pipeline config, e.g. pipelines/demo.yaml"),
-    out: Path = typer.Option(..., "--out", help="build directory"),
+    out: str = typer.Option(..., "--out", help="build directory: a local path, s3://bucket/prefix, gs://… "
+                                               "(any pyarrow filesystem)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="use the deterministic stand-in engine, no model"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and the request cache"),
     max_failures: Optional[int] = typer.Option(
@@ -108,16 +110,18 @@ def build(
 ) -> None:
     """Run a build: generate, answer, judge, clean and export a corpus."""
     _setup_logging()
+    from synth import storage
     from synth.build import run_build
 
-    with _reported(), _others_output_to(out / "build.log"):
-        manifest = run_build(config, out, dry_run=dry_run, fresh=fresh, max_failures=max_failures,
+    location = out if storage.is_remote(out) else Path(out)
+    with _reported(), _others_output_to(storage.local_log_dir(location) / "build.log"):
+        manifest = run_build(config, location, dry_run=dry_run, fresh=fresh, max_failures=max_failures,
                              templates=templates, seeds=seeds)
     counts = manifest["export"]
     typer.echo(
-        f"done: {counts['corpus_rows']} rows in {out / 'corpus'} (labels {counts['labels']}), "
+        f"done: {counts['corpus_rows']} rows in {storage.join(location, 'corpus')} (labels {counts['labels']}), "
         f"{counts['controversial']['rows']} controversial (configs strict/loose), "
-        f"{counts['hard_rows']} in {out / 'hard'}, manifest {out / 'manifest.json'}"
+        f"{counts['hard_rows']} in {storage.join(location, 'hard')}, manifest {storage.join(location, 'manifest.json')}"
         + (f"; {manifest['pending']} requests pending (transient failures): rerun to send them"
            if manifest.get("pending") else "")
     )
@@ -194,9 +198,10 @@ def preview(
 
 @app.command("export")
 def export_cmd(
-    build_dir: Path = typer.Argument(..., help="a finished build directory"),
+    build_dir: str = typer.Argument(..., help="a finished build directory (a local path or a URI, e.g. s3://…)"),
     fmt: str = typer.Option(..., "--format", help="sft | alpaca | libra-test | jsonl"),
-    out: Path = typer.Option(..., "--out", help="sft, alpaca: a directory; libra-test, jsonl: a .jsonl file"),
+    out: str = typer.Option(..., "--out", help="sft, alpaca: a directory; libra-test, jsonl: a .jsonl file "
+                                               "(a local path or a URI)"),
     label_position: Optional[str] = typer.Option(
         None, "--label-position", help="sft, alpaca: 答案 before|after 分析 (default: the config's export.label_position)"
     ),
@@ -217,8 +222,17 @@ def export_cmd(
     with _reported():
         if label_position not in (None, "before", "after"):
             raise BadInput(f"--label-position must be before or after, got {label_position!r}")
-        counts = export_format(build_dir, fmt, out, config_path=config, label_position=label_position,
-                               sft_target=sft_target)
+        from synth import storage
+        from synth.lock import BuildLock
+
+        if storage.is_remote(build_dir):  # read from a local copy; the build's lease held meanwhile
+            with BuildLock(build_dir), storage.local_mirror(build_dir) as local, storage.local_target(out) as target:
+                counts = export_format(local, fmt, target, config_path=config, label_position=label_position,
+                                       sft_target=sft_target)
+        else:
+            with storage.local_target(out) as target:
+                counts = export_format(Path(build_dir), fmt, target, config_path=config,
+                                       label_position=label_position, sft_target=sft_target)
     typer.echo(json.dumps(counts, ensure_ascii=False))
 
 
@@ -276,14 +290,30 @@ def plan_cmd(
 
 @app.command("report")
 def report_cmd(
-    build_dir: Path = typer.Argument(..., help="a finished build directory (with manifest.json)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="report directory (default: BUILD_DIR/report)"),
+    build_dir: str = typer.Argument(..., help="a finished build directory (with manifest.json; a path or a URI)"),
+    out: Optional[str] = typer.Option(None, "--out", help="report directory (default: BUILD_DIR/report)"),
 ) -> None:
     """Write the build report: index.html, README.md, report.json and plots (also done by every build)."""
+    from synth import storage
     from synth.report import write_report
 
     with _reported():
-        index = write_report(build_dir, out)
+        if storage.is_remote(build_dir):  # from a local copy; the report (and the card's block) uploaded
+            from synth.build import upload_outputs
+            from synth.lock import BuildLock
+
+            with BuildLock(build_dir), storage.local_mirror(build_dir) as local:
+                if out is None:
+                    write_report(local, None)
+                    upload_outputs(local, build_dir, ("report", "corpus"))
+                else:
+                    with storage.local_target(out) as target:
+                        write_report(local, target)
+            where = storage.join(out or storage.join(build_dir, "report"), "index.html")
+            typer.echo(f"report: {where} (summary {storage.join(out or storage.join(build_dir, 'report'), 'README.md')})")
+            return
+        with storage.local_target(out) if out is not None else contextlib.nullcontext(None) as target:
+            index = write_report(Path(build_dir), target)
     typer.echo(f"report: {index} (summary {index.with_name('README.md')})")
 
 

@@ -45,6 +45,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
 
+from synth import storage
 from synth.config import ModelSpec
 from synth.engines.base import RESULT_COLUMNS
 from synth.rows import to_arrow
@@ -76,12 +77,13 @@ def add_keys(batch: pd.DataFrame, identity: str) -> pd.DataFrame:
 
 
 def shard_paths(cache_dir: Path | str) -> list[Path]:
-    return sorted(Path(cache_dir).glob("*.parquet"))
+    """The cache's shards (locations: Paths, or URIs on an object store; see synth.storage)."""
+    return storage.files(cache_dir if storage.is_remote(cache_dir) else Path(cache_dir))
 
 
 def batch_shard_count(cache_dir: Path | str) -> int:
     """Shards not (yet) compacted: what `compact_cache` would merge."""
-    return sum(1 for s in shard_paths(cache_dir) if not s.name.startswith(COMPACTED_PREFIX))
+    return sum(1 for s in shard_paths(cache_dir) if not storage.name(s).startswith(COMPACTED_PREFIX))
 
 
 def cached_keys(cache_dir: Path) -> set[str]:
@@ -89,7 +91,7 @@ def cached_keys(cache_dir: Path) -> set[str]:
     never does this; it looks keys up with `lookup`."""
     keys: set[str] = set()
     for shard in shard_paths(cache_dir):
-        keys.update(pq.read_table(shard, columns=[KEY_COLUMN]).column(KEY_COLUMN).to_pylist())
+        keys.update(storage.read_table(shard, columns=[KEY_COLUMN]).column(KEY_COLUMN).to_pylist())
     return keys
 
 
@@ -105,8 +107,9 @@ def lookup(keyed: ray.data.Dataset, cache_dir: Path | str) -> ray.data.Dataset |
         return None
     columns, total = keyed.columns(), keyed.count()
     for _ in range(2):  # a second join only after compacting away duplicate keys
-        cached_rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
-        answers = ray.data.read_parquet([str(s) for s in shards]).select_columns([KEY_COLUMN, *RESULT_COLUMNS])
+        cached_rows = sum(storage.parquet_file(s).metadata.num_rows for s in shards)
+        paths, filesystem = storage.ray_paths(shards)
+        answers = ray.data.read_parquet(paths, filesystem=filesystem).select_columns([KEY_COLUMN, *RESULT_COLUMNS])
         answers = answers.map_batches(_mark_hits, batch_format="pyarrow")
         partitions = max(1, math.ceil((total + cached_rows) / LOOKUP_ROWS_PER_PARTITION))
         joined = (keyed.join(answers, "left_outer", num_partitions=partitions, on=(KEY_COLUMN,))
@@ -167,7 +170,7 @@ def write_to_cache(batch: pd.DataFrame, cache_dir: str) -> pd.DataFrame:
     named by its keys (a retried task rewrites the same shard)."""
     done = batch[batch["error"] == ""][[KEY_COLUMN, *RESULT_COLUMNS]].drop_duplicates(KEY_COLUMN)
     if len(done):
-        _write_shard(Path(cache_dir), to_arrow(done), BATCH_PREFIX)
+        _write_shard(cache_dir, to_arrow(done), BATCH_PREFIX)
         if os.environ.get("SYNTH_FAULT"):  # counting shards costs a listing: only for fault tests
             _fault_point("cache_shard_written", len(shard_paths(cache_dir)))
     return batch
@@ -179,12 +182,12 @@ def shard_name(keys: Iterable[str], prefix: str = BATCH_PREFIX) -> str:
     return f"{prefix}{digest}.parquet"
 
 
-def _write_shard(directory: Path, table: pa.Table, prefix: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / shard_name(table.column(KEY_COLUMN).to_pylist(), prefix)
-    tmp = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"  # unique: two writers of one name never mix
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _write_shard(directory: Path | str, table: pa.Table, prefix: str) -> Path | str:
+    """Atomically: a local file under a unique temporary name then renamed (two writers of one
+    name never mix), an object in one PUT (synth.storage.write_table)."""
+    directory = directory if storage.is_remote(directory) else Path(directory)
+    path = storage.join(directory, shard_name(table.column(KEY_COLUMN).to_pylist(), prefix))
+    storage.write_table(path, table)
     return path
 
 
@@ -199,21 +202,22 @@ def compact_cache(cache_dir: Path | str, target_rows: int = COMPACTED_SHARD_ROWS
     filter; compacted shards, sorted, are skipped by their statistics). All new shards are
     written (temporary name, rename) before any old one is deleted: a crash at any point
     leaves every answer readable, at worst twice, which `lookup` tolerates."""
-    directory = Path(cache_dir)
+    directory = cache_dir if storage.is_remote(cache_dir) else Path(cache_dir)
     shards = shard_paths(directory)
     if not shards:
         return 0
-    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
+    rows = sum(storage.parquet_file(s).metadata.num_rows for s in shards)
     ranges = max(1, math.ceil(rows / target_rows))
-    source = pads.dataset([str(s) for s in shards], format="parquet")
-    written: set[Path] = set()
+    paths, filesystem = storage.ray_paths(shards)
+    source = pads.dataset(paths, format="parquet", filesystem=filesystem)
+    written: set[Path | str] = set()
     for i in range(ranges):
         table = source.to_table(columns=[KEY_COLUMN, *RESULT_COLUMNS], filter=_key_range(i, ranges))
         if table.num_rows:
             written.add(_write_shard(directory, _unique_by_key(table), COMPACTED_PREFIX))
     for shard in shards:
         if shard not in written:  # an unchanged compacted shard was rewritten in place
-            shard.unlink(missing_ok=True)
+            storage.delete(shard)
     log.info("compacted request cache %s: %d shards → %d (%d rows in)", directory, len(shards), len(written), rows)
     return len(written)
 
@@ -245,15 +249,16 @@ def _unique_by_key(table: pa.Table) -> pa.Table:
 def log_sent(batch: pd.DataFrame, log_dir: str) -> pd.DataFrame:
     """Ray Data function: records the keys of a batch about to be sent to the engine."""
     if len(batch):
-        directory = Path(log_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{uuid.uuid4().hex}.txt").write_text("\n".join(batch[KEY_COLUMN]) + "\n")
+        directory = log_dir if storage.is_remote(log_dir) else Path(log_dir)
+        storage.write_bytes(storage.join(directory, f"{uuid.uuid4().hex}.txt"),
+                            ("\n".join(batch[KEY_COLUMN]) + "\n").encode())
     return batch
 
 
 def sent_keys(log_dir: Path) -> list[str]:
     """Every key ever sent (with repeats, if a request was sent twice)."""
-    return [k for f in sorted(Path(log_dir).glob("*.txt")) for k in f.read_text().split()]
+    directory = log_dir if storage.is_remote(log_dir) else Path(log_dir)
+    return [k for f in storage.files(directory, ".txt") for k in storage.read_bytes(f).decode().split()]
 
 
 def _fault_point(name: str, count: int) -> None:

@@ -104,7 +104,7 @@ class StageContext:
             else:
                 # An audit trail of every request handed to the engine (keys, one file per batch):
                 # what resume tests count to prove nothing answered is ever sent again.
-                sent_dir = str(inside(self.cache_root.parent, "sent", model_name))
+                sent_dir = str(inside(_parent(self.cache_root), "sent", model_name))
                 misses = misses.map_batches(log_sent, fn_kwargs={"log_dir": sent_dir}, batch_format="pandas")
                 answered = self.engine(model_name).generate(misses)
                 parts.append(answered.map_batches(write_to_cache, fn_kwargs={"cache_dir": cache_dir},
@@ -128,8 +128,19 @@ def _empty_results(batch: pd.DataFrame) -> pd.DataFrame:
     return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="")
 
 
+def _parent(location: Path | str) -> Path | str:
+    return location.parent if isinstance(location, Path) else str(location).rstrip("/").rsplit("/", 1)[0]
+
+
 def inside(base: Path, *parts: str) -> Path:
-    """`base/parts…`, refusing any path that would leave `base` (names come from configs)."""
+    """`base/parts…`, refusing any path that would leave `base` (names come from configs).
+    A remote `base` (a URI, see synth.storage) gives a URI."""
+    from synth import storage
+
+    if storage.is_remote(base):
+        if any(p in ("", ".", "..") or "/" in p or "\0" in p for part in parts for p in [part]):
+            raise BadInput(f"path {'/'.join(parts)!r} would escape {base}")
+        return storage.join(base, *parts)  # type: ignore[return-value]
     try:
         path = Path(base, *parts).resolve()
     except (OSError, ValueError) as e:  # e.g. a NUL byte: no such path can exist
