@@ -78,14 +78,22 @@ def _filesystem(scheme_and_bucket: str) -> pafs.FileSystem:
         if region:
             kwargs["region"] = region
         return pafs.S3FileSystem(**kwargs)
+    return _from_uri(uri)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
-        fs, _ = pafs.FileSystem.from_uri(uri)
+        return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
-        raise BadInput(f"--out {uri}: not a usable filesystem URI ({_first_line(e)}); "
-                       "use a local path, s3://bucket/prefix, gs://bucket/prefix or another pyarrow filesystem") from None
+        raise _StoreError(f"not a usable filesystem URI ({_first_line(e)}); use a local path, s3://bucket/prefix, "
+                          "gs://bucket/prefix or another pyarrow filesystem") from None
     except OSError as e:
-        raise BadInput(f"{uri}: cannot open the store ({_first_line(e)})") from None
-    return fs
+        raise _StoreError(f"cannot open the store ({_first_line(e)})") from None
+
+
+class _StoreError(Exception):
+    """Why a location's filesystem cannot be had; `resolve` names the whole location."""
 
 
 def _check_credentials(uri: str) -> None:
@@ -98,7 +106,7 @@ def _check_credentials(uri: str) -> None:
             or os.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") \
             or Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")).expanduser().is_file():
         return
-    raise BadInput(f"{uri}: no credentials for the store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+    raise _StoreError(f"no credentials for the store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                    "(or AWS_PROFILE), and AWS_ENDPOINT_URL for an S3-compatible server")
 
 
@@ -121,11 +129,16 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), str(Path(location).absolute())
     text = str(location)
     scheme, _, rest = text.partition("://")
-    bucket = rest.split("/", 1)[0]
-    if not bucket:
-        raise BadInput(f"--out {text}: no bucket in the URI (expected {scheme}://bucket/prefix)")
-    fs = _filesystem(f"{scheme}://{bucket}")
-    return fs, rest.rstrip("/")
+    try:
+        if scheme not in ("s3", "s3a"):  # any other pyarrow filesystem: its own idea of the path
+            fs, path = _from_uri(text.rstrip("/"))
+            return fs, path.rstrip("/")
+        bucket = rest.split("/", 1)[0]
+        if not bucket:
+            raise _StoreError(f"no bucket in the URI (expected {scheme}://bucket/prefix)")
+        return _filesystem(f"{scheme}://{bucket}"), rest.rstrip("/")
+    except _StoreError as e:
+        raise BadInput(f"{text}: {e}") from None
 
 
 def check_reachable(location: str | Path) -> None:
