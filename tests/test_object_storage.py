@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -85,10 +84,10 @@ def clean(s3, repo_root: Path, tmp_path_factory) -> tuple[Path, str]:
     return config, uri
 
 
-def test_a_dry_run_build_writes_everything_into_the_store(clean, s3, tmp_path: Path):
+def test_a_dry_run_build_writes_everything_into_the_store(clean, s3):
     from synth import storage
 
-    config, uri = clean
+    _, uri = clean
     manifest = json.loads(storage.read_bytes(storage.join(uri, "manifest.json")))
     assert manifest["export"]["corpus_rows"] > 0
     for stage in manifest["stages"]:
@@ -102,11 +101,6 @@ def test_a_dry_run_build_writes_everything_into_the_store(clean, s3, tmp_path: P
     assert not storage.exists(storage.join(uri, ".synth.lock"))  # the lease is released
     text = storage.read_bytes(storage.join(uri, "build.log")).decode() + json.dumps(manifest)
     assert SECRET not in text and "synth-test-key" not in text
-    # A second identical build reuses every stage (markers and cache read back from the store).
-    again = synth_build(config, uri, env_extra=s3)  # type: ignore[arg-type]
-    assert again.returncode == 0, again.stderr[-3000:]
-    manifest = json.loads(storage.read_bytes(storage.join(uri, "manifest.json")))
-    assert all(s["reused"] for s in manifest["stages"]), [s["why"] for s in manifest["stages"]]
 
 
 def test_sigkill_mid_stage_then_resume_equals_a_clean_build(clean, s3):
@@ -123,7 +117,8 @@ def test_sigkill_mid_stage_then_resume_equals_a_clean_build(clean, s3):
     assert "stale lease" in resumed.stderr
     assert store_bytes(uri) == store_bytes(clean_uri)
     manifest = json.loads(storage.read_bytes(storage.join(uri, "manifest.json")))
-    assert any(s["reused"] for s in manifest["stages"])
+    # Stages finished before the kill were reused: their markers were read back from the store.
+    assert [s["name"] for s in manifest["stages"] if s["reused"]][:3] == ["elements", "queries", "augment"]
 
 
 def test_export_and_report_read_from_the_store(clean, s3, tmp_path: Path):
