@@ -220,6 +220,9 @@ def test_a_tokens_per_minute_limit_holds_in_every_window(server):
     log = [e for e in server.log if e["status"] == 200]
     biggest = max(e["tokens"] for e in log)
     for i, first in enumerate(log):
+        # The server logs arrival times: on a loaded machine a request admitted at the end of one
+        # window can arrive in the next, so a window may hold one request more than the engine sent
+        # in it (a CI run saw 214 tokens). Without the limit all 600 arrive in ~0.2 s.
         window = sum(e["tokens"] for e in log[i:] if e["t"] < first["t"] + 1.0)
-        assert window <= 150 + biggest
+        assert window <= 150 + 2 * biggest
     assert log[-1]["t"] - log[0]["t"] >= 2.0  # 12 × ~50 tokens at 150 a second; unlimited: ~0.2 s
