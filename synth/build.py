@@ -189,50 +189,62 @@ def run_build(
         out.mkdir(parents=True, exist_ok=True)
     build_log = storage.local_log_dir(out) / "build.log"  # a remote build's log: local, uploaded at the end
     build_log.parent.mkdir(parents=True, exist_ok=True)
-    with BuildLock(out):
-        if fresh:
-            for name in ("stages", "cache"):
-                storage.delete_dir(storage.join(out, name))
-        _log_to_file(build_log)
-        log.setLevel(logging.INFO)
-        log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
-        log.info("%s", headline(plan))
-        os.environ[BUILD_LOG_ENV] = str(build_log.resolve())  # engines' workers log there too
-        os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
-        init_ray()
-        ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run,
-                           cache_root=storage.join(out, "cache", "requests"))
+    with BuildLock(out) as lock:
         try:
-            records = _run_stages(ctx, out, max_failures)
+            manifest = _build(config, catalog, plan, out, build_log, lock, dry_run=dry_run, fresh=fresh,
+                              max_failures=max_failures)
         finally:
-            ctx.release_engines(keep=set())
+            if remote:  # the log of a failed build too: it says why
+                try:
+                    storage.upload(build_log, storage.join(out, "build.log"))
+                except Exception as e:  # noqa: BLE001 - never hide the build's own error behind this one
+                    log.warning("could not upload %s to %s: %s", build_log, out, type(e).__name__)
+    return manifest
 
-        from synth.export import export_build
 
-        # The exports and the report read and write local files: on an object store they run in a
-        # local copy of the build (without the request cache) and what they wrote is uploaded.
-        with storage.local_mirror(out) as local:
-            export_counts = export_build(local, config, catalog=catalog)
-            manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
-            from synth.eval_judges import last_calibration
+def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str, build_log: Path, lock: BuildLock, *,
+           dry_run: bool, fresh: bool, max_failures: int | None) -> dict[str, Any]:
+    """`run_build` once the build lock is held: the stages, then the exports, manifest and report."""
+    from synth.plan import headline
 
-            # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
-            manifest["judges_calibration"] = last_calibration(ctx)
-            manifest["plan"] = plan
-            if remote:
-                _write_json_atomic(local / "manifest.json", manifest)
-            else:
-                _write_json_atomic(out / "manifest.json", manifest)
-            log.info("corpus: %s (%d rows), manifest: %s", storage.join(out, "corpus"), export_counts["corpus_rows"],
-                     storage.join(out, "manifest.json"))
-            if manifest["pending"]:
-                log.warning("%d requests failed transiently and are pending: run the same command again to send "
-                            "them (everything else is reused)", manifest["pending"])
-            _write_report(local)
-            if remote:
-                upload_outputs(local, out)
-        if remote:
-            storage.upload(build_log, storage.join(out, "build.log"))
+    if fresh:
+        for name in ("stages", "cache"):
+            storage.delete_dir(storage.join(out, name))
+    _log_to_file(build_log)
+    log.setLevel(logging.INFO)
+    log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
+    log.info("%s", headline(plan))
+    os.environ[BUILD_LOG_ENV] = str(build_log.resolve())  # engines' workers log there too
+    os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
+    init_ray()
+    ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run,
+                       cache_root=storage.join(out, "cache", "requests"))
+    try:
+        records = _run_stages(ctx, out, max_failures, lock)
+    finally:
+        ctx.release_engines(keep=set())
+
+    from synth.export import export_build
+
+    # The exports and the report read and write local files: on an object store they run in a
+    # local copy of the build (without the request cache) and what they wrote is uploaded.
+    with storage.local_mirror(out) as local:
+        export_counts = export_build(local, config, catalog=catalog)
+        manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
+        from synth.eval_judges import last_calibration
+
+        # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
+        manifest["judges_calibration"] = last_calibration(ctx)
+        manifest["plan"] = plan
+        _write_json_atomic(local / "manifest.json", manifest)
+        log.info("corpus: %s (%d rows), manifest: %s", storage.join(out, "corpus"), export_counts["corpus_rows"],
+                 storage.join(out, "manifest.json"))
+        if manifest["pending"]:
+            log.warning("%d requests failed transiently and are pending: run the same command again to send "
+                        "them (everything else is reused)", manifest["pending"])
+        _write_report(local)
+        if local != out:
+            upload_outputs(local, out)
     return manifest
 
 
@@ -257,12 +269,13 @@ def _write_report(out: Path) -> None:
         log.exception("writing the build report failed (rerun: synth report %s)", out)
 
 
-def _run_stages(ctx: StageContext, out: Path, max_failures: int | None) -> list[StageRecord]:
+def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lock: BuildLock) -> list[StageRecord]:
     records: list[StageRecord] = []
     upstream_output = ""
     previous: ray.data.Dataset | None = None
     previous_rows = 0
     for i, stage in enumerate(STAGES):
+        lock.check()  # a build whose lease on an object store was taken over stops here
         # Loaded models stay loaded across the stages between their uses; any other is closed.
         needed_next = _models_needed_next(ctx.config, STAGES[i:])
         ctx.release_engines(keep=needed_next)

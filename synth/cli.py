@@ -305,7 +305,7 @@ def report_cmd(
             with BuildLock(build_dir), storage.local_mirror(build_dir) as local:
                 if out is None:
                     write_report(local, None)
-                    upload_outputs(local, build_dir, ("report", "corpus"))
+                    upload_outputs(local, build_dir, ("report", "corpus/README.md"))  # the card's headline
                 else:
                     with storage.local_target(out) as target:
                         write_report(local, target)

@@ -74,6 +74,9 @@ class BuildLock:
             return self
         raise BadInput(f"{self.path}: could not take the build lock")
 
+    def check(self) -> None:
+        """A lock file on a local disk is held until released."""
+
     def _owner(self) -> dict:
         try:
             return json.loads(self.path.read_text())
@@ -100,6 +103,8 @@ class LeaseLock:
                    "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.expires = 0.0  # of the lease this build last wrote
+        self.lost: str | None = None  # why the lease is no longer this build's
 
     def _read(self) -> dict | None:
         from synth import storage
@@ -114,9 +119,11 @@ class LeaseLock:
     def _write(self) -> None:
         from synth import storage
 
-        lease = {**self.me, "expires": time.time() + self.seconds,
-                 "expires_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + self.seconds))}
+        expires = time.time() + self.seconds
+        lease = {**self.me, "expires": expires,
+                 "expires_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))}
         storage.write_bytes(self.location, json.dumps(lease).encode())
+        self.expires = expires
 
     def _busy(self, owner: dict) -> BadInput:
         return BadInput(f"{self.out}: another build is writing here (pid {owner.get('pid')} on {owner.get('host')}, "
@@ -148,12 +155,24 @@ class LeaseLock:
             try:
                 owner = self._read() or {}
                 if owner.get("token") != self.me["token"]:
-                    log.error("the build lease %s was taken over by pid %s on %s", self.location, owner.get("pid"),
-                              owner.get("host"))
+                    self.lost = f"taken over by pid {owner.get('pid')} on {owner.get('host')}"
+                    log.error("the build lease %s was %s", self.location, self.lost)
                     return
                 self._write()
             except Exception as e:  # noqa: BLE001 - a store hiccup: try again at the next refresh
                 log.warning("refreshing the build lease %s failed: %s", self.location, type(e).__name__)
+                if time.time() > self.expires:
+                    self.lost = f"not refreshed before it expired ({type(e).__name__})"
+                    log.error("the build lease %s was %s", self.location, self.lost)
+                    return
+
+    def check(self) -> None:
+        """BuildFailed (exit 1) once the lease is no longer this build's (see the module docstring)."""
+        if self.lost:
+            from synth.errors import BuildFailed
+
+            raise BuildFailed(f"{self.out}: the build lease {self.location} was {self.lost}; stopped before the "
+                              "next stage (finished stages are kept; the build that holds the lease goes on)")
 
     def __exit__(self, *exc) -> None:
         from synth import storage

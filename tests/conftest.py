@@ -36,3 +36,40 @@ def demo_build(ray_session, repo_root: Path, tmp_path_factory) -> tuple[Path, di
     out = tmp_path_factory.mktemp("demo") / "build"
     manifest = run_build(repo_root / "pipelines/demo.yaml", out, dry_run=True)
     return out, manifest
+
+
+# An S3-compatible server for the object-storage tests (tests/test_object_storage.py,
+# tests/test_multinode.py): moto's, on 127.0.0.1, started and stopped per test module.
+SECRET = "s3cr3t-never-printed"
+BUCKET = "synth-test"
+
+
+@pytest.fixture(scope="module")
+def s3() -> dict[str, str]:
+    """A moto S3 server on 127.0.0.1 with one bucket; the AWS_* variables that reach it, also set in
+    this process's environment while the module runs (so Ray nodes a test starts inherit them)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "synth-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # for this process's reads (pyarrow, datasets); restored below
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        from synth import storage
+
+        storage._filesystem.cache_clear()
+        server.stop()

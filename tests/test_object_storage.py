@@ -20,45 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BUCKET, SECRET
 from test_resume import small_config, synth_build
 
-pytest.importorskip("moto.server")
-pafs = pytest.importorskip("pyarrow.fs")
-
-SECRET = "s3cr3t-never-printed"
-BUCKET = "synth-test"
 CORPUS_FILES = ("libra_test.jsonl", "corpus/data/train-00000-of-00001.parquet",
                 "corpus/data/validation-00000-of-00001.parquet", "hard/hard.parquet")
-
-
-@pytest.fixture(scope="module")
-def s3() -> dict[str, str]:
-    """A moto S3 server on 127.0.0.1 with one bucket; the AWS_* variables that reach it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "synth-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # for this process's reads (pyarrow, datasets); restored below
-    try:
-        import boto3
-
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        from synth import storage
-
-        storage._filesystem.cache_clear()
-        server.stop()
 
 
 def store_bytes(uri: str, files=CORPUS_FILES) -> dict[str, bytes]:
@@ -172,7 +138,7 @@ def test_two_builds_on_one_prefix_the_second_exits_2(s3, repo_root: Path, tmp_pa
 
 def test_the_lease_is_refreshed_and_an_expired_one_taken_over(s3, monkeypatch):
     from synth import storage
-    from synth.errors import BadInput
+    from synth.errors import BadInput, BuildFailed
     from synth.lock import LeaseLock
 
     monkeypatch.setenv("SYNTH_LEASE_SECONDS", "1.5")
@@ -191,6 +157,15 @@ def test_the_lease_is_refreshed_and_an_expired_one_taken_over(s3, monkeypatch):
         time.sleep(1.2)
         refreshed = json.loads(storage.read_bytes(lease))
         assert refreshed["token"] == mine.me["token"] and refreshed["expires"] > first
+        mine.check()  # still ours
+        # Another build takes it over (e.g. it judged ours stale): ours notices at its next refresh
+        # and stops at the next stage boundary, and does not delete the other's lease on exit.
+        storage.write_bytes(lease, json.dumps({"pid": 2, "host": "elsewhere", "token": "theirs",
+                                               "expires": time.time() + 60}).encode())
+        time.sleep(1.2)
+        with pytest.raises(BuildFailed, match="taken over by pid 2 on elsewhere"):
+            mine.check()
+    assert json.loads(storage.read_bytes(lease))["token"] == "theirs"
 
 
 @pytest.mark.parametrize("case", ["unknown-scheme", "unreachable", "no-credentials", "no-bucket"])
