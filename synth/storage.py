@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,6 +37,8 @@ import pyarrow.parquet as pq
 from synth.errors import BadInput
 
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_SCHEMES = ("s3", "s3a")
+GCS_SCHEMES = ("gs", "gcs")
 
 
 def is_remote(location: str | Path) -> bool:
@@ -65,7 +68,7 @@ def display(location: str | Path) -> str:
 def _filesystem(scheme_and_bucket: str) -> pafs.FileSystem:
     uri = scheme_and_bucket
     scheme = uri.partition("://")[0]
-    if scheme in ("s3", "s3a"):
+    if scheme in S3_SCHEMES:
         _check_credentials(uri)
         kwargs = {"connect_timeout": float(os.environ.get("SYNTH_S3_CONNECT_TIMEOUT", 5)),
                   "request_timeout": float(os.environ.get("SYNTH_S3_REQUEST_TIMEOUT", 60)),
@@ -78,6 +81,17 @@ def _filesystem(scheme_and_bucket: str) -> pafs.FileSystem:
         if region:
             kwargs["region"] = region
         return pafs.S3FileSystem(**kwargs)
+    if scheme in GCS_SCHEMES:
+        # Credentials: Google's application default (GOOGLE_APPLICATION_CREDENTIALS, or the
+        # instance's service account). STORAGE_EMULATOR_HOST, the variable Google's own clients
+        # read, points at an emulator (no credentials).
+        gcs: dict = {"retry_time_limit": timedelta(seconds=float(os.environ.get("SYNTH_GCS_RETRY_SECONDS", 15)))}
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator:
+            emulator_scheme, sep, host = emulator.partition("://")
+            gcs.update(anonymous=True, scheme=emulator_scheme if sep else "http",
+                       endpoint_override=(host if sep else emulator).rstrip("/"))
+        return pafs.GcsFileSystem(**gcs)
     return _from_uri(uri)[0]
 
 
@@ -130,7 +144,7 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     text = str(location)
     scheme, _, rest = text.partition("://")
     try:
-        if scheme not in ("s3", "s3a"):  # any other pyarrow filesystem: its own idea of the path
+        if scheme not in S3_SCHEMES + GCS_SCHEMES:  # any other pyarrow filesystem: its own idea of the path
             fs, path = _from_uri(text.rstrip("/"))
             return fs, path.rstrip("/")
         bucket = rest.split("/", 1)[0]
@@ -221,7 +235,12 @@ def delete_dir(location: str | Path) -> None:
         return
     fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+        try:
+            fs.delete_dir(path)
+        except OSError:  # a "directory" that was only its objects' common prefix (GCS): gone with them
+            if fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+                raise
 
 
 def files(location: str | Path, suffix: str = ".parquet") -> list[str | Path]:
@@ -240,8 +259,10 @@ def subdirs(location: str | Path) -> list[str]:
     if not is_remote(location):
         return sorted(p.name for p in Path(location).iterdir() if p.is_dir()) if Path(location).is_dir() else []
     fs, path = resolve(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    # from the objects below it: a store without directory objects (GCS) lists no directories
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted({i.path[len(path):].strip("/").split("/", 1)[0] for i in infos
+                   if "/" in i.path[len(path):].strip("/")})
 
 
 def parquet_file(location: str | Path) -> pq.ParquetFile:

@@ -73,3 +73,32 @@ def s3() -> dict[str, str]:
 
         storage._filesystem.cache_clear()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs() -> dict[str, str]:
+    """A Google Cloud Storage emulator (gcp-storage-emulator, in memory) on 127.0.0.1 with one
+    bucket; STORAGE_EMULATOR_HOST, the variable Google's clients read, set while the module runs."""
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved
+        from synth import storage
+
+        storage._filesystem.cache_clear()
+        server.stop()
