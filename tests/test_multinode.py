@@ -60,10 +60,13 @@ def cluster(alone, s3):
     os.environ.pop("RAY_ADDRESS", None)
     saved_path = os.environ["PATH"]
     os.environ["PATH"] = f"{BIN}{os.pathsep}{saved_path}"  # the nodes' PATH: `synth` is installed on the head
+    # Every port its own (0: any free one), not Ray's defaults: this test process already runs a
+    # Ray of its own (other tests' session), whose dashboard agent holds the default agent port
+    # 52365; a head whose agent cannot bind it has no job agent, and the job server answers 500.
     c = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 1, "object_store_memory": 300 * 2**20, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": _free_port()})
-    c.add_node(num_cpus=1, object_store_memory=300 * 2**20)
+        "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(), "dashboard_agent_listen_port": 0})
+    c.add_node(num_cpus=1, object_store_memory=300 * 2**20, dashboard_agent_listen_port=0)
     c.wait_for_nodes()
     try:
         yield c
