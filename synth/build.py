@@ -456,7 +456,7 @@ class ShardWriter:
     """
 
     def __init__(self, root: str, stage: str, diverted: dict[str, str], reject_only: list[str]):
-        self.root = root if storage.is_remote(root) else Path(root)
+        self.root = storage.location(root)
         self.stage, self.diverted, self.reject_only = stage, diverted, reject_only
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -113,7 +113,7 @@ def build(
     from synth import storage
     from synth.build import run_build
 
-    location = out if storage.is_remote(out) else Path(out)
+    location = storage.location(out)
     with _reported(), _others_output_to(storage.local_log_dir(location) / "build.log"):
         manifest = run_build(config, location, dry_run=dry_run, fresh=fresh, max_failures=max_failures,
                              templates=templates, seeds=seeds)

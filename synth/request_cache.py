@@ -78,7 +78,7 @@ def add_keys(batch: pd.DataFrame, identity: str) -> pd.DataFrame:
 
 def shard_paths(cache_dir: Path | str) -> list[Path]:
     """The cache's shards (locations: Paths, or URIs on an object store; see synth.storage)."""
-    return storage.files(cache_dir if storage.is_remote(cache_dir) else Path(cache_dir))
+    return storage.files(storage.location(cache_dir))
 
 
 def batch_shard_count(cache_dir: Path | str) -> int:
@@ -185,7 +185,7 @@ def shard_name(keys: Iterable[str], prefix: str = BATCH_PREFIX) -> str:
 def _write_shard(directory: Path | str, table: pa.Table, prefix: str) -> Path | str:
     """Atomically: a local file under a unique temporary name then renamed (two writers of one
     name never mix), an object in one PUT (synth.storage.write_table)."""
-    directory = directory if storage.is_remote(directory) else Path(directory)
+    directory = storage.location(directory)
     path = storage.join(directory, shard_name(table.column(KEY_COLUMN).to_pylist(), prefix))
     storage.write_table(path, table)
     return path
@@ -202,7 +202,7 @@ def compact_cache(cache_dir: Path | str, target_rows: int = COMPACTED_SHARD_ROWS
     filter; compacted shards, sorted, are skipped by their statistics). All new shards are
     written (temporary name, rename) before any old one is deleted: a crash at any point
     leaves every answer readable, at worst twice, which `lookup` tolerates."""
-    directory = cache_dir if storage.is_remote(cache_dir) else Path(cache_dir)
+    directory = storage.location(cache_dir)
     shards = shard_paths(directory)
     if not shards:
         return 0
@@ -249,7 +249,7 @@ def _unique_by_key(table: pa.Table) -> pa.Table:
 def log_sent(batch: pd.DataFrame, log_dir: str) -> pd.DataFrame:
     """Ray Data function: records the keys of a batch about to be sent to the engine."""
     if len(batch):
-        directory = log_dir if storage.is_remote(log_dir) else Path(log_dir)
+        directory = storage.location(log_dir)
         storage.write_bytes(storage.join(directory, f"{uuid.uuid4().hex}.txt"),
                             ("\n".join(batch[KEY_COLUMN]) + "\n").encode())
     return batch
@@ -257,7 +257,7 @@ def log_sent(batch: pd.DataFrame, log_dir: str) -> pd.DataFrame:
 
 def sent_keys(log_dir: Path) -> list[str]:
     """Every key ever sent (with repeats, if a request was sent twice)."""
-    directory = log_dir if storage.is_remote(log_dir) else Path(log_dir)
+    directory = storage.location(log_dir)
     return [k for f in storage.files(directory, ".txt") for k in storage.read_bytes(f).decode().split()]
 
 

@@ -48,6 +48,11 @@ def is_remote(location: str | Path) -> bool:
     return bool(sep) and len(scheme) > 1 and scheme != "file"
 
 
+def location(text: str | Path) -> str | Path:
+    """A location as synth passes it around: a Path when local, the URI string when remote."""
+    return str(text) if is_remote(text) else Path(text)
+
+
 def join(location: str | Path, *parts: str) -> str | Path:
     """`location/parts…`: a Path for a local location, a URI string for a remote one."""
     if not is_remote(location):
