@@ -235,6 +235,10 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
 
         # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
         manifest["judges_calibration"] = last_calibration(ctx)
+        from synth.calibration import effective_rule
+
+        # the thresholds the labels come from, and the calibration record they were read from (if any)
+        manifest["label_rule"] = effective_rule(config)
         manifest["plan"] = plan
         _write_json_atomic(local / "manifest.json", manifest)
         log.info("corpus: %s (%d rows), manifest: %s", storage.join(out, "corpus"), export_counts["corpus_rows"],

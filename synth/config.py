@@ -177,7 +177,33 @@ class Respond(Strict):
     )
 
 
+class LabelRule(Strict):
+    """How the judges' unsafe scores become a label (synth.scoring.label): each judge's side
+    (不安全 above t_unsafe, 安全 below t_safe), judges on opposite sides or further apart than
+    `margin` → the controversial tier, else the combined score against the same thresholds.
+    0.5/0.5 and no margin: the Libra rule (both agree → that label, else 有争议)."""
+
+    combine: Literal["mean", "min", "max"] = "mean"
+    t_safe: float = Field(0.5, ge=0.0, le=1.0, description="a combined score below this is 安全")
+    t_unsafe: float = Field(0.5, ge=0.0, le=1.0, description="a combined score above this is 不安全")
+    margin: float | None = Field(None, ge=0.0, le=1.0, description="judges further apart than this disagree")
+    calibration: Path | None = Field(
+        None, description="a calibration record written by `synth eval-judges --calibrate --save FILE` "
+        "(relative to this config file): its thresholds replace the four above")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LabelRule":
+        if self.t_safe > self.t_unsafe:
+            raise ValueError(f"t_safe ({self.t_safe:g}) is above t_unsafe ({self.t_unsafe:g})")
+        return self
+
+
 class Annotate(Strict):
+    scores: Literal["logprobs", "required", "off"] = Field(
+        "logprobs", description="judges' unsafe_score: read from token log-probabilities where the engine "
+        "gives them (else the label, marked score_source: label); required = a judge without them stops "
+        "the build; off = never asked, the label")
+    rule: LabelRule = Field(default_factory=LabelRule)
     fields: list[str] = Field(
         default_factory=list,
         description="optional judge fields after 答案: question_harmful, refusal, subcategory (columns "
@@ -342,7 +368,7 @@ class PipelineConfig(Strict):
                                    "export": {"label_position", "sft_target"},
                                    "decontaminate": {"against": {"__all__": {"path"}}} if self.decontaminate.against
                                    else True}
-        if not self.annotate.fields:  # a config without judge fields is hashed as before they existed
+        if self.annotate == Annotate():  # a config with the default annotate is hashed as before it existed
             exclude["annotate"] = True
         data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -369,6 +395,12 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
     config._seeds_dir = (base / config.seeds).resolve()
     for spec in config.decontaminate.against:  # like templates and seeds: relative to the config file
         spec.path = (base / spec.path).resolve()
+    rule = config.annotate.rule
+    if rule.calibration is not None:  # its thresholds, checked now: a bad record stops the build before it starts
+        from synth.calibration import read_calibration
+
+        rule.calibration = (base / rule.calibration).resolve()
+        read_calibration(rule.calibration, f"{path}: annotate.rule.calibration")
     return config, config._templates_dir, config._seeds_dir
 
 

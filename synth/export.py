@@ -46,12 +46,13 @@ from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput
 from synth.output_parsing import CONTROVERSIAL, FIELD_COLUMNS, SAFE, UNSAFE
 from synth.rows import REJECT_COLUMN, stable_id
+from synth.scoring import BETWEEN, DISAGREE
 from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_column, shard_paths, unified_schema,
                              with_ids, write_jsonl, write_parquet)
 
 CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
-    "response", "responder", "persona", "label", "analyze", "judgements", "elements", "generator",
+    "response", "responder", "persona", "label", "analyze", "unsafe_score", "judgements", "elements", "generator",
     "template_id", "template_hash", "finish_reason", "seed", "source_question_id", *FIELD_COLUMNS.values(),
     "controversy",
 )
@@ -61,10 +62,12 @@ FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_su
 KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy")
 # The named configurations beside `default`: the controversial tier counted as this label.
 VIEWS = {"strict": UNSAFE, "loose": SAFE}
-TIER_STAGE = {"judges_disagree": "annotate"}
+TIER_STAGE = {DISAGREE: "annotate", BETWEEN: "annotate"}
 FINGERPRINT_COLUMNS = ("id", "label", "question", "response", "analyze")  # the stage a tier row got its label in (else filter_pairs)
 SHARD_ROWS = 50_000  # rows per corpus/ parquet file at most
 LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "response", "label", "analyze", "id")
+# Beyond Libra-Test's keys: the judges' combined P(不安全) (synth.scoring), null in builds before scores.
+LIBRA_EXTRA_KEYS = ("unsafe_score",)
 LIBRA_SOURCE = "Synthetic Data"
 FINAL_STAGE = "decontaminate"  # the last of synth.build.STAGES: the export reads its rows
 INPUTS_DIR = "inputs"
@@ -279,11 +282,13 @@ def relabelled(tables: Iterable[pa.Table], label: str) -> Iterator[pa.Table]:
 
 def libra_rows(corpus: pa.Table) -> list[dict[str, Any]]:
     columns = ["scenario_name", "subcategory_name", "question", "response", "label", "analyze", "id"]
+    scores = corpus.column("unsafe_score").to_pylist() if "unsafe_score" in corpus.column_names \
+        else [None] * corpus.num_rows
     return [
         {"source": LIBRA_SOURCE, "category_name": r["scenario_name"], "sub_category_name": r["subcategory_name"],
          "question": r["question"], "response": r["response"], "label": r["label"], "analyze": r["analyze"],
-         "id": r["id"]}
-        for r in corpus.select(columns).to_pylist()
+         "id": r["id"], "unsafe_score": None if score is None or score != score else round(score, 6)}
+        for r, score in zip(corpus.select(columns).to_pylist(), scores)
     ]
 
 

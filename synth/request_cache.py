@@ -69,9 +69,14 @@ def model_identity(name: str, spec: ModelSpec) -> str:
 
 def add_keys(batch: pd.DataFrame, identity: str) -> pd.DataFrame:
     keys = []
-    for row in batch[list(_KEYED)].itertuples(index=False):
-        payload = json.dumps([identity, *[list(v) if hasattr(v, "tolist") else v for v in row]],
-                             ensure_ascii=False, default=str)
+    top = batch["top_logprobs"] if "top_logprobs" in batch else [0] * len(batch)
+    for row, top_logprobs in zip(batch[list(_KEYED)].itertuples(index=False), top):
+        values = [list(v) if hasattr(v, "tolist") else v for v in row]
+        # A request for log-probabilities has its own key (and one without keeps the key it
+        # had before they existed): an answer cached without them is asked again, not misread.
+        if int(top_logprobs or 0):
+            values.append({"top_logprobs": int(top_logprobs)})
+        payload = json.dumps([identity, *values], ensure_ascii=False, default=str)
         keys.append(hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32])
     return batch.assign(**{KEY_COLUMN: keys})
 
@@ -109,8 +114,7 @@ def lookup(keyed: ray.data.Dataset, cache_dir: Path | str) -> ray.data.Dataset |
     for _ in range(2):  # a second join only after compacting away duplicate keys
         cached_rows = sum(storage.parquet_file(s).metadata.num_rows for s in shards)
         paths, filesystem = storage.ray_paths(shards)
-        answers = ray.data.read_parquet(paths, filesystem=filesystem).select_columns([KEY_COLUMN, *RESULT_COLUMNS])
-        answers = answers.map_batches(_mark_hits, batch_format="pyarrow")
+        answers = ray.data.read_parquet(paths, filesystem=filesystem).map_batches(_answers, batch_format="pyarrow")
         partitions = max(1, math.ceil((total + cached_rows) / LOOKUP_ROWS_PER_PARTITION))
         joined = (keyed.join(answers, "left_outer", num_partitions=partitions, on=(KEY_COLUMN,))
                   .map_batches(_restore_columns, fn_kwargs={"columns": columns}, batch_format="pyarrow")
@@ -147,8 +151,20 @@ def only_misses(table: pa.Table) -> pa.Table:
     return table.filter(pc.invert(table[HIT_COLUMN])).drop_columns([HIT_COLUMN, *RESULT_COLUMNS])
 
 
-def _mark_hits(table: pa.Table) -> pa.Table:
+def _answers(table: pa.Table) -> pa.Table:
+    """A shard's rows as the lookup joins them: the key, RESULT_COLUMNS, the hit flag."""
+    table = with_result_columns(table).select([KEY_COLUMN, *RESULT_COLUMNS])
     return table.append_column(HIT_COLUMN, pa.repeat(pa.scalar(True), table.num_rows))
+
+
+def with_result_columns(table: pa.Table) -> pa.Table:
+    """A shard written before a result column existed (`logprobs`) gets it empty: its
+    requests asked for none (a request for them has a key of its own, see `add_keys`)."""
+    if "logprobs" not in table.column_names:
+        return table.append_column("logprobs", pa.repeat(pa.scalar("", pa.string()), table.num_rows))
+    # a reader that unified the shards' schemas gives the old rows nulls
+    index = table.schema.get_field_index("logprobs")
+    return table.set_column(index, "logprobs", pc.fill_null(table.column(index), ""))
 
 
 def _restore_columns(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -209,10 +225,14 @@ def compact_cache(cache_dir: Path | str, target_rows: int = COMPACTED_SHARD_ROWS
     rows = sum(storage.parquet_file(s).metadata.num_rows for s in shards)
     ranges = max(1, math.ceil(rows / target_rows))
     paths, filesystem = storage.ray_paths(shards)
-    source = pads.dataset(paths, format="parquet", filesystem=filesystem)
+    # shards written before a result column existed lack it: read with every shard's columns
+    schema = pa.unify_schemas([storage.parquet_file(s).schema_arrow for s in shards])
+    schema = with_result_columns(schema.empty_table()).schema
+    source = pads.dataset(paths, schema=schema, format="parquet", filesystem=filesystem)
     written: set[Path | str] = set()
     for i in range(ranges):
         table = source.to_table(columns=[KEY_COLUMN, *RESULT_COLUMNS], filter=_key_range(i, ranges))
+        table = with_result_columns(table)
         if table.num_rows:
             written.add(_write_shard(directory, _unique_by_key(table), COMPACTED_PREFIX))
     for shard in shards:

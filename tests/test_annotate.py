@@ -30,7 +30,7 @@ def answered(batch: pd.DataFrame, judge: str, texts: list[str], errors: list[str
     return out.assign(request_id=[f"{i}-{judge}" for i in batch["id"]], role=judge, task="judge", system="",
                       prompt="判断：", seed=7, json_schema="{}", temperature=0.0, top_p=1.0, top_k=0, max_tokens=64,
                       stop=[[] for _ in texts], prompt_style="chat", text=texts, finish_reason="stop",
-                      prompt_tokens=3, completion_tokens=4, error=errors)
+                      prompt_tokens=3, completion_tokens=4, error=errors, top_logprobs=0, logprobs="")
 
 
 def verdict(label: str) -> str:

@@ -14,7 +14,7 @@ import yaml
 
 from synth.build import STAGES, run_build
 from synth.config import load_config
-from synth.export import LIBRA_KEYS, read_table
+from synth.export import LIBRA_EXTRA_KEYS, LIBRA_KEYS, read_table
 from synth.stages.base import StageContext
 from synth.stages.generation import Elements
 from synth.templates import load_catalog
@@ -61,7 +61,7 @@ def test_libra_test_view_has_exactly_the_libra_keys(demo_build):
     rows = [json.loads(line) for line in (out / "libra_test.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == manifest["export"]["corpus_rows"]
     for row in rows:
-        assert tuple(row) == LIBRA_KEYS
+        assert tuple(row) == LIBRA_KEYS + LIBRA_EXTRA_KEYS
         assert row["source"] == "Synthetic Data"
         assert row["label"] in ("安全", "不安全")
 

@@ -141,7 +141,7 @@ def test_without_fields_the_columns_are_null_and_judgements_unchanged():
     out = combine_judgements(record_judgement(answered(first, "judge-b", texts, [""] * 2), 1), judges=2)
     assert list(out["label"]) == ["安全", "安全"]
     assert out[["question_harmful", "refusal", "judged_subcategory"]].isna().all().all()
-    assert set(out["judgements"][0][0]) == {"judge", "verdict", "analysis", "raw", "error"}
+    assert set(out["judgements"][0][0]) == {"judge", "verdict", "unsafe_score", "score_source", "analysis", "raw", "error"}
 
 
 def test_standin_writes_the_fields_its_schema_asks_for_deterministically():

@@ -35,7 +35,8 @@ class AnsweringEngine(Engine):
     def generate(self, requests):
         def answer(batch: pd.DataFrame) -> pd.DataFrame:
             return batch.assign(text="answer to " + batch["prompt"], finish_reason="stop",
-                                prompt_tokens=batch["prompt"].str.len(), completion_tokens=3, error="")
+                                prompt_tokens=batch["prompt"].str.len(), completion_tokens=3, error="",
+                                logprobs="")
 
         answered = requests.map_batches(answer, batch_format="pandas").materialize()
         self.sent.extend(answered.to_pandas()["prompt"])
@@ -156,10 +157,35 @@ def test_a_crash_during_compaction_loses_no_answer(tmp_path: Path, monkeypatch):
 
 def test_a_shard_is_named_by_its_keys(tmp_path: Path, monkeypatch):
     assert shard_name(["b", "a"]) == shard_name(["a", "b", "a"]) != shard_name(["a", "c"])
-    batch = answers(["k1", "k2"]).to_pandas().assign(prompt="p")
+    batch = answers(["k1", "k2"]).to_pandas().assign(prompt="p", logprobs="")
     monkeypatch.delenv("SYNTH_FAULT", raising=False)
     monkeypatch.setattr("synth.request_cache.shard_paths", lambda d: pytest.fail("listed the cache per batch"))
     write_to_cache(batch, str(tmp_path))
     write_to_cache(batch.iloc[::-1], str(tmp_path))  # a retried task: same keys, same shard
     assert [p.name for p in tmp_path.glob("*.parquet")] == [shard_name(["k1", "k2"])]
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_a_cache_from_before_scores_is_read_and_its_answers_are_not_taken_for_scored_requests(ray_session,
+                                                                                              tmp_path: Path):
+    import ray.data
+
+    from synth.request_cache import add_keys
+
+    directory = tmp_path / "cache"
+    write_shard(directory, answers(["k1", "k2"]), "batch-old.parquet")  # written before `logprobs` existed
+    new = answers(["k3"]).append_column("logprobs", pa.array(['[["x", [["x", -0.1]]]]']))
+    write_shard(directory, new, "batch-new.parquet")
+    keyed = ray.data.from_pandas(pd.DataFrame({KEY_COLUMN: ["k1", "k3", "k9"], "scenario": "s"})).materialize()
+    rows = lookup(keyed, directory).to_pandas().sort_values(KEY_COLUMN)
+    assert list(rows[HIT_COLUMN]) == [True, True, False]
+    assert list(rows["logprobs"])[:2] == ["", '[["x", [["x", -0.1]]]]']  # an old answer has none, not a misread
+    compact_cache(directory)  # old and new shards merge, the old rows' logprobs empty
+    merged = pa.concat_tables(pq.read_table(s) for s in shard_paths(directory)).to_pylist()
+    assert {r[KEY_COLUMN]: r["logprobs"] for r in merged} == {"k1": "", "k2": "", "k3": '[["x", [["x", -0.1]]]]'}
+    # a request that asks for log-probabilities has a key of its own; one that does not keeps its old key
+    base = pd.DataFrame({"system": [""], "prompt": ["p"], "seed": [1], "json_schema": [""], "temperature": [0.0],
+                         "top_p": [1.0], "top_k": [0], "max_tokens": [8], "stop": [[]]})
+    plain = add_keys(base, "m")[KEY_COLUMN][0]
+    assert add_keys(base.assign(top_logprobs=0), "m")[KEY_COLUMN][0] == plain
+    assert add_keys(base.assign(top_logprobs=5), "m")[KEY_COLUMN][0] != plain

@@ -15,9 +15,11 @@ Request columns (written by the stages, see `request_row`):
     seed         int   per-request sampling seed, derived from request_id and the role
     json_schema  str   JSON schema the output must follow ("" = free text)
     temperature, top_p, top_k, max_tokens, stop   the role's sampling parameters
+    top_logprobs int   alternatives per generated token to report (0 = none; a scoring judge)
 
 Result columns (added by every engine):
-    text, finish_reason, prompt_tokens, completion_tokens, error ("" = ok)
+    text, finish_reason, prompt_tokens, completion_tokens, error ("" = ok),
+    logprobs (the generated tokens' log-probabilities in `synth.scoring`'s form, "" = none)
 
 A failed request has `error` set and `text` empty; the stage decides what that
 row becomes (`failure_reason`: pending if transient, else a reject). Engines never drop rows.
@@ -39,9 +41,9 @@ if TYPE_CHECKING:
 
 REQUEST_COLUMNS = (
     "request_id", "role", "task", "system", "prompt", "seed", "json_schema",
-    "temperature", "top_p", "top_k", "max_tokens", "stop",
+    "temperature", "top_p", "top_k", "max_tokens", "stop", "top_logprobs",
 )
-RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "logprobs")
 
 # The guard verdict every judge must produce (kept in one place: engines enforce it,
 # annotate parses it, exports render it). Property order is the order a constrained model
@@ -84,9 +86,10 @@ def request_seed(request_id: str, role_name: str, base_seed: int) -> int:
 
 def request_row(
     *, request_id: str, task: str, prompt: str, role: Role, base_seed: int, system: str = "", json_schema: str = "",
-    extra_stop: Sequence[str] = (),
+    extra_stop: Sequence[str] = (), top_logprobs: int = 0,
 ) -> dict[str, Any]:
-    """One request row; `extra_stop` adds a stage's own stop strings to the role's."""
+    """One request row; `extra_stop` adds a stage's own stop strings to the role's;
+    `top_logprobs`: alternatives per generated token to report (a scoring judge)."""
     sampling: Sampling = role.sampling
     return {
         "request_id": request_id,
@@ -101,6 +104,7 @@ def request_row(
         "top_k": sampling.top_k,
         "max_tokens": sampling.max_tokens,
         "stop": list(sampling.stop) + [s for s in extra_stop if s not in sampling.stop],
+        "top_logprobs": int(top_logprobs),
     }
 
 

@@ -46,10 +46,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from synth.config import OpenAIOptions
-from synth.engines.base import Engine, transient
+from synth.engines.base import RESULT_COLUMNS, Engine, transient
 from synth.engines.pushback import FAILED, OK, REFUSED, THROTTLED, EndpointDown, Pushback, attach_build_log
 from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget
 from synth.errors import BadInput, BuildFailed
+from synth.scoring import from_openai
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -110,11 +111,26 @@ def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAI
         body["messages"] = messages + [{"role": "user", "content": row["prompt"]}]
     else:
         body["prompt"] = f"{system}\n\n{row['prompt']}" if system else row["prompt"]
+    top_logprobs = int(row.get("top_logprobs") or 0)
+    if top_logprobs:  # a scoring judge: the chat API takes a flag and a count, completions a count
+        body.update({"logprobs": True, "top_logprobs": top_logprobs} if chat else {"logprobs": top_logprobs})
     fmt = response_format_for(row.get("json_schema") or "", options.response_format, body["max_tokens"])
     if fmt is not None:
         body["response_format"] = fmt
     body.update(options.extra_body)
     return body
+
+
+def _logprobs(logprobs: dict[str, Any] | None, chat: bool) -> str:
+    """A choice's `logprobs` → the `logprobs` result column ("" when the server gave none):
+    the chat API's `content` list, or the completions API's parallel lists."""
+    if not logprobs:
+        return ""
+    if chat:
+        return from_openai(logprobs.get("content"))
+    tokens, tops = logprobs.get("tokens") or [], logprobs.get("top_logprobs") or []
+    return from_openai([{"token": t, "top_logprobs": [{"token": a, "logprob": lp} for a, lp in (top or {}).items()]}
+                        for t, top in zip(tokens, tops)])
 
 
 class _Failure(Exception):
@@ -188,23 +204,23 @@ class OpenAIRequester:
         rows = batch.to_dict("records")
         results = list(self.pool.map(self._one, rows))
         batch = batch.copy()
-        for i, col in enumerate(("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")):
+        for i, col in enumerate(RESULT_COLUMNS):
             batch[col] = [r[i] for r in results]
         batch["prompt_tokens"] = batch["prompt_tokens"].astype("int64")
         batch["completion_tokens"] = batch["completion_tokens"].astype("int64")
         return batch
 
     # -- one request ------------------------------------------------------------------
-    def _one(self, row: dict[str, Any]) -> tuple[str, str, int, int, str]:
-        """One request row's result; every error text it records has the API key scrubbed."""
-        text, finish_reason, prompt_tokens, completion_tokens, error = self._send(row)
-        return text, finish_reason, prompt_tokens, completion_tokens, self.api_key.scrub(error)
+    def _one(self, row: dict[str, Any]) -> tuple[str, str, int, int, str, str]:
+        """One request row's result (RESULT_COLUMNS); every error text it records has the API key scrubbed."""
+        text, finish_reason, prompt_tokens, completion_tokens, error, logprobs = self._send(row)
+        return text, finish_reason, prompt_tokens, completion_tokens, self.api_key.scrub(error), logprobs
 
-    def _send(self, row: dict[str, Any]) -> tuple[str, str, int, int, str]:
+    def _send(self, row: dict[str, Any]) -> tuple[str, str, int, int, str, str]:
         try:
             body = request_body(row, model=self.model, chat=self.chat, options=self.options)
         except Exception as e:  # a bad row (e.g. schema not JSON) must not kill the batch
-            return "", "error", 0, 0, f"bad request row: {type(e).__name__}: {e}"
+            return "", "error", 0, 0, f"bad request row: {type(e).__name__}: {e}", ""
         tokens = len(body.get("prompt") or "") + sum(len(m["content"]) for m in body.get("messages", []))
         tokens += body["max_tokens"]  # the estimate a tokens-per-minute limit starts from
         attempt, throttles, throttled_since = 0, 0, None
@@ -215,7 +231,7 @@ class OpenAIRequester:
             try:
                 ticket = self.pushback.acquire(tokens)
             except EndpointDown as down:
-                return "", "error", 0, 0, transient(f"cannot reach {self.shown_url}: {down}")
+                return "", "error", 0, 0, transient(f"cannot reach {self.shown_url}: {down}"), ""
             try:
                 out = self._post(body)
             except BuildFailed as fatal:
@@ -236,8 +252,8 @@ class OpenAIRequester:
                 attempt += 1
                 if not f.retryable or attempt > self.options.max_retries:
                     if f.retryable:
-                        return "", "error", 0, 0, transient(f"{f} after {attempt} attempt{'s' if attempt > 1 else ''}")
-                    return "", "error", 0, 0, str(f)
+                        return "", "error", 0, 0, transient(f"{f} after {attempt} attempt{'s' if attempt > 1 else ''}"), ""
+                    return "", "error", 0, 0, str(f), ""
                 time.sleep(self._delay(attempt - 1, f.retry_after))
                 continue
             self.pushback.release(ticket, OK, tokens_used=out[2] + out[3], completion_tokens=out[3])
@@ -255,7 +271,7 @@ class OpenAIRequester:
             delay = max(delay, min(retry_after, self.options.backoff_max_s))
         return delay
 
-    def _post(self, body: dict[str, Any]) -> tuple[str, str, int, int, str]:
+    def _post(self, body: dict[str, Any]) -> tuple[str, str, int, int, str, str]:
         import httpx
 
         try:
@@ -292,6 +308,7 @@ class OpenAIRequester:
                 int(usage.get("prompt_tokens") or 0),
                 int(usage.get("completion_tokens") or 0),
                 "",
+                _logprobs(choice.get("logprobs"), self.chat),
             )
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _Failure(f"malformed response from {self.shown_url}: {type(e).__name__}: {e}", False) from None

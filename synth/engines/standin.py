@@ -5,13 +5,15 @@ characters of the prompt with a RNG seeded by the request seed, shaped like what
 each task expects (a numbered question list, a rewritten question, an answer or
 a refusal, a JSON verdict). The same request always gives the same output, so
 tests can compare whole builds. A small, fixed share of outputs is deliberately
-malformed so the parse-failure and reject paths are exercised in every dry run.
+malformed so the parse-failure and reject paths are exercised in every dry run. A judge
+request that asks for log-probabilities gets made-up ones that score its verdict.
 Builds that use it are marked `dry_run` / `standin` in the manifest.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 
@@ -108,9 +110,28 @@ def standin_output(task: str, prompt: str, seed: int, schema: str = "") -> str:
     return _TASKS[task](rng, _han_text(prompt))
 
 
+def standin_logprobs(text: str, seed: int) -> str:
+    """Log-probabilities for a stand-in verdict, in synth.scoring's form: the text up to the
+    label as one token, the label as the next with both labels as alternatives (P(不安全) on
+    the label's side of 0.5, drawn from the seed), the rest as one token. "" if no label."""
+    at = text.find('"答案": "')
+    if at < 0:
+        return ""
+    start = at + len('"答案": "')
+    chosen = "不安全" if text.startswith("不安全", start) else "安全" if text.startswith("安全", start) else ""
+    if not chosen:
+        return ""
+    margin = random.Random(f"score:{seed}").uniform(0.02, 0.49)
+    p_unsafe = 0.5 + margin if chosen == "不安全" else 0.5 - margin
+    label_token = [chosen, [["不安全", math.log(p_unsafe)], ["安全", math.log(1 - p_unsafe)]]]
+    end = start + len(chosen)
+    return json.dumps([[text[:start], [[text[:start], 0.0]]], label_token, [text[end:], [[text[end:], 0.0]]]],
+                      ensure_ascii=False)
+
+
 def _standin_batch(batch: pd.DataFrame) -> pd.DataFrame:
     if batch.empty:
-        return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="")
+        return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="", logprobs="")
     schemas = batch["json_schema"] if "json_schema" in batch else [""] * len(batch)
     texts = [standin_output(t, p, int(s), j)
              for t, p, s, j in zip(batch["task"], batch["prompt"], batch["seed"], schemas)]
@@ -120,6 +141,9 @@ def _standin_batch(batch: pd.DataFrame) -> pd.DataFrame:
     batch["prompt_tokens"] = batch["prompt"].str.len().astype("int64")
     batch["completion_tokens"] = [len(t) for t in texts]
     batch["error"] = ""
+    wants = batch["top_logprobs"] if "top_logprobs" in batch else [0] * len(batch)
+    batch["logprobs"] = [standin_logprobs(t, int(s)) if int(n or 0) else ""
+                         for t, s, n in zip(texts, batch["seed"], wants)]
     return batch
 
 

@@ -5,10 +5,11 @@ the request rows through it:
 
     requests ─▶ prepare: engine prompt (chat style: the model's chat template, in a small
                 CPU actor) + per-row SamplingParams (seed, temperature, top_p, max_tokens,
-                stop, structured outputs for rows with a json_schema)
+                stop, structured outputs for rows with a json_schema, logprobs for rows
+                with top_logprobs)
              ─▶ vLLM engine stage (replicas = `vllm.concurrency`; TP/PP from engine_kwargs)
              ─▶ finalize: the input rows, unchanged, + text, finish_reason, prompt_tokens,
-                completion_tokens, error
+                completion_tokens, error, logprobs
 
 Engines outlive a processor: each replica's vLLM engine (ray.data.llm's own engine UDF)
 lives in an `EngineHost` actor, started on the model's first request and kept until
@@ -48,6 +49,7 @@ from synth.config import VLLMOptions
 from synth.engines.base import RESULT_COLUMNS, Engine
 from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget, flat_schema_regex
 from synth.errors import BadInput
+from synth.scoring import compact_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 # integer `request_id`): stashed under these names in preprocess, restored in finalize.
 _STASH = {"prompt": "_synth_prompt", "request_id": "_synth_request_id"}
 _COLS = "_synth_cols"
+_LOGPROBS = "_synth_logprobs"  # the generated tokens' log-probabilities, in synth.scoring's form
 # Heavy per-row outputs of ray.data.llm we never use (dropped inside the engine actor).
 _UNUSED_OUTPUTS = ("generated_tokens", "prompt_token_ids", "metrics", "logprobs", "prompt_logprobs",
                    "embeddings", "params")
@@ -90,6 +93,8 @@ def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
         "stop": stop,
         "structured_outputs": None,
     }
+    if int(row.get("top_logprobs") or 0):  # a scoring judge (see synth.scoring)
+        params["logprobs"] = int(row["top_logprobs"])
     schema_json = row.get("json_schema") or ""
     if schema_json:
         schema = fit_schema_to_budget(json.loads(schema_json), max_tokens)
@@ -185,6 +190,7 @@ def _finalize(batch: pd.DataFrame) -> pd.DataFrame:
     reported = column("finish_reason", "")
     max_tokens = column("max_tokens", 0)
     schemas = column("json_schema", "")
+    logprobs = [v if isinstance(v, str) else "" for v in column(_LOGPROBS, "")]
     texts, reasons, n_in, n_out, errs = [], [], [], [], []
     for i in range(n):
         err = errors[i] if isinstance(errors[i], str) else ""
@@ -194,6 +200,7 @@ def _finalize(batch: pd.DataFrame) -> pd.DataFrame:
             n_in.append(0)
             n_out.append(0)
             errs.append(f"vLLM: {err}")
+            logprobs[i] = ""
             continue
         text = generated[i] if isinstance(generated[i], str) else ""
         completion = int(n_generated[i] or 0)
@@ -213,8 +220,23 @@ def _finalize(batch: pd.DataFrame) -> pd.DataFrame:
     out["prompt_tokens"] = pd.Series(n_in, index=batch.index, dtype="int64")
     out["completion_tokens"] = pd.Series(n_out, index=batch.index, dtype="int64")
     out["error"] = errs
+    out["logprobs"] = logprobs
     # an input column named like a result is replaced by it, as every engine does
     return out[[c for c in cols if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)]
+
+
+def token_logprobs(generated: Any, logprobs: Any) -> str:
+    """ray.data.llm's per-token `logprobs` (token id → {logprob, decoded_token, …}) and the
+    generated token ids → the `logprobs` result column (synth.scoring)."""
+    if logprobs is None or generated is None or not len(logprobs):
+        return ""
+    entries = []
+    for token_id, alternatives in zip(list(generated), list(logprobs)):
+        alternatives = {int(k): v for k, v in dict(alternatives).items()}
+        chosen = alternatives.get(int(token_id)) or {}
+        entries.append((str(chosen.get("decoded_token") or ""),
+                        [(str(a.get("decoded_token") or ""), float(a["logprob"])) for a in alternatives.values()]))
+    return compact_logprobs(entries)
 
 
 def _engine_udf_class():
@@ -246,6 +268,7 @@ def _engine_udf_class():
         async def _generate_with_error_handling(self, row, batch_uuid):
             out = await super()._generate_with_error_handling(row, batch_uuid)
             out["finish_reason"] = self._finish.pop(out.get("request_id"), "")
+            out[_LOGPROBS] = token_logprobs(out.get("generated_tokens"), out.get("logprobs"))
             for key in _UNUSED_OUTPUTS:
                 out.pop(key, None)
             return out

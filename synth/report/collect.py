@@ -29,9 +29,9 @@ import yaml
 from synth.filters.chinese import distinct_n
 from synth.filters.refusal import is_refusal
 from synth.output_parsing import CONTROVERSIAL, LABELS
+from synth.scoring import DISAGREE
 from synth.stream_io import CHUNK_ROWS, parquet_files
 
-DISAGREE = "judges_disagree"
 CORPUS_KEYS = ("scenario", "scenario_name", "subcategory", "subcategory_name", "label", "kind", "attack")
 # what judge agreement reads of `judgements`: not the analyses, not the raw outputs
 JUDGEMENT_FIELDS = ("judgements.judge", "judgements.verdict", "judgements.error")

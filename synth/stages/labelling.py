@@ -15,6 +15,8 @@ from synth.engines.base import PENDING, failure_reason, verdict_schema
 from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, field_column_value,
                                   ordered_fields, parse_verdict)
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
+from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
+from synth.scoring import label as rule_label
 from synth.stages.base import Stage, StageContext
 
 PAIR_COLUMNS = (
@@ -24,12 +26,12 @@ PAIR_COLUMNS = (
 )
 # The judge fields' columns (config `annotate.fields`) are always there, null when not asked for.
 # `controversy`: why a pair is in the controversial tier (label 有争议), "" for an agreed label.
-LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", *FIELD_COLUMNS.values(), "controversy",
-                    REJECT_COLUMN)
+# `unsafe_score`: the judges' combined score (synth.scoring; each judge's own is in `judgements`).
+LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", "unsafe_score", *FIELD_COLUMNS.values(),
+                    "controversy", REJECT_COLUMN)
 # Pair columns a judge request or its result would overwrite (the responder's `seed` and
 # `finish_reason`): carried through the judges' requests under another name.
 _CARRIED = {k: f"pair_{k}" for k in PAIR_COLUMNS if k in (*REQUEST_COLUMNS, *RESULT_COLUMNS)}
-DISAGREE = "judges_disagree"
 
 
 class Respond(Stage):
@@ -102,7 +104,8 @@ def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 class Annotate(Stage):
-    """Two judges label each pair: agreement → label; disagreement → the controversial tier.
+    """Two judges score each pair; the rule (synth.scoring.label, thresholds from the config
+    or its calibration record) labels it or puts it in the controversial tier.
 
     The judges run one after the other over the same rows, each adding its verdict
     columns (`_judge<i>`), and one vectorised pass combines them: a pair stays one row
@@ -117,27 +120,38 @@ class Annotate(Stage):
         return list(config.roles.judges)
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
+        from synth.calibration import effective_rule
+
         fields = ordered_fields(config.annotate.fields)
         # `disagreement`: where a disagreement goes (the label 有争议 since the controversial tier;
-        # before it, hard/): stage outputs of older builds are not reused as this one's
-        return {"seed": config.seed, "disagreement": CONTROVERSIAL, **({"fields": fields} if fields else {})}
+        # before it, hard/): stage outputs of older builds are not reused as this one's.
+        # `rule`: the thresholds (and the calibration record's hash) the labels come from.
+        rule = effective_rule(config)
+        rule["calibration"] = rule["calibration"] and rule["calibration"]["sha256"]
+        return {"seed": config.seed, "disagreement": CONTROVERSIAL, "scores": config.annotate.scores, "rule": rule,
+                **({"fields": fields} if fields else {})}
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        from synth.calibration import effective_rule
+
         judges, fields = self.roles(ctx.config), ordered_fields(ctx.config.annotate.fields)
         subcategories = list(ctx.catalog.subcategories)
+        scores = ctx.config.annotate.scores
+        rule = effective_rule(ctx.config)
         current = rows
         for index, role in enumerate(judges):
             requests = current.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
                 "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
-                "fields": fields})
+                "fields": fields, "top_logprobs": 0 if scores == "off" else TOP_LOGPROBS})
             answered = ctx.generate([(role, requests)])
             current = answered.map_batches(record_judgement, fn_kwargs={
-                "index": index, "fields": fields, "subcategories": subcategories}, batch_format="pandas")
-        return current.map_batches(combine_judgements, fn_kwargs={"judges": len(judges), "fields": fields},
-                                   batch_format="pandas")
+                "index": index, "fields": fields, "subcategories": subcategories,
+                "require_scores": scores == "required"}, batch_format="pandas")
+        return current.map_batches(combine_judgements, fn_kwargs={
+            "judges": len(judges), "fields": fields, "rule": rule}, batch_format="pandas")
 
 
 def _judge_columns(index: int) -> str:
@@ -145,9 +159,10 @@ def _judge_columns(index: int) -> str:
 
 
 def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
-                   fields: list[str] = ()) -> pd.DataFrame:
+                   fields: list[str] = (), top_logprobs: int = TOP_LOGPROBS) -> pd.DataFrame:
     """One judge's request per pair; the pair's own columns travel with it (renamed where a
-    request or result column would overwrite them). `fields`: the judge fields asked for."""
+    request or result column would overwrite them). `fields`: the judge fields asked for;
+    `top_logprobs`: alternatives per token to score the verdict with (0: none)."""
     rubric = catalog.rubric(role.rubric).model_dump()
     field_vars = catalog.judge_fields(list(fields))
     schema = json.dumps(verdict_schema(fields, list(catalog.subcategories)), ensure_ascii=False)
@@ -158,17 +173,24 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
         carried = {_CARRIED.get(k, k): v for k, v in row.items()}
         out.append({**carried, **request_row(
             request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
-            system=rendered.system, role=role, base_seed=seed, json_schema=schema,
+            system=rendered.system, role=role, base_seed=seed, json_schema=schema, top_logprobs=top_logprobs,
         ), "prompt_style": style})
     carried_columns = [_CARRIED.get(c, c) for c in batch.columns]
     return pd.DataFrame(out, columns=_columns(carried_columns, REQUEST_COLUMNS, "prompt_style"))
 
 
 def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
-                     subcategories: list[str] = ()) -> pd.DataFrame:
-    """A judge's answers → one column `_judge<index>` of judgement dicts; the pair's columns restored."""
-    results = batch[["role", "error", "prompt", "prompt_style", "text"]].to_dict("records")
+                     subcategories: list[str] = (), require_scores: bool = False) -> pd.DataFrame:
+    """A judge's answers → one column `_judge<index>` of judgement dicts; the pair's columns restored.
+    `require_scores` (annotate.scores: required): a verdict without log-probabilities stops the build."""
+    results = batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]].to_dict("records")
     judgements = [_judgement(r, fields, subcategories) for r in results]
+    unscored = next((j for j in judgements if j["verdict"] and j["score_source"] == FROM_LABEL), None)
+    if require_scores and unscored is not None:
+        from synth.errors import BadInput
+
+        raise BadInput(f"judge {unscored['judge']!r}: its engine returned no log-probabilities at the verdict, "
+                       "and annotate.scores is 'required' (use 'logprobs' to fall back to the label as the score)")
     restored = {carried: original for original, carried in _CARRIED.items()}
     drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c not in restored]
     out = batch.drop(columns=[c for c in drop if c in batch.columns]).rename(columns=restored)
@@ -176,34 +198,45 @@ def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
     return out
 
 
-def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = ()) -> pd.DataFrame:
+def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
+                       rule: dict[str, Any] | None = None) -> pd.DataFrame:
     """The build's rule per pair: a failed judge → reject (a transient failure: pending, sent
-    again next run; a missing or malformed judge field: a reject naming it); both agree → the
-    label; they disagree → label 有争议 (the controversial tier), `controversy` judges_disagree,
-    no analysis of its own (each judge's verdict and analysis stay in `judgements`). Each judge
-    field: its value where the judges agree, null where they disagree."""
+    again next run; a missing or malformed judge field: a reject naming it); otherwise the
+    judges' scores go through the labelling rule (synth.scoring.label with `rule`'s
+    thresholds; default 0.5/0.5: both agree → the label, they disagree → 有争议): a label, or
+    有争议 (the controversial tier) with `controversy` judges_disagree or
+    score_between_thresholds, and no analysis of its own (each judge's verdict, score and
+    analysis stay in `judgements`). `unsafe_score`: the combined score. Each judge field:
+    its value where the judges agree, null where they disagree."""
+    rule = rule or {"combine": "mean", "t_safe": 0.5, "t_unsafe": 0.5, "margin": None}
     columns = [_judge_columns(i) for i in range(judges)]
-    labels, analyses, reasons, controversy, all_judgements = [], [], [], [], []
+    labels, analyses, reasons, controversy, all_judgements, scores = [], [], [], [], [], []
     for judgements in zip(*(batch[c] for c in columns)):
         judgements = [dict(j) for j in judgements]
         failures = [j["error"] for j in judgements if j["error"]]
         pending = [f for f in failures if f.startswith(PENDING)]
-        verdicts = {j["verdict"] for j in judgements}
+        for j in judgements:  # a judgement recorded before scores existed: its label is its score
+            if j["verdict"] and j.get("unsafe_score") is None:
+                j["unsafe_score"], j["score_source"] = label_score(j["verdict"]), FROM_LABEL
+        score, why = None, ""
         if pending:
             reason, label = pending[0], ""
         elif failures:
             field_failure = failures[0].startswith((FIELD_MISSING, FIELD_MALFORMED))
             reason, label = failures[0] if field_failure else f"judge_failed: {failures[0]}", ""
-        elif len(verdicts) > 1:
-            reason, label = "", CONTROVERSIAL
         else:
-            reason, label = "", verdicts.pop()
+            judge_scores = [float(j["unsafe_score"]) for j in judgements]
+            score = combine(judge_scores, rule["combine"])
+            (label, why), reason = rule_label(judge_scores, rule["t_safe"], rule["t_unsafe"], rule["margin"],
+                                              rule["combine"]), ""
         labels.append(label)
+        scores.append(score)
         analyses.append(next((j["analysis"] for j in judgements if j["verdict"] == label), ""))
-        controversy.append(DISAGREE if label == CONTROVERSIAL else "")
+        controversy.append(why)
         reasons.append(reason)
         all_judgements.append(judgements)
     out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses,
+                                             unsafe_score=pd.Series(scores, index=batch.index, dtype="float64"),
                                              controversy=controversy,
                                              **combined_fields(all_judgements, fields)).astype(FIELD_DTYPES)
     out[REJECT_COLUMN] = reasons
@@ -230,13 +263,16 @@ def _judgement(row: dict[str, Any], fields: list[str] = (), subcategories: list[
     """One judge's answer: its verdict, analysis, raw text, error and (when asked for) its fields."""
     blank = {name: "" for name in fields}
     if row["error"]:
-        return {"judge": row["role"], "verdict": "", "analysis": "", "raw": "", "error": failure_reason(row["error"]),
-                **blank}
+        # NaN, not None: every judgement's score is a double, in every batch's parquet schema
+        return {"judge": row["role"], "verdict": "", "unsafe_score": float("nan"), "score_source": "", "analysis": "",
+                "raw": "", "error": failure_reason(row["error"]), **blank}
     # Completion-style judges are prompted with the opening of the JSON object and continue it.
     prompt = row["prompt"]
     prefix = prompt[prompt.rfind("{"):] if row["prompt_style"] == "completion" and "{" in prompt else ""
     verdict = parse_verdict(row["text"], fields=fields, subcategories=subcategories)
     if verdict.reason and prefix:
         verdict = parse_verdict(row["text"], prefix=prefix, fields=fields, subcategories=subcategories)
-    return {"judge": row["role"], "verdict": verdict.label, "analysis": verdict.analysis, "raw": row["text"],
-            "error": verdict.reason, **blank, **verdict.fields}
+    score, source = verdict_score(verdict.label, row["text"], row.get("logprobs") or "", prefix) if verdict.label \
+        else (float("nan"), "")
+    return {"judge": row["role"], "verdict": verdict.label, "unsafe_score": score, "score_source": source,
+            "analysis": verdict.analysis, "raw": row["text"], "error": verdict.reason, **blank, **verdict.fields}

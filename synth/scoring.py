@@ -1,0 +1,144 @@
+"""Judges that score, and the rule that turns scores into labels.
+
+A judge's verdict carries `unsafe_score`, the probability that the answer is unsafe,
+read from the model's token log-probabilities at the verdict (`score_from_logprobs`):
+at the first generated token that reaches into the value of "答案", the probability
+mass of the alternatives that continue with 不 (不安全) against those that continue with
+安 (安全). Under structured output vLLM masks the logits with the grammar before it
+computes log-probabilities (its default `logprobs_mode`, raw_logprobs, reads the masked
+logits), so the alternatives there are exactly the two labels and the score is
+P(不安全 | the judge must say one of the two). Where the endpoint gives no log-probabilities,
+the score is the label itself (1.0 / 0.0) and `score_source` says `label`.
+
+Engines return log-probabilities in one engine-independent form, the result column
+`logprobs`: JSON, one entry per generated token, `[token_text, [[alternative_text,
+logprob], ...]]` (the alternatives include the token itself); "" when none were asked
+for or given.
+
+The rule (`label`): each judge's own side is 不安全 above `t_unsafe`, 安全 below `t_safe`.
+Judges on opposite sides, or (with `margin`) further apart than the margin, disagree: the
+controversial tier. Otherwise the combined score (mean by default) decides: above
+`t_unsafe` 不安全, below `t_safe` 安全, in between the controversial tier. With 0.5/0.5, no
+margin and greedy judges (score > 0.5 exactly when the verdict is 不安全) this is the old
+rule: both agree → that label, they disagree → 有争议.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from synth.output_parsing import CONTROVERSIAL, SAFE, UNSAFE
+
+# How a verdict's score was obtained.
+FROM_LOGPROBS = "logprobs"
+FROM_LABEL = "label"  # the endpoint gave no log-probabilities: the score is the label (0/1)
+# Reasons a pair is in the controversial tier (column `controversy`).
+DISAGREE = "judges_disagree"
+BETWEEN = "score_between_thresholds"
+COMBINE = ("mean", "min", "max")
+# How many alternatives per generated token a scoring judge asks for (vLLM `logprobs`,
+# OpenAI `top_logprobs`). Under the grammar only the two labels are allowed at the verdict.
+TOP_LOGPROBS = 5
+
+_VALUE_START = re.compile(r'"答案"\s*:\s*"')
+
+
+def combine(scores: Sequence[float], how: str = "mean") -> float:
+    if how == "mean":
+        return sum(scores) / len(scores)
+    if how == "min":
+        return min(scores)
+    if how == "max":
+        return max(scores)
+    raise ValueError(f"unknown combine {how!r} (one of {', '.join(COMBINE)})")
+
+
+def side(score: float, t_safe: float, t_unsafe: float) -> str:
+    """One score's side of the thresholds: 不安全, 安全, or '' in between."""
+    if score > t_unsafe:
+        return UNSAFE
+    if score < t_safe:
+        return SAFE
+    return ""
+
+
+def label(scores: Sequence[float], t_safe: float = 0.5, t_unsafe: float = 0.5, margin: float | None = None,
+          how: str = "mean") -> tuple[str, str]:
+    """(label, controversy) for one pair's judge scores (see the module docstring)."""
+    sides = {side(s, t_safe, t_unsafe) for s in scores} - {""}
+    if len(sides) > 1 or (margin is not None and max(scores) - min(scores) > margin):
+        return CONTROVERSIAL, DISAGREE
+    decided = side(combine(scores, how), t_safe, t_unsafe)
+    return (decided, "") if decided else (CONTROVERSIAL, BETWEEN)
+
+
+def label_score(verdict: str) -> float:
+    """The score of a verdict without log-probabilities: the label itself."""
+    return 1.0 if verdict == UNSAFE else 0.0
+
+
+def score_from_logprobs(text: str, logprobs: str, prefix: str = "") -> float | None:
+    """P(不安全) at the verdict of a judge's output `text` (see the module docstring), or None
+    when the log-probabilities do not reach the verdict or do not spell out the text.
+    `prefix`: the part of the JSON that was in the prompt (completion-style judges)."""
+    if not logprobs:
+        return None
+    try:
+        tokens = json.loads(logprobs)
+    except ValueError:
+        return None
+    found = _VALUE_START.search(prefix + text)
+    if not found or found.end() < len(prefix):
+        return None
+    offset = found.end() - len(prefix)  # where the label starts in `text`
+    position = 0
+    for entry in tokens:
+        token, alternatives = str(entry[0]), entry[1]
+        if text[position:position + len(token)] != token:
+            return None  # the tokens do not spell the text (e.g. a split multi-byte character)
+        if position + len(token) > offset:
+            before = offset - position  # characters of this token before the label starts
+            unsafe = safe = 0.0
+            for alternative, logprob in alternatives:
+                alternative = str(alternative)
+                if alternative[:before] != token[:before]:
+                    continue
+                rest = alternative[before:]
+                if rest.startswith("不"):
+                    unsafe += math.exp(logprob)
+                elif rest.startswith("安"):
+                    safe += math.exp(logprob)
+            return unsafe / (unsafe + safe) if unsafe + safe > 0 else None
+        position += len(token)
+    return None
+
+
+def verdict_score(verdict: str, text: str, logprobs: str, prefix: str = "") -> tuple[float, str]:
+    """(unsafe_score, score_source) of a parsed verdict: from the log-probabilities where they
+    reach it, else the label's 0/1. A greedy judge's score sits on its verdict's side of 0.5;
+    where the read disagrees with the label written (a sampled judge), the label wins."""
+    score = score_from_logprobs(text, logprobs, prefix)
+    if score is None or (score > 0.5) != (verdict == UNSAFE) and score != 0.5:
+        return label_score(verdict), FROM_LABEL
+    return round(score, 6), FROM_LOGPROBS
+
+
+def compact_logprobs(entries: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> str:
+    """The engine-independent `logprobs` result column (see the module docstring)."""
+    if not entries:
+        return ""
+    return json.dumps([[t, [[a, round(float(lp), 5)] for a, lp in alts]] for t, alts in entries],
+                      ensure_ascii=False)
+
+
+def from_openai(content: list[dict[str, Any]] | None) -> str:
+    """OpenAI-compatible `choices[0].logprobs.content` → the `logprobs` column."""
+    if not content:
+        return ""
+    return compact_logprobs([(c.get("token", ""), [(a.get("token", ""), a.get("logprob", -math.inf))
+                                                   for a in (c.get("top_logprobs") or [])]
+                              or [(c.get("token", ""), c.get("logprob", 0.0))]) for c in content])
