@@ -253,21 +253,31 @@ def eval_guard(
 
 @app.command("eval-judges")
 def eval_judges(
-    gold: Path = typer.Argument(..., help="jsonl gold pairs (Libra-Test keys: question, response, label, "
-                                          "category_name, sub_category_name, id), e.g. seeds/gold/judge_gold.jsonl"),
+    gold: list[Path] = typer.Argument(..., help="jsonl gold pairs (Libra-Test keys: question, response, label, "
+                                                "category_name, sub_category_name, id), e.g. seeds/gold/judge_gold.jsonl; "
+                                                "several files are judged in one run and shown side by side"),
     config: Path = typer.Option(..., "--config", help="pipeline config whose judge roles are calibrated"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
     dry_run: bool = typer.Option(False, "--dry-run", help="the stand-in engine instead of the models"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="choose the rule's thresholds on the FIRST gold file "
+                                                             "for --target; the other files measure them held out"),
+    target: str = typer.Option("max_accuracy,share>=0.6", "--target",
+                               help="precision_unsafe=P | accuracy=A | max_accuracy,share>=S"),
+    save: Optional[Path] = typer.Option(None, "--save", help="write the calibration record here "
+                                                            "(a config's annotate.rule.calibration reads it)"),
+    plot_dir: Optional[Path] = typer.Option(None, "--plot", help="write reliability and threshold-curve plots here"),
 ) -> None:
-    """Calibrate a config's judges on gold labels: per judge accuracy and F1, their agreement,
-    and the accuracy of the labels the build's rule keeps (agree → label, else the controversial tier)."""
+    """Calibrate a config's judges on gold labels: per judge accuracy, F1, AUROC and AU-PRC of its
+    unsafe_score; the combined score's AUROC, AU-PRC and threshold curve; the accuracy and share of
+    the labels the build's rule keeps; with --calibrate, thresholds for a target."""
     _setup_logging()
-    from synth.eval_judges import evaluate_judges, format_result
-
-    from synth.eval_judges import log_path
+    from synth.eval_judges import evaluate_judges, format_result, log_path
 
     with _reported(), _others_output_to(log_path()):
-        result = evaluate_judges(gold, config, dry_run=dry_run)
+        if save is not None and not calibrate:
+            raise BadInput("--save: a calibration record needs --calibrate")
+        result = evaluate_judges(gold, config, dry_run=dry_run, target=target if calibrate else None, save=save,
+                                 plot_dir=plot_dir)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2) if as_json else format_result(result))
 
 

@@ -39,6 +39,7 @@ import pandas as pd
 from synth.errors import BadInput
 from synth.eval_guard import Tally, read_gold
 from synth.output_parsing import LABELS
+from synth.scoring import FROM_LOGPROBS
 
 GOLD_FIELDS = ("question", "response", "label", "category_name", "sub_category_name", "id")
 
@@ -71,6 +72,8 @@ def judges_signature(ctx) -> str:
 
     inputs = stage_inputs(Annotate(), ctx, upstream_output="")
     inputs.pop("input")
+    # the same judges whatever thresholds label with their scores
+    inputs["config"] = _digest(Annotate().judge_depends(ctx.config))
     return _digest(inputs)
 
 
@@ -136,11 +139,53 @@ def field_agreement(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judg
     return out
 
 
+def _score_of(value: Any) -> float | None:
+    """A judge's or the combined unsafe_score, None where there is none (a failed judge: NaN)."""
+    return None if value is None or value != value else float(value)
+
+
+def judge_scores(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judges: list[str]) -> list[list[float | None]]:
+    """Per judge, its unsafe_score of every gold pair (in gold's order); None where it gave none."""
+    def of(row_id: str, name: str) -> float | None:
+        j = next((j for j in by_id[row_id]["judgements"] if j["judge"] == name), {})
+        return _score_of(j.get("unsafe_score")) if j.get("verdict") in LABELS else None
+
+    return [[of(row_id, name) for row_id in gold] for name in judges]
+
+
+def score_figures(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judges: list[str],
+                  rule: dict[str, Any]) -> dict[str, Any]:
+    """What the judges' scores are worth: per judge AUROC, AU-PRC, reliability and the share
+    scored from log-probabilities; for the combined score the same, the rule's figures at its
+    thresholds (no label filters) and the threshold curve (synth.judge_metrics)."""
+    from synth.judge_metrics import at_thresholds, reliability, score_metrics, threshold_curve
+
+    labels = [g["label"] for g in gold.values()]
+    per_judge = judge_scores(gold, by_id, judges)
+    out: dict[str, Any] = {"judges": {}}
+    for name, scores in zip(judges, per_judge):
+        sources = [next((j.get("score_source", "") for j in by_id[r]["judgements"] if j["judge"] == name), "")
+                   for r in gold]
+        out["judges"][name] = {**score_metrics(labels, scores), "reliability": reliability(labels, scores),
+                               "from_logprobs": sum(s == FROM_LOGPROBS for s in sources) / len(sources)
+                               if sources else 0.0}
+    combined = [_score_of(by_id[r].get("unsafe_score")) if all(s[i] is not None for s in per_judge) else None
+                for i, r in enumerate(gold)]
+    how, margin = rule["combine"], rule["margin"]
+    at = at_thresholds(labels, per_judge, rule["t_safe"], rule["t_unsafe"], margin, how)
+    out["combined"] = {**score_metrics(labels, combined), "reliability": reliability(labels, combined),
+                       "at_thresholds": {k: v for k, v in at.items() if k not in ("labels", "reasons")},
+                       "curve": threshold_curve(labels, per_judge, how, margin)}
+    return out
+
+
 def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[str],
           label_filters: list[Any] = (), fields: list[str] = (),
-          subcategory_ids: dict[str, str] | None = None) -> dict[str, Any]:
+          subcategory_ids: dict[str, str] | None = None, rule: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metrics of the module docstring from annotate's output rows; `label_filters` are
-    the config's pair filters that read the judges' output (`Filter.reads_labels`)."""
+    the config's pair filters that read the judges' output (`Filter.reads_labels`); `rule`:
+    the labelling rule's thresholds (synth.calibration.effective_rule), for the score figures
+    (left out without it)."""
     by_id = {row["id"]: row for row in labelled.to_dict("records")}
     # an agreed label is 安全/不安全 (a disagreement is the controversial tier's 有争议: no label)
     held = {row_id: held_back(row, label_filters) if row["label"] in LABELS else "" for row_id, row in by_id.items()}
@@ -182,13 +227,16 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
 
     pairs = [{"id": row_id, "category_name": g["category_name"], "gold": g["label"],
               "label": "" if held[row_id] or by_id[row_id]["label"] not in LABELS else by_id[row_id]["label"],
-              "held": held[row_id],
+              "held": held[row_id], "unsafe_score": _score_of(by_id[row_id].get("unsafe_score")),
               **{name: judged(row_id, name).get("verdict", "") for name in judges},
+              "scores": {name: _score_of(judged(row_id, name).get("unsafe_score")) for name in judges},
               "analyses": {name: judged(row_id, name).get("analysis", "") for name in judges}}
              for row_id, g in gold.items()]
+    figures = score_figures(gold, by_id, judges, rule) if rule is not None else {"judges": {}}
     return {
         "n": n,
-        "judges": {name: judge_metrics(t) for name, t in tallies.items()},
+        "judges": {name: {**judge_metrics(t), **figures["judges"].get(name, {})} for name, t in tallies.items()},
+        **({"combined": figures["combined"], "rule": rule} if rule is not None else {}),
         "agreement": agree / n,
         "agreed": {"share": labelled_n / n, "accuracy": correct / labelled_n if labelled_n else 0.0,
                    "n": labelled_n},
@@ -206,17 +254,36 @@ def score(gold: dict[str, dict[str, Any]], labelled: pd.DataFrame, judges: list[
     }
 
 
-def evaluate_judges(gold_path: Path, config_path: Path, *, dry_run: bool = False,
-                    templates: Path | None = None, seeds: Path | None = None) -> dict[str, Any]:
-    """Run the config's judges over the gold pairs; the result is also recorded (see above)."""
+def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run: bool = False,
+                    templates: Path | None = None, seeds: Path | None = None, target: str | None = None,
+                    save: Path | None = None, plot_dir: Path | None = None) -> dict[str, Any]:
+    """Run the config's judges over the gold pairs of one or several files (one run of the
+    models for all); the result is also recorded (see above).
+
+    The result is the first file's (the keys of the module docstring, plus `combined` and
+    `rule`: what the scores are worth); the others' are in `also`, in order. `target`
+    (`--calibrate`): thresholds chosen on the first file's pairs (synth.judge_metrics.calibrate)
+    under `calibration`, and every file's figures at them under `at_calibration`: the others
+    are the held-out measure of the thresholds. `save`: the calibration record a config's
+    `annotate.rule.calibration` reads. `plot_dir`: reliability and threshold-curve plots."""
     import ray
 
     from synth.build import _write_json_atomic, init_ray, prepare
+    from synth.calibration import effective_rule, write_calibration
+    from synth.judge_metrics import at_thresholds, calibrate, parse_target, plot
     from synth.models import resolve_model
     from synth.stages.base import StageContext
     from synth.stages.labelling import Annotate
 
-    gold = read_judge_gold(gold_path)
+    paths = [Path(gold_paths)] if isinstance(gold_paths, (str, Path)) else [Path(p) for p in gold_paths]
+    if target is not None:
+        try:
+            parse_target(target)
+        except ValueError as e:
+            raise BadInput(f"--target: {e}") from None
+    if save is not None and target is None:
+        raise BadInput("--save: a calibration record needs --calibrate (and --target)")
+    golds = [read_judge_gold(p) for p in paths]
     config, catalog = prepare(config_path, templates, seeds)
     judges = [role.name for role in config.roles.judges]
     if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
@@ -227,46 +294,150 @@ def evaluate_judges(gold_path: Path, config_path: Path, *, dry_run: bool = False
                     resolve_model(spec.model)
                 except BadInput as e:
                     raise BadInput(f"judge {role.name!r} (models.{role.model}): {e}") from None
+    rule = effective_rule(config)
     init_ray()
     ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=None)
     started = time.monotonic()
+    # several files: one run of the judges, ids kept apart by the file's index
+    keyed = [{f"{i}\x1f{row_id}": g for row_id, g in gold.items()} for i, gold in enumerate(golds)]
+    everything = {k: g for part in keyed for k, g in part.items()}
     try:
         ctx.stage = "eval_judges"
-        labelled = Annotate().run(ctx, ray.data.from_pandas(gold_pairs(gold))).to_pandas()
+        labelled = Annotate().run(ctx, ray.data.from_pandas(gold_pairs(everything))).to_pandas()
     finally:
         ctx.release_engines(keep=set())
+    seconds = round(time.monotonic() - started, 1)
     from synth.filters import build_filters
-
-    label_filters = [f for f in build_filters(config.filters.pairs, "filters.pairs") if f.reads_labels]
     from synth.output_parsing import ordered_fields
 
-    result = score(gold, labelled, judges, label_filters, ordered_fields(config.annotate.fields),
-                   {zh: sub_id for sub_id, zh in catalog.subcategories.items()})
+    label_filters = [f for f in build_filters(config.filters.pairs, "filters.pairs") if f.reads_labels]
     signature = judges_signature(ctx)
-    result.update(
-        gold=str(gold_path), config=str(config_path), dry_run=dry_run, seconds=round(time.monotonic() - started, 1),
-        judges_signature=signature, at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        roles={role.name: {"model": config.models[role.model].model, "rubric": catalog.rubric(role.rubric).id}
-               for role in config.roles.judges},
-    )
+    results = []
+    for i, (path, gold) in enumerate(zip(paths, golds)):
+        prefix = f"{i}\x1f"
+        part = labelled[labelled["id"].str.startswith(prefix)].copy()
+        part["id"] = part["id"].str[len(prefix):]
+        result = score(gold, part, judges, label_filters, ordered_fields(config.annotate.fields),
+                       {zh: sub_id for sub_id, zh in catalog.subcategories.items()}, rule)
+        result.update(gold=str(path), config=str(config_path), dry_run=dry_run, seconds=seconds,
+                      judges_signature=signature, at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      roles={role.name: {"model": config.models[role.model].model,
+                                         "rubric": catalog.rubric(role.rubric).id} for role in config.roles.judges})
+        results.append(result)
+    if target is not None:
+        first = results[0]
+        labels = [g["label"] for g in golds[0].values()]
+        chosen = calibrate(labels, _per_judge(first, judges), target, how=rule["combine"], margin=rule["margin"])
+        for result, gold in zip(results, golds):
+            figures = at_thresholds([g["label"] for g in gold.values()], _per_judge(result, judges),
+                                    chosen["t_safe"], chosen["t_unsafe"], chosen["margin"], chosen["how"])
+            result["at_calibration"] = {k: v for k, v in figures.items() if k not in ("labels", "reasons")}
+        first["calibration"] = {"target": target, "met": chosen["met"], "on": str(paths[0]),
+                                "thresholds": {"t_safe": chosen["t_safe"], "t_unsafe": chosen["t_unsafe"],
+                                               "margin": chosen["margin"], "combine": chosen["how"]}}
+        if save is not None:
+            write_calibration(save, {
+                **first["calibration"], "gold": [str(p) for p in paths], "judges_signature": signature,
+                "figures": {r["gold"]: r["at_calibration"] for r in results}, "at": first["at"], "dry_run": dry_run})
+            first["calibration"]["saved"] = str(save)
+    result = {**results[0], **({"also": results[1:]} if len(results) > 1 else {})}
     _write_json_atomic(calibration_path(signature), result)
+    if plot_dir is not None:
+        for i, r in enumerate(results):
+            r["plots"] = [str(p) for p in plot(r, Path(plot_dir) / (f"{i}-{Path(r['gold']).stem}" if len(results) > 1
+                                                                    else ""))]
+        result["plots"] = results[0]["plots"]
     return result
 
 
+def _per_judge(result: dict[str, Any], judges: list[str]) -> list[list[float | None]]:
+    """Per judge, its score of every pair of a result (in gold's order)."""
+    return [[p["scores"][name] for p in result["pairs"]] for name in judges]
+
+
+def _f(value: Any) -> str:
+    return "   -" if value is None else f"{value:.3f}"
+
+
 def format_result(result: dict[str, Any]) -> str:
-    """The human-readable form of a result."""
-    lines = [f"{result['n']} gold pairs, {result['seconds']} s" + (" (dry run: stand-in engine)"
-                                                                     if result.get("dry_run") else "")]
-    lines.append(f"{'judge':<24} {'accuracy':>8} {'F1 不安全':>8} {'F1 安全':>8} {'unparsed':>8}")
+    """The human-readable form of a result: each gold file's figures, then (several files) the
+    headline figures side by side."""
+    parts = [format_one(r) for r in (result, *result.get("also", []))]
+    if result.get("also"):
+        parts.append(format_side_by_side([result, *result["also"]]))
+    return "\n\n".join(parts)
+
+
+def format_side_by_side(results: list[dict[str, Any]]) -> str:
+    names = [Path(r["gold"]).name for r in results]
+    width = max(14, *(len(n) for n in names))
+    lines = ["side by side".ljust(34) + "".join(f"{n:>{width + 2}}" for n in names),
+             "pairs".ljust(34) + "".join(f"{r['n']:>{width + 2}}" for r in results)]
+
+    def row(label: str, get) -> None:
+        values = []
+        for r in results:
+            try:
+                values.append(_f(get(r)))
+            except (KeyError, TypeError):
+                values.append("   -")
+        lines.append(label.ljust(34) + "".join(f"{v:>{width + 2}}" for v in values))
+
+    for name in results[0]["judges"]:
+        row(f"{name} accuracy", lambda r, n=name: r["judges"][n]["accuracy"])
+        row(f"{name} AUROC", lambda r, n=name: r["judges"][n].get("auroc"))
+    row("combined AUROC", lambda r: r["combined"]["auroc"])
+    row("combined AU-PRC", lambda r: r["combined"]["auprc"])
+    row("build rule: labelled share", lambda r: r["agreed"]["share"])
+    row("build rule: accuracy", lambda r: r["agreed"]["accuracy"])
+    if "at_calibration" in results[0]:
+        row("calibrated: labelled share", lambda r: r["at_calibration"]["share"])
+        row("calibrated: accuracy", lambda r: r["at_calibration"]["accuracy"])
+    return "\n".join(lines)
+
+
+def format_one(result: dict[str, Any]) -> str:
+    """One gold file's figures."""
+    lines = [f"{result.get('gold', 'gold')}: {result['n']} gold pairs, {result['seconds']} s"
+             + (" (dry run: stand-in engine)" if result.get("dry_run") else "")]
+    lines.append(f"{'judge':<24} {'accuracy':>8} {'F1 不安全':>8} {'F1 安全':>8} {'unparsed':>8} {'AUROC':>7} "
+                 f"{'AU-PRC':>7} {'scored':>7}")
     for name, m in result["judges"].items():
         lines.append(f"{name:<24} {m['accuracy']:>8.3f} {m['f1_unsafe']:>9.3f} {m['f1_safe']:>9.3f} "
-                     f"{m['unparsed']:>8.3f}")
+                     f"{m['unparsed']:>8.3f} {_f(m.get('auroc')):>7} {_f(m.get('auprc')):>7} "
+                     f"{_f(m.get('from_logprobs')):>7}")
+    lines.append("  (scored: the share of verdicts whose unsafe_score came from log-probabilities; "
+                 "the rest score as their label, 0 or 1)")
+    combined = result.get("combined")
+    if combined:
+        rule = result["rule"]
+        lines.append(f"combined score ({rule['combine']}): AUROC {_f(combined['auroc'])}, AU-PRC "
+                     f"{_f(combined['auprc'])} (gold 不安全 share {_f(combined['positive_share'])})")
+        source = f"calibration {rule['calibration']['path']}" if rule.get("calibration") else "the config"
+        lines.append(f"labelling rule: t_safe {rule['t_safe']:g}, t_unsafe {rule['t_unsafe']:g}, margin "
+                     f"{rule['margin'] if rule['margin'] is not None else 'none'} (from {source})")
     agreed = result["agreed"]
     lines.append(f"agreement between judges: {result['agreement']:.3f}")
     raw = result["judges_agree"]
     lines.append(f"judges agree: share {raw['share']:.3f}, accuracy {raw['accuracy']:.3f}")
-    lines.append(f"build rule (agree and kept by the label filters → label, else 有争议 or hard/): labelled share "
+    lines.append(f"build rule (thresholds, then the label filters → label, else 有争议 or hard/): labelled share "
                  f"{agreed['share']:.3f}, accuracy of those labels {agreed['accuracy']:.3f}")
+    if combined:
+        lines.append(f"threshold curve (t_safe = t_unsafe = t): {'t':>5} {'share':>6} {'accuracy':>8} "
+                     f"{'P 不安全':>8} {'R 不安全':>8}")
+        for point in combined["curve"][1::2]:
+            lines.append(f"{'':>40}{point['t_unsafe']:>5.2f} {point['share']:>6.3f} {point['accuracy']:>8.3f} "
+                         f"{point['precision_unsafe']:>9.3f} {point['recall_unsafe']:>9.3f}")
+    calibration = result.get("calibration")
+    if calibration:
+        t = calibration["thresholds"]
+        lines.append(f"calibrated for {calibration['target']} on {calibration['on']}: t_safe {t['t_safe']:g}, "
+                     f"t_unsafe {t['t_unsafe']:g}" + ("" if calibration["met"] else " (target NOT met: closest)")
+                     + (f"; saved to {calibration['saved']}" if calibration.get("saved") else ""))
+    at = result.get("at_calibration")
+    if at:
+        lines.append(f"at the calibrated thresholds: labelled share {at['share']:.3f}, accuracy {at['accuracy']:.3f}, "
+                     f"precision 不安全 {at['precision_unsafe']:.3f}, recall 不安全 {at['recall_unsafe']:.3f}")
     lines.append(f"{'scenario':<10} {'n':>4} {'share':>6} {'accuracy':>8}  per judge")
     for name, s in result["per_scenario"].items():
         judges = ", ".join(f"{j} {a:.2f}" for j, a in s["judges"].items())
@@ -277,4 +448,6 @@ def format_result(result: dict[str, Any]) -> str:
             line += (f"; accuracy against gold ({f['gold_mapped']} pairs): "
                      + ", ".join(f"{j} {a:.2f}" for j, a in f["accuracy"].items()))
         lines.append(line)
+    if result.get("plots"):
+        lines.append("plots: " + ", ".join(result["plots"]))
     return "\n".join(lines)

@@ -18,7 +18,10 @@ turns one pair's judge scores into 不安全, 安全 or the controversial tier w
   不安全 / 安全 as the positive class, precision over the labelled, recall over all pairs.
   A ratio with nothing to count is 0.0 (scikit-learn's zero_division=0).
 - `threshold_curve`: those figures for a single threshold t = t_safe = t_unsafe over a grid.
-- `calibrate`: the (t_safe, t_unsafe) pair of a grid that best meets a target (`parse_target`).
+- `calibrate`: the (t_safe, t_unsafe) pair of a grid that best meets a target (`parse_target`):
+  `precision_unsafe=P` → the most pairs labelled right with that precision; `accuracy=A` →
+  the largest labelled share at that accuracy; `max_accuracy,share>=S` → the best accuracy
+  labelling at least that share.
 - `reliability`: the reliability diagram of a score: in each of `bins` equal-width score bins,
   the share of gold 不安全 (`prob_true`) against the mean score (`prob_pred`); a calibrated
   score lies on the diagonal. `plot` draws it and the threshold curve as PNGs.
@@ -189,11 +192,16 @@ def _objective(kind: str, value: float) -> tuple[Callable[[dict], bool], Callabl
     def capped(figure: float) -> float:  # past the target, how far past does not matter
         return min(figure + _EPS, value)
 
+    def correct(f: dict) -> float:  # the share of all pairs labelled right
+        return f["accuracy"] * f["share"]
+
     measure = "share" if kind == "max_accuracy" else kind
-    then = {"precision_unsafe": ("share", "accuracy"), "accuracy": ("share",),
-            "max_accuracy": ("accuracy", "share")}[kind]
+    # precision_unsafe: the most pairs labelled right (maximising the share alone would label
+    # nearly everything 安全 at a high t_unsafe); accuracy: the largest share that keeps it
+    then = {"precision_unsafe": (correct, lambda f: f["share"]), "accuracy": (lambda f: f["share"],),
+            "max_accuracy": (lambda f: f["accuracy"], lambda f: f["share"])}[kind]
     return (lambda f: f[measure] >= value - _EPS,
-            lambda f: (capped(f[measure]), *(f[k] for k in then)))
+            lambda f: (capped(f[measure]), *(k(f) for k in then)))
 
 
 def calibrate(gold: Sequence[str], per_judge_scores: Sequence[Sequence[float | None]], target: str,

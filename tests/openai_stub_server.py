@@ -174,9 +174,12 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         text, finish, n = self._answer(prompt, body)
         self._entry.update(status=200, tokens=len(prompt) + n)
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        if body.get("logprobs") and not self.server.stub.no_logprobs:
+            choice["logprobs"] = {"content": stub_logprobs(text, int(body.get("top_logprobs") or 1))}
         self._send(200, {
             "id": "chatcmpl-stub", "object": "chat.completion", "model": body.get("model", ""),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "choices": [choice],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n},
         })
 
@@ -189,6 +192,24 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [{"index": 0, "text": text, "finish_reason": finish}],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n},
         })
+
+
+def stub_logprobs(text: str, top: int) -> list[dict[str, Any]]:
+    """OpenAI chat `logprobs.content` for `text`, one token per character: at a verdict's label
+    the two labels' first characters as alternatives, P(不安全) 0.8 or 0.2 on the label's side."""
+    import math
+
+    label_at = text.find('"答案": "') + len('"答案": "') if '"答案": "' in text else -1
+    content = []
+    for i, c in enumerate(text):
+        if i == label_at and c in "不安":
+            p = 0.8 if c == "不" else 0.2
+            alternatives = [{"token": "不", "logprob": math.log(p)}, {"token": "安", "logprob": math.log(1 - p)}]
+        else:
+            alternatives = [{"token": c, "logprob": 0.0}]
+        chosen = next(a for a in alternatives if a["token"] == c)
+        content.append({"token": c, "logprob": chosen["logprob"], "top_logprobs": alternatives[:max(top, 1)]})
+    return content
 
 
 class _Server(ThreadingHTTPServer):
@@ -212,6 +233,7 @@ class StubServer:
         self.failures: list[dict[str, Any]] = []
         self.log: list[dict[str, Any]] = []
         self.latency = 0.0
+        self.no_logprobs = False  # a server that ignores `logprobs` (as some hosted APIs do)
         self._in_flight = 0
 
     @property

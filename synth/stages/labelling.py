@@ -122,13 +122,17 @@ class Annotate(Stage):
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
         from synth.calibration import effective_rule
 
-        fields = ordered_fields(config.annotate.fields)
         # `disagreement`: where a disagreement goes (the label 有争议 since the controversial tier;
         # before it, hard/): stage outputs of older builds are not reused as this one's.
         # `rule`: the thresholds (and the calibration record's hash) the labels come from.
         rule = effective_rule(config)
         rule["calibration"] = rule["calibration"] and rule["calibration"]["sha256"]
-        return {"seed": config.seed, "disagreement": CONTROVERSIAL, "scores": config.annotate.scores, "rule": rule,
+        return {**self.judge_depends(config), "rule": rule}
+
+    def judge_depends(self, config: PipelineConfig) -> dict[str, Any]:
+        """What the judges' verdicts and scores depend on (not the thresholds that label with them)."""
+        fields = ordered_fields(config.annotate.fields)
+        return {"seed": config.seed, "disagreement": CONTROVERSIAL, "scores": config.annotate.scores,
                 **({"fields": fields} if fields else {})}
 
     def templates(self, catalog) -> dict[str, str]:
