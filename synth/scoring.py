@@ -95,25 +95,44 @@ def score_from_logprobs(text: str, logprobs: str, prefix: str = "") -> float | N
     if not found or found.end() < len(prefix):
         return None
     offset = found.end() - len(prefix)  # where the label starts in `text`
+    entry = _token_at(tokens, text, offset)
+    if entry is None:
+        return None
+    (token, alternatives), before = entry  # `before`: characters of the token before the label starts
+    unsafe = safe = 0.0
+    for alternative, logprob in alternatives:
+        alternative = str(alternative)
+        if alternative[:before] != token[:before]:
+            continue
+        rest = alternative[before:]
+        if rest.startswith("不"):
+            unsafe += math.exp(logprob)
+        elif rest.startswith("安"):
+            safe += math.exp(logprob)
+    return unsafe / (unsafe + safe) if unsafe + safe > 0 else None
+
+
+def _token_at(tokens: list, text: str, offset: int) -> tuple[tuple[str, list], int] | None:
+    """The generated token covering character `offset` of `text` and how far into it the offset
+    is. Tokens are matched to the text from its start, or else from its end: a character split
+    over byte-level tokens decodes to neither half, and the verdict sits near the end."""
     position = 0
-    for entry in tokens:
-        token, alternatives = str(entry[0]), entry[1]
+    for token, alternatives in tokens:
+        token = str(token)
         if text[position:position + len(token)] != token:
-            return None  # the tokens do not spell the text (e.g. a split multi-byte character)
+            break
         if position + len(token) > offset:
-            before = offset - position  # characters of this token before the label starts
-            unsafe = safe = 0.0
-            for alternative, logprob in alternatives:
-                alternative = str(alternative)
-                if alternative[:before] != token[:before]:
-                    continue
-                rest = alternative[before:]
-                if rest.startswith("不"):
-                    unsafe += math.exp(logprob)
-                elif rest.startswith("安"):
-                    safe += math.exp(logprob)
-            return unsafe / (unsafe + safe) if unsafe + safe > 0 else None
+            return (token, alternatives), offset - position
         position += len(token)
+    end = len(text)
+    for token, alternatives in reversed(tokens):
+        token = str(token)
+        start = end - len(token)
+        if start < 0 or text[start:end] != token:
+            return None
+        if start <= offset < end:
+            return (token, alternatives), offset - start
+        end = start
     return None
 
 
