@@ -73,13 +73,16 @@ def write_calibration(path: Path, record: dict[str, Any]) -> None:
 
 def effective_rule(config) -> dict[str, Any]:
     """The rule a build labels with: the config's thresholds, or its calibration record's
-    (with where they came from). What the annotate stage's signature and the manifest hold."""
+    (with where they came from), and each judge's weight in the order of roles.judges (a judge
+    missing from `weights` weighs 0). What the annotate stage's signature and the manifest hold."""
     rule = config.annotate.rule
+    weights = [float((rule.weights or {}).get(role.name, 1.0 if rule.weights is None else 0.0))
+               for role in config.roles.judges]
     if rule.calibration is None:
         return {"combine": rule.combine, "t_safe": rule.t_safe, "t_unsafe": rule.t_unsafe, "margin": rule.margin,
-                "calibration": None}
+                "weights": weights, "calibration": None}
     record = read_calibration(Path(rule.calibration), "annotate.rule.calibration")
-    return {**record["thresholds"], "calibration": {
+    return {**record["thresholds"], "weights": weights, "calibration": {
         "path": str(rule.calibration), "sha256": record["sha256"], "target": record.get("target"),
         "met": record.get("met"), "gold": record.get("gold"), "judges_signature": record.get("judges_signature")}}
 

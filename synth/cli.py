@@ -18,6 +18,8 @@ from synth.errors import BadInput, BuildFailed, unwrap
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build Chinese safety-guard corpora.")
 templates_app = typer.Typer(no_args_is_help=True, help="List and validate scenario templates.")
 app.add_typer(templates_app, name="templates")
+probe_app = typer.Typer(no_args_is_help=True, help="Probe judges: classifiers over a model's hidden states.")
+app.add_typer(probe_app, name="probe")
 
 DEFAULT_TEMPLATES = Path("templates")
 DEFAULT_SEEDS = Path("seeds")
@@ -279,6 +281,25 @@ def eval_judges(
         result = evaluate_judges(gold, config, dry_run=dry_run, target=target if calibrate else None, save=save,
                                  plot_dir=plot_dir)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2) if as_json else format_result(result))
+
+
+@probe_app.command("train")
+def probe_train(
+    gold: list[Path] = typer.Argument(..., help="jsonl gold pairs to train on (the eval-judges format); keep "
+                                                "the pairs you measure on out of them"),
+    config: Path = typer.Option(..., "--config", help="pipeline config with the probe judge role"),
+    judge: str = typer.Option(..., "--judge", help="the probe judge's role name (its model has task: embed)"),
+    out: Path = typer.Option(..., "--out", help="where to write the probe (the role's `probe:` file)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="the stand-in engine instead of the model"),
+) -> None:
+    """Train a probe judge: the judge prompt's pooled hidden states, a logistic regression on gold labels."""
+    _setup_logging()
+    from synth.eval_judges import log_path
+    from synth.probe import train_probe
+
+    with _reported(), _others_output_to(log_path()):
+        summary = train_probe(gold, config, judge, out, dry_run=dry_run)
+    typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
 @app.command("plan")

@@ -108,11 +108,16 @@ class ModelSpec(Strict):
     engine: Literal["standin", "vllm", "openai"]
     model: str = Field(description="Hugging Face id, local path, or embedded name (embedded:gemma3-270m)")
     prompt_style: Literal["chat", "completion"] = "chat"
+    task: Literal["generate", "embed"] = Field(
+        "generate", description="embed: the model's mean-pooled hidden states (vLLM's pooling runner) instead "
+        "of text, for a probe judge (roles.judges[].probe)")
     vllm: VLLMOptions | None = None
     openai: OpenAIOptions | None = None
 
     @model_validator(mode="after")
     def _engine_options_match(self) -> "ModelSpec":
+        if self.task == "embed" and self.engine == "openai":
+            raise ValueError("task 'embed' needs engine 'vllm' (or 'standin'): the pooled hidden states")
         if self.engine == "openai" and self.openai is None:
             raise ValueError("engine 'openai' needs an 'openai' section (base_url, ...)")
         if self.engine != "openai" and self.openai is not None:
@@ -132,6 +137,9 @@ class Role(Strict):
     rubric: str | None = Field(
         None, description="judges: a rubric id from templates/shared/judge.yaml (default: its first rubric)"
     )
+    probe: Path | None = Field(
+        None, description="judges: a probe (`synth probe train`, relative to the config file) that scores the "
+        "judge prompt's pooled hidden states from a `task: embed` model; no analysis, one forward pass")
 
 
 class Roles(Strict):
@@ -187,9 +195,19 @@ class LabelRule(Strict):
     t_safe: float = Field(0.5, ge=0.0, le=1.0, description="a combined score below this is 安全")
     t_unsafe: float = Field(0.5, ge=0.0, le=1.0, description="a combined score above this is 不安全")
     margin: float | None = Field(None, ge=0.0, le=1.0, description="judges further apart than this disagree")
+    weights: dict[str, float] | None = Field(
+        None, description="per judge role name, its weight in the combined score (default: equal); a judge "
+        "of weight 0 is kept for its analysis and takes no part in the label")
     calibration: Path | None = Field(
         None, description="a calibration record written by `synth eval-judges --calibrate --save FILE` "
         "(relative to this config file): its thresholds replace the four above")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is not None and (any(w < 0 for w in weights.values()) or not any(weights.values())):
+            raise ValueError("weights must be >= 0 and not all 0")
+        return weights
 
     @model_validator(mode="after")
     def _ordered(self) -> "LabelRule":
@@ -325,6 +343,22 @@ class PipelineConfig(Strict):
             if role.name in seen:
                 raise ValueError(f"{where}.name: role name '{role.name}' is used twice")
             seen.add(role.name)
+        for i, role in enumerate(self.roles.judges):
+            task = self.models[role.model].task
+            if role.probe is not None and task != "embed":
+                raise ValueError(f"roles.judges[{i}].probe: a probe reads hidden states: model '{role.model}' "
+                                 "needs task: embed")
+            if role.probe is None and task == "embed":
+                raise ValueError(f"roles.judges[{i}].model: '{role.model}' has task: embed (no text): give the "
+                                 "judge a probe, or use a generating model")
+        for where, role in all_roles[:-len(self.roles.judges)]:
+            if self.models[role.model].task == "embed":
+                raise ValueError(f"{where}.model: '{role.model}' has task: embed and writes no text")
+        weights = self.annotate.rule.weights or {}
+        unknown = sorted(set(weights) - {role.name for role in self.roles.judges})
+        if unknown:
+            raise ValueError(f"annotate.rule.weights: {', '.join(unknown)} is not a judge role "
+                             f"({', '.join(role.name for role in self.roles.judges)})")
         for table, engine in (("throughput", "vllm"), ("prices", "openai")):
             for key in getattr(self.plan, table):
                 if key not in self.models:
@@ -395,6 +429,9 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
     config._seeds_dir = (base / config.seeds).resolve()
     for spec in config.decontaminate.against:  # like templates and seeds: relative to the config file
         spec.path = (base / spec.path).resolve()
+    for role in config.roles.judges:  # a probe is read when the judges run (`synth probe train` writes it)
+        if role.probe is not None:
+            role.probe = (base / role.probe).resolve()
     rule = config.annotate.rule
     if rule.calibration is not None:  # its thresholds, checked now: a bad record stops the build before it starts
         from synth.calibration import read_calibration

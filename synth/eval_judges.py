@@ -153,6 +153,15 @@ def judge_scores(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judges:
     return [[of(row_id, name) for row_id in gold] for name in judges]
 
 
+def weighted_rule(rule: dict[str, Any]):
+    """synth.scoring.label with the rule's judge weights."""
+    from functools import partial
+
+    from synth.scoring import label
+
+    return partial(label, weights=rule.get("weights"))
+
+
 def score_figures(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judges: list[str],
                   rule: dict[str, Any]) -> dict[str, Any]:
     """What the judges' scores are worth: per judge AUROC, AU-PRC, reliability and the share
@@ -171,11 +180,11 @@ def score_figures(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judges
                                if sources else 0.0}
     combined = [_score_of(by_id[r].get("unsafe_score")) if all(s[i] is not None for s in per_judge) else None
                 for i, r in enumerate(gold)]
-    how, margin = rule["combine"], rule["margin"]
-    at = at_thresholds(labels, per_judge, rule["t_safe"], rule["t_unsafe"], margin, how)
+    how, margin, weighted = rule["combine"], rule["margin"], weighted_rule(rule)
+    at = at_thresholds(labels, per_judge, rule["t_safe"], rule["t_unsafe"], margin, how, rule=weighted)
     out["combined"] = {**score_metrics(labels, combined), "reliability": reliability(labels, combined),
                        "at_thresholds": {k: v for k, v in at.items() if k not in ("labels", "reasons")},
-                       "curve": threshold_curve(labels, per_judge, how, margin)}
+                       "curve": threshold_curve(labels, per_judge, how, margin, rule=weighted)}
     return out
 
 
@@ -285,6 +294,10 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
         raise BadInput("--save: a calibration record needs --calibrate (and --target)")
     golds = [read_judge_gold(p) for p in paths]
     config, catalog = prepare(config_path, templates, seeds)
+    from synth.probe import check_no_overlap
+
+    for path, gold in zip(paths, golds):  # a probe is not measured on its own training pairs
+        check_no_overlap(gold, path, config)
     judges = [role.name for role in config.roles.judges]
     if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
         for role in config.roles.judges:
@@ -327,10 +340,12 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
     if target is not None:
         first = results[0]
         labels = [g["label"] for g in golds[0].values()]
-        chosen = calibrate(labels, _per_judge(first, judges), target, how=rule["combine"], margin=rule["margin"])
+        chosen = calibrate(labels, _per_judge(first, judges), target, how=rule["combine"], margin=rule["margin"],
+                           rule=weighted_rule(rule))
         for result, gold in zip(results, golds):
             figures = at_thresholds([g["label"] for g in gold.values()], _per_judge(result, judges),
-                                    chosen["t_safe"], chosen["t_unsafe"], chosen["margin"], chosen["how"])
+                                    chosen["t_safe"], chosen["t_unsafe"], chosen["margin"], chosen["how"],
+                                    rule=weighted_rule(rule))
             result["at_calibration"] = {k: v for k, v in figures.items() if k not in ("labels", "reasons")}
         first["calibration"] = {"target": target, "met": chosen["met"], "on": str(paths[0]),
                                 "thresholds": {"t_safe": chosen["t_safe"], "t_unsafe": chosen["t_unsafe"],

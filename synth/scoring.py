@@ -47,13 +47,16 @@ TOP_LOGPROBS = 5
 _VALUE_START = re.compile(r'"答案"\s*:\s*"')
 
 
-def combine(scores: Sequence[float], how: str = "mean") -> float:
+def combine(scores: Sequence[float], how: str = "mean", weights: Sequence[float] | None = None) -> float:
+    """The judges' combined score: their (weighted) mean, or the min or max of those weighted above 0."""
+    weights = list(weights) if weights is not None else [1.0] * len(scores)
     if how == "mean":
-        return sum(scores) / len(scores)
+        return sum(w * s for w, s in zip(weights, scores)) / sum(weights)
+    voting = [s for w, s in zip(weights, scores) if w > 0]
     if how == "min":
-        return min(scores)
+        return min(voting)
     if how == "max":
-        return max(scores)
+        return max(voting)
     raise ValueError(f"unknown combine {how!r} (one of {', '.join(COMBINE)})")
 
 
@@ -67,12 +70,14 @@ def side(score: float, t_safe: float, t_unsafe: float) -> str:
 
 
 def label(scores: Sequence[float], t_safe: float = 0.5, t_unsafe: float = 0.5, margin: float | None = None,
-          how: str = "mean") -> tuple[str, str]:
-    """(label, controversy) for one pair's judge scores (see the module docstring)."""
-    sides = {side(s, t_safe, t_unsafe) for s in scores} - {""}
-    if len(sides) > 1 or (margin is not None and max(scores) - min(scores) > margin):
+          how: str = "mean", weights: Sequence[float] | None = None) -> tuple[str, str]:
+    """(label, controversy) for one pair's judge scores (see the module docstring); `weights`:
+    per judge (default equal), a judge of weight 0 takes no part."""
+    voting = [s for w, s in zip(weights, scores) if w > 0] if weights is not None else list(scores)
+    sides = {side(s, t_safe, t_unsafe) for s in voting} - {""}
+    if len(sides) > 1 or (margin is not None and max(voting) - min(voting) > margin):
         return CONTROVERSIAL, DISAGREE
-    decided = side(combine(scores, how), t_safe, t_unsafe)
+    decided = side(combine(scores, how, weights), t_safe, t_unsafe)
     return (decided, "") if decided else (CONTROVERSIAL, BETWEEN)
 
 

@@ -129,11 +129,27 @@ def standin_logprobs(text: str, seed: int) -> str:
                       ensure_ascii=False)
 
 
-def _standin_batch(batch: pd.DataFrame) -> pd.DataFrame:
+STANDIN_DIM = 32  # the stand-in's "pooled states"
+
+
+def standin_vector(prompt: str) -> str:
+    """A made-up pooled state for an embed model's request: a function of the pair judged (the
+    prompt from its last "问题：" on), with a component that follows the stand-in's own verdict
+    for the pair, so a probe trained on stand-in labels has something to find."""
+    from synth.probe import encode_vector
+
+    pair = prompt[prompt.rfind("问题："):]
+    rng = random.Random(f"vector:{pair}")
+    vector = [rng.gauss(0.0, 1.0) for _ in range(STANDIN_DIM)]
+    vector[0] += 1.5 if (_REFUSAL not in pair and random.Random(pair).random() < 0.5) else -1.5
+    return encode_vector(vector)
+
+
+def _standin_batch(batch: pd.DataFrame, embed: bool = False) -> pd.DataFrame:
     if batch.empty:
         return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="", logprobs="")
     schemas = batch["json_schema"] if "json_schema" in batch else [""] * len(batch)
-    texts = [standin_output(t, p, int(s), j)
+    texts = [standin_vector(p) if embed else standin_output(t, p, int(s), j)
              for t, p, s, j in zip(batch["task"], batch["prompt"], batch["seed"], schemas)]
     batch = batch.copy()
     batch["text"] = texts
@@ -151,7 +167,8 @@ class StandInEngine(Engine):
     """Deterministic stand-in for a real model (see module docstring)."""
 
     def generate(self, requests):
-        return requests.map_batches(_standin_batch, batch_format="pandas")
+        return requests.map_batches(_standin_batch, batch_format="pandas",
+                                    fn_kwargs={"embed": self.spec.task == "embed"})
 
     def describe(self):
         return {**super().describe(), "engine": "standin"}

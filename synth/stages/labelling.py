@@ -12,8 +12,8 @@ import ray.data
 from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, request_row
 from synth.engines.base import PENDING, failure_reason, verdict_schema
-from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, field_column_value,
-                                  ordered_fields, parse_verdict)
+from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, SAFE, UNSAFE,
+                                  field_column_value, ordered_fields, parse_verdict)
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
@@ -132,8 +132,9 @@ class Annotate(Stage):
     def judge_depends(self, config: PipelineConfig) -> dict[str, Any]:
         """What the judges' verdicts and scores depend on (not the thresholds that label with them)."""
         fields = ordered_fields(config.annotate.fields)
+        probes = {name: probe.sha256 for name, probe in judge_probes(config).items()}
         return {"seed": config.seed, "disagreement": CONTROVERSIAL, "scores": config.annotate.scores,
-                **({"fields": fields} if fields else {})}
+                **({"fields": fields} if fields else {}), **({"probes": probes} if probes else {})}
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
@@ -146,16 +147,27 @@ class Annotate(Stage):
         scores = ctx.config.annotate.scores
         rule = effective_rule(ctx.config)
         current = rows
+        probes = judge_probes(ctx.config)
         for index, role in enumerate(judges):
+            probe = probes.get(role.name)
             requests = current.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
                 "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
-                "fields": fields, "top_logprobs": 0 if scores == "off" else TOP_LOGPROBS})
+                "fields": fields, "top_logprobs": 0 if scores == "off" or probe else TOP_LOGPROBS,
+                "schema": probe is None})
             answered = ctx.generate([(role, requests)])
             current = answered.map_batches(record_judgement, fn_kwargs={
                 "index": index, "fields": fields, "subcategories": subcategories,
-                "require_scores": scores == "required"}, batch_format="pandas")
+                "require_scores": scores == "required", "probe": probe}, batch_format="pandas")
         return current.map_batches(combine_judgements, fn_kwargs={
             "judges": len(judges), "fields": fields, "rule": rule}, batch_format="pandas")
+
+
+def judge_probes(config: PipelineConfig) -> dict[str, Any]:
+    """The probe of each probe judge (roles.judges[].probe), read and checked."""
+    from synth.probe import read_probe
+
+    return {role.name: read_probe(role.probe, f"roles.judges {role.name}: probe")
+            for role in config.roles.judges if role.probe is not None}
 
 
 def _judge_columns(index: int) -> str:
@@ -163,13 +175,14 @@ def _judge_columns(index: int) -> str:
 
 
 def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
-                   fields: list[str] = (), top_logprobs: int = TOP_LOGPROBS) -> pd.DataFrame:
+                   fields: list[str] = (), top_logprobs: int = TOP_LOGPROBS, schema: bool = True) -> pd.DataFrame:
     """One judge's request per pair; the pair's own columns travel with it (renamed where a
     request or result column would overwrite them). `fields`: the judge fields asked for;
-    `top_logprobs`: alternatives per token to score the verdict with (0: none)."""
+    `top_logprobs`: alternatives per token to score the verdict with (0: none); `schema`:
+    structured output (a probe judge's prompt is read, not answered: none)."""
     rubric = catalog.rubric(role.rubric).model_dump()
     field_vars = catalog.judge_fields(list(fields))
-    schema = json.dumps(verdict_schema(fields, list(catalog.subcategories)), ensure_ascii=False)
+    schema = json.dumps(verdict_schema(fields, list(catalog.subcategories)), ensure_ascii=False) if schema else ""
     out = []
     for row in batch.to_dict("records"):
         rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"],
@@ -184,12 +197,15 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
 
 
 def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
-                     subcategories: list[str] = (), require_scores: bool = False) -> pd.DataFrame:
+                     subcategories: list[str] = (), require_scores: bool = False, probe=None) -> pd.DataFrame:
     """A judge's answers → one column `_judge<index>` of judgement dicts; the pair's columns restored.
-    `require_scores` (annotate.scores: required): a verdict without log-probabilities stops the build."""
+    `require_scores` (annotate.scores: required): a verdict without log-probabilities stops the build.
+    `probe` (synth.probe.Probe): a probe judge, whose answers are pooled states it scores."""
     results = batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]].to_dict("records")
-    judgements = [_judgement(r, fields, subcategories) for r in results]
-    unscored = next((j for j in judgements if j["verdict"] and j["score_source"] == FROM_LABEL), None)
+    judgements = [_probe_judgement(r, probe, fields) if probe is not None else _judgement(r, fields, subcategories)
+                  for r in results]
+    unscored = next((j for j in judgements if j["verdict"] and j["score_source"] == FROM_LABEL), None) \
+        if probe is None else None
     if require_scores and unscored is not None:
         from synth.errors import BadInput
 
@@ -230,12 +246,14 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
             reason, label = failures[0] if field_failure else f"judge_failed: {failures[0]}", ""
         else:
             judge_scores = [float(j["unsafe_score"]) for j in judgements]
-            score = combine(judge_scores, rule["combine"])
+            weights = rule.get("weights")
+            score = combine(judge_scores, rule["combine"], weights)
             (label, why), reason = rule_label(judge_scores, rule["t_safe"], rule["t_unsafe"], rule["margin"],
-                                              rule["combine"]), ""
+                                              rule["combine"], weights), ""
         labels.append(label)
         scores.append(score)
-        analyses.append(next((j["analysis"] for j in judgements if j["verdict"] == label), ""))
+        # a probe judge writes no analysis: the label's analysis is a generative judge's
+        analyses.append(next((j["analysis"] for j in judgements if j["verdict"] == label and j["analysis"]), ""))
         controversy.append(why)
         reasons.append(reason)
         all_judgements.append(judgements)
@@ -261,6 +279,23 @@ def combined_fields(all_judgements: list[list[dict[str, Any]]], fields: list[str
             columns[column].append(field_column_value(name, values.pop()) if len(values) == 1 and "" not in values
                                    else None)
     return columns
+
+
+def _probe_judgement(row: dict[str, Any], probe, fields: list[str] = ()) -> dict[str, Any]:
+    """A probe judge's answer: the probe's P(不安全) of the pooled state, its side of 0.5 as the
+    verdict; no analysis, no judge fields."""
+    from synth.probe import FROM_PROBE, decode_vector
+
+    blank = {name: "" for name in fields}
+    vector = decode_vector(row["text"]) if not row["error"] else None
+    if vector is None or len(vector) != len(probe.coef):
+        error = failure_reason(row["error"]) if row["error"] else \
+            f"probe_input: expected a pooled state of {len(probe.coef)} values from a task: embed model"
+        return {"judge": row["role"], "verdict": "", "unsafe_score": float("nan"), "score_source": "",
+                "analysis": "", "raw": "", "error": error, **blank}
+    score = round(probe.score(vector), 6)
+    return {"judge": row["role"], "verdict": UNSAFE if score > 0.5 else SAFE, "unsafe_score": score,
+            "score_source": FROM_PROBE, "analysis": "", "raw": "", "error": "", **blank}
 
 
 def _judgement(row: dict[str, Any], fields: list[str] = (), subcategories: list[str] = ()) -> dict[str, str]:
