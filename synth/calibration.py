@@ -80,9 +80,9 @@ def effective_rule(config) -> dict[str, Any]:
                for role in config.roles.judges]
     if rule.calibration is None:
         return {"combine": rule.combine, "t_safe": rule.t_safe, "t_unsafe": rule.t_unsafe, "margin": rule.margin,
-                "weights": weights, "calibration": None}
+                "judges_agree": rule.judges_agree, "weights": weights, "calibration": None}
     record = read_calibration(Path(rule.calibration), "annotate.rule.calibration")
-    return {**record["thresholds"], "weights": weights, "calibration": {
+    return {**record["thresholds"], "judges_agree": rule.judges_agree, "weights": weights, "calibration": {
         "path": str(rule.calibration), "sha256": record["sha256"], "target": record.get("target"),
         "met": record.get("met"), "gold": record.get("gold"), "judges_signature": record.get("judges_signature")}}
 

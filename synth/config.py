@@ -195,6 +195,9 @@ class LabelRule(Strict):
     t_safe: float = Field(0.5, ge=0.0, le=1.0, description="a combined score below this is 安全")
     t_unsafe: float = Field(0.5, ge=0.0, le=1.0, description="a combined score above this is 不安全")
     margin: float | None = Field(None, ge=0.0, le=1.0, description="judges further apart than this disagree")
+    judges_agree: bool = Field(
+        True, description="the Libra rule: judges on opposite sides of the thresholds put a pair in the "
+        "controversial tier; false: the combined score alone decides (with `margin`, if set)")
     weights: dict[str, float] | None = Field(
         None, description="per judge role name, its weight in the combined score (default: equal); a judge "
         "of weight 0 is kept for its analysis and takes no part in the label")
@@ -419,6 +422,7 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
         raise BadInput(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: a pipeline config must be a mapping, got {type(raw).__name__}")
+    raw = _extended(path, raw, seen=[path.resolve()])
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
@@ -439,6 +443,33 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
         rule.calibration = (base / rule.calibration).resolve()
         read_calibration(rule.calibration, f"{path}: annotate.rule.calibration")
     return config, config._templates_dir, config._seeds_dir
+
+
+def _extended(path: Path, raw: dict[str, Any], seen: list[Path]) -> dict[str, Any]:
+    """`extends: OTHER.yaml` (relative to this file): OTHER's settings with this file's over them,
+    mappings merged key by key, anything else (lists included) replaced."""
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base_path = (path.resolve().parent / str(base_name)).resolve()
+    if base_path in seen:
+        raise BadInput(f"{path}: extends: {base_name} extends itself ({' → '.join(p.name for p in seen)})")
+    try:
+        base = yaml.safe_load(base_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(f"{path}: extends: cannot read {base_path} ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise BadInput(f"{base_path}: invalid YAML: {e}") from None
+    if not isinstance(base, dict):
+        raise BadInput(f"{base_path}: a pipeline config must be a mapping")
+    return _merged(_extended(base_path, base, [*seen, base_path]), raw)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def format_validation_error(error: ValidationError) -> str:

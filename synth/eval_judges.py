@@ -159,7 +159,7 @@ def weighted_rule(rule: dict[str, Any]):
 
     from synth.scoring import label
 
-    return partial(label, weights=rule.get("weights"))
+    return partial(label, weights=rule.get("weights"), judges_agree=rule.get("judges_agree", True))
 
 
 def score_figures(gold: dict[str, dict[str, Any]], by_id: dict[str, Any], judges: list[str],

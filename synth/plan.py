@@ -97,11 +97,13 @@ def make_plan(config: PipelineConfig, catalog, from_build: Path | None = None) -
     def count(stage: str, role: Role, requests: float, prompt_chars: float) -> None:
         r = roles.setdefault(role.name, {"model": role.model, "requests": 0.0, "prompt_tokens": 0.0,
                                          "output_tokens": 0.0})
+        # an embed model (a probe judge) reads its prompt and writes nothing
+        output = 0.0 if config.models[role.model].task == "embed" else role.sampling.max_tokens * options.output_fill
         r["requests"] += requests
         r["prompt_tokens"] += requests * prompt_chars / options.chars_per_token
-        r["output_tokens"] += requests * role.sampling.max_tokens * options.output_fill
+        r["output_tokens"] += requests * output
         by_model = stage_output.setdefault(stage, {})
-        by_model[role.model] = by_model.get(role.model, 0.0) + requests * role.sampling.max_tokens * options.output_fill
+        by_model[role.model] = by_model.get(role.model, 0.0) + requests * output
 
     # queries: one call per elements row, prompts rendered exactly
     gen_role = config.roles.generator

@@ -67,6 +67,7 @@ class Probe:
     coef: np.ndarray
     intercept: float
     trained_on: frozenset[str]  # item hashes
+    prompt: tuple[str, str] = ("", "")  # (judge template hash, rubric id) it was trained on
 
     def score(self, vector: np.ndarray) -> float:
         z = float(((vector - self.mean) / self.scale) @ self.coef + self.intercept)
@@ -89,7 +90,17 @@ def read_probe(path: Path, where: str = "") -> Probe:
         raise BadInput(f"{where}: not a probe record ({type(e).__name__}: {e})") from None
     if not (mean.shape == scale.shape == coef.shape and mean.ndim == 1 and len(mean)) or (scale <= 0).any():
         raise BadInput(f"{where}: mean, scale and coef must be vectors of one length, scale > 0")
-    return Probe(str(path), hashlib.sha256(raw).hexdigest()[:16], mean, scale, coef, intercept, trained_on)
+    return Probe(str(path), hashlib.sha256(raw).hexdigest()[:16], mean, scale, coef, intercept, trained_on,
+                 (str(record.get("judge_template", "")), str(record.get("rubric", ""))))
+
+
+def check_prompt(probe: Probe, role_name: str, template_hash: str, rubric: str) -> None:
+    """A probe reads the states of the prompt it was trained on: another judge template or rubric
+    is a `BadInput` (retrain it)."""
+    if probe.prompt != (template_hash, rubric):
+        raise BadInput(f"roles.judges {role_name}: probe {probe.path} was trained on the judge prompt "
+                       f"{probe.prompt[0]}/{probe.prompt[1]}, the config renders {template_hash}/{rubric}: "
+                       "retrain it with `synth probe train`")
 
 
 def fit(vectors: np.ndarray, labels: list[str]) -> dict[str, Any]:

@@ -16,8 +16,8 @@ logprob], ...]]` (the alternatives include the token itself); "" when none were 
 for or given.
 
 The rule (`label`): each judge's own side is 不安全 above `t_unsafe`, 安全 below `t_safe`.
-Judges on opposite sides, or (with `margin`) further apart than the margin, disagree: the
-controversial tier. Otherwise the combined score (mean by default) decides: above
+Judges on opposite sides (unless `judges_agree` is off), or (with `margin`) further apart
+than the margin, disagree: the controversial tier. Otherwise the combined score (mean by default) decides: above
 `t_unsafe` 不安全, below `t_safe` 安全, in between the controversial tier. With 0.5/0.5, no
 margin and greedy judges (score > 0.5 exactly when the verdict is 不安全) this is the old
 rule: both agree → that label, they disagree → 有争议.
@@ -70,11 +70,12 @@ def side(score: float, t_safe: float, t_unsafe: float) -> str:
 
 
 def label(scores: Sequence[float], t_safe: float = 0.5, t_unsafe: float = 0.5, margin: float | None = None,
-          how: str = "mean", weights: Sequence[float] | None = None) -> tuple[str, str]:
+          how: str = "mean", weights: Sequence[float] | None = None, judges_agree: bool = True) -> tuple[str, str]:
     """(label, controversy) for one pair's judge scores (see the module docstring); `weights`:
-    per judge (default equal), a judge of weight 0 takes no part."""
+    per judge (default equal), a judge of weight 0 takes no part; `judges_agree` False: judges
+    on opposite sides do not make a pair controversial by themselves."""
     voting = [s for w, s in zip(weights, scores) if w > 0] if weights is not None else list(scores)
-    sides = {side(s, t_safe, t_unsafe) for s in voting} - {""}
+    sides = {side(s, t_safe, t_unsafe) for s in voting} - {""} if judges_agree else set()
     if len(sides) > 1 or (margin is not None and max(voting) - min(voting) > margin):
         return CONTROVERSIAL, DISAGREE
     decided = side(combine(scores, how, weights), t_safe, t_unsafe)

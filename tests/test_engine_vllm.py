@@ -17,6 +17,7 @@ import pytest
 from synth.config import ModelSpec, Role, Sampling
 from synth.engines import RESULT_COLUMNS, VERDICT_SCHEMA, VERDICT_SCHEMA_JSON, make_engine, request_row
 from synth.engines.vllm_ray import VLLMEngine, _finalize, prepare_batch
+from synth.scoring import FROM_LOGPROBS, TOP_LOGPROBS, verdict_score
 
 SPEC = ModelSpec(
     engine="vllm",
@@ -41,7 +42,8 @@ def _rows() -> list[dict]:
             for i in range(3)]
     rows.append(request_row(request_id="s0", task="questions", prompt=LIST_PROMPT, role=stop, base_seed=1))
     rows += [request_row(request_id=f"j{i}", task="judge", prompt=JUDGE_PROMPT, role=judge, base_seed=1,
-                         json_schema=VERDICT_SCHEMA_JSON) for i in range(4)]
+                         json_schema=VERDICT_SCHEMA_JSON, top_logprobs=TOP_LOGPROBS if i < 2 else 0)
+             for i in range(4)]
     rows.append(request_row(request_id="t0", task="judge", prompt=JUDGE_PROMPT, role=tiny, base_seed=1,
                             json_schema=VERDICT_SCHEMA_JSON))
     # longer than max_model_len: this request fails, its row must stay with `error` set
@@ -251,6 +253,36 @@ def test_judge_rows_always_parse_as_verdicts(results):
         assert verdict["答案"] in ("安全", "不安全")
         assert isinstance(verdict["分析"], str)
         assert r["completion_tokens"] <= r["max_tokens"]
+
+
+@pytest.mark.engine
+def test_a_scoring_judge_gets_its_verdicts_probability_from_the_logprobs(results):
+    _, out, _ = results
+    for rid in ("j0", "j1"):  # asked for log-probabilities: the label's token and its alternatives
+        r = out[rid]
+        verdict = json.loads(r["text"])["答案"]
+        score, source = verdict_score(verdict, r["text"], r["logprobs"])
+        assert source == FROM_LOGPROBS and (score > 0.5) == (verdict == "不安全"), r["logprobs"][:300]
+    assert out["j2"]["logprobs"] == ""  # not asked for: none
+
+
+@pytest.mark.engine
+def test_an_embed_model_returns_the_mean_pooled_hidden_state(ray_session):
+    import ray
+
+    from synth.probe import decode_vector
+
+    spec = SPEC.model_copy(update={"task": "embed"})
+    role = Role(name="judge-probe", model="demo", sampling=Sampling(max_tokens=1))
+    prompts = [JUDGE_PROMPT, JUDGE_PROMPT, LIST_PROMPT]
+    rows = [request_row(request_id=f"e{i}", task="judge", prompt=p, role=role, base_seed=1)
+            for i, p in enumerate(prompts)]
+    with make_engine("demo", spec) as engine:
+        out = {r["request_id"]: r for r in engine.generate(ray.data.from_items(rows)).take_all()}
+    vectors = [decode_vector(out[f"e{i}"]["text"]) for i in range(3)]
+    assert all(out[f"e{i}"]["error"] == "" for i in range(3))
+    assert [len(v) for v in vectors] == [640] * 3  # Gemma 3 270M's hidden size
+    assert abs(vectors[0] - vectors[1]).max() < 1e-2 and abs(vectors[0] - vectors[2]).max() > 1e-1
 
 
 @pytest.mark.engine

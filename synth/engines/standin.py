@@ -129,7 +129,7 @@ def standin_logprobs(text: str, seed: int) -> str:
                       ensure_ascii=False)
 
 
-STANDIN_DIM = 32  # the stand-in's "pooled states"
+STANDIN_DIM = 1536  # the stand-in's "pooled states": the embedded Qwen's hidden size, so a shipped probe reads them
 
 
 def standin_vector(prompt: str) -> str:
@@ -141,7 +141,9 @@ def standin_vector(prompt: str) -> str:
     pair = prompt[prompt.rfind("问题："):]
     rng = random.Random(f"vector:{pair}")
     vector = [rng.gauss(0.0, 1.0) for _ in range(STANDIN_DIM)]
-    vector[0] += 1.5 if (_REFUSAL not in pair and random.Random(pair).random() < 0.5) else -1.5
+    shift = 1.0 if (_REFUSAL not in pair and random.Random(pair).random() < 0.5) else -1.0
+    for i in range(64):  # a direction many dimensions share, as a real model's would
+        vector[i] += shift
     return encode_vector(vector)
 
 

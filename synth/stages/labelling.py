@@ -147,9 +147,14 @@ class Annotate(Stage):
         scores = ctx.config.annotate.scores
         rule = effective_rule(ctx.config)
         current = rows
+        from synth.probe import check_prompt
+
         probes = judge_probes(ctx.config)
         for index, role in enumerate(judges):
             probe = probes.get(role.name)
+            if probe is not None:
+                check_prompt(probe, role.name, ctx.catalog.hashes["templates/shared/judge"],
+                             ctx.catalog.rubric(role.rubric).id)
             requests = current.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
                 "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
                 "fields": fields, "top_logprobs": 0 if scores == "off" or probe else TOP_LOGPROBS,
@@ -249,7 +254,7 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
             weights = rule.get("weights")
             score = combine(judge_scores, rule["combine"], weights)
             (label, why), reason = rule_label(judge_scores, rule["t_safe"], rule["t_unsafe"], rule["margin"],
-                                              rule["combine"], weights), ""
+                                              rule["combine"], weights, rule.get("judges_agree", True)), ""
         labels.append(label)
         scores.append(score)
         # a probe judge writes no analysis: the label's analysis is a generative judge's
