@@ -287,7 +287,8 @@ def libra_rows(corpus: pa.Table) -> list[dict[str, Any]]:
     return [
         {"source": LIBRA_SOURCE, "category_name": r["scenario_name"], "sub_category_name": r["subcategory_name"],
          "question": r["question"], "response": r["response"], "label": r["label"], "analyze": r["analyze"],
-         "id": r["id"], "unsafe_score": None if score is None or score != score else round(score, 6)}
+         "id": r["id"], "unsafe_score": round(float(score), 6) if isinstance(score, (int, float)) and score == score
+         else None}
         for r, score in zip(corpus.select(columns).to_pylist(), scores)
     ]
 

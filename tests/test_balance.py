@@ -129,6 +129,7 @@ def test_export_applies_balance_before_the_split_and_keeps_every_cut_row(tmp_pat
     df["judgements"] = [[{"judge": "j", "verdict": lab, "analysis": "", "raw": "", "error": ""}] for lab in df["label"]]
     df["elements"] = [{"behavior": "某类行为"}] * len(df)
     df["seed"] = range(len(df))
+    df["unsafe_score"] = [0.9 if lab == "不安全" else 0.1 for lab in df["label"]]
     out = tmp_path / "build"
     rows_dir = out / "stages" / FINAL_STAGE / "rows"
     rows_dir.mkdir(parents=True)

@@ -49,6 +49,7 @@ def _rows(n_per_stratum: int = 3) -> list[dict]:
                     "subcategory_name": sub_name, "kind": "harmful" if i % 2 == 0 else "benign", "attack": "none",
                     "question": f"关于{sub_name}的示例问题{k}？", "response": f"这是示例回答{k}。", "responder": "r",
                     "persona": "helpful", "label": label, "analyze": analyze,
+                    "unsafe_score": 0.9 if label == "不安全" else 0.1,
                     "judgements": [{"judge": "judge-a", "verdict": label, "analysis": analyze, "raw": "{}", "error": ""},
                                    {"judge": "judge-b", "verdict": label, "analysis": "", "raw": "{}", "error": ""}],
                     "elements": {"behavior": "某类行为", "task_type": "问答", "region": "某地", "event": "某事件"},
