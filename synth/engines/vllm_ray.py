@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 # integer `request_id`): stashed under these names in preprocess, restored in finalize.
 _STASH = {"prompt": "_synth_prompt", "request_id": "_synth_request_id"}
 _COLS = "_synth_cols"
+_INT_PARAMS = ("logprobs", "seed", "top_k", "max_tokens")  # SamplingParams fields vLLM wants as int
 _LOGPROBS = "_synth_logprobs"  # the generated tokens' log-probabilities, in synth.scoring's form
 # Heavy per-row outputs of ray.data.llm we never use (dropped inside the engine actor).
 _UNUSED_OUTPUTS = ("generated_tokens", "prompt_token_ids", "metrics", "logprobs", "prompt_logprobs",
@@ -267,6 +268,15 @@ def _engine_udf_class():
             llm._generate_async = _generate_async
 
         async def _generate_with_error_handling(self, row, batch_uuid):
+            # A batch mixing rows with and without a sampling key (logprobs: only scoring judges
+            # ask) comes back from Ray's blocks with the key as a float column: NaN where it was
+            # missing, 5.0 where it was 5, which vLLM refuses (msgspec: "Expected `int | null`,
+            # got `float`"). NaN is the default; an integer field is an int again.
+            params = row.get("sampling_params")
+            if isinstance(params, dict):
+                row["sampling_params"] = {
+                    k: int(v) if k in _INT_PARAMS and isinstance(v, float) else v for k, v in params.items()
+                    if v is not None and not (isinstance(v, float) and v != v)}
             out = await super()._generate_with_error_handling(row, batch_uuid)
             out["finish_reason"] = self._finish.pop(out.get("request_id"), "")
             out[_LOGPROBS] = token_logprobs(out.get("generated_tokens"), out.get("logprobs"))
