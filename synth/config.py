@@ -414,15 +414,7 @@ class PipelineConfig(Strict):
 def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
     """Load and validate a pipeline config; return it with resolved templates and seeds dirs."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInput(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise BadInput(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise BadInput(f"{path}: a pipeline config must be a mapping, got {type(raw).__name__}")
-    raw = _extended(path, raw, seen=[path.resolve()])
+    raw = _extended(path, _read_mapping(path, f"{path}: config file not found"), seen=[path.resolve()])
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
@@ -454,15 +446,21 @@ def _extended(path: Path, raw: dict[str, Any], seen: list[Path]) -> dict[str, An
     base_path = (path.resolve().parent / str(base_name)).resolve()
     if base_path in seen:
         raise BadInput(f"{path}: extends: {base_name} extends itself ({' → '.join(p.name for p in seen)})")
-    try:
-        base = yaml.safe_load(base_path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise BadInput(f"{path}: extends: cannot read {base_path} ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise BadInput(f"{base_path}: invalid YAML: {e}") from None
-    if not isinstance(base, dict):
-        raise BadInput(f"{base_path}: a pipeline config must be a mapping")
+    base = _read_mapping(base_path, f"{path}: extends: cannot read {base_path}")
     return _merged(_extended(base_path, base, [*seen, base_path]), raw)
+
+
+def _read_mapping(path: Path, unreadable: str) -> dict[str, Any]:
+    """A config file's YAML mapping; a `BadInput` (`unreadable`, or naming the file) otherwise."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(unreadable if isinstance(e, FileNotFoundError) else f"{unreadable} ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise BadInput(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: a pipeline config must be a mapping, got {type(raw).__name__}")
+    return raw
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
