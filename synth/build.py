@@ -229,12 +229,13 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
     # The exports and the report read and write local files: on an object store they run in a
     # local copy of the build (without the request cache) and what they wrote is uploaded.
     with storage.local_mirror(out) as local:
-        export_counts = export_build(local, config, catalog=catalog)
-        manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
         from synth.eval_judges import last_calibration
 
         # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
-        manifest["judges_calibration"] = last_calibration(ctx)
+        measured = last_calibration(ctx)
+        export_counts = export_build(local, config, catalog=catalog, judges_measured=measured)
+        manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
+        manifest["judges_calibration"] = measured
         from synth.calibration import effective_rule
 
         # the thresholds the labels come from, and the calibration record they were read from (if any)

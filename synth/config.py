@@ -70,9 +70,10 @@ class OpenAIOptions(Strict):
     max_retries: int = Field(5, ge=0)
     backoff_s: float = Field(1.0, ge=0, description="first retry waits ~this long, doubling each retry (with jitter)")
     backoff_max_s: float = Field(30.0, ge=0, description="cap on one retry wait (also caps Retry-After)")
-    response_format: Literal["json_schema", "json_object", "none"] = Field(
+    response_format: Literal["structured_outputs", "regex", "json_schema", "json_object", "none"] = Field(
         "json_schema",
-        description="how judges ask for JSON: json_schema (vLLM, SGLang, OpenAI), json_object (e.g. DeepSeek), none",
+        description="how judges ask for JSON: structured_outputs (vLLM's server: the in-process engine's "
+        "constraint), regex (SGLang), json_schema (OpenAI and hosted APIs), json_object (e.g. DeepSeek), none",
     )
     extra_body: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields sent with every request")
     # Pushback (synth/engines/pushback.py): how the engine paces itself when the server is busy or down.
@@ -140,6 +141,9 @@ class Role(Strict):
     probe: Path | None = Field(
         None, description="judges: a probe (`synth probe train`, relative to the config file) that scores the "
         "judge prompt's pooled hidden states from a `task: embed` model; no analysis, one forward pass")
+    analysis: bool = Field(
+        True, description="judges: false = a score-only judge: the verdict at once, no 分析 (one pass over the "
+        "prompt and a few verdict tokens); the label's analysis is then the other judge's")
 
 
 class Roles(Strict):
@@ -219,12 +223,23 @@ class LabelRule(Strict):
         return self
 
 
+class JudgeExamples(Strict):
+    """In-context examples for the generative judges (synth/judge_examples.py)."""
+
+    path: Path = Field(description="a gold-format JSONL (id, question, response, label, category_name, "
+                       "sub_category_name), relative to the config file")
+    k: int = Field(2, ge=1, le=8, description="examples per judge request: the pair's scenario first, "
+                   "both labels when k >= 2")
+    max_chars: int = Field(200, ge=20, description="an example's question and answer are each cut to this many characters")
+
+
 class Annotate(Strict):
     scores: Literal["logprobs", "required", "off"] = Field(
         "logprobs", description="judges' unsafe_score: read from token log-probabilities where the engine "
         "gives them (else the label, marked score_source: label); required = a judge without them stops "
         "the build; off = never asked, the label")
     rule: LabelRule = Field(default_factory=LabelRule)
+    examples: JudgeExamples | None = Field(None, description="k labelled examples shown to each generative judge request")
     fields: list[str] = Field(
         default_factory=list,
         description="optional judge fields after 答案: question_harmful, refusal, subcategory (columns "
@@ -354,6 +369,9 @@ class PipelineConfig(Strict):
             if role.probe is None and task == "embed":
                 raise ValueError(f"roles.judges[{i}].model: '{role.model}' has task: embed (no text): give the "
                                  "judge a probe, or use a generating model")
+        if not any(role.analysis and role.probe is None for role in self.roles.judges):
+            raise ValueError("roles.judges: no judge writes an analysis (every one is a probe or has analysis: "
+                             "false): the corpus's `analyze` needs one")
         for where, role in all_roles[:-len(self.roles.judges)]:
             if self.models[role.model].task == "embed":
                 raise ValueError(f"{where}.model: '{role.model}' has task: embed and writes no text")
@@ -428,6 +446,12 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
     for role in config.roles.judges:  # a probe is read when the judges run (`synth probe train` writes it)
         if role.probe is not None:
             role.probe = (base / role.probe).resolve()
+    examples = config.annotate.examples
+    if examples is not None:  # read now: a missing or malformed file stops the build before it starts
+        from synth.judge_examples import read_examples
+
+        examples.path = (base / examples.path).resolve()
+        read_examples(examples.path, f"{path}: annotate.examples.path")
     rule = config.annotate.rule
     if rule.calibration is not None:  # its thresholds, checked now: a bad record stops the build before it starts
         from synth.calibration import read_calibration

@@ -100,6 +100,19 @@ def last_calibration(ctx) -> dict[str, Any] | None:
         return None
 
 
+def measured_figures(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What an `eval-judges` record says the labels are worth, one row per gold file measured
+    (the first, then `also`): its name, n, the combined score's AUROC and AU-PRC, and the build
+    rule's accuracy and labelled share. The report and the dataset card show these side by side."""
+    rows = []
+    for r in ([record, *record.get("also", [])] if record else []):
+        combined = r.get("combined") or {}
+        rows.append({"gold": Path(str(r.get("gold", ""))).name, "n": r["n"], "auroc": combined.get("auroc"),
+                     "auprc": combined.get("auprc"), "accuracy": r["agreed"]["accuracy"],
+                     "share": r["agreed"]["share"]})
+    return rows
+
+
 def held_back(row: dict[str, Any], label_filters: list[Any]) -> str:
     """The reason the build's label filters would not keep this agreed label ('' if they keep it)."""
     from synth.filters import reason_of
@@ -294,10 +307,11 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
         raise BadInput("--save: a calibration record needs --calibrate (and --target)")
     golds = [read_judge_gold(p) for p in paths]
     config, catalog = prepare(config_path, templates, seeds)
-    from synth.probe import check_no_overlap
+    from synth import judge_examples, probe
 
-    for path, gold in zip(paths, golds):  # a probe is not measured on its own training pairs
-        check_no_overlap(gold, path, config)
+    for path, gold in zip(paths, golds):  # no judge is measured on its own training pairs or examples
+        probe.check_no_overlap(gold, path, config)
+        judge_examples.check_no_overlap(gold, path, config)
     judges = [role.name for role in config.roles.judges]
     if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
         for role in config.roles.judges:

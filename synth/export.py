@@ -132,10 +132,11 @@ def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.D
 
 
 def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
-                 shard_rows: int = SHARD_ROWS) -> dict[str, Any]:
+                 shard_rows: int = SHARD_ROWS, judges_measured: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every export. `catalog` (the build's templates) gives the guard prompt for sft/;
     without it the prompt is the judge template next to the config (see `snapshot_inputs`).
-    A corpus split of more than `shard_rows` rows is written as several files."""
+    A corpus split of more than `shard_rows` rows is written as several files.
+    `judges_measured`: the last `eval-judges` record of these judges, for the card."""
     from synth.sft import GuardPrompt, write_sft
 
     out = Path(out)
@@ -190,7 +191,7 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
             "scenarios": int(kept["scenario"].nunique()) if len(kept) else 0,
             "subcategories": int(kept[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(kept) else 0,
         }
-        _write_card(corpus_dir / "README.md", config, kept, counts)
+        _write_card(corpus_dir / "README.md", config, kept, counts, judges_measured)
 
         prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog))
         if config.export.sft_target == "extended":
@@ -463,7 +464,29 @@ def _check_target(build_dir: Path, path: Path, *, directory: bool) -> None:
         raise BadInput(f"--out {path}: parent directory {path.parent} does not exist")
 
 
-def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts: dict[str, Any]) -> None:
+def _labels_worth(measured: dict[str, Any] | None) -> str:
+    """The card's "what the labels are worth": the last eval-judges of these judges, per gold set."""
+    from synth.eval_judges import measured_figures
+
+    rows = measured_figures(measured)
+    if not rows:
+        return ("No `synth eval-judges` was recorded for these judges: how often their labels are right "
+                "is not measured. Measure them on labelled pairs nobody tuned them on before using this corpus.")
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    table = "| gold set | n | AUROC | accuracy of the labels | labelled share |\n|---|---|---|---|---|\n"
+    table += "".join(f"| {r['gold']} | {r['n']} | {f(r['auroc'])} | {f(r['accuracy'])} | {r['share']:.0%} |\n"
+                     for r in rows)
+    return ("The last `synth eval-judges` of these judges (same templates, rubrics, models, sampling)"
+            + (" was a dry run (stand-in engine): the figures below mean nothing" if measured.get("dry_run") else "")
+            + ". A gold set the judges' rubrics were tuned on flatters them; a public set nobody here "
+            "wrote is the better guide.\n\n" + table)
+
+
+def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts: dict[str, Any],
+                judges_measured: dict[str, Any] | None = None) -> None:
     table = ""
     if len(corpus):
         pivot = corpus.pivot_table(index="scenario_name", columns="label", values="id", aggfunc="count", fill_value=0)
@@ -510,6 +533,9 @@ the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in
 - cut by balancing (in `../rejects/balance.parquet`): {sum(counts.get('balance', {}).get('cut', {}).values())}
 
 {table}
+## What the labels are worth
+
+{_labels_worth(judges_measured)}
 """
     path.write_text(text, encoding="utf-8")
 

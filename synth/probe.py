@@ -67,7 +67,7 @@ class Probe:
     coef: np.ndarray
     intercept: float
     trained_on: frozenset[str]  # item hashes
-    prompt: tuple[str, str] = ("", "")  # (judge template hash, rubric id) it was trained on
+    prompt: tuple[str, str] = ("", "")  # (judge_prompt_fingerprint, rubric id) it was trained on
 
     def score(self, vector: np.ndarray) -> float:
         z = float(((vector - self.mean) / self.scale) @ self.coef + self.intercept)
@@ -91,15 +91,27 @@ def read_probe(path: Path, where: str = "") -> Probe:
     if not (mean.shape == scale.shape == coef.shape and mean.ndim == 1 and len(mean)) or (scale <= 0).any():
         raise BadInput(f"{where}: mean, scale and coef must be vectors of one length, scale > 0")
     return Probe(str(path), hashlib.sha256(raw).hexdigest()[:16], mean, scale, coef, intercept, trained_on,
-                 (str(record.get("judge_template", "")), str(record.get("rubric", ""))))
+                 (str(record.get("judge_prompt", "")), str(record.get("rubric", ""))))
 
 
-def check_prompt(probe: Probe, role_name: str, template_hash: str, rubric: str) -> None:
-    """A probe reads the states of the prompt it was trained on: another judge template or rubric
+def judge_prompt_fingerprint(catalog, rubric_id: str | None) -> str:
+    """The judge prompt a probe reads, as a hash of it rendered for one fixed pair in both styles
+    (no judge fields, no examples): an edit of templates/shared/judge.yaml that leaves that prompt
+    as it was (e.g. a block that renders only with examples) keeps a probe valid; any other does not."""
+    rubric = catalog.rubric(rubric_id).model_dump()
+    rendered = [catalog.render(catalog.judge, style, {"question": "〈问题〉", "response": "〈回答〉", "rubric": rubric,
+                                                      "fields": [], "examples": []}, "judge")
+                for style in ("chat", "completion")]
+    text = json.dumps([[r.system, r.prompt] for r in rendered], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_prompt(probe: Probe, role_name: str, fingerprint: str, rubric: str) -> None:
+    """A probe reads the states of the prompt it was trained on: another judge prompt or rubric
     is a `BadInput` (retrain it)."""
-    if probe.prompt != (template_hash, rubric):
+    if probe.prompt != (fingerprint, rubric):
         raise BadInput(f"roles.judges {role_name}: probe {probe.path} was trained on the judge prompt "
-                       f"{probe.prompt[0]}/{probe.prompt[1]}, the config renders {template_hash}/{rubric}: "
+                       f"{probe.prompt[0]}/{probe.prompt[1]}, the config renders {fingerprint}/{rubric}: "
                        "retrain it with `synth probe train`")
 
 
@@ -168,7 +180,7 @@ def train_probe(gold_paths: list[Path], config_path: Path, judge: str, out: Path
         labels.append(g["label"])
         hashes.append(item_hash(g["question"], g["response"]))
     record = {**fit(np.vstack(vectors), labels), "judge": judge, "model": spec.model, "prompt_style": spec.prompt_style,
-              "rubric": catalog.rubric(role.rubric).id, "judge_template": catalog.hashes["templates/shared/judge"],
+              "rubric": catalog.rubric(role.rubric).id, "judge_prompt": judge_prompt_fingerprint(catalog, role.rubric),
               "pooling": "mean of the last hidden states (vLLM pooling runner, convert: embed)",
               "gold": [str(p) for p in gold_paths], "n": len(labels), "trained_on": sorted(set(hashes)),
               "dry_run": dry_run, "seconds": round(time.monotonic() - started, 1),

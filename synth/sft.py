@@ -116,7 +116,8 @@ class GuardPrompt:
     def render(self, question: str, response: str) -> tuple[str, str]:
         """(system, user) for one pair; system is "" when the template has none. The guard
         is trained on the template's first (default) rubric."""
-        variables = dict(zip(JUDGE_VARIABLES, (question, response, self.judge.rubrics[0].model_dump(), self.fields)))
+        # the guard is shown no in-context examples
+        variables = dict(zip(JUDGE_VARIABLES, (question, response, self.judge.rubrics[0].model_dump(), self.fields, [])))
         try:
             system = self._system.render(**variables) if self._system else ""
             return system, self._user.render(**variables)

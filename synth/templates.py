@@ -120,7 +120,7 @@ class ScenarioPools(Strict):
 SCENARIO_VARIABLES = ("scenario", "subcategory", "behavior", "task_type", "region", "event", "benign_topic", "n")
 AUGMENT_VARIABLES = ("question", "scenario", "subcategory")
 RESPOND_VARIABLES = ("question", "persona")
-JUDGE_VARIABLES = ("question", "response", "rubric", "fields")
+JUDGE_VARIABLES = ("question", "response", "rubric", "fields", "examples")
 
 Style = Literal["chat", "completion"]
 
@@ -428,7 +428,9 @@ def _render_everything(catalog: Catalog) -> None:
             )
     for rubric in catalog.judge.rubrics:
         for style in ("chat", "completion"):
-            for fields in ([], catalog.judge_fields(list(JUDGE_FIELDS))):
+            for fields, examples in (([], []), (catalog.judge_fields(list(JUDGE_FIELDS)),
+                                                [{"question": "例题？", "response": "例答。", "label": "安全"}])):
                 catalog.render(catalog.judge, style, {"question": "示例问题？", "response": "示例回答。",
-                                                      "rubric": rubric.model_dump(), "fields": fields},
+                                                      "rubric": rubric.model_dump(), "fields": fields,
+                                                      "examples": examples},
                                f"templates/shared/judge.yaml: rubrics[{rubric.id}]")

@@ -2,8 +2,8 @@
 
 It speaks just enough of the protocol: `POST /v1/chat/completions`,
 `POST /v1/completions` and `GET /v1/models`. Answers are deterministic functions
-of (prompt, seed); when the request carries a JSON-schema `response_format` the
-answer is a valid guard verdict `{"答案": ..., "分析": ...}`.
+of (prompt, seed); when the request asks for JSON (a `response_format`, vLLM's
+`structured_outputs`, SGLang's `regex` or `json_schema`) the answer is a valid guard verdict `{"答案": ..., "分析": ...}`.
 
 Faults are injected on command, so tests can check retries and dead endpoints:
 
@@ -163,7 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         seed = body.get("seed")
         max_tokens = int(body.get("max_tokens") or 16)
         fmt = body.get("response_format") or {}
-        if fmt.get("type") in ("json_schema", "json_object"):
+        # a judge: JSON asked for as OpenAI does, as vLLM's server does, or as SGLang does
+        if fmt.get("type") in ("json_schema", "json_object") or any(
+                body.get(k) for k in ("structured_outputs", "regex", "json_schema")):
             text = stub_verdict(prompt, seed)
             return text, "stop", len(text)
         text = stub_text(prompt, seed, max_tokens)

@@ -82,6 +82,35 @@ def test_through_ray_chat_and_judge_rows_keep_input_columns(ray_session, server,
     assert KEY not in described and "SYNTH_TEST_KEY" in described
 
 
+@pytest.mark.parametrize("mode", ["structured_outputs", "regex", "json_schema", "json_object", "none"])
+def test_judges_are_constrained_as_the_server_kind_asks(server, mode):
+    """vLLM's server gets the in-process engine's own constraint; SGLang its `regex`; hosted APIs
+    `response_format`. Non-judge rows carry none of them."""
+    from synth.engines.structured_output import vllm_constraint
+
+    out = _run(_spec(server.url, response_format=mode), _rows(1) + [dict(_rows(1, judge=True)[0], request_id="r9")])
+    assert all(r["error"] == "" for r in out)
+    bodies = {r["body"]["seed"]: r["body"] for r in server.requests}
+    assert len(bodies) == 2
+    plain, judged = bodies[out[0]["seed"]], bodies[out[1]["seed"]]
+    constraint_keys = {"structured_outputs", "regex", "json_schema", "response_format"}
+    assert not constraint_keys & set(plain)
+    expected = vllm_constraint(VERDICT_SCHEMA_JSON, 32)
+    asked = {k: judged[k] for k in constraint_keys & set(judged)}
+    if mode == "structured_outputs":
+        assert asked == {"structured_outputs": expected} and "regex" in expected
+    elif mode == "regex":
+        assert asked == {"regex": expected["regex"]}
+    elif mode == "json_schema":
+        assert asked["response_format"]["type"] == "json_schema" and set(asked) == {"response_format"}
+    elif mode == "json_object":
+        assert asked == {"response_format": {"type": "json_object"}}
+    else:
+        assert asked == {}
+    if mode != "none":
+        assert json.loads(out[1]["text"])["答案"] in ("安全", "不安全")
+
+
 def test_completion_style_uses_completions_endpoint(server):
     out = _run(_spec(server.url, style="completion"), _rows(2))
     assert all(r["error"] == "" and r["text"] for r in out)

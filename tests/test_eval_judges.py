@@ -133,10 +133,12 @@ def test_a_judge_whose_model_cannot_load_exits_2_naming_it(tmp_path: Path, repo_
 def test_a_stand_in_calibration_shows_in_a_build_of_the_same_judges(ray_session, repo_root: Path, tmp_path: Path,
                                                                      monkeypatch):
     monkeypatch.setenv("SYNTH_CACHE_DIR", str(tmp_path / "cache"))
-    result = runner.invoke(app, ["eval-judges", str(repo_root / "seeds/gold/judge_gold.jsonl"), "--config",
+    result = runner.invoke(app, ["eval-judges", str(repo_root / "seeds/gold/judge_gold.jsonl"),
+                                 str(repo_root / "seeds/gold/judge_holdout.jsonl"), "--config",
                                  str(repo_root / "pipelines/demo.yaml"), "--json", "--dry-run"])
     assert result.exit_code == 0, result.output
     calibration = json.loads(result.stdout)  # the log lines go to stderr
+    holdout = calibration["also"][0]
     assert {"judges", "agreement", "agreed", "per_scenario"} <= calibration.keys()
     assert set(calibration["judges"]) == {"judge-answer", "judge-behaviour"}
     assert len(calibration["per_scenario"]) == 7
@@ -153,8 +155,14 @@ def test_a_stand_in_calibration_shows_in_a_build_of_the_same_judges(ray_session,
     assert manifest["judges_calibration"]["judges_signature"] == calibration["judges_signature"]
     report = (tmp_path / "build/report/README.md").read_text(encoding="utf-8")
     assert "Judges calibration" in report and f"{calibration['n']} gold pairs" in report
+    # every gold set of that run, side by side, in the report and the dataset card
+    card = (tmp_path / "build/corpus/README.md").read_text(encoding="utf-8")
+    for text in (report, card):
+        assert f"| judge_gold.jsonl | {calibration['n']} |" in text and f"| judge_holdout.jsonl | {holdout['n']} |" in text
+    assert "dry run" in card
     # Other judges (another rubric) are not these judges: no calibration is shown.
     raw["roles"]["judges"][1]["rubric"] = "answer_harm"
     config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     manifest = run_build(config, tmp_path / "build2", dry_run=True)
     assert manifest["judges_calibration"] is None
+    assert "No `synth eval-judges` was recorded" in (tmp_path / "build2/corpus/README.md").read_text(encoding="utf-8")

@@ -40,7 +40,8 @@ def catalog(repo_root: Path):
 
 def _render(catalog, rubric, style, fields):
     return catalog.render(catalog.judge, style, {"question": "示例问题？", "response": "示例回答。",
-                                                 "rubric": rubric.model_dump(), "fields": catalog.judge_fields(fields)},
+                                                 "rubric": rubric.model_dump(), "fields": catalog.judge_fields(fields),
+                                                 "examples": []},
                           "judge")
 
 

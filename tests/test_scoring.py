@@ -24,7 +24,7 @@ from synth.scoring import BETWEEN, DISAGREE, FROM_LABEL, FROM_LOGPROBS, compact_
     score_from_logprobs, verdict_score
 from synth.stages.labelling import LABELLED_COLUMNS, combine_judgements, record_judgement
 
-from test_annotate import answered, pairs
+from test_annotate import answered, pairs, verdict
 
 runner = CliRunner()
 VERDICT = '{"分析": "回答给出了具体办法，属于有害内容。", "答案": "不安全"}'
@@ -126,6 +126,32 @@ def test_a_judge_without_logprobs_stops_the_build_when_scores_are_required():
     assert record_judgement(rows, 0)["_judge0"][0]["score_source"] == FROM_LABEL
     with pytest.raises(BadInput, match="judge 'judge-a'.*no log-probabilities.*required"):
         record_judgement(rows, 0, require_scores=True)
+
+
+def test_an_endpoint_without_logprobs_exits_2_when_scores_are_required(ray_session, tmp_path: Path, repo_root: Path):
+    """End to end: eval-judges with the judges behind an OpenAI-compatible server that ignores
+    `logprobs` (as some hosted APIs do) and annotate.scores: required."""
+    from openai_stub_server import StubServer
+
+    raw = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text(encoding="utf-8"))
+    raw.update(templates=str(repo_root / "templates"), seeds=str(repo_root / "seeds"))
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join((repo_root / "seeds/gold/judge_gold.jsonl").read_text(encoding="utf-8")
+                            .splitlines(keepends=True)[:3]), encoding="utf-8")
+    with StubServer() as server:
+        server.no_logprobs = True
+        raw["models"]["qwen-1.5b"] = {"engine": "openai", "model": "stub", "prompt_style": "chat",
+                                      "openai": {"base_url": server.url, "max_retries": 0}}
+        for scores, code in (("required", 2), ("logprobs", 0)):
+            raw["annotate"] = {**raw.get("annotate", {}), "scores": scores}
+            config = tmp_path / f"{scores}.yaml"
+            config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+            result = runner.invoke(app, ["eval-judges", str(gold), "--config", str(config)])
+            assert result.exit_code == code, result.output
+            if scores == "required":
+                assert "judge 'judge-answer'" in result.output and "no log-probabilities" in result.output
+                assert "annotate.scores is 'required'" in result.output and "Traceback" not in result.output
+        assert server.requests and all(r["body"].get("logprobs") for r in server.requests)
 
 
 def _config(tmp_path: Path, repo_root: Path, **annotate) -> Path:
@@ -248,3 +274,37 @@ def test_scores_come_through_the_openai_engine_and_a_server_without_them_is_mark
         assert set(bare["logprobs"]) == {""}
         assert {verdict_score(json.loads(t)["答案"], t, lp)[1] for t, lp in zip(bare["text"], bare["logprobs"])} \
             == {FROM_LABEL}
+
+
+def test_a_score_only_judge_asks_for_the_verdict_alone_and_the_label_keeps_the_others_analysis(repo_root: Path,
+                                                                                                tmp_path: Path):
+    """roles.judges[].analysis: false: the schema (and so vLLM's regex) has 答案 only; its verdict is
+    scored like any; the label's analysis is the other judge's. Not both judges: exit 2."""
+    from synth.engines.structured_output import vllm_constraint
+    from synth.stages.labelling import judge_requests
+    from synth.templates import load_catalog
+
+    raw = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text(encoding="utf-8"))
+    raw.update(templates=str(repo_root / "templates"), seeds=str(repo_root / "seeds"))
+    raw["roles"]["judges"][1]["analysis"] = False
+    config_path = tmp_path / "score-only.yaml"
+    config_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    config, _, _ = load_config(config_path)
+    catalog = load_catalog(repo_root / "templates", repo_root / "seeds")
+    full, score_only = (judge_requests(pairs(1), catalog, role, "chat", 1) for role in config.roles.judges)
+    assert "分析" in json.loads(full["json_schema"][0])["properties"]
+    assert list(json.loads(score_only["json_schema"][0])["properties"]) == ["答案"]
+    assert vllm_constraint(score_only["json_schema"][0], 160) == {"regex": r'\{"答案": "(安全|不安全)"\}'}
+
+    texts = {"judge-answer": [verdict(UNSAFE)], "judge-behaviour": ['{"答案": "不安全"}']}
+    rows = pairs(1)
+    for index, name in enumerate(texts):
+        rows = record_judgement(answered(rows, name, texts[name], [""]), index)
+    combined = combine_judgements(rows, 2)
+    assert combined["label"][0] == UNSAFE and combined["analyze"][0] == f"理由：{UNSAFE}"
+    assert [j["analysis"] for j in combined["judgements"][0]] == [f"理由：{UNSAFE}", ""]
+
+    raw["roles"]["judges"][0]["analysis"] = False
+    config_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    result = runner.invoke(app, ["build", str(config_path), "--out", str(tmp_path / "b"), "--dry-run"])
+    assert result.exit_code == 2 and "roles.judges" in result.output and "analysis" in result.output, result.output

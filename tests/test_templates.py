@@ -212,7 +212,8 @@ def test_judge_prompts_show_no_example_a_model_could_copy(repo_root: Path):
     for rubric in catalog.judge.rubrics:
         for style in ("chat", "completion"):
             rendered = catalog.render(catalog.judge, style, {"question": "问题？", "response": "回答。",
-                                                             "rubric": rubric.model_dump(), "fields": []}, "judge")
+                                                             "rubric": rubric.model_dump(), "fields": [],
+                                                             "examples": []}, "judge")
             text = rendered.system + rendered.prompt
             assert rubric.text in text and "问题？" in text and "回答。" in text
             slots = re.findall(r'"分析"\s*:\s*"([^"]*)"', text)

@@ -64,14 +64,18 @@ VERDICT_SCHEMA: dict[str, Any] = {
 VERDICT_SCHEMA_JSON = json.dumps(VERDICT_SCHEMA, ensure_ascii=False)  # keeps the property order
 
 
-def verdict_schema(fields: Sequence[str] = (), subcategories: Sequence[str] = ()) -> dict[str, Any]:
+def verdict_schema(fields: Sequence[str] = (), subcategories: Sequence[str] = (),
+                   analysis: bool = True) -> dict[str, Any]:
     """VERDICT_SCHEMA with the requested judge fields (config `annotate.fields`) after 答案:
     yes/no fields written before the verdict lowered a judge's accuracy, so the verdict
-    comes first and the fields after it. No fields: VERDICT_SCHEMA itself."""
+    comes first and the fields after it. No fields: VERDICT_SCHEMA itself. `analysis` False
+    (a score-only judge, roles.judges[].analysis): no 分析, the verdict at once."""
     fields = ordered_fields(fields)
-    if not fields:
+    if not fields and analysis:
         return VERDICT_SCHEMA
     properties = dict(VERDICT_SCHEMA["properties"])
+    if not analysis:
+        properties.pop("分析")
     for name in fields:
         choices = list(subcategories) if name == "subcategory" else list(YES_NO)
         properties[FIELD_KEYS[name]] = {"type": "string", "enum": choices}

@@ -7,8 +7,9 @@ dataset is split into blocks.
 
 - chat style → `POST {base_url}/chat/completions` with system + user messages;
   completion style → `POST {base_url}/completions` with the raw prompt.
-- Judges (rows with a `json_schema`) get `response_format` json_schema (or json_object,
-  per `openai.response_format`), with free-text fields capped to fit `max_tokens`; an
+- Judges (rows with a `json_schema`) are constrained per `openai.response_format`: vLLM's
+  `structured_outputs` (the in-process engine's regex), SGLang's `regex`, or `response_format`
+  json_schema / json_object, with free-text fields capped to fit `max_tokens`; an
   output cut by `max_tokens` is closed if that parses (see `structured_output`).
 - 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff
   and jitter. Other 4xx are not retried.
@@ -48,7 +49,7 @@ import pandas as pd
 from synth.config import OpenAIOptions
 from synth.engines.base import RESULT_COLUMNS, Engine, transient
 from synth.engines.pushback import FAILED, OK, REFUSED, THROTTLED, EndpointDown, Pushback, attach_build_log
-from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget
+from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget, vllm_constraint
 from synth.errors import BadInput, BuildFailed
 from synth.scoring import from_openai
 
@@ -82,13 +83,27 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def response_format_for(schema_json: str, mode: str, max_tokens: int) -> dict[str, Any] | None:
+def constraint_fields(schema_json: str, mode: str, max_tokens: int) -> dict[str, Any]:
+    """The body fields that constrain a judge's output to its `json_schema`, per
+    `openai.response_format`:
+    - `structured_outputs` (vLLM's server): vLLM's own `structured_outputs`, the same regex or
+      JSON the in-process engine uses (`vllm_constraint`). With `json_schema` the server's
+      grammar lets the model put whitespace anywhere, and the embedded Qwen judge padded its
+      verdicts with newlines until `max_tokens` cut them (a fifth did not parse; BENCHMARKS.md);
+    - `regex` (SGLang): the same constraint as SGLang's top-level `regex` (or `json_schema`);
+    - `json_schema` (OpenAI and other hosted APIs): `response_format` json_schema, strict;
+    - `json_object` (e.g. DeepSeek): any JSON object; `none`: nothing."""
     if not schema_json or mode == "none":
-        return None
+        return {}
     if mode == "json_object":
-        return {"type": "json_object"}
+        return {"response_format": {"type": "json_object"}}
+    if mode in ("structured_outputs", "regex"):
+        constraint = vllm_constraint(schema_json, max_tokens) or {}
+        if mode == "structured_outputs":
+            return {"structured_outputs": constraint}
+        return {"regex": constraint["regex"]} if "regex" in constraint else {"json_schema": constraint["json"]}
     schema = fit_schema_to_budget(json.loads(schema_json), max_tokens)
-    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}}
 
 
 def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAIOptions) -> dict[str, Any]:
@@ -114,9 +129,7 @@ def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAI
     top_logprobs = int(row.get("top_logprobs") or 0)
     if top_logprobs:  # a scoring judge: the chat API takes a flag and a count, completions a count
         body.update({"logprobs": True, "top_logprobs": top_logprobs} if chat else {"logprobs": top_logprobs})
-    fmt = response_format_for(row.get("json_schema") or "", options.response_format, body["max_tokens"])
-    if fmt is not None:
-        body["response_format"] = fmt
+    body.update(constraint_fields(row.get("json_schema") or "", options.response_format, body["max_tokens"]))
     body.update(options.extra_body)
     return body
 

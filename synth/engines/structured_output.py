@@ -122,3 +122,16 @@ def flat_schema_regex(schema: dict[str, Any]) -> str | None:
             value = f'[^"\\\\\\n]{{{low},{"" if high is None else int(high)}}}'
         parts.append(f'"{re.escape(key)}": "{value}"')
     return r"\{" + ", ".join(parts) + r"\}"
+
+
+def vllm_constraint(schema_json: str, max_tokens: int) -> dict[str, Any] | None:
+    """vLLM's `structured_outputs` for a row's `json_schema` under its `max_tokens` (None when
+    the row has none): a flat object (the verdict) as a regex in the usual JSON spacing
+    (`flat_schema_regex`), anything else as JSON. The in-process engine and `engine: openai`
+    with `response_format: structured_outputs` (vLLM's server) both send this, so a judge is
+    constrained the same way whichever way it is served."""
+    if not schema_json:
+        return None
+    schema = fit_schema_to_budget(json.loads(schema_json), max_tokens)
+    regex = flat_schema_regex(schema)
+    return {"regex": regex} if regex else {"json": json.dumps(schema, ensure_ascii=False)}

@@ -47,7 +47,7 @@ import pandas as pd
 
 from synth.config import VLLMOptions
 from synth.engines.base import RESULT_COLUMNS, Engine
-from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget, flat_schema_regex
+from synth.engines.structured_output import close_truncated_json, vllm_constraint
 from synth.errors import BadInput
 from synth.probe import encode_vector
 from synth.scoring import compact_logprobs
@@ -97,12 +97,7 @@ def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
     }
     if int(row.get("top_logprobs") or 0):  # a scoring judge (see synth.scoring)
         params["logprobs"] = int(row["top_logprobs"])
-    schema_json = row.get("json_schema") or ""
-    if schema_json:
-        schema = fit_schema_to_budget(json.loads(schema_json), max_tokens)
-        # A flat object (the verdict) as a regex in the usual JSON spacing; anything else as JSON.
-        regex = flat_schema_regex(schema)
-        params["structured_outputs"] = {"regex": regex} if regex else {"json": json.dumps(schema, ensure_ascii=False)}
+    params["structured_outputs"] = vllm_constraint(row.get("json_schema") or "", max_tokens)
     return params
 
 

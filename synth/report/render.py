@@ -114,6 +114,15 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                     f"models and sampling): {cal['n']} gold pairs from {cal['gold']}, at {cal['at']}"
                     + (" (dry run)" if cal.get("dry_run") else "") + ".",
                     ["judge", "accuracy", "F1 不安全", "F1 安全", "unparsed"], rows, None))
+        from synth.eval_judges import measured_figures
+
+        sets = [[m["gold"], m["n"], _fmt(m["auroc"]), _fmt(m["auprc"]), _fmt(m["accuracy"]), _pct(m["share"])]
+                for m in measured_figures(cal)]
+        out.append(("What the labels are worth, per gold set", "The same run, on every gold file it measured: "
+                    "the project's own gold (its rubrics were tuned on it) says less than a public set nobody "
+                    "here wrote. AUROC and AU-PRC of the combined unsafe_score; accuracy and share of the build "
+                    "rule's labels.", ["gold", "n", "AUROC", "AU-PRC (不安全)", "accuracy", "labelled share"],
+                    sets, None))
     else:
         out.append(("Judges calibration", "None recorded for these judges: run `synth eval-judges GOLD --config "
                     "CONFIG` before a build to measure them against gold labels.", ["", ""], [], None))

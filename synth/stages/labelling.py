@@ -133,8 +133,11 @@ class Annotate(Stage):
         """What the judges' verdicts and scores depend on (not the thresholds that label with them)."""
         fields = ordered_fields(config.annotate.fields)
         probes = {name: probe.sha256 for name, probe in judge_probes(config).items()}
+        examples = judge_examples(config)
+        shown = examples and {"sha256": examples[0].sha256, "k": examples[1].k, "max_chars": examples[1].max_chars}
         return {"seed": config.seed, "disagreement": CONTROVERSIAL, "scores": config.annotate.scores,
-                **({"fields": fields} if fields else {}), **({"probes": probes} if probes else {})}
+                **({"fields": fields} if fields else {}), **({"probes": probes} if probes else {}),
+                **({"examples": shown} if shown else {})}
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
@@ -147,18 +150,19 @@ class Annotate(Stage):
         scores = ctx.config.annotate.scores
         rule = effective_rule(ctx.config)
         current = rows
-        from synth.probe import check_prompt
+        from synth.probe import check_prompt, judge_prompt_fingerprint
 
         probes = judge_probes(ctx.config)
+        examples = judge_examples(ctx.config)
         for index, role in enumerate(judges):
             probe = probes.get(role.name)
             if probe is not None:
-                check_prompt(probe, role.name, ctx.catalog.hashes["templates/shared/judge"],
+                check_prompt(probe, role.name, judge_prompt_fingerprint(ctx.catalog, role.rubric),
                              ctx.catalog.rubric(role.rubric).id)
             requests = current.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
                 "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
                 "fields": fields, "top_logprobs": 0 if scores == "off" or probe else TOP_LOGPROBS,
-                "schema": probe is None})
+                "schema": probe is None, "examples": examples if probe is None else None})
             answered = ctx.generate([(role, requests)])
             current = answered.map_batches(record_judgement, fn_kwargs={
                 "index": index, "fields": fields, "subcategories": subcategories,
@@ -175,23 +179,38 @@ def judge_probes(config: PipelineConfig) -> dict[str, Any]:
             for role in config.roles.judges if role.probe is not None}
 
 
+def judge_examples(config: PipelineConfig):
+    """(the examples file, its config) when `annotate.examples` is set, else None."""
+    from synth.judge_examples import read_examples
+
+    spec = config.annotate.examples
+    return None if spec is None else (read_examples(spec.path, "annotate.examples.path"), spec)
+
+
 def _judge_columns(index: int) -> str:
     return f"_judge{index}"
 
 
 def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
-                   fields: list[str] = (), top_logprobs: int = TOP_LOGPROBS, schema: bool = True) -> pd.DataFrame:
+                   fields: list[str] = (), top_logprobs: int = TOP_LOGPROBS, schema: bool = True,
+                   examples=None) -> pd.DataFrame:
     """One judge's request per pair; the pair's own columns travel with it (renamed where a
     request or result column would overwrite them). `fields`: the judge fields asked for;
     `top_logprobs`: alternatives per token to score the verdict with (0: none); `schema`:
-    structured output (a probe judge's prompt is read, not answered: none)."""
+    structured output (a probe judge's prompt is read, not answered: none); `examples`:
+    (Examples, JudgeExamples) to show each request k of (synth.judge_examples), or None."""
+    from synth.judge_examples import pick
+
     rubric = catalog.rubric(role.rubric).model_dump()
     field_vars = catalog.judge_fields(list(fields))
-    schema = json.dumps(verdict_schema(fields, list(catalog.subcategories)), ensure_ascii=False) if schema else ""
+    schema = json.dumps(verdict_schema(fields, list(catalog.subcategories), role.analysis),
+                        ensure_ascii=False) if schema else ""
     out = []
     for row in batch.to_dict("records"):
+        shown = pick(examples[0], row, examples[1].k, seed, examples[1].max_chars) if examples else []
         rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"],
-                                                         "rubric": rubric, "fields": field_vars}, "judge")
+                                                         "rubric": rubric, "fields": field_vars, "examples": shown},
+                                  "judge")
         carried = {_CARRIED.get(k, k): v for k, v in row.items()}
         out.append({**carried, **request_row(
             request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
