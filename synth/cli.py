@@ -113,9 +113,11 @@ def build(
     """Run a build: generate, answer, judge, clean and export a corpus."""
     _setup_logging()
     from synth import storage
-    from synth.build import run_build
+    from synth.build import prepare, run_build
 
     location = storage.location(out)
+    with _reported():  # a config or template that fails validation writes nothing into --out
+        prepare(config, templates, seeds)
     with _reported(), _others_output_to(storage.local_log_dir(location) / "build.log"):
         manifest = run_build(config, location, dry_run=dry_run, fresh=fresh, max_failures=max_failures,
                              templates=templates, seeds=seeds)

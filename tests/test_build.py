@@ -207,3 +207,23 @@ def test_a_build_whose_filters_drop_every_pair_finishes_with_an_empty_corpus(ray
     train = pq.read_table(tmp_path / "out/corpus/data/train-00000-of-00001.parquet").to_pandas()
     assert len(train) == 0 and {"question", "response", "label"} <= set(train.columns)
     assert len(read_table(tmp_path / "out/rejects")) >= stages["filter_responses"]["rows_in"]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("bogus_key: 1\n", "bogus_key"),
+    ("roles: {generator: {name: g, model: nope}}\n", "roles"),
+])
+def test_a_config_that_fails_validation_writes_nothing_into_out(repo_root: Path, tmp_path: Path, damage, expected):
+    """The real command, in a process of its own (its output redirection to build.log is real there)."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"extends: {repo_root / 'pipelines/demo.yaml'}\ntemplates: {repo_root / 'templates'}\n"
+                      f"seeds: {repo_root / 'seeds'}\n{damage}", encoding="utf-8")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "synth.cli", "build", str(config), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stdout + result.stderr and str(config) in result.stdout + result.stderr
+    assert not out.exists()
