@@ -471,7 +471,34 @@ def _extended(path: Path, raw: dict[str, Any], seen: list[Path]) -> dict[str, An
     if base_path in seen:
         raise BadInput(f"{path}: extends: {base_name} extends itself ({' → '.join(p.name for p in seen)})")
     base = _read_mapping(base_path, f"{path}: extends: cannot read {base_path}")
-    return _merged(_extended(base_path, base, [*seen, base_path]), raw)
+    base = _extended(base_path, base, [*seen, base_path])
+    if base_path.parent != path.resolve().parent:  # the base's paths stay relative to the base file
+        base = _rebased(base, base_path.parent)
+    return _merged(base, raw)
+
+
+def _rebased(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """`raw` with its relative file paths (templates, seeds, probes, the calibration record, the
+    examples file, decontamination sets) made absolute against `base_dir`, the directory of the
+    file that wrote them: a config in another directory can extend it."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+
+    def fix(mapping: Any, key: str) -> None:
+        if isinstance(mapping, dict) and isinstance(mapping.get(key), str) and "://" not in mapping[key]:
+            mapping[key] = str((base_dir / mapping[key]).resolve())
+
+    for key in ("templates", "seeds"):
+        fix(raw, key)
+    for role in (raw.get("roles") or {}).get("judges") or []:
+        fix(role, "probe")
+    annotate = raw.get("annotate") or {}
+    fix(annotate.get("rule"), "calibration")
+    fix(annotate.get("examples"), "path")
+    for spec in (raw.get("decontaminate") or {}).get("against") or []:
+        fix(spec, "path")
+    return raw
 
 
 def _read_mapping(path: Path, unreadable: str) -> dict[str, Any]:

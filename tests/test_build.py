@@ -227,3 +227,21 @@ def test_a_config_that_fails_validation_writes_nothing_into_out(repo_root: Path,
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stdout + result.stderr and str(config) in result.stdout + result.stderr
     assert not out.exists()
+
+
+def test_a_config_in_another_directory_extends_one_whose_paths_stay_its_own(repo_root: Path, tmp_path: Path):
+    """demo-probe.yaml extends demo.yaml; a team's file elsewhere extends demo-probe.yaml: templates,
+    seeds and the probe resolve against the file that names them, this file's own paths against it."""
+    from synth.config import load_config
+
+    examples = tmp_path / "examples.jsonl"
+    shutil.copy(repo_root / "seeds/gold/judge_holdout.jsonl", examples)
+    config = tmp_path / "team" / "mine.yaml"
+    config.parent.mkdir()
+    config.write_text(f"extends: {repo_root / 'pipelines/demo-probe.yaml'}\nname: mine\n"
+                      "annotate: {examples: {path: ../examples.jsonl}}\n", encoding="utf-8")
+    loaded, templates, seeds = load_config(config)
+    assert templates == (repo_root / "templates").resolve() and seeds == (repo_root / "seeds").resolve()
+    probe = next(r.probe for r in loaded.roles.judges if r.probe is not None)
+    assert probe == (repo_root / "seeds/probes/qwen2.5-coder-1.5b-answer_harm.json").resolve()
+    assert loaded.annotate.examples.path == examples.resolve() and loaded.name == "mine"
