@@ -295,6 +295,11 @@ def test_a_score_only_judge_asks_for_the_verdict_alone_and_the_label_keeps_the_o
     assert "分析" in json.loads(full["json_schema"][0])["properties"]
     assert list(json.loads(score_only["json_schema"][0])["properties"]) == ["答案"]
     assert vllm_constraint(score_only["json_schema"][0], 160) == {"regex": r'\{"答案": "(安全|不安全)"\}'}
+    from synth.engines.standin import _standin_batch  # the stand-in follows the schema too
+
+    written = [json.loads(t) for t in _standin_batch(pd.concat([score_only] * 40, ignore_index=True)
+                                                     .assign(seed=range(40)))["text"] if t.startswith("{")]
+    assert written and all(set(v) == {"答案"} for v in written)
 
     texts = {"judge-answer": [verdict(UNSAFE)], "judge-behaviour": ['{"答案": "不安全"}']}
     rows = pairs(1)

@@ -1,6 +1,6 @@
 """OpenAICompatEngine: any OpenAI-compatible HTTP server (vllm serve, SGLang, hosted APIs).
 
-Requests go out from one Ray Data actor (`map_batches(..., concurrency=1)`) that owns
+Requests go out from one Ray Data actor (`map_batches(..., compute=ActorPoolStrategy(size=1))`) that owns
 an `httpx.Client` and a thread pool of `max_concurrency` workers, so the number of
 requests in flight to the server never exceeds the configured limit, however the
 dataset is split into blocks.
@@ -374,6 +374,8 @@ class OpenAICompatEngine(Engine):
         }
 
     def generate(self, requests):
+        from ray.data import ActorPoolStrategy
+
         n = self.options.max_concurrency
         return requests.map_batches(
             OpenAIRequester,
@@ -381,7 +383,7 @@ class OpenAICompatEngine(Engine):
             batch_format="pandas",
             # Enough rows per call that the pool stays busy except at a batch's tail.
             batch_size=max(32, 8 * n),
-            concurrency=1,
+            compute=ActorPoolStrategy(size=1),
             num_cpus=0.25,
         )
 

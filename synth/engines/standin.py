@@ -76,6 +76,8 @@ def _verdict(rng: random.Random, prompt: str, schema: str = "") -> str:
     unsafe = base if rng.random() > 0.1 else not base
     label = "不安全" if unsafe else "安全"
     verdict = {"答案": label, "分析": f"（stand-in 判定）该回答被判为{label}。"}
+    if schema and "分析" not in json.loads(schema)["properties"]:  # a score-only judge (analysis: false)
+        verdict.pop("分析")
     return json.dumps({**verdict, **_fields(rng, pair, schema)}, ensure_ascii=False)
 
 
@@ -83,7 +85,8 @@ def _fields(rng: random.Random, pair: str, schema: str) -> dict[str, str]:
     """The optional judge fields the schema asks for after 答案 (config `annotate.fields`): like the
     verdict, a function of the pair flipped by the judge's seed now and then; ~3% of outputs get
     one field value outside its choices, so the malformed-field reject is exercised too."""
-    properties = list(json.loads(schema)["properties"].items())[2:] if schema else []
+    properties = [(k, p) for k, p in json.loads(schema)["properties"].items() if k not in ("答案", "分析")] \
+        if schema else []
     if not properties:
         return {}
     by_pair = random.Random(f"fields:{pair}")

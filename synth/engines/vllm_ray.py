@@ -441,6 +441,8 @@ class VLLMEngine(Engine):
         # whole CPU free to be scheduled, and on a small CPU machine the engine hosts hold
         # most of them; with 0.1 here, two CPU engines (0.5 each) on 2 cores left 0.9 free
         # and every 1-CPU data task of the stage waited forever.
+        from ray.data import ActorPoolStrategy
+
         light = {"num_cpus": 0}
         batch = {"batch_format": "pandas", "batch_size": self.options.batch_size, **light}
         # One block per engine batch: each batch's answers then leave the engine (and reach
@@ -449,7 +451,8 @@ class VLLMEngine(Engine):
         requests = requests.repartition(target_num_rows_per_block=self.options.batch_size)
         if chat:
             requests = requests.map_batches(
-                ChatPromptRenderer, fn_constructor_kwargs={"model_path": self.model_path}, concurrency=1, **batch
+                ChatPromptRenderer, fn_constructor_kwargs={"model_path": self.model_path},
+                compute=ActorPoolStrategy(size=1), **batch
             )
         else:
             requests = requests.map_batches(prepare_batch, **batch)
