@@ -128,10 +128,13 @@ def test_a_judge_without_logprobs_stops_the_build_when_scores_are_required():
         record_judgement(rows, 0, require_scores=True)
 
 
-def test_an_endpoint_without_logprobs_exits_2_when_scores_are_required(ray_session, tmp_path: Path, repo_root: Path):
+def test_an_endpoint_without_logprobs_exits_2_when_scores_are_required(ray_session, tmp_path: Path, repo_root: Path,
+                                                                      monkeypatch):
     """End to end: eval-judges with the judges behind an OpenAI-compatible server that ignores
     `logprobs` (as some hosted APIs do) and annotate.scores: required."""
     from openai_stub_server import StubServer
+
+    monkeypatch.setattr("synth.eval_judges._calibrations_dir", lambda: tmp_path / "calibrations")
 
     raw = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text(encoding="utf-8"))
     raw.update(templates=str(repo_root / "templates"), seeds=str(repo_root / "seeds"))

@@ -46,9 +46,12 @@ def gold(repo_root: Path, tmp_path_factory) -> Path:
 
 
 def test_demo_judges_through_vllms_server_parse_and_label_as_in_process(ray_session, repo_root: Path,
-                                                                        tmp_path: Path, gold: Path):
+                                                                        tmp_path: Path, gold: Path, monkeypatch):
     from synth.eval_judges import evaluate_judges
     from synth.models import QWEN_MODEL, resolve_model
+
+    # eval-judges records its result for builds of the same judges: not in the user's cache
+    monkeypatch.setattr("synth.eval_judges._calibrations_dir", lambda: tmp_path / "calibrations")
 
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     with vllm_server(resolve_model(QWEN_MODEL), log=tmp_path / "vllm-server.log") as url:
