@@ -3,7 +3,7 @@
 A judge request may carry k labelled examples drawn from a gold-format JSONL file (the
 fields of `synth eval-judges`' gold: id, question, response, label, category_name,
 sub_category_name). Each request gets its own draw, fixed by the build's seed and the pair's
-id (a rebuild asks the same), and never the pair itself (same question and answer):
+id (a rebuild asks the same), and never the pair's own question:
 
 - the pair's scenario first (an example whose category_name is the pair's scenario name or
   id), then the others;
@@ -30,7 +30,7 @@ from synth.errors import BadInput
 class Examples:
     path: str
     sha256: str  # of the file's bytes: a new examples file is a new judge prompt
-    rows: tuple[dict[str, str], ...]  # question, response, label, category_name, id; in file order
+    rows: tuple[dict[str, str], ...]  # question, response (stripped), label, category_name, id; in file order
 
 
 def read_examples(path: Path, where: str) -> Examples:
@@ -45,8 +45,8 @@ def read_examples(path: Path, where: str) -> Examples:
         gold = read_judge_gold(Path(path))
     except BadInput as e:
         raise BadInput(f"{where}: {e}") from None
-    rows = tuple({"id": row_id, "question": g["question"], "response": g["response"], "label": g["label"],
-                  "category_name": g["category_name"]} for row_id, g in gold.items())
+    rows = tuple({"id": row_id, "question": g["question"].strip(), "response": g["response"].strip(),
+                  "label": g["label"], "category_name": g["category_name"]} for row_id, g in gold.items())
     return Examples(str(path), hashlib.sha256(raw).hexdigest()[:16], rows)
 
 
@@ -57,10 +57,8 @@ def _rank(seed: int, pair_id: str, example_id: str) -> str:
 def pick(examples: Examples, pair: dict[str, Any], k: int, seed: int, max_chars: int) -> list[dict[str, str]]:
     """The k examples one judge request shows for `pair` (see the module docstring)."""
     scenario = {str(pair.get("scenario") or ""), str(pair.get("scenario_name") or "")} - {""}
-    own = (str(pair["question"]).strip(), str(pair["response"]).strip())
-    pair_id = str(pair["id"])
-    candidates = [e for e in examples.rows if (e["question"].strip(), e["response"].strip()) != own
-                  and e["question"].strip() != own[0]]
+    own_question, pair_id = str(pair["question"]).strip(), str(pair["id"])
+    candidates = [e for e in examples.rows if e["question"] != own_question]  # never the pair's own question
     candidates.sort(key=lambda e: (e["category_name"] not in scenario, _rank(seed, pair_id, e["id"])))
     chosen: list[dict[str, str]] = []
     if k >= 2:  # the first of each label, in ranked order
@@ -75,7 +73,6 @@ def pick(examples: Examples, pair: dict[str, Any], k: int, seed: int, max_chars:
 
 
 def _cut(text: str, max_chars: int) -> str:
-    text = text.strip()
     return text if len(text) <= max_chars else text[:max_chars] + "……"
 
 
@@ -85,7 +82,7 @@ def check_no_overlap(gold: dict[str, dict[str, Any]], gold_path: Path, config) -
     if spec is None:
         return
     examples = read_examples(spec.path, "annotate.examples")
-    shown = {e["question"].strip(): e["id"] for e in examples.rows}
+    shown = {e["question"]: e["id"] for e in examples.rows}
     for row_id, g in gold.items():
         if g["question"].strip() in shown:
             raise BadInput(f"{gold_path}: gold pair {row_id!r} is in-context example {shown[g['question'].strip()]!r} "

@@ -98,7 +98,7 @@ def constraint_fields(schema_json: str, mode: str, max_tokens: int) -> dict[str,
     if mode == "json_object":
         return {"response_format": {"type": "json_object"}}
     if mode in ("structured_outputs", "regex"):
-        constraint = vllm_constraint(schema_json, max_tokens) or {}
+        constraint = vllm_constraint(schema_json, max_tokens)
         if mode == "structured_outputs":
             return {"structured_outputs": constraint}
         return {"regex": constraint["regex"]} if "regex" in constraint else {"json_schema": constraint["json"]}
