@@ -24,6 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vllm_server import vllm_server  # noqa: E402
 
 PAIRS = 12
+# Verdicts that may differ per judge. Both engines decode greedily, but batches differ, so float
+# near-ties in the written analysis can flip a verdict: on the whole gold set 3-4% of verdicts
+# differ (BENCHMARKS.md). At 3.5% per verdict, 2 or more of 12 differ for one of two judges in
+# 12% of runs (CI saw 2 once); 4 or more in 0.1%. A server that labelled at chance would agree
+# on 9 of 12 with probability 0.07 per judge, and on both judges 0.005.
+DIFFERENT = 3
 
 
 def _config(repo_root: Path, tmp_path: Path, name: str, judges_model: dict | None = None) -> Path:
@@ -69,6 +75,7 @@ def test_demo_judges_through_vllms_server_parse_and_label_as_in_process(ray_sess
     base = {p["id"]: p for p in in_process["pairs"]}
     for name in served["judges"]:
         same = sum(p[name] == base[p["id"]][name] for p in served["pairs"])
-        assert same >= PAIRS - 1, (name, same)
-    assert abs(served["agreed"]["accuracy"] - in_process["agreed"]["accuracy"]) <= 1 / PAIRS + 1e-9
-    assert abs(served["agreed"]["share"] - in_process["agreed"]["share"]) <= 1 / PAIRS + 1e-9
+        assert same >= PAIRS - DIFFERENT, (name, same)
+    # the build rule's label (or none) per pair
+    same = sum(p["label"] == base[p["id"]]["label"] for p in served["pairs"])
+    assert same >= PAIRS - DIFFERENT, ("build rule", same)
