@@ -50,6 +50,7 @@ from synth.faults import DRIVER_PID, fault_point, worker_fault_point
 from synth.request_cache import model_identity
 from synth.filters import build_filters
 from synth.lock import BuildLock
+from synth.progress import StageProgress
 from synth.rows import REJECT_COLUMN, to_arrow
 from synth.stages.base import Stage, StageContext
 from synth.stages.cleaning import (Decontaminate, DedupPairs, DedupQuestions, FilterPairs, FilterQuestions,
@@ -84,6 +85,12 @@ class StageRecord:
     why: str = ""  # "reused", or why the stage ran (no output yet, pending requests, which input changed)
     signature: str = ""
     nodes: dict[str, int] = field(default_factory=dict)  # rows written per Ray node id (where the work ran)
+    # what the requests this stage sent spent (cache hits cost nothing), and the plan's estimate beside it
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    requests_per_s: float = 0.0
+    output_tokens_per_s: float = 0.0
+    plan: dict[str, Any] = field(default_factory=dict)
 
 
 def reason_key(reason: str) -> str:
@@ -220,9 +227,9 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
     ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run,
                        cache_root=storage.join(out, "cache", "requests"))
     try:
-        records = _run_stages(ctx, out, max_failures, lock)
+        records = _run_stages(ctx, out, max_failures, lock, plan)
     finally:
-        ctx.release_engines(keep=set())
+        ctx.close()
 
     from synth.export import export_build
 
@@ -274,7 +281,9 @@ def _write_report(out: Path) -> None:
         log.exception("writing the build report failed (rerun: synth report %s)", out)
 
 
-def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lock: BuildLock) -> list[StageRecord]:
+def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lock: BuildLock,
+                plan: dict[str, Any] | None = None) -> list[StageRecord]:
+    planned = {s["name"]: s for s in (plan or {}).get("stages", [])}
     records: list[StageRecord] = []
     upstream_output = ""
     previous: ray.data.Dataset | None = None
@@ -302,10 +311,15 @@ def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lo
             ctx.stage = stage.name
             failed_before = sum(n for r in records for code, n in r.rejected.items() if is_failure(code))
             failed_before += sum(r.pending for r in records)
-            result = stage.run(ctx, previous)
-            record = _write_stage(stage, result, stage_dir, previous_rows, signature,
-                                  budget=None if max_failures is None else (failed_before, max_failures, out),
-                                  input_schema=previous.schema() if previous is not None else None)
+            with StageProgress(stage.name, ctx.tally, planned.get(stage.name),
+                               rows_total=None if stage.fans_out else previous_rows) as progress:
+                result = stage.run(ctx, previous)
+                record = _write_stage(stage, result, stage_dir, previous_rows, signature,
+                                      budget=None if max_failures is None else (failed_before, max_failures, out),
+                                      input_schema=previous.schema() if previous is not None else None,
+                                      on_rows=progress.add_rows)
+            for key, value in progress.summary().items():
+                setattr(record, key, value)
             record.seconds = round(time.monotonic() - started, 2)
             record.requests = ctx.requests.get(stage.name, {})
             record.why = why
@@ -381,11 +395,13 @@ def _models_needed_next(config: PipelineConfig, stages: tuple[Stage, ...]) -> se
 
 
 def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in: int, signature: str,
-                 input_schema: Any = None, budget: tuple[int, int, Path] | None = None) -> StageRecord:
+                 input_schema: Any = None, budget: tuple[int, int, Path] | None = None,
+                 on_rows: Any = None) -> StageRecord:
     """Stream the result into rows / rejects / pending / side outputs, shard by shard, then rename.
 
     `budget`: (requests failed before this stage, --max-failures, build dir); checked as the batches' counts arrive, so a
     dead endpoint or a wrong key stops the build in its first batches, not after the stage.
+    `on_rows(n)`: told the rows of each batch as it is written (live progress).
     """
     if storage.is_remote(stage_dir):  # no rename on an object store: write-then-marker
         storage.delete(storage.join(stage_dir, MARKER))  # readers trust only a marked stage directory
@@ -407,6 +423,8 @@ def _write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_i
             failed += int(n) if is_failure(reason_key(reason)) else 0
             if schema is None and batch_schema:
                 schema = pa.ipc.read_schema(pa.py_buffer(batch_schema))
+            if on_rows is not None:
+                on_rows(int(n))
         if budget is not None and budget[0] + failed > budget[1]:
             raise _over_budget(budget[0] + failed, budget[1], budget[2])
     if schema is None:  # no batch at all (an earlier stage kept no row): the input's columns,

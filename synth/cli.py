@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from synth.errors import BadInput, BuildFailed, unwrap
+from synth.terminal import FILE_ONLY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build Chinese safety-guard corpora.")
 templates_app = typer.Typer(no_args_is_help=True, help="List and validate scenario templates.")
@@ -33,6 +34,8 @@ def _setup_logging(stream=None) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.synth_terminal = True
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        # lines for build.log only (the progress line, while a live bar shows the same on the terminal)
+        handler.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         logger.addHandler(handler)
     handler.stream = stream or sys.stderr  # not setStream(): it flushes the old one, maybe closed by now
     logger.setLevel(logging.INFO)

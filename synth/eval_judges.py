@@ -330,9 +330,12 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
     everything = {k: g for part in keyed for k, g in part.items()}
     try:
         ctx.stage = "eval_judges"
-        labelled = Annotate().run(ctx, ray.data.from_pandas(gold_pairs(everything))).to_pandas()
+        from synth.progress import StageProgress
+
+        with StageProgress(ctx.stage, ctx.tally):
+            labelled = Annotate().run(ctx, ray.data.from_pandas(gold_pairs(everything))).to_pandas()
     finally:
-        ctx.release_engines(keep=set())
+        ctx.close()
     seconds = round(time.monotonic() - started, 1)
     from synth.filters import build_filters
     from synth.output_parsing import ordered_fields

@@ -165,9 +165,12 @@ def train_probe(gold_paths: list[Path], config_path: Path, judge: str, out: Path
         requests = ray.data.from_pandas(gold_pairs(golds)).map_batches(judge_requests, batch_format="pandas", fn_kwargs={
             "catalog": catalog, "role": role, "style": ctx.prompt_style(role), "seed": config.seed, "fields": [],
             "top_logprobs": 0, "schema": False})
-        answered = ctx.generate([(role, requests)]).to_pandas()
+        from synth.progress import StageProgress
+
+        with StageProgress(ctx.stage, ctx.tally):
+            answered = ctx.generate([(role, requests)]).to_pandas()
     finally:
-        ctx.release_engines(keep=set())
+        ctx.close()
     vectors, labels, hashes = [], [], []
     by_id = {row["id"]: row for row in answered.to_dict("records")}
     for row_id, g in golds.items():

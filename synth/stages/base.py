@@ -22,6 +22,7 @@ import ray.data
 from synth.config import PipelineConfig, Role
 from synth.engines import Engine, make_engine
 from synth.errors import BadInput
+from synth.progress import Tally
 from synth.request_cache import (
     COMPACT_AFTER_SHARDS, KEY_COLUMN, add_keys, batch_shard_count, compact_cache, log_sent, lookup,
     lookup_counts, model_identity, only_hits, only_misses, write_to_cache,
@@ -41,6 +42,8 @@ class StageContext:
     stage: str = ""  # the stage running now (set by the runner)
     # per stage: requests answered by a model vs served from the cache, by scenario
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what the engines answered, counted as it streams (live progress, the manifest's tokens)
+    tally: Tally = field(default_factory=Tally)
 
     def engine(self, model_name: str) -> Engine:
         if model_name not in self.engines:
@@ -53,6 +56,11 @@ class StageContext:
         for name in [n for n in self.engines if n not in keep]:
             log.info("closing engine %s", name)
             self.engines.pop(name).close()
+
+    def close(self) -> None:
+        """Close every engine and the tally: the context is done."""
+        self.release_engines(keep=set())
+        self.tally.close()
 
     def start_engines(self, models: set[str]) -> None:
         """Begin loading these models now, so a model loads while the stages before its
@@ -77,7 +85,8 @@ class StageContext:
         identity = model_identity(model_name, spec.model_copy(update={"engine": "standin"}) if self.dry_run else spec)
         keyed = requests.map_batches(add_keys, fn_kwargs={"identity": identity}, batch_format="pandas").materialize()
         if self.cache_root is None:
-            return self.engine(model_name).generate(keyed)
+            self.tally.expect(self.stage, sent=keyed.count(), cached=0)
+            return self.tally.counting(self.engine(model_name).generate(keyed), self.stage)
         cache_dir = str(inside(self.cache_root, model_name))
         if batch_shard_count(cache_dir) > COMPACT_AFTER_SHARDS:  # keep nightly builds from piling up files
             compact_cache(cache_dir)
@@ -95,6 +104,7 @@ class StageContext:
             stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + n
         stats["cached"] += hit_count
         stats["sent"] += total - hit_count
+        self.tally.expect(self.stage, sent=total - hit_count, cached=hit_count)
         parts = []
         if hit_count:
             parts.append(looked_up.map_batches(only_hits, batch_format="pyarrow"))
@@ -106,7 +116,7 @@ class StageContext:
                 # what resume tests count to prove nothing answered is ever sent again.
                 sent_dir = str(inside(_parent(self.cache_root), "sent", model_name))
                 misses = misses.map_batches(log_sent, fn_kwargs={"log_dir": sent_dir}, batch_format="pandas")
-                answered = self.engine(model_name).generate(misses)
+                answered = self.tally.counting(self.engine(model_name).generate(misses), self.stage)
                 parts.append(answered.map_batches(write_to_cache, fn_kwargs={"cache_dir": cache_dir},
                                                   batch_format="pandas"))
         return _union(parts).drop_columns([KEY_COLUMN])
