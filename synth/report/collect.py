@@ -369,8 +369,13 @@ def cost(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for s in manifest.get("stages", []):
         requests = s.get("requests") or {}
+        # builds since the live progress count every stage's tokens as the engines answer (synth.progress);
+        # older manifests: what the rows record
+        counted = "output_tokens" in s
         out.append({"stage": s["name"], "seconds": s.get("seconds", 0.0), "reused": s.get("reused", False),
-                    "completion_tokens": tokens.get(s["name"]),
+                    "completion_tokens": s["output_tokens"] if counted else tokens.get(s["name"]),
+                    "prompt_tokens": s["prompt_tokens"] if counted else None,
+                    "requests_per_s": s.get("requests_per_s") if counted else None,
                     "requests_sent": requests.get("sent"), "requests_cached": requests.get("cached")})
     return out
 

@@ -168,12 +168,13 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
             bal.append(["share target skipped", b["share_skipped"]])
         out.append(("Balance", "Cut rows are in rejects/balance.parquet.", ["", ""], bal, None))
 
-    cost = [[c["stage"], f"{c['seconds']:.1f}", "yes" if c["reused"] else "", _fmt(c["completion_tokens"]),
-             _fmt(c["requests_sent"]), _fmt(c["requests_cached"])] for c in n["cost"]]
-    out.append(("Tokens and wall time per stage", "Completion tokens as recorded in the rows (queries, augment, "
-                "respond; the judges' token counts are not recorded in the stage rows). Prompt tokens are not recorded.",
-                ["stage", "seconds", "reused", "completion tokens", "requests sent", "cached"], cost, "time"))
-    # (a reused stage shows the seconds of the run that produced it)
+    cost = [[c["stage"], f"{c['seconds']:.1f}", "yes" if c["reused"] else "", _fmt(c.get("prompt_tokens")),
+             _fmt(c["completion_tokens"]), _fmt(c.get("requests_per_s")), _fmt(c["requests_sent"]),
+             _fmt(c["requests_cached"])] for c in n["cost"]]
+    out.append(("Tokens and wall time per stage", "Tokens of the requests a stage sent, counted as the engines "
+                "answered (cache hits cost none). A reused stage shows the figures of the run that made it.",
+                ["stage", "seconds", "reused", "prompt tokens", "output tokens", "requests/s", "requests sent",
+                 "cached"], cost, "time"))
     plan = n.get("plan") or {}
     if plan.get("stages"):
         t = plan.get("totals") or {}
@@ -182,7 +183,7 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
         out.append(("Plan and actual", f"The plan `synth build` made before it ran (`synth plan`; acceptance rates: "
                     f"{plan.get('rates_from')}): {_fmt(t.get('gpu_hours'))} GPU-hours, {_fmt(t.get('wall_hours'))} h "
                     f"of model time, API cost ${_fmt(t.get('cost_usd'))}. Planned output tokens are max_tokens × the "
-                    "fill share; actual ones as recorded in the rows (not for the judges).",
+                    "fill share; actual ones as the engines answered.",
                     ["stage", "planned requests", "requests", "planned output tokens", "output tokens", "seconds"],
                     rows, None))
     return out
