@@ -52,21 +52,15 @@ from synth.filters import build_filters
 from synth.lock import BuildLock
 from synth.progress import StageProgress
 from synth.rows import REJECT_COLUMN, to_arrow
+from synth.pipeline import PIPELINE, Pipeline
 from synth.stages.base import Stage, StageContext
-from synth.stages.cleaning import (Decontaminate, DedupPairs, DedupQuestions, FilterPairs, FilterQuestions,
-                                   FilterResponses)
-from synth.stages.generation import Augment, Elements, Obfuscate, Queries
-from synth.stages.labelling import Annotate, Respond
 from synth.templates import Catalog, load_catalog
 
 log = logging.getLogger("synth")
 ray_log = logging.getLogger("synth.ray")  # Ray's own notices: build.log only (see _log_to_file)
 ray_log.propagate = False
 
-STAGES: tuple[Stage, ...] = (
-    Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(), Obfuscate(),
-    Respond(), FilterResponses(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
-)
+STAGES: tuple[Stage, ...] = PIPELINE.stages  # the shipped pipeline's stages, in run order
 MARKER = "_SUCCESS.json"
 
 
@@ -177,8 +171,9 @@ def run_build(
     max_failures: int | None = None,
     templates: Path | None = None,
     seeds: Path | None = None,
+    pipeline: Pipeline = PIPELINE,
 ) -> dict[str, Any]:
-    """Build (or resume, or incrementally rebuild) into `out`; see the module docstring.
+    """Build (or resume, or incrementally rebuild) into `out` through `pipeline`; see the module docstring.
 
     `max_failures`: how many LLM requests may fail (after the engine's retries) and be
     recorded in rejects/ before the build fails; None = no limit.
@@ -187,7 +182,7 @@ def run_build(
     check_eval_sets(config)
     from synth.plan import headline, make_plan
 
-    plan = make_plan(config, catalog)  # what this build should cost, recorded beside what it did
+    plan = make_plan(config, catalog, pipeline=pipeline)  # what this build should cost, recorded beside what it did
     remote = storage.is_remote(out)  # an object store (s3://…): see synth.storage
     if remote:
         storage.check_reachable(out)
@@ -199,7 +194,7 @@ def run_build(
     with BuildLock(out) as lock:
         try:
             manifest = _build(config, catalog, plan, out, build_log, lock, dry_run=dry_run, fresh=fresh,
-                              max_failures=max_failures)
+                              max_failures=max_failures, pipeline=pipeline)
         finally:
             if remote:  # the log of a failed build too: it says why
                 try:
@@ -210,7 +205,7 @@ def run_build(
 
 
 def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str, build_log: Path, lock: BuildLock, *,
-           dry_run: bool, fresh: bool, max_failures: int | None) -> dict[str, Any]:
+           dry_run: bool, fresh: bool, max_failures: int | None, pipeline: Pipeline = PIPELINE) -> dict[str, Any]:
     """`run_build` once the build lock is held: the stages, then the exports, manifest and report."""
     from synth.plan import headline
 
@@ -227,7 +222,7 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
     ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run,
                        cache_root=storage.join(out, "cache", "requests"))
     try:
-        records = _run_stages(ctx, out, max_failures, lock, plan)
+        records = _run_stages(ctx, out, max_failures, lock, plan, pipeline=pipeline)
     finally:
         ctx.close()
 
@@ -240,7 +235,8 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
 
         # the last `synth eval-judges` of exactly these judges (templates, rubrics, models, sampling)
         measured = last_calibration(ctx)
-        export_counts = export_build(local, config, catalog=catalog, judges_measured=measured)
+        export_counts = export_build(local, config, catalog=catalog, judges_measured=measured,
+                                     final=pipeline.final.name)
         manifest = _manifest(config, catalog, ctx, records, export_counts, dry_run)
         manifest["judges_calibration"] = measured
         from synth.calibration import effective_rule
@@ -282,18 +278,20 @@ def _write_report(out: Path) -> None:
 
 
 def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lock: BuildLock,
-                plan: dict[str, Any] | None = None) -> list[StageRecord]:
+                plan: dict[str, Any] | None = None, pipeline: Pipeline = PIPELINE) -> list[StageRecord]:
+    """Run (or reuse) every stage of `pipeline` in order, each on its input stage's output rows."""
     planned = {s["name"]: s for s in (plan or {}).get("stages", [])}
     records: list[StageRecord] = []
-    upstream_output = ""
-    previous: ray.data.Dataset | None = None
-    previous_rows = 0
-    for i, stage in enumerate(STAGES):
+    outputs: dict[str, tuple[str, int]] = {}  # stage → (what its output stands for, its rows out)
+    for stage in pipeline:
         lock.check()  # a build whose lease on an object store was taken over stops here
         # Loaded models stay loaded across the stages between their uses; any other is closed.
-        needed_next = _models_needed_next(ctx.config, STAGES[i:])
+        needed_next = _models_needed_next(ctx.config, pipeline.after(stage.name))
         ctx.release_engines(keep=needed_next)
         stage_dir = storage.join(out, "stages", stage.name)
+        source = pipeline.input_of(stage.name)
+        upstream_output, rows_in = outputs[source] if source is not None else ("", 0)
+        previous = read_rows(storage.join(out, "stages", source, "rows")) if source is not None else None
         inputs = stage_inputs(stage, ctx, upstream_output)
         signature = _digest(inputs)
         marker = _read_marker(stage_dir)
@@ -312,9 +310,9 @@ def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lo
             failed_before = sum(n for r in records for code, n in r.rejected.items() if is_failure(code))
             failed_before += sum(r.pending for r in records)
             with StageProgress(stage.name, ctx.tally, planned.get(stage.name),
-                               rows_total=None if stage.fans_out else previous_rows) as progress:
+                               rows_total=None if stage.fans_out else rows_in) as progress:
                 result = stage.run(ctx, previous)
-                record = _write_stage(stage, result, stage_dir, previous_rows, signature,
+                record = _write_stage(stage, result, stage_dir, rows_in, signature,
                                       budget=None if max_failures is None else (failed_before, max_failures, out),
                                       input_schema=previous.schema() if previous is not None else None,
                                       on_rows=progress.add_rows)
@@ -335,13 +333,11 @@ def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lo
                 f", {record.pending} pending (sent again next run)" if record.pending else "", record.seconds,
             )
         records.append(record)
-        upstream_output = output
+        outputs[stage.name] = (output, record.rows_out)
         failures = sum(n for r in records for code, n in r.rejected.items() if is_failure(code))
         failures += sum(r.pending for r in records)
         if max_failures is not None and failures > max_failures:
             raise _over_budget(failures, max_failures, out)
-        previous = read_rows(storage.join(stage_dir, "rows"))
-        previous_rows = record.rows_out
     return records
 
 
@@ -483,6 +479,9 @@ class ShardWriter:
         self.stage, self.diverted, self.reject_only = stage, diverted, reject_only
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if REJECT_COLUMN not in batch.columns:
+            raise BuildFailed(f"stage {self.stage}: its rows have no {REJECT_COLUMN!r} column (a stage sets it on "
+                              "every row: '' keeps the row, a reason rejects it)")
         reason = batch[REJECT_COLUMN].astype(str)
         ids = "\n".join(batch["id"].astype(str)) if "id" in batch.columns else str(len(batch))
         name = f"{hashlib.sha256(ids.encode()).hexdigest()[:24]}.parquet"

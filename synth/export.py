@@ -62,14 +62,12 @@ FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_su
 KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy")
 # The named configurations beside `default`: the controversial tier counted as this label.
 VIEWS = {"strict": UNSAFE, "loose": SAFE}
-TIER_STAGE = {DISAGREE: "annotate", BETWEEN: "annotate"}
 FINGERPRINT_COLUMNS = ("id", "label", "question", "response", "analyze")  # the stage a tier row got its label in (else filter_pairs)
 SHARD_ROWS = 50_000  # rows per corpus/ parquet file at most
 LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "response", "label", "analyze", "id")
 # Beyond Libra-Test's keys: the judges' combined P(不安全) (synth.scoring), null in builds before scores.
 LIBRA_EXTRA_KEYS = ("unsafe_score",)
 LIBRA_SOURCE = "Synthetic Data"
-FINAL_STAGE = "decontaminate"  # the last of synth.build.STAGES: the export reads its rows
 INPUTS_DIR = "inputs"
 JUDGE_FIELDS_FILE = "judge_fields.json"  # in inputs/: the judge fields the build asked for, as the prompt renders them
 EXPORT_FORMATS = ("sft", "alpaca", "libra-test", "jsonl")
@@ -116,11 +114,33 @@ def split_train_validation(df: pd.DataFrame, share: float, seed: int) -> tuple[p
     return (train.drop(columns="_order").sort_values("id"), validation.drop(columns="_order").sort_values("id"))
 
 
-def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], pd.DataFrame]:
+def final_stage(out: Path) -> str:
+    """The stage whose rows the exports read: the last of the build's manifest (a re-export), else
+    the last of synth's pipeline (a build exporting before its manifest is written)."""
+    try:
+        return json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))["stages"][-1]["name"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        from synth.pipeline import PIPELINE
+
+        return PIPELINE.final.name
+
+
+def tier_stages() -> tuple[str, str]:
+    """(the stage whose judges' rule puts a pair in the controversial tier, the stage whose label
+    filters do): what hard/ names as a tier row's `hard_stage`."""
+    from synth.pipeline import PIPELINE
+
+    labeller = PIPELINE.writer_of("judgements").name
+    filters = next((s.name for s in PIPELINE if getattr(s, "labels", None) is True), labeller)
+    return labeller, filters
+
+
+def load_balanced(out: Path, config: PipelineConfig, final: str | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """(kept, cut by `balance` with `reject_reason`, balance counts, the controversial tier):
     `KEY_COLUMNS` of the final stage's rows, sorted by id. Balance applies to the agreed labels;
     the tier is kept whole."""
-    keys = read_table(Path(out) / "stages" / FINAL_STAGE / "rows", KEY_COLUMNS)
+    keys = read_table(Path(out) / "stages" / (final or final_stage(out)) / "rows", KEY_COLUMNS)
     if keys.empty:
         keys = pd.DataFrame(columns=list(KEY_COLUMNS))
     if "controversy" not in keys:  # a build of an older synth: no tier
@@ -132,23 +152,26 @@ def load_balanced(out: Path, config: PipelineConfig) -> tuple[pd.DataFrame, pd.D
 
 
 def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
-                 shard_rows: int = SHARD_ROWS, judges_measured: dict[str, Any] | None = None) -> dict[str, Any]:
+                 shard_rows: int = SHARD_ROWS, judges_measured: dict[str, Any] | None = None,
+                 final: str | None = None) -> dict[str, Any]:
     """Write every export. `catalog` (the build's templates) gives the guard prompt for sft/;
     without it the prompt is the judge template next to the config (see `snapshot_inputs`).
     A corpus split of more than `shard_rows` rows is written as several files.
-    `judges_measured`: the last `eval-judges` record of these judges, for the card."""
+    `judges_measured`: the last `eval-judges` record of these judges, for the card.
+    `final`: the stage whose rows are the corpus (default: `final_stage`)."""
     from synth.sft import GuardPrompt, write_sft
 
     out = Path(out)
-    kept, cut, balance, tier = load_balanced(out, config)
+    final_name = final or final_stage(out)
+    kept, cut, balance, tier = load_balanced(out, config, final_name)
     balance["config"] = config.balance.model_dump(mode="json")
     train, validation = split_train_validation(kept, config.export.validation_share, config.seed)
     tier_splits = dict(zip(SPLITS, split_train_validation(tier, config.export.validation_share, config.seed)))
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
-        files = parquet_files(out / "stages" / FINAL_STAGE / "rows")
+        files = parquet_files(out / "stages" / final_name / "rows")
         schema = _as_written(unified_schema(files, CORPUS_COLUMNS))
-        final = SortedRows(batches(files, schema), read_column(files, "id"), schema, Path(tmp) / FINAL_STAGE)
+        final = SortedRows(batches(files, schema), read_column(files, "id"), schema, Path(tmp) / final_name)
 
         corpus_dir = _fresh_dir(out / "corpus")
         for split, ids in (("train", train["id"]), ("validation", validation["id"])):
@@ -256,10 +279,13 @@ def write_hard(out: Path, path: Path, tmp: Path, tier: tuple[pa.Schema, Any, Any
                 reason = batch.column(REJECT_COLUMN) if REJECT_COLUMN in batch.schema.names \
                     else pa.array([""] * len(batch), pa.string())
                 yield as_hard(batch, reason, name)
+        labeller, label_filters = tier_stages()
         for table in tier_tables() if tier_schema is not None else ():
             for batch in table.to_batches():
                 reason = batch.column("controversy")
-                yield as_hard(batch, reason, [TIER_STAGE.get(r, "filter_pairs") for r in reason.to_pylist()])
+                # the judges' rule (a disagreement, a score between the thresholds), else a label filter
+                yield as_hard(batch, reason, [labeller if r in (DISAGREE, BETWEEN) else label_filters
+                                              for r in reason.to_pylist()])
 
     sorted_rows = SortedRows(rows(), ids, schema, tmp, sort_keys=("id", "hard_stage"))
     n = write_parquet([path], schema, sorted_rows)
@@ -385,7 +411,7 @@ def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuil
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise BadInput(f"{build_dir}: no such build directory")
-    required = ("manifest.json", f"stages/{FINAL_STAGE}/_SUCCESS.json", "corpus/data/train-00000-of-*.parquet")
+    required = ("manifest.json", f"stages/{final_stage(build_dir)}/_SUCCESS.json", "corpus/data/train-00000-of-*.parquet")
     for relative in required:
         if not any(build_dir.glob(relative)):
             raise BadInput(f"{build_dir}: not a finished build ({relative} is missing); "

@@ -26,22 +26,10 @@ import yaml
 from synth.config import Generation, PipelineConfig, Role
 from synth.errors import BadInput
 
-# Used when no previous build is given: rows out per row in, per stage. The generator's
-# yield per call is a share of max_questions_per_call (below).
-DEFAULT_KEEP = {
-    "augment": None,  # 1 + the rewritten share (computed)
-    "filter_questions": 0.80,
-    "dedup_questions": 0.97,
-    "respond": 0.99,
-    "filter_responses": 0.92,
-    "annotate": 0.85,
-    "filter_pairs": 0.90,
-    "dedup_pairs": 0.99,
-    "decontaminate": 1.0,
-}
+# Used when no previous build is given: the generator's yield per call is a share of
+# max_questions_per_call; every other stage's rows out per row in is its `Stage.keep`.
 DEFAULT_QUESTIONS_PER_CALL_SHARE = 0.8  # of max_questions_per_call, parsed and kept per generator call
 SAMPLE_QUESTION_CHARS = 40  # a question not written yet, for rendering respond and judge prompts
-REQUEST_STAGES = ("queries", "augment", "respond", "annotate")
 
 
 def _manifest_rates(path: Path) -> dict[str, dict[str, float]]:
@@ -77,101 +65,75 @@ def _harmful_share(gen: Generation) -> float:
     return gen.harmful_calls_per_subcategory / calls if calls else 0.0
 
 
-def make_plan(config: PipelineConfig, catalog, from_build: Path | None = None) -> dict[str, Any]:
-    from synth.output_parsing import ordered_fields
-    from synth.stages.generation import element_rows, question_requests
-    from synth.stages.labelling import judge_requests, respond_requests
+class Planner:
+    """What `synth plan` carries from stage to stage. Each stage of the pipeline, in order, reads
+    `rows` (its estimated rows in), counts its requests per role (`count`) and leaves its rows out
+    (`keep`, or `done` after setting `rows` itself); `notes` carries what a later stage's prompts
+    need (the elements rows, the responders' answer length)."""
 
-    previous = _manifest_rates(from_build) if from_build else {}
-    options = config.plan
-    gen = config.generation
+    def __init__(self, config: PipelineConfig, catalog, previous: dict[str, dict[str, float]]) -> None:
+        self.config, self.catalog, self.previous = config, catalog, previous
+        self.rows = 0.0
+        self.notes: dict[str, Any] = {}
+        self.stages: list[dict[str, Any]] = []
+        self.roles: dict[str, dict[str, float]] = {}
+        self.stage_output: dict[str, dict[str, float]] = {}  # stage → model → output tokens (for wall time)
+        self._requests: dict[str, float] = {}
 
-    def rate(stage: str, what: str, default: float) -> float:
-        return previous.get(stage, {}).get(what, default)
+    def rate(self, stage: str, what: str, default: float) -> float:
+        """A rate of the earlier build (`--from-build`), else `default`."""
+        return self.previous.get(stage, {}).get(what, default)
 
-    elements = element_rows(config, catalog)
-    stages: list[dict[str, Any]] = []
-    roles: dict[str, dict[str, float]] = {}
-    stage_output: dict[str, dict[str, float]] = {}  # stage → model → output tokens (for wall time)
-
-    def count(stage: str, role: Role, requests: float, prompt_chars: float) -> None:
-        r = roles.setdefault(role.name, {"model": role.model, "requests": 0.0, "prompt_tokens": 0.0,
-                                         "output_tokens": 0.0})
+    def count(self, stage: str, role: Role, requests: float, prompt_chars: float) -> None:
+        options = self.config.plan
+        r = self.roles.setdefault(role.name, {"model": role.model, "requests": 0.0, "prompt_tokens": 0.0,
+                                              "output_tokens": 0.0})
         # an embed model (a probe judge) reads its prompt and writes nothing
-        output = 0.0 if config.models[role.model].task == "embed" else role.sampling.max_tokens * options.output_fill
+        output = 0.0 if self.config.models[role.model].task == "embed" else \
+            role.sampling.max_tokens * options.output_fill
         r["requests"] += requests
         r["prompt_tokens"] += requests * prompt_chars / options.chars_per_token
         r["output_tokens"] += requests * output
-        by_model = stage_output.setdefault(stage, {})
+        by_model = self.stage_output.setdefault(stage, {})
         by_model[role.model] = by_model.get(role.model, 0.0) + requests * output
+        self._requests[stage] = self._requests.get(stage, 0.0) + requests
 
-    # queries: one call per elements row, prompts rendered exactly
-    gen_role = config.roles.generator
-    style = config.models[gen_role.model].prompt_style
-    rendered = question_requests(pd.DataFrame(elements), catalog, gen_role, style, config.seed, gen) \
-        if elements else pd.DataFrame(columns=["prompt", "system"])
-    calls = len(elements)
-    if calls:
-        count("queries", gen_role, calls, float((rendered["prompt"].str.len() + rendered["system"].str.len()).mean()))
-    stages.append({"name": "queries", "requests": calls})
-    questions = calls * rate("queries", "keep", gen.max_questions_per_call * DEFAULT_QUESTIONS_PER_CALL_SHARE)
+    def keep(self, stage: str, default: float) -> None:
+        """Rows out = rows in × the stage's rate (the earlier build's, else `default`)."""
+        self.rows *= self.rate(stage, "keep", default)
+        self.done(stage)
 
-    # augment: a share of the harmful questions rewritten by the generator
-    harmful_share = _harmful_share(gen)
-    scale = harmful_share / previous["_harmful_share"]["value"] if previous.get("_harmful_share", {}).get("value") \
-        else 1.0
-    augment_requests = questions * (previous["augment"]["requests"] * scale if "augment" in previous
-                                    else config.augment.share * harmful_share)
-    if augment_requests:
-        count("augment", gen_role, augment_requests, SAMPLE_QUESTION_CHARS * 4)
-    stages.append({"name": "augment", "requests": augment_requests})
-    questions *= (1 + (previous["augment"]["keep"] - 1) * scale if "augment" in previous
-                  else 1 + config.augment.share * harmful_share * 0.9)
-    for name in ("filter_questions", "dedup_questions"):
-        questions *= rate(name, "keep", DEFAULT_KEEP[name])
-    questions *= 1 + config.augment.obfuscation.share  # one obfuscated copy per chosen question
+    def done(self, stage: str) -> None:
+        self.stages.append({"name": stage, "requests": self._requests.get(stage, 0.0), "rows": self.rows})
 
-    # respond: each question by every responder or by responders_per_question of them
-    responders = list(config.roles.responders)
-    per_question = config.respond.responders_per_question or len(responders)
-    per_question = min(per_question, len(responders))
-    respond_total = questions * rate("respond", "requests", per_question)
-    sample = pd.DataFrame([{"id": "plan", "question": "问" * SAMPLE_QUESTION_CHARS}])
-    answer_chars = []
-    for index, role in enumerate(responders):
-        r = respond_requests(sample, catalog, role, config.models[role.model].prompt_style,
-                             catalog.persona(role.persona, index), config.seed, [role.name], None)
-        count("respond", role, respond_total / len(responders), float(len(r["prompt"][0]) + len(r["system"][0])))
-        answer_chars.append(role.sampling.max_tokens * options.output_fill * options.chars_per_token)
-    stages.append({"name": "respond", "requests": respond_total})
-    pairs = questions * rate("respond", "keep", per_question * DEFAULT_KEEP["respond"])
-    pairs *= rate("filter_responses", "keep", DEFAULT_KEEP["filter_responses"])
+    def harmful_share(self) -> tuple[float, float]:
+        """(this config's harmful share of generator calls, its ratio to the earlier build's: rates that
+        depend on it, such as augment's, are rescaled)."""
+        share = _harmful_share(self.config.generation)
+        before = self.previous.get("_harmful_share", {}).get("value")
+        return share, (share / before if before else 1.0)
 
-    # annotate: every judge reads every pair
-    judges = list(config.roles.judges)
-    annotate_total = pairs * rate("annotate", "requests", len(judges))
-    pair = pd.DataFrame([{"id": "plan", "question": "问" * SAMPLE_QUESTION_CHARS,
-                          "response": "答" * int(sum(answer_chars) / max(1, len(answer_chars)))}])
-    for role in judges:
-        r = judge_requests(pair, catalog, role, config.models[role.model].prompt_style, config.seed,
-                           ordered_fields(config.annotate.fields))
-        count("annotate", role, annotate_total / len(judges), float(len(r["prompt"][0]) + len(r["system"][0])))
-    stages.append({"name": "annotate", "requests": annotate_total})
-    rows = pairs * rate("annotate", "keep", DEFAULT_KEEP["annotate"])
-    for name in ("filter_pairs", "dedup_pairs", "decontaminate"):
-        rows *= rate(name, "keep", DEFAULT_KEEP[name])
 
+def make_plan(config: PipelineConfig, catalog, from_build: Path | None = None, pipeline=None) -> dict[str, Any]:
+    """The plan of a build of `config` through `pipeline` (default: synth.pipeline.PIPELINE): every
+    stage estimates its own requests and rows (`Stage.estimate`)."""
+    if pipeline is None:
+        from synth.pipeline import PIPELINE as pipeline
+    planner = Planner(config, catalog, _manifest_rates(from_build) if from_build else {})
+    for stage in pipeline:
+        stage.estimate(planner)
+    stages, roles, options = planner.stages, planner.roles, config.plan
     models = _models(config, roles)
     return {
         "config": config.name,
-        "rates_from": str(from_build) if from_build else "defaults (synth/plan.py DEFAULT_KEEP)",
+        "rates_from": str(from_build) if from_build else "defaults (each stage's keep, synth/stages/)",
         "assumptions": {"chars_per_token": options.chars_per_token, "output_fill": options.output_fill},
-        "stages": [{**s, "requests": round(s["requests"]),
-                    "output_tokens": round(sum(stage_output.get(s["name"], {}).values()))} for s in stages],
+        "stages": [{**s, "requests": round(s["requests"]), "rows": round(s["rows"]),
+                    "output_tokens": round(sum(planner.stage_output.get(s["name"], {}).values()))} for s in stages],
         "roles": {k: {**v, **{f: round(v[f]) for f in ("requests", "prompt_tokens", "output_tokens")}}
                   for k, v in roles.items()},
         "models": models,
-        "labelled_pairs": round(rows),  # after the pair filters, dedup and decontamination (before balance)
+        "labelled_pairs": round(planner.rows),  # rows out of the final stage (before balance)
         "totals": {
             "requests": round(sum(s["requests"] for s in stages)),
             "prompt_tokens": round(sum(v["prompt_tokens"] for v in roles.values())),
@@ -179,7 +141,7 @@ def make_plan(config: PipelineConfig, catalog, from_build: Path | None = None) -
             "gpu_hours": round(sum(m["gpu_hours"] or 0 for m in models.values()), 3),
             # the stages one after another; within a stage, its models side by side
             "wall_hours": round(sum(max((_replica_hours(config, m, tokens) for m, tokens in per.items()), default=0)
-                                    for per in stage_output.values()), 3),
+                                    for per in planner.stage_output.values()), 3),
             "cost_usd": round(sum(m["cost_usd"] or 0 for m in models.values()), 2),
         },
     }
@@ -242,8 +204,9 @@ def headline(plan: dict[str, Any]) -> str:
 def render(plan: dict[str, Any]) -> str:
     lines = [f"plan for {plan['config']} (acceptance rates: {plan['rates_from']}; "
              f"{plan['assumptions']['chars_per_token']:g} characters a token, output at "
-             f"{plan['assumptions']['output_fill']:.0%} of max_tokens)", "", "requests per stage:"]
-    lines += [f"  {s['name']:<10} {s['requests']:>10,}" for s in plan["stages"]]
+             f"{plan['assumptions']['output_fill']:.0%} of max_tokens)", "", "per stage:"]
+    lines += [f"  {s['name']:<18} {s['requests']:>10,} requests  {s.get('rows', 0):>10,} rows out"
+              for s in plan["stages"]]
     lines += ["", "per role:              model          requests  prompt tokens  output tokens"]
     lines += [f"  {name:<20} {r['model']:<14} {r['requests']:>8,} {r['prompt_tokens']:>14,} {r['output_tokens']:>14,}"
               for name, r in plan["roles"].items()]

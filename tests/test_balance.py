@@ -13,8 +13,11 @@ import yaml
 
 from synth.balance import BALANCE_CAP, BALANCE_SHARE, apply_balance, water_fill
 from synth.config import Balance, load_config
-from synth.export import CORPUS_COLUMNS, FINAL_STAGE, export_build, read_table
+from synth.export import CORPUS_COLUMNS, export_build, read_table
+from synth.pipeline import PIPELINE
 from synth.rows import REJECT_COLUMN, stable_id
+
+FINAL_STAGE = PIPELINE.final.name  # the stage whose rows the exports read
 
 
 def corpus(spec: dict[tuple[str, str], int]) -> pd.DataFrame:

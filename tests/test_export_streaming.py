@@ -21,13 +21,16 @@ import yaml
 
 import synth.stream_io as stream_io
 from synth.config import load_config
-from synth.export import FINAL_STAGE, export_build, export_format
+from synth.export import export_build, export_format
+from synth.pipeline import PIPELINE
 from synth.stream_io import SortedRows, write_parquet
 
 SUBCATEGORIES = [("illegal_activities", "违法犯罪", "cybersecurity", "网络安全"),
                  ("illegal_activities", "违法犯罪", "fraud", "诈骗"),
                  ("bias_discrimination", "偏见歧视", "region", "地域"),
                  ("physical_mental_health", "身心健康", "mental_health", "心理健康")]
+
+FINAL_STAGE = PIPELINE.final.name  # the stage whose rows the exports read
 
 
 def _row(k: int, rng: random.Random, **extra) -> dict:

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from synth.cli import app
 from synth.config import load_config
-from synth.export import CORPUS_COLUMNS, FINAL_STAGE, INPUTS_DIR, export_build
+from synth.export import CORPUS_COLUMNS, INPUTS_DIR, export_build
+from synth.pipeline import PIPELINE
 from synth.output_parsing import parse_verdict
 from synth.sft import LLAMA_FACTORY_NAMES, GuardPrompt, verdict_json
 
@@ -35,6 +36,8 @@ SCENARIOS = {
     "bias_discrimination": ("偏见歧视", "region", "地域"),
     "physical_mental_health": ("身心健康", "mental_health", "心理健康"),
 }
+
+FINAL_STAGE = PIPELINE.final.name  # the stage whose rows the exports read
 
 
 def _rows(n_per_stratum: int = 3) -> list[dict]:

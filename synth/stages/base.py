@@ -1,7 +1,8 @@
 """What a stage is and what it may use.
 
-A stage has a name, the stage whose output it reads (`input`), and a `run` that
-turns that dataset into one output dataset. Output rows with a non-empty
+A stage has a name and a `run` that turns its input dataset (the output of the stage
+before it in the `synth.pipeline.Pipeline`, or the one the pipeline names) into one
+output dataset. Output rows with a non-empty
 `reject_reason` become the stage's rejects; rows whose reason is listed in
 `diverted` go to a side output instead (the judges' disagreements → `hard`).
 The runner (`synth.build`) writes everything as parquet and does the counting,
@@ -172,9 +173,12 @@ class Stage(ABC):
     """
 
     name: ClassVar[str]
-    input: ClassVar[str | None]  # the stage whose rows this one reads
     # Columns every output row has (None: the input's columns, passed through).
     columns: ClassVar[tuple[str, ...] | None] = None
+    # Columns of its input rows this stage reads: the pipeline checks that a stage upstream writes them.
+    reads: ClassVar[tuple[str, ...]] = ()
+    # `synth plan`: rows out per row in when no earlier build says (see `estimate`).
+    keep: ClassVar[float] = 1.0
     diverted: ClassVar[dict[str, str]] = {}  # reject reason -> side output name
     # A stage that fans out (one call → many questions, one question → several
     # answers) creates rows; any other stage must account for every input row
@@ -197,6 +201,11 @@ class Stage(ABC):
     @abstractmethod
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         """Transform the input rows; mark drops with `reject_reason`."""
+
+    def estimate(self, planner: Any) -> None:
+        """`synth plan`: this stage's requests and rows out, from the rows in (`synth.plan.Planner`).
+        A stage that sends no request keeps `keep` of its rows (or the earlier build's rate)."""
+        planner.keep(self.name, self.keep)
 
 
 def empty_like(columns: dict[str, Any]) -> pd.DataFrame:

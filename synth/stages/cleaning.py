@@ -67,7 +67,8 @@ class _FilterStage(Stage):
 
 class FilterQuestions(_FilterStage):
     name = "filter_questions"
-    input = "augment"
+    keep = 0.80  # synth plan, without an earlier build
+    reads = ("question",)
     target = "questions"
 
 
@@ -76,7 +77,8 @@ class FilterResponses(_FilterStage):
     leakage, ...), before annotate: the judges see only the pairs these keep."""
 
     name = "filter_responses"
-    input = "respond"
+    keep = 0.92  # synth plan, without an earlier build
+    reads = ("question", "response")
     target = "pairs"
     labels = False
 
@@ -86,7 +88,8 @@ class FilterPairs(_FilterStage):
     benign_flagged), after annotate."""
 
     name = "filter_pairs"
-    input = "annotate"
+    keep = 0.90  # synth plan, without an earlier build
+    reads = ("label",)
     target = "pairs"
     labels = True
 
@@ -130,14 +133,16 @@ class _DedupStage(Stage):
 
 class DedupQuestions(_DedupStage):
     name = "dedup_questions"
-    input = "filter_questions"
+    keep = 0.97  # synth plan, without an earlier build
+    reads = ("id", "question")
     target = "questions"
     text_fields = ("question",)
 
 
 class DedupPairs(_DedupStage):
     name = "dedup_pairs"
-    input = "filter_pairs"
+    keep = 0.99  # synth plan, without an earlier build
+    reads = ("id", "question", "response")
     target = "pairs"
     text_fields = ("question", "response")
 
@@ -154,7 +159,7 @@ class Decontaminate(Stage):
     """
 
     name = "decontaminate"
-    input = "dedup_pairs"
+    reads = ("id", "question")
     reject_only_columns = CONTAMINATION_COLUMNS
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:

@@ -25,8 +25,9 @@ class Elements(Stage):
     """Sample one item of each pool per generation call (the paper's four elements)."""
 
     name = "elements"
-    input = None
     fans_out = True
+    columns = ("id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements",
+               "template_id", "template_hash", REJECT_COLUMN)
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
         gen = config.generation
@@ -40,6 +41,11 @@ class Elements(Stage):
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         out = element_rows(ctx.config, ctx.catalog)
         return ray.data.from_items(out, override_num_blocks=max(1, min(8, len(out) // 64 or 1)))
+
+    def estimate(self, planner) -> None:
+        planner.notes["elements"] = element_rows(planner.config, planner.catalog)  # exact: the same code
+        planner.rows = float(len(planner.notes["elements"]))
+        planner.done(self.name)
 
 
 def element_rows(config: PipelineConfig, catalog) -> list[dict[str, Any]]:
@@ -82,8 +88,8 @@ class Queries(Stage):
     """The generator writes n questions per element combination (harmful or benign look-alike)."""
 
     name = "queries"
-    input = "elements"
     fans_out = True
+    reads = ("id", "scenario", "subcategory", "kind", "elements", "template_id")
     columns = None  # set below: _QUESTION_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
@@ -105,6 +111,23 @@ class Queries(Stage):
         results = ctx.generate([(role, requests)])
         return results.map_batches(questions_from_results, batch_format="pandas", fn_kwargs={
             "role": role, "style": style, "limit": ctx.config.generation.max_questions_per_call})
+
+    def estimate(self, planner) -> None:
+        """One call per elements row, its prompt rendered exactly; questions kept per call: the
+        earlier build's, else a share of max_questions_per_call."""
+        from synth.plan import DEFAULT_QUESTIONS_PER_CALL_SHARE
+
+        config, gen = planner.config, planner.config.generation
+        [role] = self.roles(config)
+        elements = planner.notes.get("elements") or []
+        if elements:
+            rendered = question_requests(pd.DataFrame(elements), planner.catalog, role,
+                                         config.models[role.model].prompt_style, config.seed, gen)
+            planner.count(self.name, role, len(elements),
+                          float((rendered["prompt"].str.len() + rendered["system"].str.len()).mean()))
+        planner.rows = len(elements) * planner.rate(self.name, "keep",
+                                                    gen.max_questions_per_call * DEFAULT_QUESTIONS_PER_CALL_SHARE)
+        planner.done(self.name)
 
 
 def question_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int, generation) -> pd.DataFrame:
@@ -160,8 +183,8 @@ class Augment(Stage):
     """Red-team rewrites of a share of the harmful questions; originals pass through."""
 
     name = "augment"
-    input = "queries"
     fans_out = True
+    reads = ("id", "question", "kind")
     columns = None  # set below: _QUESTION_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
@@ -188,6 +211,22 @@ class Augment(Stage):
         results = ctx.generate([(role, requests)])
         originals = rows.map_batches(_with_reject_column, batch_format="pandas")
         return originals.union(results.map_batches(augmented_rows, batch_format="pandas"))
+
+    def estimate(self, planner) -> None:
+        """A share of the harmful questions rewritten by the generator (an earlier build's rates are
+        rescaled to this config's harmful share)."""
+        from synth.plan import SAMPLE_QUESTION_CHARS
+
+        config = planner.config
+        share, scale = planner.harmful_share()
+        before = planner.previous.get(self.name)
+        questions = planner.rows
+        requests = questions * (before["requests"] * scale if before else config.augment.share * share)
+        if requests:
+            planner.count(self.name, config.roles.generator, requests, SAMPLE_QUESTION_CHARS * 4)
+        planner.rows = questions * (1 + (before["keep"] - 1) * scale if before
+                                    else 1 + config.augment.share * share * 0.9)
+        planner.done(self.name)
 
 
 def chosen_tactic(row_id: str, tactics: list[str], share: float, seed: int) -> str | None:
@@ -259,8 +298,8 @@ class Obfuscate(Stage):
     """
 
     name = "obfuscate"
-    input = "dedup_questions"
     fans_out = True
+    reads = ("id", "question", "attack")
     columns = None  # set below: _QUESTION_COLUMNS
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
@@ -279,6 +318,10 @@ class Obfuscate(Stage):
         return rows.map_batches(with_obfuscated, batch_format="pandas", fn_kwargs={
             "tables": ctx.catalog.obfuscation, "tactics": o.tactics or list(TACTICS), "share": o.share,
             "seed": ctx.config.seed})
+
+    def estimate(self, planner) -> None:
+        planner.rows *= 1 + planner.config.augment.obfuscation.share  # one obfuscated copy per chosen question
+        planner.done(self.name)
 
 
 def with_obfuscated(batch: pd.DataFrame, tables, tactics: list[str], share: float, seed: int) -> pd.DataFrame:

@@ -38,8 +38,9 @@ class Respond(Stage):
     """Every responder (or a deterministic subset per question) answers each question."""
 
     name = "respond"
-    input = "obfuscate"
     fans_out = True
+    reads = ("id", "question")
+    keep = 0.99  # pairs per question and responder (synth plan)
     columns = PAIR_COLUMNS
 
     def roles(self, config: PipelineConfig) -> list[Role]:
@@ -62,6 +63,25 @@ class Respond(Stage):
                 "responders": names, "per_question": per_question})))
         results = ctx.generate(requests)
         return results.map_batches(pairs_from_results, batch_format="pandas")
+
+    def estimate(self, planner) -> None:
+        """Each question by every responder, or by responders_per_question of them."""
+        from synth.plan import SAMPLE_QUESTION_CHARS
+
+        config, catalog, options = planner.config, planner.catalog, planner.config.plan
+        responders = self.roles(config)
+        per_question = min(config.respond.responders_per_question or len(responders), len(responders))
+        total = planner.rows * planner.rate(self.name, "requests", per_question)
+        sample = pd.DataFrame([{"id": "plan", "question": "问" * SAMPLE_QUESTION_CHARS}])
+        answer_chars = []
+        for index, role in enumerate(responders):
+            r = respond_requests(sample, catalog, role, config.models[role.model].prompt_style,
+                                 catalog.persona(role.persona, index), config.seed, [role.name], None)
+            planner.count(self.name, role, total / len(responders), float(len(r["prompt"][0]) + len(r["system"][0])))
+            answer_chars.append(role.sampling.max_tokens * options.output_fill * options.chars_per_token)
+        planner.notes["answer_chars"] = int(sum(answer_chars) / max(1, len(answer_chars)))  # for the judges' prompts
+        planner.rows *= planner.rate(self.name, "keep", per_question * self.keep)
+        planner.done(self.name)
 
 
 def picked_responders(question_id: str, responders: list[str], per_question: int | None, seed: int) -> set[str]:
@@ -113,8 +133,9 @@ class Annotate(Stage):
     """
 
     name = "annotate"
-    input = "filter_responses"
     columns = LABELLED_COLUMNS
+    reads = ("id", "question", "response")
+    keep = 0.85
 
     def roles(self, config: PipelineConfig) -> list[Role]:
         return list(config.roles.judges)
@@ -169,6 +190,21 @@ class Annotate(Stage):
                 "require_scores": scores == "required", "probe": probe}, batch_format="pandas")
         return current.map_batches(combine_judgements, fn_kwargs={
             "judges": len(judges), "fields": fields, "rule": rule}, batch_format="pandas")
+
+    def estimate(self, planner) -> None:
+        """Every judge reads every pair (an answer of the responders' expected length)."""
+        from synth.plan import SAMPLE_QUESTION_CHARS
+
+        config = planner.config
+        judges = self.roles(config)
+        total = planner.rows * planner.rate(self.name, "requests", len(judges))
+        pair = pd.DataFrame([{"id": "plan", "question": "问" * SAMPLE_QUESTION_CHARS,
+                              "response": "答" * planner.notes.get("answer_chars", 0)}])
+        for role in judges:
+            r = judge_requests(pair, planner.catalog, role, config.models[role.model].prompt_style, config.seed,
+                               ordered_fields(config.annotate.fields))
+            planner.count(self.name, role, total / len(judges), float(len(r["prompt"][0]) + len(r["system"][0])))
+        planner.keep(self.name, self.keep)
 
 
 def judge_probes(config: PipelineConfig) -> dict[str, Any]:
