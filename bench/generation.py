@@ -113,7 +113,7 @@ def run_ray(args, rows: list[dict]) -> dict:
     from synth.engines import make_engine
 
     try:
-        from synth.build import init_ray
+        from synth.session import init_ray
     except ImportError:  # pragma: no cover
         def init_ray():
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

@@ -26,7 +26,7 @@ if sys.argv[1] == "minimal":
     sys.modules["aiohttp_cors"] = None  # ray.dashboard.optional_deps fails: Ray starts the minimal agent
 started = time.perf_counter()
 import psutil, ray, ray.data
-from synth.build import init_ray
+from synth.session import init_ray
 os.environ["SYNTH_NUM_CPUS"] = "2"
 init_ray()
 ds = ray.data.range(2000).map_batches(lambda b: {"id": b["id"] * 2}, batch_size=100).materialize()

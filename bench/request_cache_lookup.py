@@ -98,7 +98,7 @@ def main() -> None:
 
     import ray.data
 
-    from synth.build import init_ray
+    from synth.session import init_ray
     from synth.request_cache import compact_cache
 
     init_ray()

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,29 +35,27 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import ray.data
 
 import synth
 from synth import storage
-from synth.config import PipelineConfig, load_config
+from synth.config import PipelineConfig
 from synth.errors import BadInput, BuildFailed
 from synth.engines.base import PENDING
 from synth.engines.pushback import BUILD_LOG_ENV
 from synth.faults import DRIVER_PID, fault_point, worker_fault_point
-from synth.request_cache import model_identity
-from synth.filters import build_filters
 from synth.lock import BuildLock
 from synth.progress import StageProgress
 from synth.rows import REJECT_COLUMN, to_arrow
 from synth.pipeline import PIPELINE, Pipeline
+from synth.prepare import check_eval_sets, prepare
+from synth.session import init_ray, log_to_file
+from synth.signatures import digest, stage_inputs, why_run
 from synth.stages.base import Stage, StageContext
-from synth.templates import Catalog, load_catalog
+from synth.templates import Catalog
 
 log = logging.getLogger("synth")
-ray_log = logging.getLogger("synth.ray")  # Ray's own notices: build.log only (see _log_to_file)
-ray_log.propagate = False
 
 STAGES: tuple[Stage, ...] = PIPELINE.stages  # the shipped pipeline's stages, in run order
 MARKER = "_SUCCESS.json"
@@ -98,68 +95,6 @@ def reason_key(reason: str) -> str:
 def is_failure(reason_code: str) -> bool:
     """A request that failed (after the engine's retries): what --max-failures counts."""
     return reason_code.endswith("llm_error") or reason_code == PENDING
-
-
-def prepare(config_path: Path, templates: Path | None = None, seeds: Path | None = None):
-    """Load and validate everything a build reads, before anything is written."""
-    config, templates_dir, seeds_dir = load_config(config_path)
-    catalog = load_catalog(templates or templates_dir, seeds or seeds_dir, only=config.scenarios or None)
-    build_filters(config.filters.questions, "filters.questions")
-    build_filters(config.filters.pairs, "filters.pairs")
-    for tactic in config.augment.tactics:
-        catalog.tactic(tactic)
-    for i, role in enumerate(config.roles.responders):
-        if role.persona is not None:
-            catalog.persona(role.persona, i)
-    for role in config.roles.judges:
-        catalog.rubric(role.rubric)
-    return config, catalog
-
-
-def check_eval_sets(config: PipelineConfig) -> None:
-    """Read every evaluation file of `decontaminate.against` once: BadInput (exit 2) naming a
-    missing, empty or malformed one before the build writes anything."""
-    if config.decontaminate.against:
-        from synth.dedup.decontaminate import load_eval_sets
-
-        load_eval_sets(config.decontaminate.against, config.decontaminate.fields)
-
-
-def init_ray() -> None:
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if not address:
-            # "local": a Ray of its own, even where `ray start` (or a test's cluster) left its
-            # address in /tmp/ray, which ray.init() would join; a cluster is joined by RAY_ADDRESS
-            address = "local"
-            kwargs["num_cpus"] = int(os.environ.get("SYNTH_NUM_CPUS", os.cpu_count() or 2))
-        ray.init(address=address, **kwargs)
-    _raylet_messages_to_log()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
-def _raylet_messages_to_log() -> None:
-    """Ray prints the raylet's notices (e.g. "N PYTHON worker processes have been started")
-    on the driver's stdout, where a newcomer reads them as errors: send them to build.log."""
-    import ray._private.worker as ray_worker
-
-    original = ray_worker.print_to_stdstream
-    if getattr(original, "_synth", False):
-        return
-
-    def to_log(data: dict, ignore_prefix: bool = False) -> None:
-        if data.get("pid") == "raylet":
-            for line in data.get("lines", []):
-                ray_log.info("raylet: %s", line)
-            return
-        original(data, ignore_prefix)
-
-    to_log._synth = True  # type: ignore[attr-defined]
-    ray_worker.print_to_stdstream = to_log
 
 
 def run_build(
@@ -212,7 +147,7 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
     if fresh:
         for name in ("stages", "cache"):
             storage.delete_dir(storage.join(out, name))
-    _log_to_file(build_log)
+    log_to_file(build_log)
     log.setLevel(logging.INFO)
     log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
     log.info("%s", headline(plan))
@@ -244,7 +179,7 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
         # the thresholds the labels come from, and the calibration record they were read from (if any)
         manifest["label_rule"] = effective_rule(config)
         manifest["plan"] = plan
-        _write_json_atomic(local / "manifest.json", manifest)
+        storage.write_json(local / "manifest.json", manifest)
         log.info("corpus: %s (%d rows), manifest: %s", storage.join(out, "corpus"), export_counts["corpus_rows"],
                  storage.join(out, "manifest.json"))
         if manifest["pending"]:
@@ -293,9 +228,9 @@ def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lo
         upstream_output, rows_in = outputs[source] if source is not None else ("", 0)
         previous = read_rows(storage.join(out, "stages", source, "rows")) if source is not None else None
         inputs = stage_inputs(stage, ctx, upstream_output)
-        signature = _digest(inputs)
+        signature = digest(inputs)
         marker = _read_marker(stage_dir)
-        why = _why_run(marker, signature, inputs)
+        why = why_run(marker, signature, inputs)
         if why == "reused":
             record = StageRecord(**{**marker["record"], "reused": True, "why": why})
             output = marker.get("output", signature)
@@ -323,8 +258,8 @@ def _run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, lo
             record.why = why
             # What the next stage's signature chains from: a stage with pending rows will produce
             # more rows when rerun, so its output is not the one its signature alone stands for.
-            output = signature if not record.pending else _digest({"partial": signature, "at": time.time_ns()})
-            _write_json_atomic(storage.join(stage_dir, MARKER), {"signature": signature, "inputs": inputs, "output": output,
+            output = signature if not record.pending else digest({"partial": signature, "at": time.time_ns()})
+            storage.write_json(storage.join(stage_dir, MARKER), {"signature": signature, "inputs": inputs, "output": output,
                                                     "record": record.__dict__})
             log.info(
                 "stage %-16s %d in → %d out, %d rejected%s%s (%.1fs)", stage.name, record.rows_in, record.rows_out,
@@ -346,40 +281,6 @@ def _over_budget(failures: int, max_failures: int, out: Path) -> BuildFailed:
         f"{failures} LLM requests failed after retries (budget --max-failures {max_failures}); "
         f"finished stages are kept in {storage.join(out, 'stages')}, see rejects/ and pending/ for the errors"
     )
-
-
-def stage_inputs(stage: Stage, ctx: StageContext, upstream_output: str) -> dict[str, str]:
-    """What a stage's output depends on, one hash per kind of input (the marker keeps them,
-    so a rerun can say which one changed). Throughput settings and paths are not in it."""
-    config = ctx.config
-    roles = {}
-    for role in stage.roles(config):
-        spec = config.models[role.model]
-        spec = spec.model_copy(update={"engine": "standin"}) if ctx.dry_run else spec
-        roles[role.name] = {"role": role.model_dump(mode="json"), "model": model_identity(role.model, spec)}
-    return {
-        "code": synth.__version__,
-        "engine": "standin" if ctx.dry_run else "real",
-        "config": _digest(stage.depends(config)),
-        "templates": _digest(stage.templates(ctx.catalog)),
-        "models": _digest(roles),
-        "input": upstream_output,
-    }
-
-
-def _why_run(marker: dict | None, signature: str, inputs: dict[str, str]) -> str:
-    if not marker:
-        return "no finished output"
-    if marker.get("signature") == signature:
-        pending = marker.get("record", {}).get("pending", 0)
-        return f"{pending} pending requests" if pending else "reused"
-    before = marker.get("inputs") or {}
-    changed = [k for k, v in inputs.items() if before.get(k) != v]
-    return "changed: " + ", ".join(changed or ["signature"])
-
-
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
 
 
 def _models_needed_next(config: PipelineConfig, stages: tuple[Stage, ...]) -> set[str]:
@@ -563,23 +464,6 @@ def _manifest(config: PipelineConfig, catalog: Catalog, ctx: StageContext, recor
         "pending": sum(r.pending for r in records),
         "export": export_counts,
     }
-
-
-def _write_json_atomic(path: Path | str, data: Any) -> None:
-    storage.write_bytes(path, (json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n").encode("utf-8"))
-
-
-def _log_to_file(path: Path) -> None:
-    for handler in log.handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
-            return
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    for old in [h for h in ray_log.handlers if isinstance(h, logging.FileHandler)]:
-        ray_log.removeHandler(old)
-    ray_log.addHandler(handler)
-    ray_log.setLevel(logging.INFO)
 
 
 __all__ = ["run_build", "prepare", "STAGES", "BadInput", "BuildFailed"]

@@ -36,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from synth import storage
 from synth.errors import BadInput
 from synth.eval_guard import Tally, read_gold
 from synth.output_parsing import LABELS
@@ -67,14 +68,14 @@ def gold_pairs(gold: dict[str, dict[str, Any]]) -> pd.DataFrame:
 
 def judges_signature(ctx) -> str:
     """What the judges' labels depend on: the annotate stage's inputs without its input rows."""
-    from synth.build import _digest, stage_inputs
+    from synth.signatures import digest, stage_inputs
     from synth.stages.labelling import Annotate
 
     inputs = stage_inputs(Annotate(), ctx, upstream_output="")
     inputs.pop("input")
     # the same judges whatever thresholds label with their scores
-    inputs["config"] = _digest(Annotate().judge_depends(ctx.config))
-    return _digest(inputs)
+    inputs["config"] = digest(Annotate().judge_depends(ctx.config))
+    return digest(inputs)
 
 
 def _calibrations_dir() -> Path:
@@ -290,7 +291,8 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
     `annotate.rule.calibration` reads. `plot_dir`: reliability and threshold-curve plots."""
     import ray
 
-    from synth.build import _write_json_atomic, init_ray, prepare
+    from synth.prepare import prepare
+    from synth.session import init_ray
     from synth.calibration import effective_rule, write_calibration
     from synth.judge_metrics import at_thresholds, calibrate, parse_target, plot
     from synth.models import resolve_model
@@ -373,7 +375,7 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
                 "figures": {r["gold"]: r["at_calibration"] for r in results}, "at": first["at"], "dry_run": dry_run})
             first["calibration"]["saved"] = str(save)
     result = {**results[0], **({"also": results[1:]} if len(results) > 1 else {})}
-    _write_json_atomic(calibration_path(signature), result)
+    storage.write_json(calibration_path(signature), result)
     if plot_dir is not None:
         for i, r in enumerate(results):
             r["plots"] = [str(p) for p in plot(r, Path(plot_dir) / (f"{i}-{Path(r['gold']).stem}" if len(results) > 1

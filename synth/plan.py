@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 from synth.config import Generation, PipelineConfig, Role

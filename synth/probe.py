@@ -140,7 +140,8 @@ def train_probe(gold_paths: list[Path], config_path: Path, judge: str, out: Path
     """Read the judge role's pooled states for every gold pair and fit the probe (module docstring)."""
     import ray
 
-    from synth.build import init_ray, prepare
+    from synth.prepare import prepare
+    from synth.session import init_ray
     from synth.eval_judges import gold_pairs, read_judge_gold
     from synth.stages.base import StageContext
     from synth.stages.labelling import judge_requests

@@ -28,7 +28,7 @@ import tempfile
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -362,3 +362,10 @@ def local_log_dir(location: str | Path) -> Path:
     scheme, _, rest = str(location).partition("://")
     safe = "/".join(p for p in rest.split("/") if p not in ("", ".", ".."))
     return Path(os.environ.get("SYNTH_CACHE", "~/.cache/synth")).expanduser() / "remote-builds" / scheme / safe
+
+
+def write_json(location: Path | str, data: Any) -> None:
+    """`data` as indented UTF-8 JSON at `location` (a path or a URI), written whole."""
+    import json
+
+    write_bytes(location, (json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n").encode("utf-8"))

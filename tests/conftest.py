@@ -16,7 +16,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 def ray_session():
     import ray
 
-    from synth.build import init_ray
+    from synth.session import init_ray
 
     init_ray()
     yield ray

@@ -225,7 +225,7 @@ def run_dedup_command(
         _check_out(out)
         inp = _scan_input(input, text_field, id_field)
 
-        from synth.build import init_ray
+        from synth.session import init_ray
 
         init_ray()
         from synth.dedup.pipeline import deduplicate
@@ -307,7 +307,7 @@ def run_decontaminate_command(
         inp = _scan_input(input, text_field, None)
         sets = load_eval_sets(config.against, [text_field])
 
-        from synth.build import init_ray
+        from synth.session import init_ray
 
         init_ray()
         index = ContaminationIndex(sets, config)

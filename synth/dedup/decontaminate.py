@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from synth.dedup import DecontaminateConfig, EvalSet
 from synth.dedup.minhash import MinHasher
-from synth.dedup.text import (_ragged_positions, char_shingles_of_code_points, jaccard, normalise_batch,
+from synth.dedup.text import (ragged_positions, char_shingles_of_code_points, jaccard, normalise_batch,
                               shingles_of_code_points, sorted_sets)
 from synth.errors import BadInput
 from synth.stream_io import read_jsonl
@@ -191,7 +191,7 @@ def _lookup(keys: np.ndarray, owners: np.ndarray, query: np.ndarray, query_docs:
     lo = np.searchsorted(keys, query, side="left")
     hits = np.searchsorted(keys, query, side="right") - lo
     docs = np.repeat(query_docs.astype(np.int64), hits)
-    items = owners[_ragged_positions(lo.astype(np.int64), hits.astype(np.int64))].astype(np.int64)
+    items = owners[ragged_positions(lo.astype(np.int64), hits.astype(np.int64))].astype(np.int64)
     if len(docs) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     return np.unique(np.stack((docs, items), axis=1), axis=0)
@@ -303,9 +303,9 @@ class ContaminationIndex:
 
 
 def _mark_batch(batch: pa.Table, index_ref: Any, text_fields: list[str], reason_column: str) -> pa.Table:
-    from synth.dedup.pipeline import _get
+    from synth.dedup.pipeline import cached_get
 
-    return _get(index_ref).mark(batch, text_fields, reason_column)
+    return cached_get(index_ref).mark(batch, text_fields, reason_column)
 
 
 def mark_contamination(ds: "ray.data.Dataset", text_fields: Sequence[str], index: ContaminationIndex, *,

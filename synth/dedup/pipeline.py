@@ -74,7 +74,7 @@ def _minhasher(num_perm: int, seed: int) -> MinHasher:
 _GET_CACHE: dict[str, Any] = {}
 
 
-def _get(ref: Any) -> Any:
+def cached_get(ref: Any) -> Any:
     """ray.get with a per-process cache: broadcast tables are fetched once per worker."""
     if not isinstance(ref, ray.ObjectRef):
         return ref
@@ -190,7 +190,7 @@ def _bucket_edges(batch: pa.Table) -> pa.Table:
 def _candidate_rows(
     batch: pa.Table, text_field: str, id_field: str, config: DedupConfig, candidates_ref: Any
 ) -> pa.Table:
-    cand_nodes, cand_comp = _get(candidates_ref)
+    cand_nodes, cand_comp = cached_get(candidates_ref)
     ids = _ids_as_str(batch[id_field], id_field)
     nodes = _id_nodes(ids)
     pos = np.minimum(np.searchsorted(cand_nodes, nodes), len(cand_nodes) - 1)
@@ -225,7 +225,7 @@ def _candidate_rows(
 
 def _verify_components(batch: pa.Table, config: DedupConfig, large_edges_ref: Any) -> pa.Table:
     """Verify candidate pairs, cluster, pick representatives. The block holds whole components."""
-    large_comp, large_u, large_v = _get(large_edges_ref)
+    large_comp, large_u, large_v = cached_get(large_edges_ref)
     out_id: list[str] = []
     out_of: list[str] = []
     out_sim: list[float] = []
@@ -330,7 +330,7 @@ def _cluster_component(
 
 
 def _split(batch: pa.Table, id_field: str, removed_ref: Any, want_removed: bool) -> pa.Table:
-    removed_nodes, removed_table = _get(removed_ref)
+    removed_nodes, removed_table = cached_get(removed_ref)
     id_column = _id_strings(batch[id_field], id_field)
     nodes = _id_nodes(id_column.to_pylist())
     if len(removed_nodes):

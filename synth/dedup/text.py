@@ -131,7 +131,7 @@ def _span_starts(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if len(lengths) else lengths
 
 
-def _ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of range(start, start + count) for each (start, count)."""
     total = int(counts.sum())
     if total == 0:
@@ -196,7 +196,7 @@ def char_shingles_of_code_points(cps: np.ndarray, lengths: np.ndarray, n: int) -
         else:
             rolling = np.zeros(0, dtype=np.uint64)
         full = lengths >= n
-        hashes_full = rolling[_ragged_positions(starts[full], counts[full])]
+        hashes_full = rolling[ragged_positions(starts[full], counts[full])]
         short = (~full) & (lengths > 0)
         if short.any():
             short_hashes = _span_hashes(cps, starts[short], starts[short] + lengths[short])
@@ -240,7 +240,7 @@ def word_shingles(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]
     word_end = word_start + all_lens
     first_word = np.cumsum(word_counts) - word_counts  # index of each doc's first word
     full = word_counts >= n
-    begin_idx = _ragged_positions(first_word[full], counts[full])
+    begin_idx = ragged_positions(first_word[full], counts[full])
     begin = word_start[begin_idx]
     end = word_end[begin_idx + n - 1]
     short = (~full) & (word_counts > 0)
