@@ -208,5 +208,45 @@ class Stage(ABC):
         planner.keep(self.name, self.keep)
 
 
+class LLMStage(Stage):
+    """A stage that sends requests to models. A subclass writes its `roles`, its `requests` (one
+    dataset of request rows per role, see `synth.engines.request_row`), its `results` (the
+    answers, which carry the request rows' columns, parsed into rows) and its `estimate` for
+    `synth plan`. The wiring is here: the context sends every role's requests to its model
+    through the request cache (roles sharing a model in one pass), counting them as they stream.
+
+    A stage of several `rounds` (the judges one after another; the turns of a dialogue) runs
+    requests → generate → results once per round, each round reading the rows the one before
+    wrote, then `finish`. A stage keeps no state between runs.
+    """
+
+    @abstractmethod
+    def roles(self, config: PipelineConfig) -> list[Role]:
+        """The roles whose models this stage sends requests to."""
+
+    def rounds(self, config: PipelineConfig) -> int:
+        return 1
+
+    @abstractmethod
+    def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
+                 ) -> list[tuple[Role, ray.data.Dataset]]:
+        """Per role, its request rows (the input row's columns travel with them)."""
+
+    @abstractmethod
+    def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
+                ) -> ray.data.Dataset:
+        """The answered requests (request rows + RESULT_COLUMNS) → rows (`rows`: this round's input)."""
+
+    def finish(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
+        """The last round's rows → the stage's output rows."""
+        return rows
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        current = rows
+        for round in range(self.rounds(ctx.config)):
+            current = self.results(ctx, ctx.generate(self.requests(ctx, current, round)), current, round)
+        return self.finish(ctx, current)
+
+
 def empty_like(columns: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({k: pd.Series([], dtype=v) for k, v in columns.items()})

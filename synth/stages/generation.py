@@ -15,7 +15,7 @@ from synth.errors import BadInput
 from synth.obfuscation import PREFIX as OBFUSCATION, TACTICS, obfuscate
 from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
-from synth.stages.base import Stage, StageContext
+from synth.stages.base import LLMStage, Stage, StageContext
 from synth.templates import scenario_vars
 
 KINDS = ("harmful", "benign")
@@ -84,7 +84,7 @@ def element_rows(config: PipelineConfig, catalog) -> list[dict[str, Any]]:
     return out
 
 
-class Queries(Stage):
+class Queries(LLMStage):
     """The generator writes n questions per element combination (harmful or benign look-alike)."""
 
     name = "queries"
@@ -102,15 +102,18 @@ class Queries(Stage):
     def templates(self, catalog) -> dict[str, str]:
         return {f"scenario/{k}": s.hash for k, s in sorted(catalog.scenarios.items())}
 
-    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+    def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
+                 ) -> list[tuple[Role, ray.data.Dataset]]:
         [role] = self.roles(ctx.config)
-        style = ctx.prompt_style(role)
-        requests = rows.map_batches(question_requests, batch_format="pandas", fn_kwargs={
-            "catalog": ctx.catalog, "role": role, "style": style, "seed": ctx.config.seed,
-            "generation": ctx.config.generation})
-        results = ctx.generate([(role, requests)])
-        return results.map_batches(questions_from_results, batch_format="pandas", fn_kwargs={
-            "role": role, "style": style, "limit": ctx.config.generation.max_questions_per_call})
+        return [(role, rows.map_batches(question_requests, batch_format="pandas", fn_kwargs={
+            "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
+            "generation": ctx.config.generation}))]
+
+    def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
+                ) -> ray.data.Dataset:
+        [role] = self.roles(ctx.config)
+        return answered.map_batches(questions_from_results, batch_format="pandas", fn_kwargs={
+            "role": role, "style": ctx.prompt_style(role), "limit": ctx.config.generation.max_questions_per_call})
 
     def estimate(self, planner) -> None:
         """One call per elements row, its prompt rendered exactly; questions kept per call: the
@@ -179,7 +182,7 @@ def questions_from_results(batch: pd.DataFrame, role: Role, style: str, limit: i
     return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
 
 
-class Augment(Stage):
+class Augment(LLMStage):
     """Red-team rewrites of a share of the harmful questions; originals pass through."""
 
     name = "augment"
@@ -197,20 +200,24 @@ class Augment(Stage):
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/augment": catalog.hashes["templates/shared/augment"]}
 
-    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+    def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
+                 ) -> list[tuple[Role, ray.data.Dataset]]:
         [role] = self.roles(ctx.config)
-        style = ctx.prompt_style(role)
-        catalog, aug, seed = ctx.catalog, ctx.config.augment, ctx.config.seed
+        catalog, aug = ctx.catalog, ctx.config.augment
         tactics = aug.tactics or [t.id for t in catalog.augment.tactics]
         for tactic_id in tactics:
             catalog.tactic(tactic_id)  # unknown tactic ids fail before any request is sent
-        choice = {"tactics": tactics, "share": aug.share, "seed": seed}
-        requests = rows.filter(gets_tactic, fn_kwargs=choice)
-        requests = requests.map_batches(augment_requests, batch_format="pandas", fn_kwargs={
-            **choice, "catalog": catalog, "role": role, "style": style})
-        results = ctx.generate([(role, requests)])
+        choice = {"tactics": tactics, "share": aug.share, "seed": ctx.config.seed}
+        return [(role, rows.filter(gets_tactic, fn_kwargs=choice).map_batches(augment_requests, batch_format="pandas",
+                                                                              fn_kwargs={**choice, "catalog": catalog,
+                                                                                         "role": role,
+                                                                                         "style": ctx.prompt_style(role)}))]
+
+    def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
+                ) -> ray.data.Dataset:
+        """The originals pass through; each rewrite is a new row."""
         originals = rows.map_batches(_with_reject_column, batch_format="pandas")
-        return originals.union(results.map_batches(augmented_rows, batch_format="pandas"))
+        return originals.union(answered.map_batches(augmented_rows, batch_format="pandas"))
 
     def estimate(self, planner) -> None:
         """A share of the harmful questions rewritten by the generator (an earlier build's rates are

@@ -17,7 +17,7 @@ from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED,
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
-from synth.stages.base import Stage, StageContext
+from synth.stages.base import LLMStage, StageContext
 
 PAIR_COLUMNS = (
     "id", "question_id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements",
@@ -34,7 +34,7 @@ LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", "unsaf
 _CARRIED = {k: f"pair_{k}" for k in PAIR_COLUMNS if k in (*REQUEST_COLUMNS, *RESULT_COLUMNS)}
 
 
-class Respond(Stage):
+class Respond(LLMStage):
     """Every responder (or a deterministic subset per question) answers each question."""
 
     name = "respond"
@@ -52,17 +52,19 @@ class Respond(Stage):
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/respond": catalog.hashes["templates/shared/respond"]}
 
-    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+    def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
+                 ) -> list[tuple[Role, ray.data.Dataset]]:
         responders = self.roles(ctx.config)
         names, per_question = [r.name for r in responders], ctx.config.respond.responders_per_question
-        requests = []
-        for index, role in enumerate(responders):
-            requests.append((role, rows.map_batches(respond_requests, batch_format="pandas", fn_kwargs={
-                "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role),
-                "persona": ctx.catalog.persona(role.persona, index), "seed": ctx.config.seed,
-                "responders": names, "per_question": per_question})))
-        results = ctx.generate(requests)
-        return results.map_batches(pairs_from_results, batch_format="pandas")
+        return [(role, rows.map_batches(respond_requests, batch_format="pandas", fn_kwargs={
+            "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role),
+            "persona": ctx.catalog.persona(role.persona, index), "seed": ctx.config.seed,
+            "responders": names, "per_question": per_question}))
+            for index, role in enumerate(responders)]
+
+    def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
+                ) -> ray.data.Dataset:
+        return answered.map_batches(pairs_from_results, batch_format="pandas")
 
     def estimate(self, planner) -> None:
         """Each question by every responder, or by responders_per_question of them."""
@@ -123,7 +125,7 @@ def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(PAIR_COLUMNS))
 
 
-class Annotate(Stage):
+class Annotate(LLMStage):
     """Two judges score each pair; the rule (synth.scoring.label, thresholds from the config
     or its calibration record) labels it or puts it in the controversial tier.
 
@@ -163,33 +165,41 @@ class Annotate(Stage):
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
 
-    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        from synth.calibration import effective_rule
+    def rounds(self, config: PipelineConfig) -> int:
+        return len(config.roles.judges)  # the judges one after another, each adding its columns
 
-        judges, fields = self.roles(ctx.config), ordered_fields(ctx.config.annotate.fields)
-        subcategories = list(ctx.catalog.subcategories)
-        scores = ctx.config.annotate.scores
-        rule = effective_rule(ctx.config)
-        current = rows
+    def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
+                 ) -> list[tuple[Role, ray.data.Dataset]]:
         from synth.probe import check_prompt, judge_prompt_fingerprint
 
-        probes = judge_probes(ctx.config)
+        role = self.roles(ctx.config)[round]
+        probe = judge_probes(ctx.config).get(role.name)
+        if probe is not None:
+            check_prompt(probe, role.name, judge_prompt_fingerprint(ctx.catalog, role.rubric),
+                         ctx.catalog.rubric(role.rubric).id)
         examples = judge_examples(ctx.config)
-        for index, role in enumerate(judges):
-            probe = probes.get(role.name)
-            if probe is not None:
-                check_prompt(probe, role.name, judge_prompt_fingerprint(ctx.catalog, role.rubric),
-                             ctx.catalog.rubric(role.rubric).id)
-            requests = current.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
-                "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
-                "fields": fields, "top_logprobs": 0 if scores == "off" or probe else TOP_LOGPROBS,
-                "schema": probe is None, "examples": examples if probe is None else None})
-            answered = ctx.generate([(role, requests)])
-            current = answered.map_batches(record_judgement, fn_kwargs={
-                "index": index, "fields": fields, "subcategories": subcategories,
-                "require_scores": scores == "required", "probe": probe}, batch_format="pandas")
-        return current.map_batches(combine_judgements, fn_kwargs={
-            "judges": len(judges), "fields": fields, "rule": rule}, batch_format="pandas")
+        return [(role, rows.map_batches(judge_requests, batch_format="pandas", fn_kwargs={
+            "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
+            "fields": ordered_fields(ctx.config.annotate.fields),
+            "top_logprobs": 0 if ctx.config.annotate.scores == "off" or probe else TOP_LOGPROBS,
+            "schema": probe is None, "examples": examples if probe is None else None}))]
+
+    def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
+                ) -> ray.data.Dataset:
+        role = self.roles(ctx.config)[round]
+        return answered.map_batches(record_judgement, fn_kwargs={
+            "index": round, "fields": ordered_fields(ctx.config.annotate.fields),
+            "subcategories": list(ctx.catalog.subcategories),
+            "require_scores": ctx.config.annotate.scores == "required",
+            "probe": judge_probes(ctx.config).get(role.name)}, batch_format="pandas")
+
+    def finish(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
+        """One vectorised pass combines the judges' columns into the label (the build's rule)."""
+        from synth.calibration import effective_rule
+
+        return rows.map_batches(combine_judgements, fn_kwargs={
+            "judges": len(self.roles(ctx.config)), "fields": ordered_fields(ctx.config.annotate.fields),
+            "rule": effective_rule(ctx.config)}, batch_format="pandas")
 
     def estimate(self, planner) -> None:
         """Every judge reads every pair (an answer of the responders' expected length)."""
