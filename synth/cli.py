@@ -80,6 +80,13 @@ def _others_output_to(log_path: Path):
         terminal.close()
 
 
+def _tool_log(name: str) -> Path:
+    """Where Ray's own notices of a `synth dedup` / `synth decontaminate` run go (not the terminal)."""
+    from synth.models import models_cache_dir
+
+    return models_cache_dir().parent / "logs" / f"{name}.log"
+
+
 def _fail(error: Exception) -> None:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(getattr(error, "exit_code", 1))
@@ -368,8 +375,12 @@ def dedup(
     _setup_logging()
     from synth.dedup.command import run_dedup_command
 
-    with _reported():
-        code = run_dedup_command(input, text_field, id_field, threshold, out)
+    said: list[tuple[str, bool]] = []  # the result line, printed once Ray's output is off the terminal
+    with _reported(), _others_output_to(_tool_log("dedup")):
+        code = run_dedup_command(input, text_field, id_field, threshold, out,
+                                 echo=lambda text, err=False: said.append((text, err)))
+    for text, err in said:
+        typer.echo(text, err=err)
     raise typer.Exit(code)
 
 
@@ -393,8 +404,12 @@ def decontaminate(
     _setup_logging()
     from synth.dedup.command import run_decontaminate_command
 
-    with _reported():
-        code = run_decontaminate_command(input, against, text_field, against_field, against_id_field, threshold, out)
+    said: list[tuple[str, bool]] = []
+    with _reported(), _others_output_to(_tool_log("decontaminate")):
+        code = run_decontaminate_command(input, against, text_field, against_field, against_id_field, threshold, out,
+                                         echo=lambda text, err=False: said.append((text, err)))
+    for text, err in said:
+        typer.echo(text, err=err)
     raise typer.Exit(code)
 
 

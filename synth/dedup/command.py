@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +204,10 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def _print(text: str, err: bool = False) -> None:
+    print(text, file=sys.stderr if err else sys.stdout)
+
+
 def run_dedup_command(
     input: Path,
     text_field: str,
@@ -212,8 +216,11 @@ def run_dedup_command(
     out: Path = Path("dedup-out"),
     *,
     config: DedupConfig | None = None,
+    echo: Callable[..., None] | None = None,
 ) -> int:
-    """Run `synth dedup`; returns the exit code (0 ok, 2 bad input)."""
+    """Run `synth dedup`; returns the exit code (0 ok, 2 bad input). `echo(text, err=False)` prints
+    the result line (default: stdout, an error to stderr)."""
+    echo = echo or _print
     input, out = Path(input), Path(out)
     started = time.perf_counter()
     tmp: Path | None = None
@@ -243,7 +250,7 @@ def run_dedup_command(
         n_exact = sum(1 for r in removed_rows["reason"].to_pylist() if r == "exact_duplicate")
         _move_into_place(tmp, out)
         tmp = None
-        print(
+        echo(
             f"dedup: {inp.rows} rows → {inp.rows - n_removed} kept, {n_removed} removed "
             f"({n_exact} exact, {n_removed - n_exact} near duplicates) at Jaccard ≥ {config.threshold} "
             f"in {time.perf_counter() - started:.1f}s → {out}"
@@ -251,7 +258,7 @@ def run_dedup_command(
         return 0
     except (_BadInput, DuplicateIdError) as e:
         where = f"{input}: " if isinstance(e, DuplicateIdError) else ""
-        print(f"synth dedup: error: {where}{e}", file=sys.stderr)
+        echo(f"synth dedup: error: {where}{e}", err=True)
         return 2
     finally:
         if tmp is not None:
@@ -286,8 +293,10 @@ def run_decontaminate_command(
     out: Path = Path("decontaminate-out"),
     *,
     config: DecontaminateConfig | None = None,
+    echo: Callable[..., None] | None = None,
 ) -> int:
-    """Run `synth decontaminate`; returns the exit code (0 ok, 2 bad input)."""
+    """Run `synth decontaminate`; returns the exit code (0 ok, 2 bad input); `echo` as for dedup."""
+    echo = echo or _print
     from synth.dedup.decontaminate import COLUMNS, ContaminationIndex, load_eval_sets, mark_contamination, set_of_reason
 
     input, out = Path(input), Path(out)
@@ -328,7 +337,7 @@ def run_decontaminate_command(
             by_set[set_of_reason(reason)] += 1
         _move_into_place(tmp, out)
         tmp = None
-        print(
+        echo(
             f"decontaminate: {inp.rows} rows → {inp.rows - len(reasons)} kept, {len(reasons)} removed "
             f"({', '.join(f'{name}: {n}' for name, n in by_set.items())}; "
             f"{sum(len(s.ids) for s in sets)} evaluation items) "
@@ -336,7 +345,7 @@ def run_decontaminate_command(
         )
         return 0
     except (_BadInput, BadInput) as e:
-        print(f"synth decontaminate: error: {e}", file=sys.stderr)
+        echo(f"synth decontaminate: error: {e}", err=True)
         return 2
     finally:
         if tmp is not None:
