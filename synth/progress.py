@@ -189,7 +189,8 @@ class StageProgress:
 
     def _watch(self) -> None:
         last_line = time.monotonic()
-        while not self._stop.wait(DRAW_EVERY_S if self._bar is not None else min(LOG_EVERY_S, 5.0)):
+        # without a bar there is nothing to draw: the tally is read only when a line is due
+        while not self._stop.wait(DRAW_EVERY_S if self._bar is not None else LOG_EVERY_S):
             try:
                 counts = self.tally.get(self.stage)
             except Exception:  # noqa: BLE001 - a progress display never fails a build
