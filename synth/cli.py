@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -239,14 +238,11 @@ def export_cmd(
         from synth import storage
         from synth.lock import BuildLock
 
-        if storage.is_remote(build_dir):  # read from a local copy; the build's lease held meanwhile
-            with BuildLock(build_dir), storage.local_mirror(build_dir) as local, storage.local_target(out) as target:
-                counts = export_format(local, fmt, target, config_path=config, label_position=label_position,
-                                       sft_target=sft_target)
-        else:
-            with storage.local_target(out) as target:
-                counts = export_format(Path(build_dir), fmt, target, config_path=config,
-                                       label_position=label_position, sft_target=sft_target)
+        # on an object store: from a local copy, the build's lease held meanwhile
+        with BuildLock(build_dir, reading=True), storage.local_mirror(build_dir) as local, \
+                storage.local_target(out) as target:
+            counts = export_format(local, fmt, target, config_path=config, label_position=label_position,
+                                   sft_target=sft_target)
     typer.echo(json.dumps(counts, ensure_ascii=False))
 
 
@@ -307,7 +303,7 @@ def probe_train(
     """Train a probe judge: the judge prompt's pooled hidden states, a logistic regression on gold labels."""
     _setup_logging()
     from synth.eval_judges import log_path
-    from synth.probe import train_probe
+    from synth.probe_train import train_probe
 
     with _reported(), _others_output_to(log_path()):
         summary = train_probe(gold, config, judge, out, dry_run=dry_run)
@@ -338,26 +334,21 @@ def report_cmd(
 ) -> None:
     """Write the build report: index.html, README.md, report.json and plots (also done by every build)."""
     from synth import storage
+    from synth.lock import BuildLock
     from synth.report import write_report
 
     with _reported():
-        if storage.is_remote(build_dir):  # from a local copy; the report (and the card's block) uploaded
-            from synth.build import upload_outputs
-            from synth.lock import BuildLock
-
-            with BuildLock(build_dir), storage.local_mirror(build_dir) as local:
-                if out is None:
-                    write_report(local, None)
-                    upload_outputs(local, build_dir, ("report", "corpus/README.md"))  # the card's headline
-                else:
-                    with storage.local_target(out) as target:
-                        write_report(local, target)
-            where = storage.join(out or storage.join(build_dir, "report"), "index.html")
-            typer.echo(f"report: {where} (summary {storage.join(out or storage.join(build_dir, 'report'), 'README.md')})")
-            return
-        with storage.local_target(out) if out is not None else contextlib.nullcontext(None) as target:
-            index = write_report(Path(build_dir), target)
-    typer.echo(f"report: {index} (summary {index.with_name('README.md')})")
+        # on an object store: from a local copy, the build's lease held meanwhile; what the report
+        # wrote into the build (report/, the card's headline) is put back
+        with BuildLock(build_dir, reading=True), storage.local_mirror(build_dir) as local:
+            if out is None:
+                write_report(local, None)
+                storage.sync_back(local, build_dir, ("report", "corpus/README.md"))
+            else:
+                with storage.local_target(out) as target:
+                    write_report(local, target)
+    where = out if out is not None else storage.join(build_dir, "report")
+    typer.echo(f"report: {storage.join(where, 'index.html')} (summary {storage.join(where, 'README.md')})")
 
 
 @app.command()

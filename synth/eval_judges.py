@@ -38,18 +38,10 @@ import pandas as pd
 
 from synth import storage
 from synth.errors import BadInput
-from synth.eval_guard import Tally, read_gold
+from synth.eval_guard import Tally
+from synth.gold import GOLD_FIELDS, read_judge_gold  # noqa: F401  (GOLD_FIELDS: callers read it here)
 from synth.output_parsing import LABELS
 from synth.scoring import FROM_LOGPROBS
-
-GOLD_FIELDS = ("question", "response", "label", "category_name", "sub_category_name", "id")
-
-
-def read_judge_gold(path: Path) -> dict[str, dict[str, Any]]:
-    """The gold pairs by id; a missing field, an unknown label, an empty text or a duplicate
-    id is a `BadInput` naming the file and line."""
-    return read_gold(path, required=GOLD_FIELDS, texts=("question", "response", "category_name"))
-
 
 def gold_pairs(gold: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Gold rows shaped as the respond stage's pairs (the columns annotate carries)."""
@@ -325,13 +317,12 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
                     raise BadInput(f"judge {role.name!r} (models.{role.model}): {e}") from None
     rule = effective_rule(config)
     init_ray()
-    ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=None)
+    ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=None).for_stage("eval_judges")
     started = time.monotonic()
     # several files: one run of the judges, ids kept apart by the file's index
     keyed = [{f"{i}\x1f{row_id}": g for row_id, g in gold.items()} for i, gold in enumerate(golds)]
     everything = {k: g for part in keyed for k, g in part.items()}
     try:
-        ctx.stage = "eval_judges"
         from synth.progress import StageProgress
 
         with StageProgress(ctx.stage, ctx.tally):

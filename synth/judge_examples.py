@@ -35,7 +35,7 @@ class Examples:
 
 def read_examples(path: Path, where: str) -> Examples:
     """The examples file; a missing or malformed file is a `BadInput` naming it and the line."""
-    from synth.eval_judges import read_judge_gold
+    from synth.gold import read_judge_gold
 
     try:
         raw = Path(path).read_bytes()

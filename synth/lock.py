@@ -43,17 +43,23 @@ class BuildLock:
     """The build lock of `out`: a lock file for a local directory, a lease object (`LeaseLock`)
     for a location on an object store (see synth.storage)."""
 
-    def __new__(cls, out: Path | str):
+    def __new__(cls, out: Path | str, *, reading: bool = False):
         from synth import storage
 
         if cls is BuildLock and storage.is_remote(out):
             return LeaseLock(out)
         return super().__new__(cls)
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, *, reading: bool = False):
+        # A reader of a local build (export, report) takes no lock: it writes nothing into the
+        # build (the build may be on a read-only disk). On an object store a reader holds the
+        # lease while it copies the build, so no build rewrites it meanwhile.
         self.path = Path(out) / LOCK_NAME
+        self.reading = reading
 
     def __enter__(self) -> "BuildLock":
+        if self.reading:
+            return self
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         for _ in range(2):
             try:
@@ -84,7 +90,8 @@ class BuildLock:
             return {}
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        if not self.reading:
+            self.path.unlink(missing_ok=True)
 
 
 LEASE_SECONDS_ENV = "SYNTH_LEASE_SECONDS"

@@ -27,8 +27,6 @@ from synth.errors import BadInput
 
 # Used when no previous build is given: the generator's yield per call is a share of
 # max_questions_per_call; every other stage's rows out per row in is its `Stage.keep`.
-DEFAULT_QUESTIONS_PER_CALL_SHARE = 0.8  # of max_questions_per_call, parsed and kept per generator call
-SAMPLE_QUESTION_CHARS = 40  # a question not written yet, for rendering respond and judge prompts
 
 
 def _manifest_rates(path: Path) -> dict[str, dict[str, float]]:

@@ -69,6 +69,28 @@ def display(location: str | Path) -> str:
     return str(location)
 
 
+def inside(base: str | Path, *parts: str) -> str | Path:
+    """`base/parts…`, refusing any path that would leave `base` (names come from configs):
+    a `BadInput` naming the path."""
+    if is_remote(base):
+        if any(p in ("", ".", "..") or "/" in p or "\0" in p for p in parts):
+            raise BadInput(f"path {'/'.join(parts)!r} would escape {base}")
+        return join(base, *parts)
+    try:
+        path = Path(base, *parts).resolve()
+    except (OSError, ValueError) as e:  # e.g. a NUL byte: no such path can exist
+        raise BadInput(f"path {'/'.join(parts)!r} under {base} is not usable: {e}") from None
+    if not path.is_relative_to(Path(base).resolve()):
+        raise BadInput(f"path {'/'.join(parts)!r} would escape {base}")
+    return path
+
+
+def make_dirs(location: str | Path) -> None:
+    """The directory and its parents, on a local disk (an object store has no directories)."""
+    if not is_remote(location):
+        Path(location).mkdir(parents=True, exist_ok=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _filesystem(scheme_and_bucket: str) -> pafs.FileSystem:
     uri = scheme_and_bucket
@@ -291,6 +313,33 @@ def ray_paths(locations: Iterable[str | Path]) -> tuple[list[str], pafs.FileSyst
     return [resolve(p)[1] for p in locations], fs
 
 
+def read_dataset(location: str | Path):
+    """The parquet files under `location` as a Ray Dataset (read lazily, on any node)."""
+    import ray.data
+
+    paths, fs = ray_paths([location])
+    return ray.data.read_parquet(paths[0], filesystem=fs)
+
+
+@contextlib.contextmanager
+def replacing_dir(location: str | Path) -> Iterator[str | Path]:
+    """A directory to write whose content then replaces `location`'s. Local: a sibling
+    `.NAME.tmp` renamed over it when the block succeeds (a crash leaves the old one whole).
+    Object store (no rename): `location` itself, emptied first; the caller writes a marker
+    last, and readers trust only a marked directory (write-then-marker)."""
+    if is_remote(location):
+        delete_dir(location)
+        yield location
+        return
+    path = Path(location)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
 # --- a local copy for the driver's exports and report ------------------------------
 
 
@@ -321,6 +370,16 @@ def upload(local: Path, location: str | Path) -> None:
     for file in sorted(p for p in local.rglob("*") if p.is_file()):
         with open(file, "rb") as src, fs.open_output_stream(f"{path}/{file.relative_to(local).as_posix()}") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def sync_back(local: Path, location: str | Path, names: Iterable[str]) -> None:
+    """Put the named files or directories of a local mirror (`local_mirror`) back at `location`
+    (nothing to do when the mirror is `location` itself)."""
+    if not is_remote(location):
+        return
+    for entry in names:
+        if (local / entry).exists():
+            upload(local / entry, join(location, entry))
 
 
 @contextlib.contextmanager

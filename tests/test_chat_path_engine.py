@@ -59,10 +59,10 @@ def run(ray_session, repo_root: Path, tmp_path_factory):
     ctx = StageContext(config=config, catalog=catalog)
     try:
         pairs = gold_pairs(gold)
-        answered = Respond().run(ctx, ray.data.from_pandas(pairs.head(3))).to_pandas()
-        labelled = Annotate().run(ctx, ray.data.from_pandas(pairs)).to_pandas()
+        answered = Respond().run(ctx.for_stage("respond"), ray.data.from_pandas(pairs.head(3))).to_pandas()
+        labelled = Annotate().run(ctx.for_stage("annotate"), ray.data.from_pandas(pairs)).to_pandas()
     finally:
-        ctx.release_engines(keep=set())
+        ctx.close()
     return {"ctx": ctx, "gold": gold, "answered": answered, "labelled": labelled}
 
 

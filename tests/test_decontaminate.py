@@ -374,7 +374,7 @@ def test_synth_build_exits_2_naming_a_missing_evaluation_file(repo_root: Path, t
 def test_the_stage_through_the_runner_counts_rejects_per_set(ray_session, repo_root: Path, tmp_path: Path):
     """The stage's output as the runner writes it (no build): rejects counted per evaluation set,
     the reject-only columns kept in rejects/ only; the pass-through and an empty input."""
-    from synth.build import _write_stage
+    from synth.stage_writer import write_stage
     from synth.export import read_table
     from synth.stages.base import StageContext
     from synth.stages.cleaning import Decontaminate
@@ -390,7 +390,7 @@ def test_the_stage_through_the_runner_counts_rejects_per_set(ray_session, repo_r
                                        ("passes", base, rows, {}), ("empty", configured, empty, {}),
                                        ("empty-passes", base, empty, {})):
         n, stage_dir = ds.count(), tmp_path / name / stage.name  # (workers send a stage directory's schema once)
-        record = _write_stage(stage, stage.run(StageContext(config=config, catalog=None), ds), stage_dir, n, "x",
+        record = write_stage(stage, stage.run(StageContext(config=config, catalog=None), ds), stage_dir, n, "x",
                               input_schema=ds.schema())
         assert (record.rows_in, record.rejected) == (n, rejected), name
         assert record.rows_out == n - sum(rejected.values()), name

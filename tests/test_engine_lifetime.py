@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synth.build import STAGES, _models_needed_next
+from synth.build import STAGES
+from synth.runner import models_needed_next
 from synth.config import load_config
 from synth.engines import Engine
-from synth.stages.base import StageContext
+from synth.engines.pool import EnginePool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _needed_by_stage() -> dict[str, set[str]]:
     config, _, _ = load_config(ROOT / "pipelines/libra-stage1.yaml")
-    return {stage.name: _models_needed_next(config, STAGES[i:]) for i, stage in enumerate(STAGES)}
+    return {stage.name: models_needed_next(config, STAGES[i:]) for i, stage in enumerate(STAGES)}
 
 
 def test_the_generator_stays_loaded_from_elements_through_augment():
@@ -53,15 +54,15 @@ class RecordingEngine(Engine):
 
 def test_release_engines_closes_exactly_the_models_not_kept():
     config, _, _ = load_config(ROOT / "pipelines/libra-stage1.yaml")
-    ctx = StageContext(config=config, catalog=None)  # type: ignore[arg-type]
+    pool = EnginePool(config)
     for name in ("qwen2.5-32b", "qwen2.5-7b", "gemma2-9b"):
-        ctx.engines[name] = RecordingEngine(name, config.models[name])
+        pool.engines[name] = RecordingEngine(name, config.models[name])
     RecordingEngine.closed = []
-    ctx.release_engines(keep={"qwen2.5-7b", "gemma2-9b", "llama3.1-8b"})
+    pool.release(keep={"qwen2.5-7b", "gemma2-9b", "llama3.1-8b"})
     assert RecordingEngine.closed == ["qwen2.5-32b"]
-    assert sorted(ctx.engines) == ["gemma2-9b", "qwen2.5-7b"]
-    ctx.release_engines(keep=set())
-    assert sorted(RecordingEngine.closed) == ["gemma2-9b", "qwen2.5-32b", "qwen2.5-7b"] and not ctx.engines
+    assert sorted(pool.engines) == ["gemma2-9b", "qwen2.5-7b"]
+    pool.close()
+    assert sorted(RecordingEngine.closed) == ["gemma2-9b", "qwen2.5-32b", "qwen2.5-7b"] and not pool.engines
 
 
 def test_a_build_starts_each_model_while_the_stages_before_its_use_run(ray_session, tmp_path, monkeypatch):

@@ -82,7 +82,8 @@ def test_the_shipped_pipeline_is_valid_and_the_exports_read_its_final_stage():
 
 
 def test_toy_stages_run_through_the_real_runner(ray_session, repo_root: Path, tmp_path: Path):
-    from synth.build import _run_stages, prepare
+    from synth.build import prepare
+    from synth.runner import run_stages
     from synth.lock import BuildLock
 
     config, catalog = prepare(repo_root / "pipelines/demo.yaml")
@@ -91,8 +92,8 @@ def test_toy_stages_run_through_the_real_runner(ray_session, repo_root: Path, tm
     ctx = StageContext(config=config, catalog=catalog, dry_run=True, cache_root=out / "cache" / "requests")
     pipeline = Pipeline([Numbers(), Squares(), DropOdd()])
     with BuildLock(out) as lock:
-        records = _run_stages(ctx, out, None, lock, pipeline=pipeline)
-        again = _run_stages(ctx, out, None, lock, pipeline=pipeline)
+        records = run_stages(ctx, out, None, lock, pipeline=pipeline)
+        again = run_stages(ctx, out, None, lock, pipeline=pipeline)
     ctx.close()
     assert [(r.name, r.rows_in, r.rows_out, r.rejected) for r in records] == [
         ("numbers", 0, 10, {}), ("squares", 10, 10, {}), ("drop_odd", 10, 5, {"odd": 5})]
@@ -130,6 +131,10 @@ def test_a_stage_added_from_outside_runs_and_the_report_and_plan_include_it(ray_
     assert manifest["export"]["corpus_rows"] > 0
     report = (tmp_path / "b" / "report" / "report.json").read_text(encoding="utf-8")
     assert '"no_op"' in report
+    # no stage keeps state between runs: a build leaves every stage object as it found it
+    assert {s.name: vars(s) for s in pipeline.stages} == {s.name: {} for s in pipeline.stages}
+    hard = manifest["stages"][names.index("filter_pairs")]["diverted"]
+    assert set(hard) <= {"hard"}  # side outputs come from the config (Stage.side_outputs)
     config, catalog = prepare(config_path)
     planned = make_plan(config, catalog, pipeline=pipeline)
     assert "no_op" in [s["name"] for s in planned["stages"]]

@@ -52,16 +52,16 @@ def requests(prompts: list[str], scenario: str = "s1") -> pd.DataFrame:
 
 
 def generate(tmp_path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict, list[str]]:
-    """One `_generate_cached` pass over `frame` with a fresh context on the same cache."""
+    """One `CachedGeneration.answer` pass over `frame` with a fresh context on the same cache."""
     import ray.data
 
     config, _, _ = load_config(ROOT / "pipelines/demo.yaml")
-    ctx = StageContext(config=config, catalog=None, cache_root=tmp_path / "cache/requests",  # type: ignore[arg-type]
-                       stage="respond")
+    ctx = StageContext(config=config, catalog=None, cache_root=tmp_path / "cache/requests")  # type: ignore[arg-type]
     sent: list[str] = []
-    ctx.engines[MODEL] = AnsweringEngine(MODEL, config.models[MODEL], sent)
-    out = ctx._generate_cached(MODEL, ray.data.from_pandas(frame)).to_pandas()
-    return out.sort_values("prompt").reset_index(drop=True), ctx.requests["respond"], sent
+    engine = AnsweringEngine(MODEL, config.models[MODEL], sent)
+    out = ctx.cache.answer(engine, config.models[MODEL], ray.data.from_pandas(frame), "respond", ctx.tally).to_pandas()
+    ctx.tally.close()
+    return out.sort_values("prompt").reset_index(drop=True), ctx.cache.requests["respond"], sent
 
 
 def answers(keys: list[str], text: str = "t") -> pa.Table:

@@ -171,21 +171,21 @@ def test_model_key_with_dots_and_dashes_is_fine(sandbox, repo_root: Path):
 
 @pytest.mark.parametrize("parts", [("../../evil",), ("a/../../b",), ("/etc",), ("..",), ("sent", "../../x")])
 def test_inside_refuses_escapes(tmp_path: Path, parts):
-    from synth.stages.base import inside
+    from synth.storage import inside
 
     with pytest.raises(BadInput, match="would escape"):
         inside(tmp_path / "cache" / "requests", *parts)
 
 
 def test_inside_refuses_a_nul_byte_as_bad_input(tmp_path: Path):
-    from synth.stages.base import inside
+    from synth.storage import inside
 
     with pytest.raises(BadInput, match="not usable"):
         inside(tmp_path / "cache", "a\x00b")
 
 
 def test_inside_keeps_names_below_base(tmp_path: Path):
-    from synth.stages.base import inside
+    from synth.storage import inside
 
     base = tmp_path / "cache"
     assert inside(base, "sent", "gemma-270m") == (base / "sent" / "gemma-270m").resolve()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from synth.dedup import DecontaminateConfig, DedupConfig, DuplicateIdError
+from synth.dedup.settings import DecontaminateConfig, DedupConfig, DuplicateIdError
 from synth.errors import BadInput
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from synth.dedup import DecontaminateConfig, EvalSet
+from synth.dedup.settings import DecontaminateConfig, EvalSet
 from synth.dedup.minhash import MinHasher
 from synth.dedup.text import (ragged_positions, char_shingles_of_code_points, jaccard, normalise_batch,
                               shingles_of_code_points, sorted_sets)

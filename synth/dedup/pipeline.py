@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
-from synth.dedup import DedupConfig, DuplicateIdError
+from synth.dedup.settings import DedupConfig, DuplicateIdError
 from synth.dedup.clusters import connected_components, keep_order
 from synth.dedup.minhash import MinHasher
 from synth.dedup.text import (exact_hashes, fmix64, id_hash, jaccard, normalise_batch, shingles_of_code_points,

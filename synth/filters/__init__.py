@@ -14,9 +14,9 @@ to="hard")` sends the row to the hard pool (`<stage>/hard/`, merged into
 `<out>/hard/` by the export, reason kept). `Drop(reason, to="controversial")`
 keeps the row in the stream with label 有争议 and `controversy` = the reason (the
 controversial tier; only for the filters that read labels). A filter declares up front, in
-`self.diverts`, every reason it may send elsewhere; the filter stage hands the
-resulting `{"<filter>: <reason>": side}` map to the runner as its `diverted`,
-the same mechanism Annotate uses for the judges' disagreements.
+`self.diverts`, every reason it may send elsewhere; the filter stage's
+`side_outputs` is the resulting `{"<filter>: <reason>": side}` map, which the runner
+uses to write those rows to their side output.
 
 The filters and their defaults are described, with the measurements behind
 the thresholds, in docs/filters.md.
@@ -24,44 +24,14 @@ the thresholds, in docs/filters.md.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from synth.errors import BadInput, BuildFailed
 
 
-@dataclass(frozen=True)
-class Drop:
-    reason: str
-    to: str | None = None  # a side output ("hard") instead of the rejects table
-
-
-KEEP = None
-Verdict = Drop | None
-
-REGISTRY: dict[str, type["Filter"]] = {}
-CONTROVERSIAL_TIER = "controversial"  # a Drop kept in the stream, relabelled 有争议
-SIDE_OUTPUTS = ("hard", CONTROVERSIAL_TIER)  # where a filter may divert rows (besides the rejects table)
-
-
-class Filter(ABC):
-    name: ClassVar[str]
-    # reason -> side output, for every Drop(reason, to=side) this filter may return
-    diverts: dict[str, str] = {}
-    # True for a filter that reads the judges' output (label, judgements, analyze). The pair
-    # filters run in two passes: the others before annotate (`filter_responses`), so no judge
-    # request is spent on a pair they drop, and these after it (`filter_pairs`).
-    reads_labels: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            REGISTRY[cls.name] = cls
-
-    @abstractmethod
-    def check(self, row: dict[str, Any]) -> Verdict:
-        """KEEP, or Drop(reason) with a short reason such as 'too_short'."""
+from synth.filters.base import (  # re-exported: the package's API
+    CONTROVERSIAL_TIER, KEEP, REGISTRY, SIDE_OUTPUTS, Drop, Filter, Verdict,
+)
 
 
 def _register_builtin() -> None:

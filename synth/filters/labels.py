@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from synth.filters import CONTROVERSIAL_TIER, KEEP, Drop, Filter, Verdict
+from synth.filters.base import CONTROVERSIAL_TIER, KEEP, Drop, Filter, Verdict
 from synth.filters.refusal import calls_question_harmful, is_plain_refusal, says_harmful
 from synth.output_parsing import CORPUS_LABELS, LABELS, SAFE, UNSAFE
 

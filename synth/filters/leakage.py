@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from synth.filters import KEEP, Drop, Filter, Verdict
+from synth.filters.base import KEEP, Drop, Filter, Verdict
 from synth.filters.chinese import char_ngrams, content_chars
 from synth.filters.refusal import is_refusal
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from synth.filters import KEEP, Drop, Filter, Verdict
+from synth.filters.base import KEEP, Drop, Filter, Verdict
 
 QUESTION_MARK = re.compile(r"[？?]|[吗呢么吧嘛][\s。！!…~～”\"』」）)]*$")
 INTERROGATIVES = re.compile(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth.filters import KEEP, Drop, Filter, Verdict
+from synth.filters.base import KEEP, Drop, Filter, Verdict
 from synth.filters.chinese import TERMINAL
 
 # opener, closer, reason

@@ -4,13 +4,14 @@ A stage has a name and a `run` that turns its input dataset (the output of the s
 before it in the `synth.pipeline.Pipeline`, or the one the pipeline names) into one
 output dataset. Output rows with a non-empty
 `reject_reason` become the stage's rejects; rows whose reason is listed in
-`diverted` go to a side output instead (the judges' disagreements → `hard`).
+`side_outputs` go to a side output instead (the judges' disagreements → `hard`).
 The runner (`synth.build`) writes everything as parquet and does the counting,
 so stages stay pure transformations.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ from typing import Any, ClassVar
 import pandas as pd
 import ray.data
 
+from synth import storage
 from synth.config import PipelineConfig, Role
-from synth.engines import Engine, make_engine
-from synth.errors import BadInput
+from synth.engines import Engine
+from synth.engines.pool import EnginePool
 from synth.progress import Tally
 from synth.request_cache import (
     COMPACT_AFTER_SHARDS, KEY_COLUMN, add_keys, batch_shard_count, compact_cache, log_sent, lookup,
@@ -32,66 +34,35 @@ from synth.templates import Catalog
 
 log = logging.getLogger("synth")
 
+# `Stage.estimate` (synth plan) before any build has measured the rates:
+DEFAULT_QUESTIONS_PER_CALL_SHARE = 0.8  # of max_questions_per_call, parsed and kept per generator call
+SAMPLE_QUESTION_CHARS = 40  # a question not written yet, for rendering respond and judge prompts
 
-@dataclass
-class StageContext:
-    config: PipelineConfig
-    catalog: Catalog
-    dry_run: bool = False
-    cache_root: Path | None = None  # <build>/cache/requests; None = no request cache
-    engines: dict[str, Engine] = field(default_factory=dict)
-    stage: str = ""  # the stage running now (set by the runner)
-    # per stage: requests answered by a model vs served from the cache, by scenario
-    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # what the engines answered, counted as it streams (live progress, the manifest's tokens)
-    tally: Tally = field(default_factory=Tally)
 
-    def engine(self, model_name: str) -> Engine:
-        if model_name not in self.engines:
-            self.engines[model_name] = make_engine(model_name, self.config.models[model_name], dry_run=self.dry_run)
-        return self.engines[model_name]
+class CachedGeneration:
+    """Answers requests from the build's request cache where it can and sends only the
+    misses to the model, caching the answers as they stream; counts, per stage, what was
+    sent and what the cache served (the manifest's `requests`).
 
-    def release_engines(self, keep: set[str]) -> None:
-        """Close the engines of models not in `keep`: a loaded model holds its GPUs (or
-        CPUs) until closed, and the next model may need them."""
-        for name in [n for n in self.engines if n not in keep]:
-            log.info("closing engine %s", name)
-            self.engines.pop(name).close()
+    `cache_root` None: no cache, every request is sent.
+    """
 
-    def close(self) -> None:
-        """Close every engine and the tally: the context is done."""
-        self.release_engines(keep=set())
-        self.tally.close()
+    def __init__(self, cache_root: Path | None, *, dry_run: bool = False):
+        self.cache_root = cache_root
+        self.dry_run = dry_run
+        self.requests: dict[str, dict[str, Any]] = {}  # stage -> {sent, cached, sent_by_scenario}
 
-    def start_engines(self, models: set[str]) -> None:
-        """Begin loading these models now, so a model loads while the stages before its
-        first use run (its GPUs would idle otherwise); already loaded ones are left as is."""
-        for name in sorted(models):
-            self.engine(name).start()
-
-    def prompt_style(self, role: Role) -> str:
-        return self.config.models[role.model].prompt_style
-
-    def generate(self, requests_by_role: list[tuple[Role, ray.data.Dataset]]) -> ray.data.Dataset:
-        """Send each role's requests to its model; roles sharing a model go in one pass."""
-        by_model: dict[str, list[ray.data.Dataset]] = {}
-        for role, ds in requests_by_role:
-            by_model.setdefault(role.model, []).append(ds)
-        results = [self._generate_cached(name, _union(parts)) for name, parts in by_model.items()]
-        return _union(results)
-
-    def _generate_cached(self, model_name: str, requests: ray.data.Dataset) -> ray.data.Dataset:
-        """Answer from the request cache where possible; send only the misses, caching answers as they stream."""
-        spec = self.config.models[model_name]
-        identity = model_identity(model_name, spec.model_copy(update={"engine": "standin"}) if self.dry_run else spec)
+    def answer(self, engine: Engine, spec: Any, requests: ray.data.Dataset, stage: str,
+               tally: Tally) -> ray.data.Dataset:
+        identity = model_identity(engine.name, spec.model_copy(update={"engine": "standin"}) if self.dry_run else spec)
         keyed = requests.map_batches(add_keys, fn_kwargs={"identity": identity}, batch_format="pandas").materialize()
         if self.cache_root is None:
-            self.tally.expect(self.stage, sent=keyed.count(), cached=0)
-            return self.tally.counting(self.engine(model_name).generate(keyed), self.stage)
-        cache_dir = str(inside(self.cache_root, model_name))
+            tally.expect(stage, sent=keyed.count(), cached=0)
+            return tally.counting(engine.generate(keyed), stage)
+        cache_dir = str(storage.inside(self.cache_root, engine.name))
         if batch_shard_count(cache_dir) > COMPACT_AFTER_SHARDS:  # keep nightly builds from piling up files
             compact_cache(cache_dir)
-        stats = self.requests.setdefault(self.stage, {"sent": 0, "cached": 0, "sent_by_scenario": {}})
+        stats = self.requests.setdefault(stage, {"sent": 0, "cached": 0, "sent_by_scenario": {}})
         total = keyed.count()
         # A join of the requests with the cache's shards on cache_key; None when nothing
         # can hit (no shard yet: a first build pays for no join; or no request at all).
@@ -105,7 +76,7 @@ class StageContext:
             stats["sent_by_scenario"][scenario] = stats["sent_by_scenario"].get(scenario, 0) + n
         stats["cached"] += hit_count
         stats["sent"] += total - hit_count
-        self.tally.expect(self.stage, sent=total - hit_count, cached=hit_count)
+        tally.expect(stage, sent=total - hit_count, cached=hit_count)
         parts = []
         if hit_count:
             parts.append(looked_up.map_batches(only_hits, batch_format="pyarrow"))
@@ -115,12 +86,59 @@ class StageContext:
             else:
                 # An audit trail of every request handed to the engine (keys, one file per batch):
                 # what resume tests count to prove nothing answered is ever sent again.
-                sent_dir = str(inside(_parent(self.cache_root), "sent", model_name))
+                sent_dir = str(storage.inside(_parent(self.cache_root), "sent", engine.name))
                 misses = misses.map_batches(log_sent, fn_kwargs={"log_dir": sent_dir}, batch_format="pandas")
-                answered = self.tally.counting(self.engine(model_name).generate(misses), self.stage)
+                answered = tally.counting(engine.generate(misses), stage)
                 parts.append(answered.map_batches(write_to_cache, fn_kwargs={"cache_dir": cache_dir},
                                                   batch_format="pandas"))
         return _union(parts).drop_columns([KEY_COLUMN])
+
+
+@dataclass
+class StageContext:
+    """What a running stage may use: the config and catalog, and three objects with one
+    job each, shared by every stage of a build: the loaded models (`pool`), the request
+    cache (`cache`) and the live count of answers (`tally`). The runner hands each stage
+    `for_stage(name)`, a view naming it; nothing here changes while a stage runs."""
+
+    config: PipelineConfig
+    catalog: Catalog
+    dry_run: bool = False
+    cache_root: Path | None = None  # <build>/cache/requests; None = no request cache
+    stage: str = ""  # the stage this view is for (see `for_stage`)
+    pool: EnginePool = field(init=False)
+    cache: CachedGeneration = field(init=False)
+    # what the engines answered, counted as it streams (live progress, the manifest's tokens)
+    tally: Tally = field(default_factory=Tally)
+
+    def __post_init__(self) -> None:
+        self.pool = EnginePool(self.config, dry_run=self.dry_run)
+        self.cache = CachedGeneration(self.cache_root, dry_run=self.dry_run)
+
+    def for_stage(self, name: str) -> "StageContext":
+        """This context as seen by stage `name` (the same pool, cache and tally)."""
+        view = copy.copy(self)
+        view.stage = name
+        return view
+
+    def close(self) -> None:
+        """Close every engine and the tally: the build is done."""
+        self.pool.close()
+        self.tally.close()
+
+    def prompt_style(self, role: Role) -> str:
+        return self.config.models[role.model].prompt_style
+
+    def generate(self, requests_by_role: list[tuple[Role, ray.data.Dataset]]) -> ray.data.Dataset:
+        """Send each role's requests to its model; roles sharing a model go in one pass."""
+        if not self.stage:
+            raise RuntimeError("StageContext.generate outside a stage: use ctx.for_stage(name) (bug)")
+        by_model: dict[str, list[ray.data.Dataset]] = {}
+        for role, ds in requests_by_role:
+            by_model.setdefault(role.model, []).append(ds)
+        results = [self.cache.answer(self.pool.engine(name), self.config.models[name], _union(parts), self.stage,
+                                     self.tally) for name, parts in by_model.items()]
+        return _union(results)
 
 
 def _count_column(ds: ray.data.Dataset, column: str) -> dict[str, int]:
@@ -143,24 +161,6 @@ def _parent(location: Path | str) -> Path | str:
     return location.parent if isinstance(location, Path) else str(location).rstrip("/").rsplit("/", 1)[0]
 
 
-def inside(base: Path, *parts: str) -> Path:
-    """`base/parts…`, refusing any path that would leave `base` (names come from configs).
-    A remote `base` (a URI, see synth.storage) gives a URI."""
-    from synth import storage
-
-    if storage.is_remote(base):
-        if any(p in ("", ".", "..") or "/" in p or "\0" in p for part in parts for p in [part]):
-            raise BadInput(f"path {'/'.join(parts)!r} would escape {base}")
-        return storage.join(base, *parts)  # type: ignore[return-value]
-    try:
-        path = Path(base, *parts).resolve()
-    except (OSError, ValueError) as e:  # e.g. a NUL byte: no such path can exist
-        raise BadInput(f"path {'/'.join(parts)!r} under {base} is not usable: {e}") from None
-    if not path.is_relative_to(Path(base).resolve()):
-        raise BadInput(f"path {'/'.join(parts)!r} would escape {base}")
-    return path
-
-
 class Stage(ABC):
     """A declared unit of the build.
 
@@ -179,12 +179,16 @@ class Stage(ABC):
     reads: ClassVar[tuple[str, ...]] = ()
     # `synth plan`: rows out per row in when no earlier build says (see `estimate`).
     keep: ClassVar[float] = 1.0
-    diverted: ClassVar[dict[str, str]] = {}  # reject reason -> side output name
     # A stage that fans out (one call → many questions, one question → several
     # answers) creates rows; any other stage must account for every input row
     # as output, reject or diverted, and the runner fails the build if not.
     fans_out: ClassVar[bool] = False
     reject_only_columns: ClassVar[tuple[str, ...]] = ()  # dropped from kept rows, kept in rejects
+
+    def side_outputs(self, config: PipelineConfig) -> dict[str, str]:
+        """{reject reason: side output} for the reasons whose rows go to a side output (e.g.
+        `hard`) instead of `rejects/`. From the config, never from state kept by a run."""
+        return {}
 
     def roles(self, config: PipelineConfig) -> list[Role]:
         """The roles whose models this stage sends requests to (the build keeps those loaded)."""

@@ -24,8 +24,7 @@ class _FilterStage(Stage):
     """Apply the configured filters in order; a filter's Drop(reason, to="hard") goes to `<stage>/hard/`,
     Drop(reason, to="controversial") stays as label 有争议 with `controversy` = the reason.
 
-    Which reasons are diverted depends on the configured filters, so the stage's
-    `diverted` map (read by the runner when it writes the stage) is set per run.
+    Which reasons go to a side output depends on the configured filters (`side_outputs`).
     """
 
     target: ClassVar[str]  # "questions" | "pairs": which list of `filters` in the config
@@ -42,13 +41,19 @@ class _FilterStage(Stage):
                 # the label checks' default destination became the controversial tier (was hard/)
                 **({"doubts": CONTROVERSIAL} if self.labels else {})}
 
-    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        specs = getattr(ctx.config.filters, self.target)
+    def _filters(self, config: PipelineConfig) -> list:
         # the whole list is built (so errors name its index in the config), this pass's part applied
-        filters = [f for f in build_filters(specs, f"filters.{self.target}") if self._mine(f.name)]
-        routes = diversions(filters)
-        self.diverted = {reason: side for reason, side in routes.items() if side != CONTROVERSIAL_TIER}
-        tier = {reason for reason, side in routes.items() if side == CONTROVERSIAL_TIER}
+        specs = getattr(config.filters, self.target)
+        return [f for f in build_filters(specs, f"filters.{self.target}") if self._mine(f.name)]
+
+    def side_outputs(self, config: PipelineConfig) -> dict[str, str]:
+        # the controversial tier's rows stay in the stream, relabelled
+        return {reason: side for reason, side in diversions(self._filters(config)).items()
+                if side != CONTROVERSIAL_TIER}
+
+    def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+        filters = self._filters(ctx.config)
+        tier = {reason for reason, side in diversions(filters).items() if side == CONTROVERSIAL_TIER}
 
         def check(batch: pd.DataFrame) -> pd.DataFrame:
             batch = batch.copy()

@@ -15,7 +15,7 @@ from synth.errors import BadInput
 from synth.obfuscation import PREFIX as OBFUSCATION, TACTICS, obfuscate
 from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
-from synth.stages.base import LLMStage, Stage, StageContext
+from synth.stages.base import DEFAULT_QUESTIONS_PER_CALL_SHARE, SAMPLE_QUESTION_CHARS, LLMStage, Stage, StageContext
 from synth.templates import scenario_vars
 
 KINDS = ("harmful", "benign")
@@ -118,7 +118,6 @@ class Queries(LLMStage):
     def estimate(self, planner) -> None:
         """One call per elements row, its prompt rendered exactly; questions kept per call: the
         earlier build's, else a share of max_questions_per_call."""
-        from synth.plan import DEFAULT_QUESTIONS_PER_CALL_SHARE
 
         config, gen = planner.config, planner.config.generation
         [role] = self.roles(config)
@@ -222,7 +221,6 @@ class Augment(LLMStage):
     def estimate(self, planner) -> None:
         """A share of the harmful questions rewritten by the generator (an earlier build's rates are
         rescaled to this config's harmful share)."""
-        from synth.plan import SAMPLE_QUESTION_CHARS
 
         config = planner.config
         share, scale = planner.harmful_share()

@@ -17,7 +17,7 @@ from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED,
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
-from synth.stages.base import LLMStage, StageContext
+from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
 
 PAIR_COLUMNS = (
     "id", "question_id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements",
@@ -68,7 +68,6 @@ class Respond(LLMStage):
 
     def estimate(self, planner) -> None:
         """Each question by every responder, or by responders_per_question of them."""
-        from synth.plan import SAMPLE_QUESTION_CHARS
 
         config, catalog, options = planner.config, planner.catalog, planner.config.plan
         responders = self.roles(config)
@@ -203,7 +202,6 @@ class Annotate(LLMStage):
 
     def estimate(self, planner) -> None:
         """Every judge reads every pair (an answer of the responders' expected length)."""
-        from synth.plan import SAMPLE_QUESTION_CHARS
 
         config = planner.config
         judges = self.roles(config)
