@@ -164,25 +164,20 @@ def result_batch(batch: pd.DataFrame, outputs: list[dict[str, Any]]) -> pd.DataF
     cols = [c for c in batch.columns if c != ENGINE_PROMPT and c not in RESULT_COLUMNS]
     out = batch[cols].copy()
     schemas = batch["json_schema"].tolist() if "json_schema" in batch else [""] * len(batch)
-    texts, reasons, n_in, n_out, errors, logprobs = [], [], [], [], [], []
+    results = []  # one tuple per row, in RESULT_COLUMNS order
     for output, schema in zip(outputs, schemas):
         if output.get("error"):
-            texts.append(""), reasons.append("error"), n_in.append(0), n_out.append(0)
-            errors.append(f"vLLM: {output['error']}"), logprobs.append("")
+            results.append(("", "error", 0, 0, f"vLLM: {output['error']}", ""))
             continue
         text, reason = output["text"], output["finish_reason"]
         if schema and reason == "length":
             closed = close_truncated_json(text, json.loads(schema))
             text = closed if closed is not None else text
-        texts.append(text), reasons.append(reason), errors.append("")
-        n_in.append(int(output["prompt_tokens"])), n_out.append(int(output["completion_tokens"]))
-        logprobs.append(output.get("logprobs") or "")
-    out["text"] = texts
-    out["finish_reason"] = reasons
-    out["prompt_tokens"] = pd.Series(n_in, index=batch.index, dtype="int64")
-    out["completion_tokens"] = pd.Series(n_out, index=batch.index, dtype="int64")
-    out["error"] = errors
-    out["logprobs"] = logprobs
+        results.append((text, reason, int(output["prompt_tokens"]), int(output["completion_tokens"]), "",
+                        output.get("logprobs") or ""))
+    for name, values in zip(RESULT_COLUMNS, zip(*results) if results else [()] * len(RESULT_COLUMNS)):
+        out[name] = pd.Series(list(values), index=batch.index,
+                              dtype="int64" if name in ("prompt_tokens", "completion_tokens") else object)
     return out
 
 

@@ -99,7 +99,8 @@ class StageContext:
     """What a running stage may use: the config and catalog, and three objects with one
     job each, shared by every stage of a build: the loaded models (`pool`), the request
     cache (`cache`) and the live count of answers (`tally`). The runner hands each stage
-    `for_stage(name)`, a view naming it; nothing here changes while a stage runs."""
+    `for_stage(name)`, a view naming it (the stage name is fixed for the view; only the
+    shared objects count as they go)."""
 
     config: PipelineConfig
     catalog: Catalog
