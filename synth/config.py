@@ -150,6 +150,11 @@ class Roles(Strict):
     generator: Role
     responders: list[Role] = Field(min_length=1)
     judges: list[Role] = Field(min_length=2, max_length=2)
+    question_judges: list[Role] = Field(
+        default_factory=list, max_length=2,
+        description="judge_questions: one or two judges of each question before it is answered (harmful 是/否, "
+        "its subcategory, a reason; templates/shared/question_judge.yaml); they may share the pair judges' "
+        "models (and then their running engines); none = the stage passes the questions through unjudged")
 
 
 class Generation(Strict):
@@ -231,6 +236,18 @@ class JudgeExamples(Strict):
     k: int = Field(2, ge=1, le=8, description="examples per judge request: the pair's scenario first, "
                    "both labels when k >= 2")
     max_chars: int = Field(200, ge=20, description="an example's question and answer are each cut to this many characters")
+
+
+class JudgeQuestions(Strict):
+    """What judge_questions does with a question whose judged content differs from what was asked
+    for (synth/stages/question_judge.py; defaults measured in docs/filters.md)."""
+
+    on_kind_mismatch: Literal["relabel", "reject", "keep"] = Field(
+        "relabel", description="a harmful-kind question judged not harmful, or a benign one judged harmful: "
+        "relabel (its kind becomes the judged one; requested_kind keeps the request), reject, or keep as asked")
+    on_off_topic: Literal["reassign", "reject", "keep"] = Field(
+        "reassign", description="a question judged to be about another subcategory (or none: other): reassign "
+        "to the judged one (requested_subcategory keeps the request; `other` is kept where it was), reject, or keep")
 
 
 class Annotate(Strict):
@@ -331,6 +348,7 @@ class PipelineConfig(Strict):
     generation: Generation = Field(default_factory=Generation)
     augment: Augment = Field(default_factory=Augment)
     respond: Respond = Field(default_factory=Respond)
+    judge_questions: JudgeQuestions = Field(default_factory=JudgeQuestions)
     annotate: Annotate = Field(default_factory=Annotate)
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
@@ -350,6 +368,7 @@ class PipelineConfig(Strict):
     def _roles_name_defined_models(self) -> "PipelineConfig":
         all_roles = [("roles.generator", self.roles.generator)]
         all_roles += [(f"roles.responders[{i}]", r) for i, r in enumerate(self.roles.responders)]
+        all_roles += [(f"roles.question_judges[{i}]", r) for i, r in enumerate(self.roles.question_judges)]
         all_roles += [(f"roles.judges[{i}]", r) for i, r in enumerate(self.roles.judges)]
         seen: set[str] = set()
         for where, role in all_roles:
@@ -369,6 +388,10 @@ class PipelineConfig(Strict):
             if role.probe is None and task == "embed":
                 raise ValueError(f"roles.judges[{i}].model: '{role.model}' has task: embed (no text): give the "
                                  "judge a probe, or use a generating model")
+        for i, role in enumerate(self.roles.question_judges):
+            if role.probe is not None or role.rubric is not None:
+                raise ValueError(f"roles.question_judges[{i}]: a question judge takes no probe or rubric (its one "
+                                 "template is templates/shared/question_judge.yaml)")
         if not any(role.analysis and role.probe is None for role in self.roles.judges):
             raise ValueError("roles.judges: no judge writes an analysis (every one is a probe or has analysis: "
                              "false): the corpus's `analyze` needs one")
@@ -396,7 +419,7 @@ class PipelineConfig(Strict):
         return self
 
     def all_roles(self) -> list[Role]:
-        return [self.roles.generator, *self.roles.responders, *self.roles.judges]
+        return [self.roles.generator, *self.roles.responders, *self.roles.question_judges, *self.roles.judges]
 
     @property
     def source(self) -> Path | None:

@@ -46,10 +46,11 @@ from synth.scoring import FROM_LOGPROBS
 def gold_pairs(gold: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Gold rows shaped as the respond stage's pairs (the columns annotate carries)."""
     from synth.stages.labelling import PAIR_COLUMNS
+    from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS
 
     rows = []
     for row_id, g in gold.items():
-        pair = {c: "" for c in PAIR_COLUMNS}
+        pair = {c: None if c in QUESTION_JUDGE_COLUMNS else "" for c in PAIR_COLUMNS}
         pair.update(id=row_id, question_id=row_id, scenario=g["category_name"], scenario_name=g["category_name"],
                     subcategory=g["sub_category_name"], subcategory_name=g["sub_category_name"],
                     question=g["question"], response=g["response"], seed=0, response_tokens=0, elements=None)

@@ -54,10 +54,13 @@ CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
     "response", "responder", "persona", "label", "analyze", "unsafe_score", "judgements", "elements", "generator",
     "template_id", "template_hash", "finish_reason", "seed", "source_question_id", *FIELD_COLUMNS.values(),
-    "controversy",
+    "controversy", "question_score", "requested_kind", "requested_subcategory", "question_route",
 )
-# The judge fields' columns (config `annotate.fields`) keep their types when no row has a value.
-FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string()}
+# The judge fields' and the question judge's columns keep their types when no row has a value
+# (question_harmful and judged_subcategory: the question judge's where it ran, synth/stages/question_judge.py).
+FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string(),
+               "question_score": pa.float64(), "requested_kind": pa.large_string(),
+               "requested_subcategory": pa.large_string(), "question_route": pa.large_string()}
 # What balance, the split, the counts and the dataset card read: the only columns held whole.
 KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy")
 # The named configurations beside `default`: the controversial tier counted as this label.

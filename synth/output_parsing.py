@@ -206,3 +206,49 @@ def _with_fields(verdict: Verdict, fields: Sequence[str], subcategories: Collect
             return Verdict(verdict.label, verdict.analysis, f"{FIELD_MALFORMED}:{name}")
         values[name] = value
     return Verdict(verdict.label, verdict.analysis, fields=values)
+
+
+# The question judge (synth/stages/question_judge.py, templates/shared/question_judge.yaml):
+# {"分析": a reason, "问题有害": 是/否, "子类": a subcategory id or `other`}, read with the pair
+# judges' field keys and written to the same columns (FIELD_COLUMNS).
+QUESTION_FIELDS = ("question_harmful", "subcategory")
+OTHER_SUBCATEGORY = "other"  # a question about none of the catalog's subcategories
+_REASON_FIELD = re.compile(rf"{_Q}分析{_Q}\s*[:：]\s*{_Q}(.*?){_Q}\s*[,，]\s*{_Q}(?:{'|'.join(FIELD_KEYS.values())})",
+                           re.DOTALL)
+
+
+def parse_question_verdict(text: str, *, prefix: str = "", subcategories: Collection[str] = ()) -> Verdict:
+    """A question judge's verdict: `label` 是/否 (the question is harmful), `analysis` its reason,
+    `fields` {"question_harmful": 是/否, "subcategory": an id or `other`}; a reason when the JSON
+    has no valid 问题有害 (`verdict_missing_or_invalid`), or no valid 子类 (`judge_field_*:subcategory`).
+    Tolerates code fences, reasoning before the JSON and damaged JSON, as parse_verdict does."""
+    raw = _REASONING.sub("", prefix + (text or "")).strip()
+    if not raw:
+        return Verdict("", "", "empty_output")
+    cleaned = _FENCE.sub("", raw).strip()
+    start, end = cleaned.find("{"), cleaned.rfind("}")
+    written: dict[str, object] | None = None
+    analysis = ""
+    if start != -1 and end > start:
+        try:
+            data = json.loads(cleaned[start: end + 1])
+            if isinstance(data, dict):
+                written = {k: data[k] for k in FIELD_KEYS.values() if k in data}
+                analysis = str(data.get("分析", "")).strip()
+        except json.JSONDecodeError:
+            pass
+    if written is None:
+        written = {}
+        for name in QUESTION_FIELDS:
+            found = _field_pattern(FIELD_KEYS[name]).search(cleaned)
+            if found:
+                written[FIELD_KEYS[name]] = found.group(1)
+        reason = _REASON_FIELD.search(cleaned)
+        analysis = reason.group(1).strip() if reason else ""
+    harmful = written.get(FIELD_KEYS["question_harmful"])
+    harmful = harmful.strip(_LABEL_NOISE) if isinstance(harmful, str) else harmful
+    if harmful not in YES_NO:
+        return Verdict("", "", "verdict_missing_or_invalid" if written else "verdict_unparseable")
+    verdict = _with_fields(Verdict(harmful, analysis), QUESTION_FIELDS, [*subcategories, OTHER_SUBCATEGORY],
+                           written)
+    return verdict

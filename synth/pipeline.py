@@ -133,12 +133,13 @@ def _shipped() -> Pipeline:
                                        FilterResponses)
     from synth.stages.generation import Augment, Elements, Obfuscate, Queries
     from synth.stages.labelling import Annotate, Respond
+    from synth.stages.question_judge import JudgeQuestions
 
     return Pipeline([
-        Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(), Obfuscate(),
+        Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(), JudgeQuestions(), Obfuscate(),
         Respond(), FilterResponses(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
     ])
 
 
-# synth's pipeline: elements → queries → … → decontaminate, each stage reading the one before.
+# synth's pipeline: elements → queries → … → judge_questions → … → decontaminate, each stage reading the one before.
 PIPELINE = _shipped()

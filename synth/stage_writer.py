@@ -51,6 +51,7 @@ class StageRecord:
     requests_per_s: float = 0.0
     output_tokens_per_s: float = 0.0
     plan: dict[str, Any] = field(default_factory=dict)
+    routed: dict[str, int] = field(default_factory=dict)  # kept rows per thing done to them (Stage.route_column)
 
 
 def reason_key(reason: str) -> str:
@@ -86,12 +87,16 @@ def write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in
     storage.delete(storage.join(stage_dir, MARKER))  # readers trust only a marked stage directory
     with storage.replacing_dir(stage_dir) as tmp:  # local: renamed over it; object store: written in place
         sides = dict(sides or {})
-        writer = ShardWriter(str(tmp), stage.name, sides, list(stage.reject_only_columns))
+        writer = ShardWriter(str(tmp), stage.name, sides, list(stage.reject_only_columns), stage.route_column)
         reasons: dict[str, int] = {}
         failed = 0
         schema: pa.Schema | None = None
         nodes: dict[str, int] = {}
+        routed: dict[str, int] = {}
         for part in result.map_batches(writer, batch_format="pandas").iter_batches(batch_format="pandas"):
+            for counts in part["routed"]:
+                for what, n in json.loads(counts).items():
+                    routed[what] = routed.get(what, 0) + n
             for reason, n, batch_schema, node in zip(part["reason"], part["n"], part["schema"], part["node"]):
                 reasons[reason] = reasons.get(reason, 0) + int(n)
                 nodes[node] = nodes.get(node, 0) + int(n)
@@ -135,7 +140,8 @@ def write_stage(stage: Stage, result: ray.data.Dataset, stage_dir: Path, rows_in
         if created and not stage.fans_out:
             raise BuildFailed(f"stage {stage.name}: {rows_in} rows in but {rows_in + created} accounted for (bug: rows lost)")
     return StageRecord(stage.name, rows_in, rows_out, dict(sorted(rejected.items())), diverted, created,
-                       pending=pending, signature=signature, nodes=dict(sorted(nodes.items())))
+                       pending=pending, signature=signature, nodes=dict(sorted(nodes.items())),
+                       routed=dict(sorted(routed.items())))
 
 
 PENDING_DIR = "pending"
@@ -150,9 +156,11 @@ class ShardWriter:
     so counting and writing are one pass.
     """
 
-    def __init__(self, root: str, stage: str, diverted: dict[str, str], reject_only: list[str]):
+    def __init__(self, root: str, stage: str, diverted: dict[str, str], reject_only: list[str],
+                 route_column: str | None = None):
         self.root = storage.location(root)
         self.stage, self.diverted, self.reject_only = stage, diverted, reject_only
+        self.route_column = route_column
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         if REJECT_COLUMN not in batch.columns:
@@ -178,8 +186,15 @@ class ShardWriter:
         schema = b"" if str(self.root) in _SCHEMA_SENT else to_arrow(batch).schema.serialize().to_pybytes()
         _SCHEMA_SENT.add(str(self.root))
         node = ray.get_runtime_context().get_node_id()
+        routed: dict[str, int] = {}
+        if self.route_column is not None and self.route_column in kept.columns:
+            for value in kept[self.route_column].dropna().astype(str):
+                for what in filter(None, value.split(",")):
+                    routed[what] = routed.get(what, 0) + 1
+        # the batch's route counts ride on its first reason row (the others carry none)
+        routes = [json.dumps(routed)] + ["{}"] * (len(counts) - 1) if len(counts) else []
         return pd.DataFrame({"reason": counts.index.astype(str), "n": counts.values.astype("int64"),
-                             "schema": [schema] * len(counts), "node": [node] * len(counts)})
+                             "schema": [schema] * len(counts), "node": [node] * len(counts), "routed": routes})
 
 
 _SCHEMA_SENT: set[str] = set()  # per worker process: the stage directories whose schema it sent

@@ -121,6 +121,8 @@ SCENARIO_VARIABLES = ("scenario", "subcategory", "behavior", "task_type", "regio
 AUGMENT_VARIABLES = ("question", "scenario", "subcategory")
 RESPOND_VARIABLES = ("question", "persona")
 JUDGE_VARIABLES = ("question", "response", "rubric", "fields", "examples")
+# `scenarios`: the catalog, each scenario with its id, name_zh and subcategories (id, name_zh)
+QUESTION_JUDGE_VARIABLES = ("question", "scenarios")
 
 Style = Literal["chat", "completion"]
 
@@ -160,6 +162,13 @@ class Catalog:
     # every subcategory id -> its Chinese name, across all scenarios (also those a config leaves out):
     # the choices of the judge field `subcategory`
     subcategories: dict[str, str] = field(default_factory=dict)
+    # the question judge's prompt (templates/shared/question_judge.yaml); None when the file is not there
+    question_judge: PromptForms | None = None
+    # every subcategory id -> (scenario id, scenario name_zh), across all scenarios: where a
+    # question judged to be about that subcategory is reassigned to
+    scenario_of: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # what the question judge's prompt lists: every scenario with its subcategories
+    taxonomy: list[dict[str, Any]] = field(default_factory=list)
     # source -> compiled template, filled as templates are first rendered in this process.
     # Not pickled (a Catalog travels to Ray workers in task closures): each process compiles its own.
     _compiled: dict[str, jinja2.Template] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -348,6 +357,15 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
         scenarios[template.id] = Scenario(template, pools, path, _digest(path, pool_path))
 
     subcategories = {sub.id: sub.name_zh for s in scenarios.values() for sub in s.template.subcategories}
+    scenario_of = {sub.id: (s.id, s.template.name_zh) for s in scenarios.values() for sub in s.template.subcategories}
+    taxonomy = [{"id": s.id, "name_zh": s.template.name_zh,
+                 "subcategories": [{"id": sub.id, "name_zh": sub.name_zh} for sub in s.template.subcategories]}
+                for s in scenarios.values()]
+    question_judge_path = shared / "question_judge.yaml"
+    question_judge = None
+    if question_judge_path.exists():
+        question_judge = _parse(PromptForms, question_judge_path)
+        _check_forms(env, question_judge, QUESTION_JUDGE_VARIABLES, str(question_judge_path))
     if only:
         unknown = sorted(set(only) - set(scenarios))
         if unknown:
@@ -368,7 +386,12 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
         },
         env=env,
         subcategories=subcategories,
+        question_judge=question_judge,
+        scenario_of=scenario_of,
+        taxonomy=taxonomy,
     )
+    if question_judge is not None:
+        catalog.hashes["templates/shared/question_judge"] = _digest(question_judge_path)
     if (seeds_dir / "obfuscation").is_dir():
         from synth.obfuscation import load_tables
 
@@ -426,6 +449,10 @@ def _render_everything(catalog: Catalog) -> None:
                 catalog.respond, style, {"question": "示例问题？", "persona": persona.model_dump()},
                 "templates/shared/respond.yaml",
             )
+    if catalog.question_judge is not None:
+        for style in ("chat", "completion"):
+            catalog.render(catalog.question_judge, style, {"question": "示例问题？", "scenarios": catalog.taxonomy},
+                           "templates/shared/question_judge.yaml")
     for rubric in catalog.judge.rubrics:
         for style in ("chat", "completion"):
             for fields, examples in (([], []), (catalog.judge_fields(list(JUDGE_FIELDS)),

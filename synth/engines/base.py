@@ -82,6 +82,23 @@ def verdict_schema(fields: Sequence[str] = (), subcategories: Sequence[str] = ()
     return {**VERDICT_SCHEMA, "properties": properties, "required": list(properties)}
 
 
+def question_verdict_schema(subcategories: Sequence[str]) -> dict[str, Any]:
+    """The question judge's verdict (templates/shared/question_judge.yaml): a short reason first,
+    then 问题有害 (是/否), then 子类 (a subcategory id, or `other`)."""
+    from synth.output_parsing import OTHER_SUBCATEGORY
+
+    return {
+        "type": "object",
+        "properties": {
+            "分析": {"type": "string", "minLength": 6, "maxLength": 60},
+            FIELD_KEYS["question_harmful"]: {"type": "string", "enum": list(YES_NO)},
+            FIELD_KEYS["subcategory"]: {"type": "string", "enum": [*subcategories, OTHER_SUBCATEGORY]},
+        },
+        "required": ["分析", FIELD_KEYS["question_harmful"], FIELD_KEYS["subcategory"]],
+        "additionalProperties": False,
+    }
+
+
 def request_seed(request_id: str, role_name: str, base_seed: int) -> int:
     """A sampling seed per request: same row, role and build seed → same seed."""
     digest = hashlib.sha256(f"{base_seed}:{role_name}:{request_id}".encode()).digest()

@@ -103,13 +103,32 @@ def _fields(rng: random.Random, pair: str, schema: str) -> dict[str, str]:
     return out
 
 
+def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, subcategory: str) -> str:
+    """A question judge's verdict: it confirms the requested kind and subcategory (read from the
+    request row: a stand-in knows what was asked for) about 4 times in 5, per question, and its
+    seed flips the kind ~10% of the time, so two stand-in judges disagree now and then; ~3% are
+    not JSON."""
+    if rng.random() < 0.03:
+        return "这个问题不好判断"
+    question = prompt[prompt.rfind("提问："):]
+    by_question = random.Random(f"question:{question}")
+    choices = json.loads(schema)["properties"]["子类"]["enum"] if schema else ["other"]
+    harmful = (kind == "harmful") == (by_question.random() < 0.8)
+    harmful = harmful if rng.random() > 0.1 else not harmful
+    topic = subcategory if subcategory in choices and by_question.random() < 0.8 else by_question.choice(choices)
+    return json.dumps({"分析": "（stand-in 判定）问题的目的与话题如上。", "问题有害": "是" if harmful else "否",
+                       "子类": topic}, ensure_ascii=False)
+
+
 _TASKS = {"questions": _questions, "augment": _rewrite, "respond": _answer}
 
 
-def standin_output(task: str, prompt: str, seed: int, schema: str = "") -> str:
+def standin_output(task: str, prompt: str, seed: int, schema: str = "", kind: str = "", subcategory: str = "") -> str:
     rng = random.Random(f"{task}:{seed}")
     if task == "judge":
         return _verdict(rng, prompt, schema)
+    if task == "judge_question":
+        return _question_verdict(rng, prompt, schema, kind, subcategory)
     return _TASKS[task](rng, _han_text(prompt))
 
 
@@ -117,16 +136,17 @@ def standin_logprobs(text: str, seed: int) -> str:
     """Log-probabilities for a stand-in verdict, in synth.scoring's form: the text up to the
     label as one token, the label as the next with both labels as alternatives (P(不安全) on
     the label's side of 0.5, drawn from the seed), the rest as one token. "" if no label."""
-    at = text.find('"答案": "')
+    key, (positive, negative) = ('"答案": "', ("不安全", "安全")) if '"答案"' in text else ('"问题有害": "', ("是", "否"))
+    at = text.find(key)
     if at < 0:
         return ""
-    start = at + len('"答案": "')
-    chosen = "不安全" if text.startswith("不安全", start) else "安全" if text.startswith("安全", start) else ""
+    start = at + len(key)
+    chosen = positive if text.startswith(positive, start) else negative if text.startswith(negative, start) else ""
     if not chosen:
         return ""
     margin = random.Random(f"score:{seed}").uniform(0.02, 0.49)
-    p_unsafe = 0.5 + margin if chosen == "不安全" else 0.5 - margin
-    label_token = [chosen, [["不安全", math.log(p_unsafe)], ["安全", math.log(1 - p_unsafe)]]]
+    p_unsafe = 0.5 + margin if chosen == positive else 0.5 - margin
+    label_token = [chosen, [[positive, math.log(p_unsafe)], [negative, math.log(1 - p_unsafe)]]]
     end = start + len(chosen)
     return json.dumps([[text[:start], [[text[:start], 0.0]]], label_token, [text[end:], [[text[end:], 0.0]]]],
                       ensure_ascii=False)
@@ -154,8 +174,11 @@ def _standin_batch(batch: pd.DataFrame, embed: bool = False) -> pd.DataFrame:
     if batch.empty:
         return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="", logprobs="")
     schemas = batch["json_schema"] if "json_schema" in batch else [""] * len(batch)
-    texts = [standin_vector(p) if embed else standin_output(t, p, int(s), j)
-             for t, p, s, j in zip(batch["task"], batch["prompt"], batch["seed"], schemas)]
+    kinds = batch["kind"] if "kind" in batch else [""] * len(batch)
+    subcategories = batch["subcategory"] if "subcategory" in batch else [""] * len(batch)
+    texts = [standin_vector(p) if embed else standin_output(t, p, int(s), j, str(k), str(c))
+             for t, p, s, j, k, c in zip(batch["task"], batch["prompt"], batch["seed"], schemas, kinds,
+                                          subcategories)]
     batch = batch.copy()
     batch["text"] = texts
     batch["finish_reason"] = "stop"

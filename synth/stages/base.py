@@ -185,6 +185,9 @@ class Stage(ABC):
     # as output, reject or diverted, and the runner fails the build if not.
     fans_out: ClassVar[bool] = False
     reject_only_columns: ClassVar[tuple[str, ...]] = ()  # dropped from kept rows, kept in rejects
+    # A column of kept rows that says what the stage did to each (comma-separated, "" = nothing):
+    # the manifest counts its values (StageRecord.routed), beside the rejects' reasons.
+    route_column: ClassVar[str | None] = None
 
     def side_outputs(self, config: PipelineConfig) -> dict[str, str]:
         """{reject reason: side output} for the reasons whose rows go to a side output (e.g.

@@ -16,6 +16,7 @@ from synth.obfuscation import PREFIX as OBFUSCATION, TACTICS, obfuscate
 from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
 from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.stages.base import DEFAULT_QUESTIONS_PER_CALL_SHARE, SAMPLE_QUESTION_CHARS, LLMStage, Stage, StageContext
+from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS, QUESTION_JUDGE_DTYPES, JudgeQuestions
 from synth.templates import scenario_vars
 
 KINDS = ("harmful", "benign")
@@ -286,9 +287,11 @@ def augmented_rows(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_reject_column(batch: pd.DataFrame) -> pd.DataFrame:
+    """Obfuscate's input rows with an empty reject reason: the question columns and, where a
+    question judge ran before it, its verdict columns (null where it did not)."""
     batch = batch.copy()
     batch[REJECT_COLUMN] = ""
-    return batch[list(_QUESTION_COLUMNS)]
+    return batch.reindex(columns=list(_JUDGED_QUESTION_COLUMNS)).astype(QUESTION_JUDGE_DTYPES)
 
 
 class Obfuscate(Stage):
@@ -305,7 +308,7 @@ class Obfuscate(Stage):
     name = "obfuscate"
     fans_out = True
     reads = ("id", "question", "attack")
-    columns = None  # set below: _QUESTION_COLUMNS
+    columns = None  # set below: _JUDGED_QUESTION_COLUMNS
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
         o = config.augment.obfuscation
@@ -353,4 +356,7 @@ _QUESTION_COLUMNS = (
     "question", "raw", "source_question_id", REJECT_COLUMN,
 )
 
-Queries.columns = Augment.columns = Obfuscate.columns = _QUESTION_COLUMNS
+# after judge_questions: its verdict columns too (synth/stages/question_judge.py)
+_JUDGED_QUESTION_COLUMNS = (*_QUESTION_COLUMNS[:-1], *QUESTION_JUDGE_COLUMNS, REJECT_COLUMN)
+Queries.columns = Augment.columns = _QUESTION_COLUMNS
+Obfuscate.columns = JudgeQuestions.columns = _JUDGED_QUESTION_COLUMNS

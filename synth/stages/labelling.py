@@ -18,17 +18,19 @@ from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
 from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
 from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
+from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS, QUESTION_JUDGE_DTYPES
 
 PAIR_COLUMNS = (
     "id", "question_id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements",
     "attack", "template_id", "template_hash", "generator", "responder", "persona", "seed", "question",
-    "response", "finish_reason", "response_tokens", "source_question_id", REJECT_COLUMN,
+    "response", "finish_reason", "response_tokens", "source_question_id", *QUESTION_JUDGE_COLUMNS, REJECT_COLUMN,
 )
-# The judge fields' columns (config `annotate.fields`) are always there, null when not asked for.
+# The judge fields' columns (config `annotate.fields`) are always there, null when not asked for;
+# question_harmful and judged_subcategory are the question judge's where it ran (synth/stages/question_judge.py).
 # `controversy`: why a pair is in the controversial tier (label 有争议), "" for an agreed label.
 # `unsafe_score`: the judges' combined score (synth.scoring; each judge's own is in `judgements`).
-LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", "unsafe_score", *FIELD_COLUMNS.values(),
-                    "controversy", REJECT_COLUMN)
+LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", "unsafe_score",
+                    *(c for c in FIELD_COLUMNS.values() if c not in PAIR_COLUMNS), "controversy", REJECT_COLUMN)
 # Pair columns a judge request or its result would overwrite (the responder's `seed` and
 # `finish_reason`): carried through the judges' requests under another name.
 _CARRIED = {k: f"pair_{k}" for k in PAIR_COLUMNS if k in (*REQUEST_COLUMNS, *RESULT_COLUMNS)}
@@ -121,7 +123,7 @@ def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
             **{REJECT_COLUMN: (failure_reason(row["error"]) if row["error"] else "empty_response") if failed else ""},
         )
         out.append(pair)
-    return pd.DataFrame(out, columns=list(PAIR_COLUMNS))
+    return pd.DataFrame(out, columns=list(PAIR_COLUMNS)).astype(QUESTION_JUDGE_DTYPES)
 
 
 class Annotate(LLMStage):
@@ -325,10 +327,14 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
         controversy.append(why)
         reasons.append(reason)
         all_judgements.append(judgements)
+    fields_out = combined_fields(all_judgements, fields)
+    for column in QUESTION_JUDGE_COLUMNS:  # the question judge's verdict where it gave one, else the pair judges'
+        if column in fields_out and column in batch.columns:
+            fields_out[column] = [q if q is not None and q is not pd.NA else p
+                                  for q, p in zip(batch[column].astype("object"), fields_out[column])]
     out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses,
                                              unsafe_score=pd.Series(scores, index=batch.index, dtype="float64"),
-                                             controversy=controversy,
-                                             **combined_fields(all_judgements, fields)).astype(FIELD_DTYPES)
+                                             controversy=controversy, **fields_out).astype(FIELD_DTYPES)
     out[REJECT_COLUMN] = reasons
     return out[list(LABELLED_COLUMNS)]
 
