@@ -276,19 +276,31 @@ def eval_judges(
     save: Optional[Path] = typer.Option(None, "--save", help="write the calibration record here "
                                                             "(a config's annotate.rule.calibration reads it)"),
     plot_dir: Optional[Path] = typer.Option(None, "--plot", help="write reliability and threshold-curve plots here"),
+    harm_only: bool = typer.Option(False, "--harm-only", help="question gold with categories of its own (not "
+                                                             "the catalog's): score harmful vs benign only"),
 ) -> None:
     """Calibrate a config's judges on gold labels: per judge accuracy, F1, AUROC and AU-PRC of its
     unsafe_score; the combined score's AUROC, AU-PRC and threshold curve; the accuracy and share of
-    the labels the build's rule keeps; with --calibrate, thresholds for a target."""
+    the labels the build's rule keeps; with --calibrate, thresholds for a target. Question gold
+    (rows with `kind` and no `response`) scores the question judges instead: harmful-vs-benign
+    accuracy and F1, scenario and subcategory accuracy, per scenario."""
     _setup_logging()
     from synth.eval_judges import evaluate_judges, format_result, log_path
+    from synth.eval_questions import evaluate_question_judges, format_question_result, is_question_gold
 
     with _reported(), _others_output_to(log_path()):
         if save is not None and not calibrate:
             raise BadInput("--save: a calibration record needs --calibrate")
-        result = evaluate_judges(gold, config, dry_run=dry_run, target=target if calibrate else None, save=save,
-                                 plot_dir=plot_dir)
-    typer.echo(json.dumps(result, ensure_ascii=False, indent=2) if as_json else format_result(result))
+        kinds = {is_question_gold(path) for path in gold}
+        if len(kinds) > 1:
+            raise BadInput("eval-judges: give either pair gold files or question gold files, not both")
+        if kinds == {True}:
+            result = evaluate_question_judges(gold, config, dry_run=dry_run, harm_only=harm_only)
+        else:
+            result = evaluate_judges(gold, config, dry_run=dry_run, target=target if calibrate else None, save=save,
+                                     plot_dir=plot_dir)
+    formatted = format_question_result(result) if kinds == {True} else format_result(result)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=2) if as_json else formatted)
 
 
 @probe_app.command("train")

@@ -22,6 +22,11 @@ def prepare(config_path: Path, templates: Path | None = None, seeds: Path | None
             catalog.persona(role.persona, i)
     for role in config.roles.judges:
         catalog.rubric(role.rubric)
+    if config.roles.question_judges and catalog.question_judge is None:
+        from synth.errors import BadInput
+
+        raise BadInput(f"roles.question_judges is set but {templates or templates_dir}/shared/question_judge.yaml "
+                       "is missing")
     return config, catalog
 
 
