@@ -245,8 +245,12 @@ class JudgeQuestions(Strict):
     on_kind_mismatch: Literal["relabel", "reject", "keep"] = Field(
         "relabel", description="a harmful-kind question judged not harmful, or a benign one judged harmful: "
         "relabel (its kind becomes the judged one; requested_kind keeps the request), reject, or keep as asked")
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="a question is judged harmful when the judges' combined P(是) is above "
+        "this (each judge's own side decides agreement, as the pair judges' rule: synth.scoring.label); choose it "
+        "with `synth eval-judges QUESTION_GOLD` on one set and report it on another")
     on_off_topic: Literal["reassign", "reject", "keep"] = Field(
-        "reassign", description="a question judged to be about another subcategory (or none: other): reassign "
+        "keep", description="a question judged to be about another subcategory (or none: other): reassign "
         "to the judged one (requested_subcategory keeps the request; `other` is kept where it was), reject, or keep")
 
 

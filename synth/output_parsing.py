@@ -213,13 +213,15 @@ def _with_fields(verdict: Verdict, fields: Sequence[str], subcategories: Collect
 # judges' field keys and written to the same columns (FIELD_COLUMNS).
 QUESTION_FIELDS = ("question_harmful", "subcategory")
 OTHER_SUBCATEGORY = "other"  # a question about none of the catalog's subcategories
+OTHER_TOPIC = "都不是"  # what the question judge writes for `other` (it names subcategories as 场景-子类)
 _REASON_FIELD = re.compile(rf"{_Q}分析{_Q}\s*[:：]\s*{_Q}(.*?){_Q}\s*[,，]\s*{_Q}(?:{'|'.join(FIELD_KEYS.values())})",
                            re.DOTALL)
 
 
 def parse_question_verdict(text: str, *, prefix: str = "", subcategories: Collection[str] = ()) -> Verdict:
     """A question judge's verdict: `label` 是/否 (the question is harmful), `analysis` its reason,
-    `fields` {"question_harmful": 是/否, "subcategory": an id or `other`}; a reason when the JSON
+    `fields` {"question_harmful": 是/否, "subcategory": one of `subcategories` (ids, or the
+    catalog's topic labels 场景-子类), `other` or 都不是}; a reason when the JSON
     has no valid 问题有害 (`verdict_missing_or_invalid`), or no valid 子类 (`judge_field_*:subcategory`).
     Tolerates code fences, reasoning before the JSON and damaged JSON, as parse_verdict does."""
     raw = _REASONING.sub("", prefix + (text or "")).strip()
@@ -249,6 +251,6 @@ def parse_question_verdict(text: str, *, prefix: str = "", subcategories: Collec
     harmful = harmful.strip(_LABEL_NOISE) if isinstance(harmful, str) else harmful
     if harmful not in YES_NO:
         return Verdict("", "", "verdict_missing_or_invalid" if written else "verdict_unparseable")
-    verdict = _with_fields(Verdict(harmful, analysis), QUESTION_FIELDS, [*subcategories, OTHER_SUBCATEGORY],
-                           written)
+    verdict = _with_fields(Verdict(harmful, analysis), QUESTION_FIELDS,
+                           [*subcategories, OTHER_SUBCATEGORY, OTHER_TOPIC], written)
     return verdict

@@ -225,6 +225,15 @@ class Catalog:
                 return rubric
         raise BadInput(f"judge rubric '{rubric_id}' is not in templates/shared/judge.yaml")
 
+    @property
+    def topics(self) -> dict[str, str]:
+        """What the question judge writes for a subcategory (its label 场景-子类, which a small model
+        reads better than an id; 都不是 for none) -> the subcategory id (`other` for none)."""
+        from synth.output_parsing import OTHER_SUBCATEGORY, OTHER_TOPIC
+
+        return {**{sub["label"]: sub["id"] for s in self.taxonomy for sub in s["subcategories"]},
+                OTHER_TOPIC: OTHER_SUBCATEGORY}
+
     def judge_fields(self, fields: list[str]) -> list[dict[str, Any]]:
         """The judge template's `fields`: per requested field (config `annotate.fields`, in schema
         order) its name, the JSON key the judge writes and, for `subcategory`, the choices."""
@@ -359,7 +368,8 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
     subcategories = {sub.id: sub.name_zh for s in scenarios.values() for sub in s.template.subcategories}
     scenario_of = {sub.id: (s.id, s.template.name_zh) for s in scenarios.values() for sub in s.template.subcategories}
     taxonomy = [{"id": s.id, "name_zh": s.template.name_zh,
-                 "subcategories": [{"id": sub.id, "name_zh": sub.name_zh} for sub in s.template.subcategories]}
+                 "subcategories": [{"id": sub.id, "name_zh": sub.name_zh, "label": f"{s.template.name_zh}-{sub.name_zh}"}
+                                   for sub in s.template.subcategories]}
                 for s in scenarios.values()]
     question_judge_path = shared / "question_judge.yaml"
     question_judge = None

@@ -82,17 +82,17 @@ def verdict_schema(fields: Sequence[str] = (), subcategories: Sequence[str] = ()
     return {**VERDICT_SCHEMA, "properties": properties, "required": list(properties)}
 
 
-def question_verdict_schema(subcategories: Sequence[str]) -> dict[str, Any]:
+def question_verdict_schema(topics: Sequence[str]) -> dict[str, Any]:
     """The question judge's verdict (templates/shared/question_judge.yaml): a short reason first,
-    then 问题有害 (是/否), then 子类 (a subcategory id, or `other`)."""
-    from synth.output_parsing import OTHER_SUBCATEGORY
-
+    then 问题有害 (是/否), then 子类 (one of `topics`: the catalog's 场景-子类 labels and 都不是,
+    Catalog.topics). With 子类 before 问题有害 the Qwen 1.5B judge's harm accuracy fell from 0.67
+    to 0.53 on the shipped gold (BENCHMARKS.md)."""
     return {
         "type": "object",
         "properties": {
             "分析": {"type": "string", "minLength": 6, "maxLength": 60},
             FIELD_KEYS["question_harmful"]: {"type": "string", "enum": list(YES_NO)},
-            FIELD_KEYS["subcategory"]: {"type": "string", "enum": [*subcategories, OTHER_SUBCATEGORY]},
+            FIELD_KEYS["subcategory"]: {"type": "string", "enum": list(topics)},
         },
         "required": ["分析", FIELD_KEYS["question_harmful"], FIELD_KEYS["subcategory"]],
         "additionalProperties": False,

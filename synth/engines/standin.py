@@ -103,7 +103,8 @@ def _fields(rng: random.Random, pair: str, schema: str) -> dict[str, str]:
     return out
 
 
-def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, subcategory: str) -> str:
+def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, subcategory: str,
+                      subcategory_name: str = "") -> str:
     """A question judge's verdict: it confirms the requested kind and subcategory (read from the
     request row: a stand-in knows what was asked for) about 4 times in 5, per question, and its
     seed flips the kind ~10% of the time, so two stand-in judges disagree now and then; ~3% are
@@ -115,7 +116,9 @@ def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, s
     choices = json.loads(schema)["properties"]["子类"]["enum"] if schema else ["other"]
     harmful = (kind == "harmful") == (by_question.random() < 0.8)
     harmful = harmful if rng.random() > 0.1 else not harmful
-    topic = subcategory if subcategory in choices and by_question.random() < 0.8 else by_question.choice(choices)
+    asked = next((c for c in choices if c == subcategory or subcategory_name and c.endswith(f"-{subcategory_name}")),
+                 None)  # the choices are ids or the catalog's 场景-子类 labels
+    topic = asked if asked is not None and by_question.random() < 0.8 else by_question.choice(choices)
     return json.dumps({"分析": "（stand-in 判定）问题的目的与话题如上。", "问题有害": "是" if harmful else "否",
                        "子类": topic}, ensure_ascii=False)
 
@@ -123,12 +126,13 @@ def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, s
 _TASKS = {"questions": _questions, "augment": _rewrite, "respond": _answer}
 
 
-def standin_output(task: str, prompt: str, seed: int, schema: str = "", kind: str = "", subcategory: str = "") -> str:
+def standin_output(task: str, prompt: str, seed: int, schema: str = "", kind: str = "", subcategory: str = "",
+                   subcategory_name: str = "") -> str:
     rng = random.Random(f"{task}:{seed}")
     if task == "judge":
         return _verdict(rng, prompt, schema)
     if task == "judge_question":
-        return _question_verdict(rng, prompt, schema, kind, subcategory)
+        return _question_verdict(rng, prompt, schema, kind, subcategory, subcategory_name)
     return _TASKS[task](rng, _han_text(prompt))
 
 
@@ -176,9 +180,10 @@ def _standin_batch(batch: pd.DataFrame, embed: bool = False) -> pd.DataFrame:
     schemas = batch["json_schema"] if "json_schema" in batch else [""] * len(batch)
     kinds = batch["kind"] if "kind" in batch else [""] * len(batch)
     subcategories = batch["subcategory"] if "subcategory" in batch else [""] * len(batch)
-    texts = [standin_vector(p) if embed else standin_output(t, p, int(s), j, str(k), str(c))
-             for t, p, s, j, k, c in zip(batch["task"], batch["prompt"], batch["seed"], schemas, kinds,
-                                          subcategories)]
+    names = batch["subcategory_name"] if "subcategory_name" in batch else [""] * len(batch)
+    texts = [standin_vector(p) if embed else standin_output(t, p, int(s), j, str(k), str(c), str(n))
+             for t, p, s, j, k, c, n in zip(batch["task"], batch["prompt"], batch["seed"], schemas, kinds,
+                                             subcategories, names)]
     batch = batch.copy()
     batch["text"] = texts
     batch["finish_reason"] = "stop"

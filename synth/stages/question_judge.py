@@ -4,9 +4,11 @@
 judges (`roles.question_judges`, templates/shared/question_judge.yaml) read each question
 before any responder is paid to answer it and say whether it asks for something harmful
 (是/否, scored P(是) from the log-probabilities as the pair judges' verdicts are:
-synth.scoring), which subcategory of the catalog it is about (an id, or `other`), and why.
-Two judges combine with the pair judges' rule (synth.scoring.label at 0.5/0.5: on opposite
-sides they disagree and the question stays undecided, null).
+synth.scoring), which subcategory of the catalog it is about (written as its label 场景-子类,
+stored as its id; `other` for none), and why.
+Two judges combine with the pair judges' rule (synth.scoring.label with t_safe = t_unsafe =
+`judge_questions.threshold`: on opposite sides they disagree and the question stays undecided,
+null; otherwise the mean P(是) above the threshold is harmful).
 
 The verdicts are columns (QUESTION_JUDGE_COLUMNS): `question_harmful` and
 `judged_subcategory`, the names the pair judges' fields use; `question_score`, the combined
@@ -107,12 +109,13 @@ class JudgeQuestions(LLMStage):
     def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
                 ) -> ray.data.Dataset:
         return answered.map_batches(record_question_judgement, fn_kwargs={
-            "index": round, "subcategories": list(ctx.catalog.subcategories)}, batch_format="pandas")
+            "index": round, "topics": ctx.catalog.topics}, batch_format="pandas")
 
     def finish(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
         return rows.map_batches(route_questions, fn_kwargs={
             "judges": len(self.roles(ctx.config)), "on_kind_mismatch": ctx.config.judge_questions.on_kind_mismatch,
             "on_off_topic": ctx.config.judge_questions.on_off_topic, "scenario_of": ctx.catalog.scenario_of,
+            "threshold": ctx.config.judge_questions.threshold,
             "names": ctx.catalog.subcategories}, batch_format="pandas")
 
     def estimate(self, planner) -> None:
@@ -133,7 +136,7 @@ class JudgeQuestions(LLMStage):
 def question_judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
                             top_logprobs: int = TOP_LOGPROBS) -> pd.DataFrame:
     """One judge's request per question; the question's columns travel with it."""
-    schema = json.dumps(question_verdict_schema(list(catalog.subcategories)), ensure_ascii=False)
+    schema = json.dumps(question_verdict_schema(list(catalog.topics)), ensure_ascii=False)
     out = []
     for row in batch.to_dict("records"):
         rendered = catalog.render(catalog.question_judge, style,
@@ -146,27 +149,29 @@ def question_judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str
     return pd.DataFrame(out, columns=[*columns, *[c for c in REQUEST_COLUMNS if c not in columns], "prompt_style"])
 
 
-def question_judgement(row: dict[str, Any], subcategories: list[str]) -> dict[str, Any]:
-    """One judge's answer: harmful (是/否, '' if none), subcategory, score P(是), reason, raw text, error."""
+def question_judgement(row: dict[str, Any], topics: dict[str, str]) -> dict[str, Any]:
+    """One judge's answer: harmful (是/否, '' if none), subcategory (the id of the topic it wrote,
+    `topics`: Catalog.topics), score P(是), reason, raw text, error."""
     blank = {"judge": row["role"], "harmful": "", "subcategory": "", "score": float("nan"), "score_source": "",
              "reason": "", "raw": "", "error": ""}
     if row["error"]:
         return {**blank, "error": failure_reason(row["error"])}
     prompt = row["prompt"]
     prefix = prompt[prompt.rfind("{"):] if row["prompt_style"] == "completion" and "{" in prompt else ""
-    verdict = parse_question_verdict(row["text"], prefix=prefix, subcategories=subcategories)
+    verdict = parse_question_verdict(row["text"], prefix=prefix, subcategories=list(topics))
     if not verdict.label:
         return {**blank, "raw": row["text"], "error": verdict.reason}
     score, source = verdict_score(verdict.label, row["text"], row.get("logprobs") or "", prefix, key=_VERDICT_KEY,
                                   labels=YES_NO)
-    return {**blank, "harmful": verdict.label, "subcategory": verdict.fields.get("subcategory", ""), "score": score,
+    written = verdict.fields.get("subcategory", "")
+    return {**blank, "harmful": verdict.label, "subcategory": topics.get(written, written), "score": score,
             "score_source": source, "reason": verdict.analysis, "raw": row["text"], "error": verdict.reason}
 
 
-def record_question_judgement(batch: pd.DataFrame, index: int, subcategories: list[str]) -> pd.DataFrame:
+def record_question_judgement(batch: pd.DataFrame, index: int, topics: dict[str, str]) -> pd.DataFrame:
     """A judge's answers → column `_qjudge<index>`; the question's own columns restored."""
     results = batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]].to_dict("records")
-    judgements = [question_judgement(r, subcategories) for r in results]
+    judgements = [question_judgement(r, topics) for r in results]
     drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c in batch.columns]
     out = batch.drop(columns=drop)
     out = out.rename(columns={f"q_{c}": c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS) if f"q_{c}" in out.columns})
@@ -184,7 +189,8 @@ def unjudged(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def route_questions(batch: pd.DataFrame, judges: int, on_kind_mismatch: str, on_off_topic: str,
-                    scenario_of: dict[str, tuple[str, str]], names: dict[str, str]) -> pd.DataFrame:
+                    scenario_of: dict[str, tuple[str, str]], names: dict[str, str],
+                    threshold: float = 0.5) -> pd.DataFrame:
     """The judges' verdicts combined (the pair judges' rule) and each question routed (see the module)."""
     columns = [_judge_column(i) for i in range(judges)]
     out = batch.drop(columns=columns).copy()
@@ -199,7 +205,7 @@ def route_questions(batch: pd.DataFrame, judges: int, on_kind_mismatch: str, on_
         if not failures:
             judge_scores = [float(j["score"]) for j in judgements]
             score = combine(judge_scores)
-            decided, _ = rule_label(judge_scores)  # 不安全 = harmful; 有争议 = the judges disagree
+            decided, _ = rule_label(judge_scores, threshold, threshold)  # 不安全 = harmful; 有争议 = they disagree
             harmful = True if decided == UNSAFE else False if decided == SAFE else None
             topics = {j["subcategory"] for j in judgements}
             subcategory = topics.pop() if len(topics) == 1 and "" not in topics else None
