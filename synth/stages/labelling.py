@@ -330,13 +330,18 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
     fields_out = combined_fields(all_judgements, fields)
     for column in QUESTION_JUDGE_COLUMNS:  # the question judge's verdict where it gave one, else the pair judges'
         if column in fields_out and column in batch.columns:
-            fields_out[column] = [q if q is not None and q is not pd.NA else p
-                                  for q, p in zip(batch[column].astype("object"), fields_out[column])]
+            fields_out[column] = [q if _given(q) else p for q, p in zip(batch[column].astype("object"),
+                                                                        fields_out[column])]
     out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses,
                                              unsafe_score=pd.Series(scores, index=batch.index, dtype="float64"),
                                              controversy=controversy, **fields_out).astype(FIELD_DTYPES)
     out[REJECT_COLUMN] = reasons
     return out[list(LABELLED_COLUMNS)]
+
+
+def _given(value: Any) -> bool:
+    """A verdict column holds a value (not null, NaN or empty)."""
+    return value is not None and value is not pd.NA and value == value and value != ""
 
 
 # Nullable types: a batch where no judge field has a value still writes bool and string columns.
