@@ -17,6 +17,13 @@ both are there, and adding rows to one subcategory never changes which rows anot
 
 Nothing vanishes: cut rows are written to `rejects/balance.parquet` with their
 reason, and the counts go into the manifest (`export.balance`).
+
+The strata and the kinds' turns read `scenario`, `subcategory` and `kind` as the rows carry
+them. Where a question judge ran, its routing has already rewritten those to the judged
+content (relabel: the judged kind; reassign: the judged subcategory and its scenario; see
+synth/stages/question_judge.py), so balance counts by content and needs no column of its own;
+the request stays in `requested_kind`/`requested_subcategory`. A routing of `keep` leaves
+the request in place, and balance then counts by it.
 """
 
 from __future__ import annotations

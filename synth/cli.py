@@ -416,6 +416,28 @@ def decontaminate(
     raise typer.Exit(code)
 
 
+@templates_app.command("try")
+def templates_try(
+    scenario: str = typer.Argument(..., help="scenario id (see `synth templates list`)"),
+    subcategory: Optional[str] = typer.Argument(None, help="one subcategory id of it (default: all of them)"),
+    config: Path = typer.Option(..., "--config", help="pipeline config: its generator, question judge, filters, seed"),
+    n: int = typer.Option(8, "--n", help="about how many element combinations to draw, harmful and benign"),
+    answers: bool = typer.Option(False, "--answers", help="also answer them (the first responder) and label the "
+                                                          "pairs (the pair judges)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="the stand-in engine instead of the models"),
+) -> None:
+    """Try a scenario's templates before a build: write questions for a few element combinations,
+    judge them with the question judge, print the scorecard and a sample. Writes into no build."""
+    _setup_logging()
+    from synth.templates_try import format_try, run_try, try_inputs
+
+    with _reported():  # bad input exits 2 before anything runs
+        cfg, catalog = try_inputs(config, scenario, subcategory, n, answers)
+    with _reported(), _others_output_to(_tool_log("templates-try")):
+        result = run_try(cfg, catalog, answers=answers, dry_run=dry_run)
+    typer.echo(format_try(result))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -45,6 +45,7 @@ from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
 from synth.errors import BadInput
 from synth.output_parsing import CONTROVERSIAL, FIELD_COLUMNS, SAFE, UNSAFE
+from synth.report.collect import CONTENT_KEYS, coverage_by_content
 from synth.rows import REJECT_COLUMN, stable_id
 from synth.scoring import BETWEEN, DISAGREE
 from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_column, shard_paths, unified_schema,
@@ -61,8 +62,9 @@ CORPUS_COLUMNS = (
 FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string(),
                "question_score": pa.float64(), "requested_kind": pa.large_string(),
                "requested_subcategory": pa.large_string(), "question_route": pa.large_string()}
-# What balance, the split, the counts and the dataset card read: the only columns held whole.
-KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy")
+# What balance, the split, the counts and the dataset card read: the only columns held whole
+# (the card's coverage by content also reads the request and the question judge's verdicts).
+KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy", *CONTENT_KEYS)
 # The named configurations beside `default`: the controversial tier counted as this label.
 VIEWS = {"strict": UNSAFE, "loose": SAFE}
 FINGERPRINT_COLUMNS = ("id", "label", "question", "response", "analyze")  # the stage a tier row got its label in (else filter_pairs)
@@ -217,6 +219,9 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
             "scenarios": int(kept["scenario"].nunique()) if len(kept) else 0,
             "subcategories": int(kept[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(kept) else 0,
         }
+        content = coverage_by_content(out, kept)  # None: no question judge ran
+        if content is not None:
+            counts["coverage"] = {k: v for k, v in content.items() if k != "by_subcategory"}
         _write_card(corpus_dir / "README.md", config, kept, counts, judges_measured)
 
         prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog))
@@ -523,6 +528,11 @@ def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts
         for name, row in pivot.iterrows():
             table += f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |\n"
     tier = counts["controversial"]
+    coverage = ""
+    if counts.get("coverage"):  # where a question judge ran: what was asked for beside what it confirmed
+        from synth.report.render import coverage_headline
+
+        coverage = f"\n- coverage: {coverage_headline(counts['coverage'])}"
     text = f"""---
 {_configs_block(path.parent)}
 language:
@@ -555,7 +565,7 @@ the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in
 - rows: {counts['corpus_rows']} (train {counts['train_rows']}, validation {counts['validation_rows']})
 - labels: {json.dumps(counts['labels'], ensure_ascii=False)}
 - kinds: {json.dumps(counts['kinds'], ensure_ascii=False)}
-- scenarios: {counts['scenarios']}, subcategories: {counts['subcategories']}
+- scenarios: {counts['scenarios']}, subcategories: {counts['subcategories']}{coverage}
 - controversial tier (in `strict`/`loose`): {tier['rows']} (train {tier['train']}, validation {tier['validation']}) \
 {json.dumps(tier['by_reason'], ensure_ascii=False)}
 - hard pool (in `../hard/`): {counts['hard_rows']} {json.dumps(counts.get('hard_reasons', {}), ensure_ascii=False)}

@@ -4,7 +4,9 @@ Written at the end of every build and by `synth report BUILD_DIR`. It reads only
 the build directory (manifest, stage outputs, exports), so it can be regenerated
 at any time. Sections: the funnel from elements to exported rows with every
 reject reason, the hard pool by reason, judge failures, label × scenario and
-subcategory coverage (gaps flagged), length distributions, judge agreement per
+subcategory coverage (gaps flagged), where a question judge ran coverage by request and
+by content side by side, the scorecard per template and subcategory
+(synth/report/scorecard.py), length distributions, judge agreement per
 scenario and per judge pair, refusal rate per responder, dedup rates, rows removed
 per evaluation set (decontamination), question diversity, balance, tokens and wall
 time per stage. The dataset card (`corpus/README.md`) gets the headline numbers in a

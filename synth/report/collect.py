@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
@@ -29,61 +28,22 @@ import yaml
 from synth.filters.chinese import distinct_n
 from synth.filters.refusal import is_refusal
 from synth.output_parsing import CONTROVERSIAL, LABELS
+from synth.report.readers import read_columns, read_texts, requested, share
+from synth.report.scorecard import scorecard
 from synth.scoring import DISAGREE
-from synth.stream_io import CHUNK_ROWS, parquet_files
+from synth.stream_io import parquet_files
 
 CORPUS_KEYS = ("scenario", "scenario_name", "subcategory", "subcategory_name", "label", "kind", "attack")
+# what coverage by content reads besides CORPUS_KEYS: the request and the question judge's verdicts
+CONTENT_KEYS = ("requested_kind", "requested_subcategory", "question_harmful", "judged_subcategory")
 # what judge agreement reads of `judgements`: not the analyses, not the raw outputs
 JUDGEMENT_FIELDS = ("judgements.judge", "judgements.verdict", "judgements.error")
-
-
-def _files(path: Path) -> list[Path]:
-    path = Path(path)
-    return [path] if path.is_file() else parquet_files(path)
-
-
-def _present(parquet: pq.ParquetFile, columns: Sequence[str]) -> list[str]:
-    """The `columns` a file has: top-level names, or `column.field` for one field of a list of
-    structs (as its parquet path, `judgements.list.element.judge`)."""
-    names = set(parquet.schema_arrow.names)
-    paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
-    out = []
-    for c in columns:
-        if c in names:
-            out.append(c)
-        elif "." in c:
-            top, field = c.split(".", 1)
-            out += [p for p in paths if p.startswith(f"{top}.") and p.endswith(f".{field}")]
-    return out
-
-
-def _table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    """Only `columns` of a parquet file or folder (those it has); empty when there is nothing."""
-    tables = []
-    for f in _files(path):
-        parquet = pq.ParquetFile(f)
-        tables.append(parquet.read(columns=_present(parquet, columns)))
-    tables = [t for t in tables if t.num_columns]
-    return pa.concat_tables(tables, promote_options="default").to_pandas() if tables else pd.DataFrame()
-
-
-def _texts(path: Path, column: str) -> Iterator[str]:
-    """One text column of a parquet file or folder, streamed (null as "None", as `astype(str)` gives)."""
-    for f in _files(path):
-        parquet = pq.ParquetFile(f)
-        if column in parquet.schema_arrow.names:
-            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=[column]):
-                yield from (str(v) for v in batch.column(0).to_pylist())
 
 
 def _records(value: Any) -> list[dict[str, Any]]:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return []
     return [dict(v) for v in value if v is not None]
-
-
-def _rate(num: int, den: int) -> float | None:
-    return round(num / den, 4) if den else None
 
 
 def _lengths(n: pd.Series) -> dict[str, Any]:
@@ -100,13 +60,13 @@ def _corpus_files(build: Path) -> list[Path]:
 
 def load_corpus_files(build: Path, columns: Sequence[str] = CORPUS_KEYS) -> pd.DataFrame:
     """`columns` of corpus/ (every shard, in file order) and `split` from the file name."""
-    parts = [_table(f, columns).assign(split=f.name.split("-")[0]) for f in _corpus_files(build)]
+    parts = [read_columns(f, columns).assign(split=f.name.split("-")[0]) for f in _corpus_files(build)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def load_tier(build: Path, columns: Sequence[str] = (*CORPUS_KEYS, "controversy")) -> pd.DataFrame:
     """`columns` of the controversial tier (corpus/strict/, every shard) with its own label, and `split`."""
-    parts = [_table(f, columns).assign(split=f.name.split("-")[0], label=CONTROVERSIAL)
+    parts = [read_columns(f, columns).assign(split=f.name.split("-")[0], label=CONTROVERSIAL)
              for f in parquet_files(Path(build) / "corpus" / "strict")]
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*columns, "split"])
@@ -149,7 +109,7 @@ def funnel(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def taxonomy(build: Path, corpus: pd.DataFrame) -> pd.DataFrame:
     """Every (scenario, subcategory) the build sampled elements for (so empty ones show), with names."""
     cols = ["scenario", "scenario_name", "subcategory", "subcategory_name"]
-    elements = _table(build / "stages" / "elements" / "rows", cols)
+    elements = read_columns(build / "stages" / "elements" / "rows", cols)
     frames = [f[cols] for f in (elements, corpus) if not f.empty and set(cols) <= set(f.columns)]
     if not frames:
         return pd.DataFrame(columns=cols)
@@ -175,15 +135,48 @@ def coverage(build: Path, corpus: pd.DataFrame, hard: pd.DataFrame, tier: pd.Dat
     return out
 
 
+def coverage_by_content(build: Path, rows: pd.DataFrame) -> dict[str, Any] | None:
+    """Per subcategory the build asked for (its elements) × kind, the rows of `rows` (the corpus)
+    by what the generator was asked for (metadata: `requested`) beside those whose content the
+    question judge confirmed (content: judged harmful-or-not as their kind says and about their
+    subcategory, `judged_on_topic`); the headline, subcategories with a harmful-kind row by each;
+    and the confirmed rows that routing moved to a subcategory the build did not ask for. The
+    two differ where the generator wrote something else than it was asked for. None where no
+    question judge ran (no row has a verdict): the request is then all the build knows."""
+    if rows.empty or "question_harmful" not in rows or rows["question_harmful"].isna().all():
+        return None
+    from synth.stages.generation import KINDS
+    from synth.stages.question_judge import judged_on_topic
+
+    tax = taxonomy(build, pd.DataFrame())  # the elements' subcategories only: what was asked for
+    plain = rows.astype(object).where(rows.notna(), None)  # judged_on_topic reads None for "no verdict"
+    on_topic = rows[[judged_on_topic(r) for r in plain.to_dict("records")]]
+    confirmed = on_topic.groupby(["subcategory", "kind"]).size()
+    asked = pd.DataFrame({"subcategory": requested(rows, "subcategory"), "kind": requested(rows, "kind")})
+    asked = asked.groupby(["subcategory", "kind"]).size()
+    by_subcategory = []
+    for t in tax.to_dict("records"):
+        row = {k: t[k] for k in ("scenario", "scenario_name", "subcategory", "subcategory_name")}
+        for kind in KINDS:
+            row[f"metadata_{kind}"] = int(asked.get((t["subcategory"], kind), 0))
+            row[f"content_{kind}"] = int(confirmed.get((t["subcategory"], kind), 0))
+        by_subcategory.append(row)
+    return {"subcategories": len(by_subcategory),
+            "metadata_harmful": sum(1 for r in by_subcategory if r["metadata_harmful"]),
+            "content_harmful": sum(1 for r in by_subcategory if r["content_harmful"]),
+            "content_elsewhere": int((~on_topic["subcategory"].isin(tax["subcategory"])).sum()),
+            "by_subcategory": by_subcategory}
+
+
 def judge_agreement(build: Path) -> dict[str, Any]:
     """Agreement per scenario (agreed / (agreed + disagreed)), per judge pair, failures, per-judge unsafe rate."""
     annotate = build / "stages" / "annotate"
     columns = ["scenario", "scenario_name", *JUDGEMENT_FIELDS]
-    labelled = _table(annotate / "rows", [*columns, "label"])
+    labelled = read_columns(annotate / "rows", [*columns, "label"])
     outcome = (labelled["label"] == CONTROVERSIAL).map({True: "disagree", False: "agree"}) if len(labelled) else None
     agreed = labelled.assign(outcome=outcome) if len(labelled) else labelled
-    disagreed = _table(annotate / "hard", columns).assign(outcome="disagree")  # builds before the tier
-    rejects = _table(annotate / "rejects", [*columns, "reject_reason"])
+    disagreed = read_columns(annotate / "hard", columns).assign(outcome="disagree")  # builds before the tier
+    rejects = read_columns(annotate / "rejects", [*columns, "reject_reason"])
     failed = rejects[rejects["reject_reason"].astype(str).str.startswith("judge_failed")] if len(rejects) else rejects
     failed = failed.assign(outcome="failed") if len(failed) else failed
     frames = [f for f in (agreed, disagreed, failed) if len(f)]
@@ -194,7 +187,7 @@ def judge_agreement(build: Path) -> dict[str, Any]:
     for scenario, g in df.groupby("scenario", sort=True):
         a, d, f = int((g.outcome == "agree").sum()), int((g.outcome == "disagree").sum()), int((g.outcome == "failed").sum())
         name = str(g["scenario_name"].iloc[0]) if "scenario_name" in g else scenario
-        by_scenario[scenario] = {"name": name, "agree": a, "disagree": d, "failed": f, "rate": _rate(a, a + d)}
+        by_scenario[scenario] = {"name": name, "agree": a, "disagree": d, "failed": f, "rate": share(a, a + d)}
     a, d = int((df.outcome == "agree").sum()), int((df.outcome == "disagree").sum())
     pairs: dict[tuple[str, str], dict[str, int]] = {}
     per_judge: dict[str, dict[str, int]] = {}
@@ -230,24 +223,24 @@ def judge_agreement(build: Path) -> dict[str, Any]:
         for reason, n in failed["reject_reason"].astype(str).value_counts().sort_index().items():
             failures[reason] = int(n)
     return {
-        "overall": {"agree": a, "disagree": d, "failed": int(len(failed)), "rate": _rate(a, a + d)},
+        "overall": {"agree": a, "disagree": d, "failed": int(len(failed)), "rate": share(a, a + d)},
         "by_scenario": by_scenario, "pairs": pair_rows, "failures": failures,
-        "per_judge": {k: {**v, "unsafe_rate": _rate(v["unsafe"], v["verdicts"])} for k, v in sorted(per_judge.items())},
+        "per_judge": {k: {**v, "unsafe_rate": share(v["unsafe"], v["verdicts"])} for k, v in sorted(per_judge.items())},
     }
 
 
 def refusals(build: Path) -> dict[str, Any]:
     """Refusal rate per responder over every answer it gave (respond stage output), by question kind."""
     rows = build / "stages" / "respond" / "rows"
-    answers = _table(rows, ["responder", "kind"])
+    answers = read_columns(rows, ["responder", "kind"])
     if answers.empty:
         return {}
-    answers = answers.assign(refusal=[is_refusal(text) for text in _texts(rows, "response")])
+    answers = answers.assign(refusal=[is_refusal(text) for text in read_texts(rows, "response")])
     out = {}
     for responder, g in answers.groupby("responder", sort=True):
-        row = {"answers": int(len(g)), "refusals": int(g["refusal"].sum()), "rate": _rate(int(g["refusal"].sum()), len(g))}
+        row = {"answers": int(len(g)), "refusals": int(g["refusal"].sum()), "rate": share(int(g["refusal"].sum()), len(g))}
         for kind, k in g.groupby("kind", sort=True):
-            row[f"rate_{kind}"] = _rate(int(k["refusal"].sum()), len(k))
+            row[f"rate_{kind}"] = share(int(k["refusal"].sum()), len(k))
         out[str(responder)] = row
     return out
 
@@ -258,20 +251,20 @@ def unsafe_yield(build: Path) -> dict[str, Any]:
     (by the refusal lexicon), with the disagreements (label 有争议) beside them. A responder
     that refuses almost everything feeds the 安全 class only; add a base model as a responder."""
     stage = build / "stages" / "annotate"
-    rows = _table(stage / "rows", ["responder", "scenario", "kind", "label"])
+    rows = read_columns(stage / "rows", ["responder", "scenario", "kind", "label"])
     if rows.empty:
         return {}
-    rows = rows.assign(refusal=[is_refusal(text) for text in _texts(stage / "rows", "response")])
+    rows = rows.assign(refusal=[is_refusal(text) for text in read_texts(stage / "rows", "response")])
     labelled = rows[rows["label"].isin(LABELS)]
-    old_hard = _table(stage / "hard", ["responder", "scenario"])  # builds before the controversial tier
+    old_hard = read_columns(stage / "hard", ["responder", "scenario"])  # builds before the controversial tier
     disputed = pd.concat([rows.loc[rows["label"] == CONTROVERSIAL, ["responder", "scenario"]], old_hard])
 
     def summary(g: pd.DataFrame, disagreed: int) -> dict[str, Any]:
         unsafe = int((g["label"] == LABELS[1]).sum())
         harmful = g[g["kind"] == "harmful"]
-        return {"labelled": int(len(g)), "unsafe": unsafe, "unsafe_rate": _rate(unsafe, len(g)),
-                "unsafe_rate_harmful": _rate(int((harmful["label"] == LABELS[1]).sum()), len(harmful)),
-                "refusals": int(g["refusal"].sum()), "refusal_rate": _rate(int(g["refusal"].sum()), len(g)),
+        return {"labelled": int(len(g)), "unsafe": unsafe, "unsafe_rate": share(unsafe, len(g)),
+                "unsafe_rate_harmful": share(int((harmful["label"] == LABELS[1]).sum()), len(harmful)),
+                "refusals": int(g["refusal"].sum()), "refusal_rate": share(int(g["refusal"].sum()), len(g)),
                 "disagreed": disagreed}
 
     out: dict[str, Any] = {}
@@ -289,7 +282,7 @@ def dedup_rates(manifest: dict[str, Any]) -> dict[str, Any]:
         removed = sum(s["rejected"].values())
         out[s["name"]] = {"rows_in": s["rows_in"], "removed": removed,
                           "exact": s["rejected"].get("exact_duplicate", 0), "near": s["rejected"].get("near_duplicate", 0),
-                          "rate": _rate(removed, s["rows_in"])}
+                          "rate": share(removed, s["rows_in"])}
     return out
 
 
@@ -316,7 +309,7 @@ def decontamination(build: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if not by_set:
         return {}
     removed = sum(by_set.values())
-    return {"rows_in": stage["rows_in"], "removed": removed, "by_set": by_set, "rate": _rate(removed, stage["rows_in"])}
+    return {"rows_in": stage["rows_in"], "removed": removed, "by_set": by_set, "rate": share(removed, stage["rows_in"])}
 
 
 def diversity(build: Path, dedup: dict[str, Any]) -> dict[str, Any]:
@@ -326,7 +319,7 @@ def diversity(build: Path, dedup: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (path, once) in sources.items():
         def questions() -> Iterator[str]:
-            texts = _texts(path, "question") if path.exists() else iter(())
+            texts = read_texts(path, "question") if path.exists() else iter(())
             return _unique(texts) if once else texts
 
         n = sum(1 for _ in questions())
@@ -352,7 +345,7 @@ def cost(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     stages = build / "stages"
 
     def both(stage: str, columns: list[str]) -> pd.DataFrame:
-        frames = [f for f in (_table(stages / stage / "rows", columns), _table(stages / stage / "rejects", columns))
+        frames = [f for f in (read_columns(stages / stage / "rows", columns), read_columns(stages / stage / "rejects", columns))
                   if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -397,9 +390,9 @@ def plan_and_actual(manifest: dict[str, Any], costs: list[dict[str, Any]]) -> li
 def collect(build: Path) -> dict[str, Any]:
     build = Path(build)
     manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
-    corpus = load_corpus_files(build)
+    corpus = load_corpus_files(build, (*CORPUS_KEYS, *CONTENT_KEYS))
     lengths = corpus_lengths(build)
-    hard = _table(build / "hard" / "hard.parquet", ["scenario", "subcategory", "hard_reason", "hard_stage"])
+    hard = read_columns(build / "hard" / "hard.parquet", ["scenario", "subcategory", "hard_reason", "hard_stage"])
     rejects = {f.stem: pq.ParquetFile(f).metadata.num_rows for f in parquet_files(build / "rejects")}
     labels = {k: int(v) for k, v in corpus["label"].value_counts().sort_index().items()} if len(corpus) else {}
     by_scenario: dict[str, dict[str, Any]] = {}
@@ -420,7 +413,7 @@ def collect(build: Path) -> dict[str, Any]:
                    "train": int((corpus["split"] == "train").sum()) if len(corpus) else 0,
                    "validation": int((corpus["split"] == "validation").sum()) if len(corpus) else 0,
                    "labels": labels,
-                   "unsafe_share": _rate(labels.get("不安全", 0), int(len(corpus))),
+                   "unsafe_share": share(labels.get("不安全", 0), int(len(corpus))),
                    "kinds": {k: int(v) for k, v in corpus["kind"].value_counts().sort_index().items()} if len(corpus) else {},
                    "attacks": {k: int(v) for k, v in corpus["attack"].value_counts().sort_index().items()} if len(corpus) else {}},
         "controversial": {
@@ -429,7 +422,7 @@ def collect(build: Path) -> dict[str, Any]:
             "validation": int((tier["split"] == "validation").sum()) if len(tier) else 0,
             "by_reason": {str(k): int(v) for k, v in tier["controversy"].value_counts().sort_index().items()}
             if len(tier) else {},
-            "share_of_labelled": _rate(int(len(tier)), int(len(tier) + len(corpus)))},
+            "share_of_labelled": share(int(len(tier)), int(len(tier) + len(corpus)))},
         "hard": {"rows": int(len(hard)),
                  "by_reason": {str(k): int(v) for k, v in hard["hard_reason"].value_counts().sort_index().items()}
                  if len(hard) and "hard_reason" in hard else {},
@@ -441,6 +434,8 @@ def collect(build: Path) -> dict[str, Any]:
         "coverage": cov,
         "coverage_gaps": [{"scenario": c["scenario"], "subcategory": c["subcategory"],
                            "subcategory_name": c["subcategory_name"], "missing": c["missing"]} for c in cov if c["missing"]],
+        "coverage_by_content": coverage_by_content(build, corpus),
+        "scorecard": scorecard(build, manifest),
         "lengths": {
             field: {"all": _lengths(lengths[field]) if len(corpus) else {"n": 0},
                     **{label: _lengths(lengths.loc[lengths["label"] == label, field]) for label in LABELS if len(corpus)}}

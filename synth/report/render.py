@@ -27,6 +27,15 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+COVERAGE_BY_CONTENT = "Coverage by request and by content"
+
+
+def coverage_headline(c: dict[str, Any]) -> str:
+    """The two coverages in one line (report, card): what was asked for, what the question judge confirmed."""
+    return (f"metadata: {c['metadata_harmful']}/{c['subcategories']} subcategories with a harmful-kind row; "
+            f"content: {c['content_harmful']}/{c['subcategories']} with a harmful-kind row judged harmful and on topic")
+
+
 def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str | None]]:
     """(title, note, header, rows, plot) per section; both renderers walk this list."""
     out = []
@@ -42,6 +51,8 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
         ["rejected rows (all stages + balance)", sum(n["rejects"].values())],
         ["judge agreement", _pct((n["judges"].get("overall") or {}).get("rate"))],
         ["subcategories with a label missing", len(n["coverage_gaps"])],
+        *([["coverage by request / by content", coverage_headline(n["coverage_by_content"])]]
+          if n.get("coverage_by_content") else []),
         ["wall time of the stages (s)", f"{n['wall_seconds']:.1f}"],
     ]
     out.append(("Headline", "", ["", "value"], headline, None))
@@ -80,6 +91,25 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
     out.append(("Subcategory coverage", f"{len(n['coverage'])} subcategories; {len(n['coverage_gaps'])} have no "
                 f"corpus row of some label (flagged). {CONTROVERSIAL}: the controversial tier.",
                 ["scenario", "subcategory", *LABELS, CONTROVERSIAL, "hard", "flag"], cov, "coverage"))
+
+    content = n.get("coverage_by_content")
+    if content:  # only where a question judge ran: without one the request is all a build knows
+        rows = [[c["scenario"], f"{c['subcategory_name']} ({c['subcategory']})", c["metadata_harmful"],
+                 c["content_harmful"], c["metadata_benign"], c["content_benign"],
+                 "" if c["content_harmful"] else "⚠ no harmful row judged harmful and on topic"]
+                for c in content["by_subcategory"]]
+        elsewhere = content.get("content_elsewhere")
+        out.append((COVERAGE_BY_CONTENT, f"{coverage_headline(content)}. Corpus rows per subcategory the build "
+                    "asked for × kind: `asked`, by what the generator was asked for (requested_kind, "
+                    "requested_subcategory); `judged`, those the question judge found harmful-or-not as their "
+                    "kind says and about their subcategory (judged_on_topic). Flagged: no harmful-kind row "
+                    "confirmed." + (f" {elsewhere} confirmed rows were reassigned to subcategories of scenarios "
+                                    "the build did not ask for." if elsewhere else ""),
+                    ["scenario", "subcategory", "harmful asked", "harmful judged", "benign asked", "benign judged",
+                     "flag"], rows, None))
+
+    header, rows = scorecard_table(n.get("scorecard") or [])
+    out.append(("Scorecard per template and subcategory", SCORECARD_NOTE, header, rows, None))
 
     lengths = []
     for field, by in n["lengths"].items():
@@ -189,6 +219,28 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
     return out
 
 
+SCORECARD_NOTE = (
+    "Weakest first (judged on topic, then unsafe yield). Rows are the generator's requests (template = "
+    "scenario.kind), also where the question judge relabelled or reassigned a question: asked = calls × "
+    "questions per call; written = the generator's questions and failed calls; lost = rejected before any "
+    "answer (by stage and reason); on topic and harmful: shares of the questions the question judge read (on "
+    "topic: as requested); refusals: pairs whose judge field refusal is true (– if not asked); unsafe yield: "
+    "share 不安全 of the labelled pairs; disagreement: share of pairs the judges split on.")
+
+
+def scorecard_table(card: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The scorecard (synth/report/scorecard.py) as (header, rows): the report's section and
+    what `synth templates try` prints."""
+    header = ["template", "subcategory", "asked", "written", "lost", "losses", "distinct-2", "on topic", "harmful",
+              "refusals", "unsafe yield", "disagreement", "corpus"]
+    rows = [[c["template"], f"{c['subcategory_name']} ({c['subcategory']})", _fmt(c["questions_asked"]),
+             _fmt(c["questions_written"]), _fmt(c["lost"]),
+             "; ".join(f"{stage} {reason}: {k}" for stage, by in c["losses"].items() for reason, k in by.items()) or "–",
+             _fmt(c["distinct_2"]), _pct(c["judged_on_topic"]), _pct(c["judged_harmful"]), _fmt(c["refusals"]),
+             _pct(c["unsafe_yield"]), _pct(c["judge_disagreement"]), _fmt(c["corpus_rows"])] for c in card]
+    return header, rows
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,"Noto Sans CJK SC","WenQuanYi Micro Hei","PingFang SC","Microsoft YaHei",sans-serif;
 margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -218,7 +270,7 @@ def to_html(n: dict[str, Any], plots: dict[str, str], plot_dir: Path) -> str:
         if rows:
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
             for r in rows:
-                gap = " class='gap'" if title == "Subcategory coverage" and r[-1] else ""
+                gap = " class='gap'" if title in ("Subcategory coverage", COVERAGE_BY_CONTENT) and r[-1] else ""
                 parts.append(f"<tr{gap}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>")
             parts.append("</table>")
         else:
@@ -234,6 +286,12 @@ def _md_cell(v: Any) -> str:
     return _fmt(v).replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_table(header: list[Any], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table, as lines (the report's README.md; `synth templates try` prints them)."""
+    return ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_md_cell(v) for v in r) + " |" for r in rows)]
+
+
 def to_markdown(n: dict[str, Any], plots: dict[str, str], plot_dir_name: str = "plots") -> str:
     b = n["build"]
     lines = [f"# Build report: {b['name']}", "",
@@ -247,10 +305,7 @@ def to_markdown(n: dict[str, Any], plots: dict[str, str], plot_dir_name: str = "
         if note:
             lines += [note, ""]
         if rows:
-            lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(_md_cell(v) for v in r) + " |" for r in rows]
-            lines.append("")
+            lines += [*markdown_table(header, rows), ""]
         if plot and plot in plots:
             lines += [f"![{plot}]({plot_dir_name}/{plots[plot]})", ""]
     return "\n".join(lines)
