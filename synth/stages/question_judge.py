@@ -68,7 +68,7 @@ class JudgeQuestions(LLMStage):
     """The question judges, one round each, then one pass that combines and routes (see the module)."""
 
     name = "judge_questions"
-    reads = ("id", "question", "kind", "subcategory")
+    reads = ("id", "question", "kind", "subcategory", "subcategory_name", "scenario", "scenario_name")
     columns = None  # the question columns and QUESTION_JUDGE_COLUMNS (set in synth.stages.generation)
     route_column = "question_route"  # the manifest counts relabelled and reassigned questions
     keep = 0.85  # synth plan: rows kept per row in, before any build measured it
