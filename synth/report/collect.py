@@ -30,7 +30,6 @@ from synth.filters.refusal import is_refusal
 from synth.output_parsing import CONTROVERSIAL, LABELS
 from synth.report.readers import read_columns, read_texts, requested, share
 from synth.report.scorecard import scorecard
-from synth.scoring import DISAGREE
 from synth.stream_io import parquet_files
 
 CORPUS_KEYS = ("scenario", "scenario_name", "subcategory", "subcategory_name", "label", "kind", "attack")
