@@ -73,7 +73,8 @@ def _api_config(repo_root: Path, tmp_path: Path, prices: dict) -> Path:
     def api(data):
         data["models"] = {"api": {"engine": "openai", "model": "some-model", "prompt_style": "chat",
                                   "openai": {"base_url": "http://127.0.0.1:9/v1"}}}
-        for role in [data["roles"]["generator"], *data["roles"]["responders"], *data["roles"]["judges"]]:
+        for role in [data["roles"]["generator"], *data["roles"]["responders"], *data["roles"]["judges"],
+                     *data["roles"].get("question_judges", [])]:
             role["model"] = "api"
         data["plan"] = {"prices": prices}
 

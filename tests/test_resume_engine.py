@@ -38,6 +38,7 @@ def engine_config(repo_root: Path, tmp: Path) -> Path:
     # every role on the 270M model: one engine load per build (the demo's Qwen judges
     # would add ~90 s of loading and minutes of judging to each of the three builds)
     del data["models"]["qwen-1.5b"]
+    data["roles"].pop("question_judges", None)  # three LLM stages, as above
     for role in (*data["roles"]["responders"], *data["roles"]["judges"]):
         role["model"] = "gemma-270m"
     # small engine batches: the respond stage writes several cache shards, so the kill

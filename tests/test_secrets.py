@@ -53,6 +53,7 @@ def secret_config(repo_root: Path, tmp_path: Path, url: str) -> Path:
         role["sampling"]["max_tokens"] = max_tokens
     roles["judges"][0]["sampling"]["max_tokens"] = 20
     roles["judges"][1]["sampling"]["max_tokens"] = JUDGE_B
+    roles.pop("question_judges", None)  # the stub writes no verdicts to read: the questions pass unjudged
     for role in [roles["generator"], *roles["responders"], *roles["judges"]]:
         role["model"] = "stub"
     data["augment"]["share"] = 0.5
