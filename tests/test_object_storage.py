@@ -124,15 +124,17 @@ def test_a_build_on_google_cloud_storage_equals_the_s3_build(clean, gcs, tmp_pat
     assert local.read_bytes() == storage.read_bytes(storage.join(uri, "libra_test.jsonl"))
 
 
-def test_datasets_loads_the_corpus_through_the_same_uri(clean, s3):
+def test_datasets_loads_the_corpus_through_the_same_uri(clean, s3, tmp_path: Path):
     import datasets
 
     _, uri = clean
     options = {"key": s3["AWS_ACCESS_KEY_ID"], "secret": s3["AWS_SECRET_ACCESS_KEY"],
                "client_kwargs": {"endpoint_url": s3["AWS_ENDPOINT_URL"]}}
+    # a cache of its own: the user's datasets cache keeps what an earlier run loaded from the
+    # same s3:// path (the emulator's bucket is new each run, the path is not)
     corpus = datasets.load_dataset("parquet", data_files={"train": f"{uri}/corpus/data/train-*.parquet",
                                                           "validation": f"{uri}/corpus/data/validation-*.parquet"},
-                                   storage_options=options)
+                                   storage_options=options, cache_dir=str(tmp_path / "hf-datasets"))
     from synth import storage
 
     manifest = json.loads(storage.read_bytes(storage.join(uri, "manifest.json")))
