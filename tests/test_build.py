@@ -101,6 +101,20 @@ def test_manifest_reconciles_stage_by_stage_and_with_the_files(demo_build):
     assert all(len(j) == 2 and {x["verdict"] for x in j} == {"安全", "不安全"} for j in disagreements["judgements"])
 
 
+def test_every_shard_of_a_stage_has_the_stage_s_columns(demo_build):
+    """One schema per stage output, whichever batch a shard came from (an Augment original once
+    carried the question judge's columns and a rewrite did not: the empty rejects file then took
+    the columns of whichever batch reached the driver first, and a resumed build differed)."""
+    out, _ = demo_build
+    for stage in STAGES:
+        for folder in ("rows", "rejects"):
+            files = sorted((out / "stages" / stage.name / folder).glob("*.parquet"))
+            names = {tuple(pq.read_schema(f).names) for f in files}
+            assert len(names) == 1, (stage.name, folder, names)
+            if stage.columns is not None and folder == "rejects":
+                assert set(next(iter(names))) == {*stage.columns, "stage"}, (stage.name, next(iter(names)))
+
+
 def test_dedup_rejects_point_to_kept_rows(demo_build):
     out, _ = demo_build
     removed = pd.read_parquet(out / "rejects/dedup_questions.parquet")

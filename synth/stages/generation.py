@@ -216,7 +216,7 @@ class Augment(LLMStage):
     def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
                 ) -> ray.data.Dataset:
         """The originals pass through; each rewrite is a new row."""
-        originals = rows.map_batches(_with_reject_column, batch_format="pandas")
+        originals = rows.map_batches(_with_reject_column, batch_format="pandas", fn_args=(_QUESTION_COLUMNS,))
         return originals.union(answered.map_batches(augmented_rows, batch_format="pandas"))
 
     def estimate(self, planner) -> None:
@@ -286,12 +286,16 @@ def augmented_rows(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(_QUESTION_COLUMNS))
 
 
-def _with_reject_column(batch: pd.DataFrame) -> pd.DataFrame:
-    """Obfuscate's input rows with an empty reject reason: the question columns and, where a
-    question judge ran before it, its verdict columns (null where it did not)."""
+def _with_reject_column(batch: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """A stage's input rows with an empty reject reason, as exactly the stage's `columns`: every
+    batch of a stage has one schema, so the empty files the runner writes for its outputs do not
+    depend on which batch reached the driver first. By default Obfuscate's: the question columns
+    and, where a question judge ran before it, its verdict columns (null where it did not)."""
     batch = batch.copy()
     batch[REJECT_COLUMN] = ""
-    return batch.reindex(columns=list(_JUDGED_QUESTION_COLUMNS)).astype(QUESTION_JUDGE_DTYPES)
+    columns = _JUDGED_QUESTION_COLUMNS if columns is None else columns
+    return batch.reindex(columns=list(columns)).astype({k: v for k, v in QUESTION_JUDGE_DTYPES.items()
+                                                        if k in columns})
 
 
 class Obfuscate(Stage):
