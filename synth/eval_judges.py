@@ -288,7 +288,7 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
     from synth.session import init_ray
     from synth.calibration import effective_rule, write_calibration
     from synth.judge_metrics import at_thresholds, calibrate, parse_target, plot
-    from synth.models import resolve_model
+    from synth.models import check_role_models
     from synth.stages.base import StageContext
     from synth.stages.labelling import Annotate
 
@@ -309,13 +309,7 @@ def evaluate_judges(gold_paths: Path | list[Path], config_path: Path, *, dry_run
         judge_examples.check_no_overlap(gold, path, config)
     judges = [role.name for role in config.roles.judges]
     if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
-        for role in config.roles.judges:
-            spec = config.models[role.model]
-            if spec.engine == "vllm":
-                try:
-                    resolve_model(spec.model)
-                except BadInput as e:
-                    raise BadInput(f"judge {role.name!r} (models.{role.model}): {e}") from None
+        check_role_models(config, config.roles.judges, "judge")
     rule = effective_rule(config)
     init_ray()
     ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=None).for_stage("eval_judges")

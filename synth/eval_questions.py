@@ -93,7 +93,7 @@ def evaluate_question_judges(gold_paths: list[Path], config_path: Path, *, dry_r
     """Run the config's question judges over every file's questions (one run of the models) and score them."""
     import ray
 
-    from synth.models import resolve_model
+    from synth.models import check_role_models
     from synth.prepare import prepare
     from synth.progress import StageProgress
     from synth.session import init_ray
@@ -105,13 +105,7 @@ def evaluate_question_judges(gold_paths: list[Path], config_path: Path, *, dry_r
         raise BadInput(f"{config_path}: roles.question_judges is empty: no question judge to score")
     golds = [read_question_gold(Path(p), catalog, harm_only) for p in gold_paths]
     if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
-        for role in config.roles.question_judges:
-            spec = config.models[role.model]
-            if spec.engine == "vllm":
-                try:
-                    resolve_model(spec.model)
-                except BadInput as e:
-                    raise BadInput(f"question judge {role.name!r} (models.{role.model}): {e}") from None
+        check_role_models(config, config.roles.question_judges, "question judge")
     # routing off: every question kept as asked, so every verdict is seen
     config = config.model_copy(update={"judge_questions": config.judge_questions.model_copy(
         update={"on_kind_mismatch": "keep", "on_off_topic": "keep"})})

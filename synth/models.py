@@ -33,7 +33,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from synth.errors import BadInput
 
@@ -89,6 +89,18 @@ def resolve_model(name: str, cache_dir: Path | str | None = None) -> str:
         raise BadInput(f"model {name!r}: no such directory {path.resolve()}")
     return _from_hf_cache(name)
 
+
+
+def check_role_models(config: Any, roles: list[Any], what: str) -> None:
+    """Every vLLM model `roles` use can be found offline; else BadInput naming the role and model,
+    before Ray starts (`what`: the roles' name in the message, e.g. "judge")."""
+    for role in roles:
+        spec = config.models[role.model]
+        if spec.engine == "vllm":
+            try:
+                resolve_model(spec.model)
+            except BadInput as e:
+                raise BadInput(f"{what} {role.name!r} (models.{role.model}): {e}") from None
 
 def _from_hf_cache(repo_id: str) -> str:
     try:

@@ -109,3 +109,20 @@ def test_shipped_gold_through_the_stage_on_the_standin(monkeypatch, tmp_path):
     assert set(figures["per_scenario"]) == {"bias_discrimination", "ethics_morality", "hate_abuse",
                                             "illegal_activities", "physical_mental_health", "privacy_property",
                                             "rumors_misinformation"}
+
+
+def test_a_question_judge_whose_model_cannot_be_found_exits_2_before_ray(tmp_path):
+    """The question judge's vLLM model is looked up offline before anything starts: the message
+    names the role and the model entry (synth.models.check_role_models, shared with the pair judges)."""
+    import yaml
+
+    data = yaml.safe_load(DEMO.read_text())
+    model = data["roles"]["question_judges"][0]["model"]
+    data["models"][model]["model"] = str(tmp_path / "no-such-model")
+    data.update(templates=str(ROOT / "templates"), seeds=str(ROOT / "seeds"))
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    result = runner.invoke(app, ["eval-judges", str(SHIPPED), "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"question judge 'question-judge' (models.{model})" in result.output
+    assert "no-such-model" in result.output
