@@ -164,6 +164,9 @@ class Catalog:
     subcategories: dict[str, str] = field(default_factory=dict)
     # the question judge's prompt (templates/shared/question_judge.yaml); None when the file is not there
     question_judge: PromptForms | None = None
+    # dialogue strategies and the dialogue judge (synth.dialogue_templates.Dialogue, from
+    # templates/shared/dialogue.yaml and dialogue_judge.yaml); None when dialogue.yaml is not there
+    dialogue: Any = None
     # every subcategory id -> (scenario id, scenario name_zh), across all scenarios: where a
     # question judged to be about that subcategory is reassigned to
     scenario_of: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -402,6 +405,11 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
     )
     if question_judge is not None:
         catalog.hashes["templates/shared/question_judge"] = _digest(question_judge_path)
+    if (shared / "dialogue.yaml").exists():
+        from synth.dialogue_templates import load_dialogue
+
+        catalog.dialogue = load_dialogue(shared, catalog)
+        catalog.hashes.update(catalog.dialogue.hashes)
     if (seeds_dir / "obfuscation").is_dir():
         from synth.obfuscation import load_tables
 
