@@ -86,13 +86,14 @@ def run_direct(args, rows: list[dict]) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams  # noqa: F401  (same import cost as (b))
 
-    from synth.engines.vllm_ray import VLLMEngine, engine_prompt_completion, sampling_params
+    from synth.engines.base import completion_text
+    from synth.engines.vllm_ray import VLLMEngine, sampling_params
 
     engine = VLLMEngine("demo", make_spec(args))
     t0 = time.monotonic()
     llm = LLM(model=engine.model_path, **engine.engine_kwargs())
     loaded = time.monotonic()
-    prompts = [engine_prompt_completion(r["system"], r["prompt"]) for r in rows]
+    prompts = [completion_text(r["system"], r["prompt"], r.get("history", "")) for r in rows]
     params = [SamplingParams(**{k: v for k, v in sampling_params(r).items() if k != "structured_outputs"})
               for r in rows]
     outs = llm.generate(prompts, params, use_tqdm=False)

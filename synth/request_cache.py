@@ -1,12 +1,13 @@
 """The request cache: an LLM request already answered is never sent again.
 
 A request's key is a hash of everything that determines its answer: the model
-(name, id, prompt style), the system and user prompt, the sampling parameters,
-the seed and the JSON schema. The cache is data: a directory of parquet shards
-per model, `<build>/cache/requests/<model>/`, each row a key and its answer
-(`cache_key` + RESULT_COLUMNS). Failed requests are not cached (a rerun retries
-them). This is also what makes rebuilds incremental: after a template, a seed
-pool or a model changes, only the requests whose prompt or model changed miss.
+(name, id, prompt style), the system and user prompt, the conversation before it
+(`history`, when there is one), the sampling parameters, the seed and the JSON
+schema. The cache is data: a directory of parquet shards per model,
+`<build>/cache/requests/<model>/`, each row a key and its answer (`cache_key` +
+RESULT_COLUMNS). Failed requests are not cached (a rerun retries them). This is
+also what makes rebuilds incremental: after a template, a seed pool or a model
+changes, only the requests whose prompt or model changed miss.
 
 Lookup (`lookup`) is a Ray Data left-outer join of the keyed requests with
 `read_parquet(<shards>)` on `cache_key`: rows that found an answer are hits,
@@ -47,7 +48,7 @@ import ray.data
 
 from synth import storage
 from synth.config import ModelSpec
-from synth.engines.base import RESULT_COLUMNS
+from synth.engines.base import RESULT_COLUMNS, history_json
 from synth.rows import to_arrow
 
 log = logging.getLogger("synth")
@@ -70,12 +71,18 @@ def model_identity(name: str, spec: ModelSpec) -> str:
 def add_keys(batch: pd.DataFrame, identity: str) -> pd.DataFrame:
     keys = []
     top = batch["top_logprobs"] if "top_logprobs" in batch else [0] * len(batch)
-    for row, top_logprobs in zip(batch[list(_KEYED)].itertuples(index=False), top):
+    histories = batch["history"] if "history" in batch else [""] * len(batch)
+    for row, top_logprobs, history in zip(batch[list(_KEYED)].itertuples(index=False), top, histories):
         values = [list(v) if hasattr(v, "tolist") else v for v in row]
         # A request for log-probabilities has its own key (and one without keeps the key it
         # had before they existed): an answer cached without them is asked again, not misread.
         if int(top_logprobs or 0):
             values.append({"top_logprobs": int(top_logprobs)})
+        # Likewise the conversation before the prompt: a single-turn request (no history,
+        # "" or no column at all) keeps the key it had before histories existed.
+        history = history_json(history)
+        if history:
+            values.append({"history": history})
         payload = json.dumps([identity, *values], ensure_ascii=False, default=str)
         keys.append(hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32])
     return batch.assign(**{KEY_COLUMN: keys})

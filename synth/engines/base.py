@@ -11,7 +11,12 @@ Request columns (written by the stages, see `request_row`):
                        loaded once can serve several roles in one pass)
     task         str   "questions" | "augment" | "respond" | "judge" (for logs and the stand-in)
     system       str   system prompt for chat-style models ("" = none)
-    prompt       str   user turn (chat style) or the raw text to continue (completion style)
+    prompt       str   the (last) user turn (chat style) or the raw text to continue (completion style)
+    history      str   the conversation before `prompt`: a JSON list of messages, in order,
+                       [{"role": "user" | "assistant", "content": str}, ...]; "" = none (a
+                       single-turn request; a batch without the column reads as ""). Chat
+                       style: the turns between the system turn and `prompt` (`chat_messages`);
+                       completion style: a transcript before `prompt` (`completion_text`)
     seed         int   per-request sampling seed, derived from request_id and the role
     json_schema  str   JSON schema the output must follow ("" = free text)
     temperature, top_p, top_k, max_tokens, stop   the role's sampling parameters
@@ -29,8 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from synth.config import ModelSpec, Role, Sampling
@@ -40,7 +46,7 @@ if TYPE_CHECKING:
     import ray.data
 
 REQUEST_COLUMNS = (
-    "request_id", "role", "task", "system", "prompt", "seed", "json_schema",
+    "request_id", "role", "task", "system", "prompt", "history", "seed", "json_schema",
     "temperature", "top_p", "top_k", "max_tokens", "stop", "top_logprobs",
 )
 RESULT_COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "logprobs")
@@ -105,12 +111,91 @@ def request_seed(request_id: str, role_name: str, base_seed: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+HISTORY_ROLES = ("user", "assistant")
+# How completion style writes the earlier turns of a conversation (`completion_text`).
+TRANSCRIPT_SPEAKERS = {"user": "用户", "assistant": "助手"}
+
+
+def parse_history(value: Any) -> list[dict[str, str]]:
+    """The `history` column's value → its messages, each {"role", "content"} (other keys
+    dropped). "", None or a null (NaN) → []: a single-turn request, or a batch written before
+    the column existed. A JSON string or a sequence of mappings is accepted; anything else, a
+    role other than user / assistant or a content that is not a string raises ValueError."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"history is not JSON: {e}") from None
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"history must be a list of messages, got {type(value).__name__}")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"history[{i}] must be a mapping with role and content, got {type(message).__name__}")
+        role, content = message.get("role"), message.get("content")
+        if role not in HISTORY_ROLES:
+            raise ValueError(f"history[{i}].role must be one of {', '.join(HISTORY_ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"history[{i}].content must be a string, got {type(content).__name__}")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def history_json(history: Any) -> str:
+    """Messages (or a `history` value, see `parse_history`) → the `history` column: compact
+    JSON with the Chinese kept as is, "" when there are none."""
+    messages = parse_history(history)
+    return json.dumps(messages, ensure_ascii=False) if messages else ""
+
+
+def chat_messages(system: str, prompt: str, history: Any = "") -> list[dict[str, str]]:
+    """Chat style: [the system turn, if any] + the history's messages + [the user turn `prompt`]."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + parse_history(history) + [{"role": "user", "content": prompt}]
+
+
+def completion_text(system: str, prompt: str, history: Any = "") -> str:
+    r"""Completion style: the raw text a base model continues. Its parts, joined by a blank
+    line ("\n\n"): the system text (if any), each earlier message of `history` (if any) as a
+    transcript line `用户：{content}` or `助手：{content}` (a content with line breaks keeps
+    them), then `prompt` as it is. For example, system "S", history [user "u1", assistant
+    "a1"] and prompt "用户：u2\n助手：" give
+
+        S
+
+        用户：u1
+
+        助手：a1
+
+        用户：u2
+        助手：
+
+    The prompt is not labelled: a stage that wants the model to answer the last user turn
+    ends `prompt` with its own "用户：…\n助手：". Without a history this is what completion
+    style always sent: f"{system}\n\n{prompt}", or `prompt` alone without a system text."""
+    turns = [f"{TRANSCRIPT_SPEAKERS[m['role']]}：{m['content']}" for m in parse_history(history)]
+    return "\n\n".join([*([system] if system else []), *turns, prompt])
+
+
+def request_chars(row: Mapping[str, Any]) -> int:
+    """Characters of a request row the model reads: its system text, the history's messages
+    and the prompt (what `synth plan` counts per request; template markup is not included)."""
+    history = sum(len(m["content"]) for m in parse_history(row.get("history")))
+    return len(row.get("system") or "") + history + len(row.get("prompt") or "")
+
+
 def request_row(
     *, request_id: str, task: str, prompt: str, role: Role, base_seed: int, system: str = "", json_schema: str = "",
-    extra_stop: Sequence[str] = (), top_logprobs: int = 0,
+    extra_stop: Sequence[str] = (), top_logprobs: int = 0, history: Sequence[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
     """One request row; `extra_stop` adds a stage's own stop strings to the role's;
-    `top_logprobs`: alternatives per generated token to report (a scoring judge)."""
+    `top_logprobs`: alternatives per generated token to report (a scoring judge);
+    `history`: the conversation before `prompt`, messages {"role": "user" | "assistant",
+    "content"} in order (stored as JSON, "" when empty; ValueError if malformed)."""
     sampling: Sampling = role.sampling
     return {
         "request_id": request_id,
@@ -118,6 +203,7 @@ def request_row(
         "task": task,
         "system": system,
         "prompt": prompt,
+        "history": history_json(history),
         "seed": request_seed(request_id, role.name, base_seed),
         "json_schema": json_schema,
         "temperature": sampling.temperature,

@@ -5,8 +5,10 @@ an `httpx.Client` and a thread pool of `max_concurrency` workers, so the number 
 requests in flight to the server never exceeds the configured limit, however the
 dataset is split into blocks.
 
-- chat style → `POST {base_url}/chat/completions` with system + user messages;
-  completion style → `POST {base_url}/completions` with the raw prompt.
+- chat style → `POST {base_url}/chat/completions` with the messages: system, the row's
+  `history` (earlier user and assistant turns), the user turn (`chat_messages`);
+  completion style → `POST {base_url}/completions` with the raw text (`completion_text`:
+  system text, the history as a 用户：/助手： transcript, the prompt).
 - Judges (rows with a `json_schema`) are constrained per `openai.response_format`: vLLM's
   `structured_outputs` (the in-process engine's regex), SGLang's `regex`, or `response_format`
   json_schema / json_object, with free-text fields capped to fit `max_tokens`; an
@@ -47,7 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from synth.config import OpenAIOptions
-from synth.engines.base import RESULT_COLUMNS, Engine, transient
+from synth.engines.base import RESULT_COLUMNS, Engine, chat_messages, completion_text, transient
 from synth.engines.pushback import FAILED, OK, REFUSED, THROTTLED, EndpointDown, Pushback, attach_build_log
 from synth.engines.structured_output import close_truncated_json, fit_schema_to_budget, vllm_constraint
 from synth.errors import BadInput, BuildFailed
@@ -120,12 +122,11 @@ def request_body(row: dict[str, Any], *, model: str, chat: bool, options: OpenAI
     stop = [str(s) for s in (row.get("stop") if row.get("stop") is not None else [])]
     if stop:
         body["stop"] = stop
-    system = row.get("system") or ""
+    system, history = row.get("system") or "", row.get("history")  # no column (an older batch): no history
     if chat:
-        messages = [{"role": "system", "content": system}] if system else []
-        body["messages"] = messages + [{"role": "user", "content": row["prompt"]}]
+        body["messages"] = chat_messages(system, row["prompt"], history)
     else:
-        body["prompt"] = f"{system}\n\n{row['prompt']}" if system else row["prompt"]
+        body["prompt"] = completion_text(system, row["prompt"], history)
     top_logprobs = int(row.get("top_logprobs") or 0)
     if top_logprobs:  # a scoring judge: the chat API takes a flag and a count, completions a count
         body.update({"logprobs": True, "top_logprobs": top_logprobs} if chat else {"logprobs": top_logprobs})

@@ -4,8 +4,11 @@ It is NOT a model. Its outputs are Chinese-looking text assembled from the
 characters of the prompt with a RNG seeded by the request seed, shaped like what
 each task expects (a numbered question list, a rewritten question, an answer or
 a refusal, a JSON verdict). The same request always gives the same output, so
-tests can compare whole builds. A small, fixed share of outputs is deliberately
-malformed so the parse-failure and reject paths are exercised in every dry run. A judge
+tests can compare whole builds. A request with a `history` (the conversation before
+its prompt) draws from a RNG seeded by the history too, so two conversations ending in
+the same prompt get different answers; without one, outputs are what they always were.
+A small, fixed share of outputs is deliberately malformed so the parse-failure and
+reject paths are exercised in every dry run. A judge
 request that asks for log-probabilities gets made-up ones that score its verdict.
 Builds that use it are marked `dry_run` / `standin` in the manifest.
 """
@@ -19,7 +22,7 @@ import re
 
 import pandas as pd
 
-from synth.engines.base import Engine
+from synth.engines.base import Engine, history_json, parse_history
 
 _HAN = re.compile(r"[\u4e00-\u9fff]+")
 _FILLER = "关于这个问题的具体情况和相关背景以及可能的方法与影响"
@@ -126,9 +129,16 @@ def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, s
 _TASKS = {"questions": _questions, "augment": _rewrite, "respond": _answer}
 
 
+def _rng_key(key: str, history: str) -> str:
+    """A RNG key that also depends on a non-empty history (an empty one leaves `key` as it was)."""
+    history = history_json(history)
+    return f"{key}:history:{history}" if history else key
+
+
 def standin_output(task: str, prompt: str, seed: int, schema: str = "", kind: str = "", subcategory: str = "",
-                   subcategory_name: str = "") -> str:
-    rng = random.Random(f"{task}:{seed}")
+                   subcategory_name: str = "", history: str = "") -> str:
+    """The stand-in's answer to one request; `history`: the request's `history` column."""
+    rng = random.Random(_rng_key(f"{task}:{seed}", history))
     if task == "judge":
         return _verdict(rng, prompt, schema)
     if task == "judge_question":
@@ -159,14 +169,15 @@ def standin_logprobs(text: str, seed: int) -> str:
 STANDIN_DIM = 1536  # the stand-in's "pooled states": the embedded Qwen's hidden size, so a shipped probe reads them
 
 
-def standin_vector(prompt: str) -> str:
+def standin_vector(prompt: str, history: str = "") -> str:
     """A made-up pooled state for an embed model's request: a function of the pair judged (the
-    prompt from its last "问题：" on), with a component that follows the stand-in's own verdict
-    for the pair, so a probe trained on stand-in labels has something to find."""
+    prompt from its last "问题：" on) and of the request's history (if any), with a component
+    that follows the stand-in's own verdict for the pair, so a probe trained on stand-in labels
+    has something to find."""
     from synth.probe import encode_vector
 
     pair = prompt[prompt.rfind("问题："):]
-    rng = random.Random(f"vector:{pair}")
+    rng = random.Random(_rng_key(f"vector:{pair}", history))
     vector = [rng.gauss(0.0, 1.0) for _ in range(STANDIN_DIM)]
     shift = 1.0 if (_REFUSAL not in pair and random.Random(pair).random() < 0.5) else -1.0
     for i in range(64):  # a direction many dimensions share, as a real model's would
@@ -181,13 +192,17 @@ def _standin_batch(batch: pd.DataFrame, embed: bool = False) -> pd.DataFrame:
     kinds = batch["kind"] if "kind" in batch else [""] * len(batch)
     subcategories = batch["subcategory"] if "subcategory" in batch else [""] * len(batch)
     names = batch["subcategory_name"] if "subcategory_name" in batch else [""] * len(batch)
-    texts = [standin_vector(p) if embed else standin_output(t, p, int(s), j, str(k), str(c), str(n))
-             for t, p, s, j, k, c, n in zip(batch["task"], batch["prompt"], batch["seed"], schemas, kinds,
-                                             subcategories, names)]
+    # no column (an older batch) or "": no history
+    histories = [history_json(h) for h in batch["history"]] if "history" in batch else [""] * len(batch)
+    texts = [standin_vector(p, h) if embed else standin_output(t, p, int(s), j, str(k), str(c), str(n), h)
+             for t, p, s, j, k, c, n, h in zip(batch["task"], batch["prompt"], batch["seed"], schemas, kinds,
+                                                subcategories, names, histories)]
     batch = batch.copy()
     batch["text"] = texts
     batch["finish_reason"] = "stop"
-    batch["prompt_tokens"] = batch["prompt"].str.len().astype("int64")
+    # one "token" per character of the prompt and of the history's messages
+    batch["prompt_tokens"] = (batch["prompt"].str.len()
+                              + [sum(len(m["content"]) for m in parse_history(h)) for h in histories]).astype("int64")
     batch["completion_tokens"] = [len(t) for t in texts]
     batch["error"] = ""
     wants = batch["top_logprobs"] if "top_logprobs" in batch else [0] * len(batch)

@@ -2,8 +2,9 @@
 
 One `generate(ds)` call streams the request rows through:
 
-    requests ─▶ (chat style) the engine prompt from the model's chat template, in a small
-                CPU actor; completion style: system text + prompt, in the proxy
+    requests ─▶ (chat style) the engine prompt from the model's chat template (system turn,
+                the row's history, the user turn), in a small CPU actor; completion
+                style: `completion_text` (system text, history transcript, prompt), in the proxy
              ─▶ EngineProxy (Ray Data actor pool, no CPU): per row the vLLM SamplingParams
                 (seed, temperature, top_p, top_k, max_tokens, stop, structured output for
                 rows with a json_schema, logprobs for rows with top_logprobs); the batch
@@ -53,7 +54,7 @@ from typing import Any
 import pandas as pd
 
 from synth.config import VLLMOptions
-from synth.engines.base import RESULT_COLUMNS, Engine
+from synth.engines.base import RESULT_COLUMNS, Engine, chat_messages, completion_text, parse_history
 from synth.engines.structured_output import close_truncated_json, vllm_constraint
 from synth.errors import BadInput
 from synth.probe import encode_vector
@@ -73,11 +74,6 @@ def has_chat_template(model_path: str) -> bool:
         return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
     except (OSError, ValueError):
         return False
-
-
-def engine_prompt_completion(system: str, prompt: str) -> str:
-    """Completion style: the raw text to continue (a system text, if any, goes first)."""
-    return f"{system}\n\n{prompt}" if system else prompt
 
 
 def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +97,8 @@ def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class ChatPromptRenderer:
-    """Ray Data callable class: renders system + user turns with the model's chat template."""
+    """Ray Data callable class: renders a request's turns (system, the row's `history`, the
+    user turn `prompt`) with the model's chat template."""
 
     def __init__(self, model_path: str):
         from transformers import AutoTokenizer
@@ -123,11 +120,15 @@ class ChatPromptRenderer:
         except Exception:  # jinja2's TemplateError from the template's raise_exception()
             return False
 
-    def render(self, system: str, prompt: str) -> str:
+    def render(self, system: str, prompt: str, history: Any = "") -> str:
+        """The engine prompt for system + history (messages or the `history` column's JSON) +
+        the user turn `prompt`, ending with the template's generation prompt. A template that
+        refuses a system turn gets the system text at the start of the first user turn."""
+        messages = chat_messages(system, prompt, history)
         if system and self.fold_system:
-            system, prompt = "", f"{system}\n\n{prompt}"
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
+            first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[first_user] = {"role": "user", "content": f"{system}\n\n{messages[first_user]['content']}"}
+            messages = messages[1:]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if self.strip and text.startswith(self.strip):
             text = text[len(self.strip):]
@@ -135,7 +136,15 @@ class ChatPromptRenderer:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch.copy()
-        out[ENGINE_PROMPT] = [self.render(s or "", p) for s, p in zip(batch["system"], batch["prompt"])]
+        histories = batch["history"] if "history" in batch else [""] * len(batch)
+        ids = batch["request_id"] if "request_id" in batch else [""] * len(batch)
+        prompts = []
+        for request_id, system, prompt, history in zip(ids, batch["system"], batch["prompt"], histories):
+            try:
+                prompts.append(self.render(system or "", prompt, parse_history(history)))
+            except ValueError as e:  # a malformed history (request_row checks it: a stage's bug)
+                raise BadInput(f"request {request_id!r}: bad history: {e}") from e
+        out[ENGINE_PROMPT] = prompts
         return out
 
 
@@ -145,7 +154,11 @@ def request_batch(batch: pd.DataFrame) -> tuple[list[str], list[dict[str, Any]]]
         prompts = [str(p) for p in batch[ENGINE_PROMPT]]
     else:
         systems = batch["system"] if "system" in batch else [""] * len(batch)
-        prompts = [engine_prompt_completion(s or "", p) for s, p in zip(systems, batch["prompt"])]
+        histories = batch["history"] if "history" in batch else [""] * len(batch)
+        try:
+            prompts = [completion_text(s or "", p, h) for s, p, h in zip(systems, batch["prompt"], histories)]
+        except ValueError as e:  # a malformed history (request_row checks it: a stage's bug)
+            raise BadInput(f"bad history in a request batch: {e}") from e
     params = []
     for row in batch.to_dict("records"):
         try:
