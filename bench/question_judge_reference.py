@@ -10,6 +10,11 @@ categories, into a temporary file, and runs `synth eval-judges --harm-only` on t
 config's question judge (its threshold chosen on the project's own seeds/gold/question_gold.jsonl):
 the held-out figure for that choice. Prints the figures and, for the record, the accuracy
 the scores would give at 0.5 and at the config's threshold.
+
+Scenario accuracy on real data: seven of the harmful set's thirteen categories are typical
+safety scenarios that name one of synth's (`SCENARIO_OF` below, by their names; the other six
+are instruction attacks, and 谣言错误 has no counterpart). For the sampled questions of those
+categories, the share whose judged subcategory lies in the mapped scenario.
 """
 
 from __future__ import annotations
@@ -24,6 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"
 SETS = ("xsafety_zh_harmful.jsonl", "chinese_safetyqa_benign.jsonl")
+# XSafety's typical-safety categories -> synth's scenario (templates/<id>.yaml)
+SCENARIO_OF = {
+    "Crimes_And_Illegal_Activities": "illegal_activities",
+    "Ethics_And_Morality": "ethics_morality",
+    "Insult": "hate_abuse",
+    "Mental_Health": "physical_mental_health",
+    "Physical_Harm": "physical_mental_health",
+    "Privacy_And_Property": "privacy_property",
+    "Unfairness_And_Discrimination": "bias_discrimination",
+}
 
 
 def sample(path: Path, n: int, seed: int) -> list[dict]:
@@ -53,6 +68,7 @@ def main() -> int:
         return 0
     from synth.config import load_config
     from synth.eval_questions import evaluate_question_judges, format_question_result
+    from synth.prepare import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         gold = Path(tmp) / "reference_questions.jsonl"
@@ -66,6 +82,18 @@ def main() -> int:
         accuracy = sum((s > t) == (k == "harmful") for k, s in scored) / len(result["questions"])
         print(f"accuracy of the combined P(是) at {t:g}: {accuracy:.3f} (n = {len(result['questions'])}, "
               f"{args.per_set} per set)")
+    scenario_of = prepare(Path(args.config))[1].scenario_of
+    category = {f"0\x1f{r['id']}": r["category_name"] for r in rows}
+    hits: dict[str, list[bool]] = {}
+    for q in result["questions"]:
+        wanted = SCENARIO_OF.get(category.get(q["id"]) or category.get(f"0\x1f{q['id']}", ""))
+        if wanted is not None:
+            judged = scenario_of.get(q["judged_subcategory"] or "", ("other",))[0]
+            hits.setdefault(wanted, []).append(judged == wanted)
+    if hits:
+        every = [h for group in hits.values() for h in group]
+        print(f"scenario accuracy on the harmful set's typical-safety categories: {sum(every) / len(every):.3f} "
+              f"(n = {len(every)}; " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(hits.items())) + ")")
     return 0
 
 
