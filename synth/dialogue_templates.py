@@ -18,26 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, StrictInt, ValidationError, field_validator
 
 from synth.errors import BadInput
 from synth.output_parsing import JUDGE_FIELDS, SAFE
-from synth.templates import (
-    ID_PATTERN,
-    PromptForms,
-    Rendered,
-    Strict,
-    Style,
-    _check_source,
-    _digest,
-    _read_yaml,
-)
+from synth.template_forms import ID_PATTERN, PromptForms, Rendered, Strict, Style, check_source, digest, read_yaml
 
-if TYPE_CHECKING:
-    from synth.templates import Catalog
+# `catalog` below is a synth.templates.Catalog (its sandbox `env` and `render`); not imported, since
+# synth.templates loads this module (one direction, no import cycle).
+Catalog = Any
 
 MIN_TURNS, MAX_TURNS = 1, 8
 KINDS = ("harmful", "benign")
@@ -134,7 +126,7 @@ class _Located:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data = _read_yaml(path)  # BadInput for an unreadable, empty, invalid or non-mapping file
+        self.data = read_yaml(path)  # BadInput for an unreadable, empty, invalid or non-mapping file
         self.root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
 
     def line(self, loc: tuple[Any, ...]) -> int:
@@ -209,7 +201,7 @@ def load_dialogue(shared_dir: Path, catalog: Catalog) -> Dialogue:
         strategies=strategies,
         path=path,
         lines={s.id: located.line(("strategies", i, "plan")) for i, s in enumerate(strategies)},
-        hashes={"templates/shared/dialogue": _digest(path)},
+        hashes={"templates/shared/dialogue": digest(path)},
     )
     judge_path = Path(shared_dir) / DIALOGUE_JUDGE_FILE
     if judge_path.exists():
@@ -217,7 +209,7 @@ def load_dialogue(shared_dir: Path, catalog: Catalog) -> Dialogue:
         dialogue.judge = judge_located.parse(PromptForms)
         dialogue.judge_path = judge_path
         _check_prompt(catalog, dialogue.judge, DIALOGUE_JUDGE_VARIABLES, judge_located)
-        dialogue.hashes["templates/shared/dialogue_judge"] = _digest(judge_path)
+        dialogue.hashes["templates/shared/dialogue_judge"] = digest(judge_path)
     _render_everything(dialogue, catalog)
     return dialogue
 
@@ -231,7 +223,7 @@ def _check_prompt(catalog: Catalog, forms: PromptForms, allowed: tuple[str, ...]
         where = located.where(*loc, *part)
         if part != ("chat", "system") and not source.strip():
             raise BadInput(f"{where}: the prompt is empty")
-        _check_source(catalog.env, source, allowed, where)
+        check_source(catalog.env, source, allowed, where)
 
 
 # -- rendering ---------------------------------------------------------------------

@@ -11,46 +11,27 @@ Layout:
     templates/shared/augment.yaml   red-team tactics and rewrites
     templates/shared/respond.yaml   responder prompts and personas
     templates/shared/judge.yaml     the guard / judge prompt
+    templates/shared/question_judge.yaml, dialogue.yaml, dialogue_judge.yaml   (optional) the question
+                                    judge; dialogue strategies and their judge (synth.dialogue_templates)
     seeds/task_types.yaml, seeds/regions.yaml, seeds/events.yaml   shared element pools
     seeds/scenarios/<scenario>.yaml behaviours and benign topics per subcategory
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jinja2
-import jinja2.meta
-import jinja2.nodes
-import yaml
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from synth.config import format_validation_error
 from synth.errors import BadInput
 from synth.output_parsing import FIELD_KEYS, JUDGE_FIELDS, ordered_fields
-
-ID_PATTERN = r"^[a-z0-9_]+$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ChatPrompt(Strict):
-    system: str = ""
-    user: str
-
-
-class PromptForms(Strict):
-    """A prompt in both forms: chat (instruct models) and completion (base models)."""
-
-    chat: ChatPrompt
-    completion: str
-
+from synth.template_forms import (ID_PATTERN, PromptForms, Rendered, Strict, Style, check_source, digest,
+                                  make_environment, read_yaml)
 
 class Subcategory(Strict):
     id: str = Field(pattern=ID_PATTERN)
@@ -123,15 +104,6 @@ RESPOND_VARIABLES = ("question", "persona")
 JUDGE_VARIABLES = ("question", "response", "rubric", "fields", "examples")
 # `scenarios`: the catalog, each scenario with its id, name_zh and subcategories (id, name_zh)
 QUESTION_JUDGE_VARIABLES = ("question", "scenarios")
-
-Style = Literal["chat", "completion"]
-
-
-@dataclass(frozen=True)
-class Rendered:
-    system: str
-    prompt: str
-
 
 @dataclass
 class Scenario:
@@ -245,69 +217,20 @@ class Catalog:
                 for name in ordered_fields(fields)]
 
 
-def make_environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
-
-
 # -- loading -------------------------------------------------------------------
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read: {e.strerror}") from None
-    if not text.strip():
-        raise BadInput(f"{path}: file is empty")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise BadInput(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
 
 
 def _parse(model: type[BaseModel], path: Path) -> Any:
     try:
-        return model.model_validate(_read_yaml(path))
+        return model.model_validate(read_yaml(path))
     except ValidationError as e:
         raise BadInput(f"{path}: invalid {model.__name__}:\n{format_validation_error(e)}") from None
 
 
-def _digest(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _check_source(env: SandboxedEnvironment, source: str, allowed: tuple[str, ...], where: str) -> None:
-    """Syntax and variable check without rendering: names the field and line."""
-    try:
-        ast = env.parse(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise BadInput(f"{where}: template syntax error at line {e.lineno}: {e.message}") from None
-    # The sandbox would refuse these at render time too; refusing them here also
-    # catches escapes hidden in branches that a sample render does not take.
-    for node in ast.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
-        name = node.attr if isinstance(node, jinja2.nodes.Getattr) else getattr(node.arg, "value", None)
-        if isinstance(name, str) and name.startswith("_"):
-            raise BadInput(f"{where}: line {node.lineno}: access to '{name}' is not allowed in templates (sandbox)")
-    unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - set(allowed))
-    if unknown:
-        raise BadInput(
-            f"{where}: uses variable(s) {', '.join(unknown)} that the renderer does not provide "
-            f"(available: {', '.join(allowed)})"
-        )
-
-
 def _check_forms(env: SandboxedEnvironment, forms: PromptForms, allowed: tuple[str, ...], where: str) -> None:
-    _check_source(env, forms.chat.system, allowed, f"{where}.chat.system")
-    _check_source(env, forms.chat.user, allowed, f"{where}.chat.user")
-    _check_source(env, forms.completion, allowed, f"{where}.completion")
+    check_source(env, forms.chat.system, allowed, f"{where}.chat.system")
+    check_source(env, forms.chat.user, allowed, f"{where}.chat.user")
+    check_source(env, forms.completion, allowed, f"{where}.completion")
 
 
 def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = None) -> Catalog:
@@ -329,7 +252,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
         _check_forms(env, tactic, AUGMENT_VARIABLES, f"{shared_files['augment']}: tactics[{tactic.id}]")
     _check_forms(env, respond, RESPOND_VARIABLES, str(shared_files["respond"]))
     for persona in respond.personas:
-        _check_source(env, persona.system, (), f"{shared_files['respond']}: personas[{persona.id}].system")
+        check_source(env, persona.system, (), f"{shared_files['respond']}: personas[{persona.id}].system")
     _check_forms(env, judge, JUDGE_VARIABLES, str(shared_files["judge"]))
     _unique([t.id for t in augment.tactics], f"{shared_files['augment']}: tactics", "tactic id")
     _unique([p.id for p in respond.personas], f"{shared_files['respond']}: personas", "persona id")
@@ -366,7 +289,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
                 raise BadInput(f"{pool_path}: {field_name}: no entries for subcategory {', '.join(missing)}")
             if extra:
                 raise BadInput(f"{pool_path}: {field_name}: unknown subcategory {', '.join(extra)}")
-        scenarios[template.id] = Scenario(template, pools, path, _digest(path, pool_path))
+        scenarios[template.id] = Scenario(template, pools, path, digest(path, pool_path))
 
     subcategories = {sub.id: sub.name_zh for s in scenarios.values() for sub in s.template.subcategories}
     scenario_of = {sub.id: (s.id, s.template.name_zh) for s in scenarios.values() for sub in s.template.subcategories}
@@ -394,8 +317,8 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
         regions=regions,
         events=events,
         hashes={
-            **{f"templates/shared/{k}": _digest(p) for k, p in shared_files.items()},
-            **{f"seeds/{k}": _digest(p) for k, p in pool_files.items()},
+            **{f"templates/shared/{k}": digest(p) for k, p in shared_files.items()},
+            **{f"seeds/{k}": digest(p) for k, p in pool_files.items()},
         },
         env=env,
         subcategories=subcategories,
@@ -404,7 +327,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
         taxonomy=taxonomy,
     )
     if question_judge is not None:
-        catalog.hashes["templates/shared/question_judge"] = _digest(question_judge_path)
+        catalog.hashes["templates/shared/question_judge"] = digest(question_judge_path)
     if (shared / "dialogue.yaml").exists():
         from synth.dialogue_templates import load_dialogue
 
