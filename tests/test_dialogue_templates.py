@@ -171,26 +171,19 @@ def test_turn_range_outside_1_to_8(tree: Path):
     assert f"dialogue.yaml:{turns}: strategies[split_request].turns" in result.stderr
 
 
-def test_plan_prompt_with_an_undefined_variable(tree: Path):
+@pytest.mark.parametrize("strategy, key, where, variable", [
+    ("pushback", "user: |-", "plan.chat.user", "secret"),  # a variable no template is given
+    ("escalation", "completion: |-", "plan.completion", "benign_topic"),  # the other kind's seed
+], ids=["undefined-variable", "seed-of-the-other-kind"])
+def test_plan_prompt_with_a_variable_it_may_not_use(tree: Path, strategy: str, key: str, where: str, variable: str):
     path = dialogue_file(tree)
     lines = path.read_text(encoding="utf-8").split("\n")
-    user = line_of(lines, "user: |-", after=line_of(lines, "- id: pushback"))
-    lines[user] += "{{ secret }}"  # the first line of that prompt
+    line = line_of(lines, key, after=line_of(lines, f"- id: {strategy}"))
+    lines[line] += "{{ %s }}" % variable  # the first line of that prompt
     path.write_text("\n".join(lines), encoding="utf-8")
     message = refused(tree)
-    assert f"dialogue.yaml:{user}: strategies[pushback].plan.chat.user" in message
-    assert "secret" in message
-
-
-def test_a_strategy_uses_only_the_seed_of_its_kind(tree: Path):
-    path = dialogue_file(tree)
-    lines = path.read_text(encoding="utf-8").split("\n")
-    completion = line_of(lines, "completion: |-", after=line_of(lines, "- id: escalation"))
-    lines[completion] += "{{ benign_topic }}"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    message = refused(tree)
-    assert f"dialogue.yaml:{completion}: strategies[escalation].plan.completion" in message
-    assert "benign_topic" in message
+    assert f"dialogue.yaml:{line}: strategies[{strategy}].{where}" in message
+    assert variable in message
 
 
 def test_duplicate_id_and_missing_kind(tree: Path):
