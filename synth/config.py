@@ -148,6 +148,9 @@ class Role(Strict):
 
 class Roles(Strict):
     generator: Role
+    user_turn_writer: Role | None = Field(
+        None, description="converse: writes the user turns of conversations (templates/shared/dialogue.yaml); "
+        "none = the generator role")
     responders: list[Role] = Field(min_length=1)
     judges: list[Role] = Field(min_length=2, max_length=2)
     question_judges: list[Role] = Field(
@@ -186,6 +189,25 @@ class Augment(Strict):
     share: float = Field(0.3, ge=0.0, le=1.0, description="share of harmful questions that get one tactic rewrite")
     tactics: list[str] = Field(default_factory=list, description="tactic ids; empty = all in augment.yaml")
     obfuscation: Obfuscation = Field(default_factory=Obfuscation)
+
+
+class Dialogues(Strict):
+    """Multi-turn conversations (stage converse, synth/stages/dialogue.py; strategies in
+    templates/shared/dialogue.yaml)."""
+
+    share: float = Field(0.0, ge=0.0, le=1.0, description="share of the plain questions (each kind) that also "
+                         "seed one conversation; 0: off")
+    turns: tuple[int, int] = Field((2, 5), description="[min, max] user turns of a conversation (within 1–8), "
+                                   "intersected with each strategy's own range")
+    strategies: list[str] = Field(default_factory=list, description="strategy ids to use; empty = all")
+
+    @field_validator("turns")
+    @classmethod
+    def _turn_range(cls, turns: tuple[int, int]) -> tuple[int, int]:
+        low, high = turns
+        if not (1 <= low <= high <= 8):
+            raise ValueError(f"[{low}, {high}] must be a range within 1–8, min first")
+        return turns
 
 
 class Respond(Strict):
@@ -352,6 +374,7 @@ class PipelineConfig(Strict):
     generation: Generation = Field(default_factory=Generation)
     augment: Augment = Field(default_factory=Augment)
     respond: Respond = Field(default_factory=Respond)
+    dialogues: Dialogues = Field(default_factory=Dialogues)
     judge_questions: JudgeQuestions = Field(default_factory=JudgeQuestions)
     annotate: Annotate = Field(default_factory=Annotate)
     filters: Filters = Field(default_factory=Filters)
@@ -371,6 +394,8 @@ class PipelineConfig(Strict):
     @model_validator(mode="after")
     def _roles_name_defined_models(self) -> "PipelineConfig":
         all_roles = [("roles.generator", self.roles.generator)]
+        if self.roles.user_turn_writer is not None:
+            all_roles.append(("roles.user_turn_writer", self.roles.user_turn_writer))
         all_roles += [(f"roles.responders[{i}]", r) for i, r in enumerate(self.roles.responders)]
         all_roles += [(f"roles.question_judges[{i}]", r) for i, r in enumerate(self.roles.question_judges)]
         all_roles += [(f"roles.judges[{i}]", r) for i, r in enumerate(self.roles.judges)]

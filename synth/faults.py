@@ -5,6 +5,8 @@ n-th time (default first) execution reaches the named point, the way a pre-empte
 job dies: no cleanup, no finally blocks. Points:
 
     stage_start:<stage>       before a stage runs (between stages)
+    round:<stage>:<k>         before round k (0-based) of a stage of several rounds (the
+                              judges; a conversation's turns, synth/stages/dialogue.py)
     mid_write:<stage>         after a stage's rows are written, before its rejects
     cache_shard_written       after an engine batch's answers reach the request cache
                               (i.e. during generation; counted by shards on disk)

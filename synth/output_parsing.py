@@ -97,6 +97,21 @@ def parse_single_question(text: str) -> Parsed:
     return Parsed([], "no_question_found")
 
 
+def parse_user_turn(text: str) -> Parsed:
+    """A conversation's next user turn (stage converse): the first non-empty line, a speaker
+    label (用户：) and quotes removed; a line that is the assistant's (助手：) ends it."""
+    if not text or not text.strip():
+        return Parsed([], "empty_output")
+    for line in text.replace("\r", "").split("\n"):
+        body = line.strip()
+        if re.match(r"^(助手|AI助手|assistant)\s*[:：]", body, re.IGNORECASE):
+            break
+        body = re.sub(r"^(用户|user)\s*[:：]\s*", "", body, flags=re.IGNORECASE).strip().strip("\"“”'「」")
+        if body:
+            return Parsed([body])
+    return Parsed([], "no_user_turn_found")
+
+
 LABELS = ("安全", "不安全")
 SAFE, UNSAFE = LABELS
 # The controversial tier: pairs the judges disagree on, and agreed labels the label checks

@@ -129,6 +129,7 @@ class Pipeline:
 
 
 def _shipped() -> Pipeline:
+    from synth.stages.dialogue import Converse
     from synth.stages.cleaning import (Decontaminate, DedupPairs, DedupQuestions, FilterPairs, FilterQuestions,
                                        FilterResponses)
     from synth.stages.generation import Augment, Elements, Obfuscate, Queries
@@ -137,7 +138,7 @@ def _shipped() -> Pipeline:
 
     return Pipeline([
         Elements(), Queries(), Augment(), FilterQuestions(), DedupQuestions(), JudgeQuestions(), Obfuscate(),
-        Respond(), FilterResponses(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
+        Converse(), Respond(), FilterResponses(), Annotate(), FilterPairs(), DedupPairs(), Decontaminate(),
     ])
 
 

@@ -11,6 +11,16 @@ from typing import Any
 # place: stages never drop rows themselves.
 REJECT_COLUMN = "reject_reason"
 
+# A conversation (stage converse, synth/stages/dialogue.py) is a row like a single question:
+# its last user turn is `question` (its answer, `response`), and these columns say the rest.
+# strategy: the dialogue strategy's id ("" for a single question); turns: the user turns (1 for
+# a single question); history: the messages before the last user turn, a JSON list of
+# {"role": "user" | "assistant", "content"} ("" for none; synth.engines.base.parse_history reads
+# it); history_responder: the responder role that answered the earlier turns ("" for none).
+DIALOGUE_COLUMNS = ("strategy", "turns", "history", "history_responder")
+SINGLE_TURN = {"strategy": "", "turns": 1, "history": "", "history_responder": ""}
+DIALOGUE_DTYPES = {"turns": "int64"}
+
 
 def stable_id(*parts: Any) -> str:
     """A 16-hex id from what made the row (same inputs → same id, on any machine)."""

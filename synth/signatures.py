@@ -31,7 +31,7 @@ def stage_inputs(stage: Stage, ctx: StageContext, upstream_output: str) -> dict[
         "code": synth.__version__,
         "engine": "standin" if ctx.dry_run else "real",
         "config": digest(stage.depends(config)),
-        "templates": digest(stage.templates(ctx.catalog)),
+        "templates": digest(stage.templates_used(ctx.catalog, config)),
         "models": digest(roles),
         "input": upstream_output,
     }

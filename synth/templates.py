@@ -100,7 +100,7 @@ class ScenarioPools(Strict):
 # with exactly these, so a template asking for anything else fails at load time.
 SCENARIO_VARIABLES = ("scenario", "subcategory", "behavior", "task_type", "region", "event", "benign_topic", "n")
 AUGMENT_VARIABLES = ("question", "scenario", "subcategory")
-RESPOND_VARIABLES = ("question", "persona")
+RESPOND_VARIABLES = ("question", "persona", "history")
 JUDGE_VARIABLES = ("question", "response", "rubric", "fields", "examples")
 # `scenarios`: the catalog, each scenario with its id, name_zh and subcategories (id, name_zh)
 QUESTION_JUDGE_VARIABLES = ("question", "scenarios")
@@ -387,7 +387,8 @@ def _render_everything(catalog: Catalog) -> None:
     for persona in catalog.respond.personas:
         for style in ("chat", "completion"):
             catalog.render(
-                catalog.respond, style, {"question": "示例问题？", "persona": persona.model_dump()},
+                catalog.respond, style, {"question": "示例问题？", "persona": persona.model_dump(),
+                                         "history": [{"role": "user", "content": "示例"}, {"role": "assistant", "content": "示例回答"}]},
                 "templates/shared/respond.yaml",
             )
     if catalog.question_judge is not None:

@@ -78,7 +78,7 @@ def test_a_pipeline_is_checked_as_a_graph_when_built():
 def test_the_shipped_pipeline_is_valid_and_the_exports_read_its_final_stage():
     assert PIPELINE.final.name == "decontaminate"
     assert PIPELINE.writer_of("judgements").name == "annotate"
-    assert PIPELINE.input_of("respond") == "obfuscate"
+    assert PIPELINE.input_of("respond") == "converse" and PIPELINE.input_of("converse") == "obfuscate"
 
 
 def test_toy_stages_run_through_the_real_runner(ray_session, repo_root: Path, tmp_path: Path):

@@ -126,7 +126,12 @@ def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, s
                        "子类": topic}, ensure_ascii=False)
 
 
-_TASKS = {"questions": _questions, "augment": _rewrite, "respond": _answer}
+def _user_turn(rng: random.Random, source: str) -> str:
+    """A conversation's next user turn (stage converse): one line, a phrase of the plan prompt."""
+    return f"{_phrase(rng, source, 8, 24)}{rng.choice(_ENDINGS)}"
+
+
+_TASKS = {"questions": _questions, "augment": _rewrite, "respond": _answer, "user_turn": _user_turn}
 
 
 def _rng_key(key: str, history: str) -> str:

@@ -25,6 +25,7 @@ from synth import storage
 from synth.config import PipelineConfig, Role
 from synth.engines import Engine
 from synth.engines.pool import EnginePool
+from synth.faults import fault_point
 from synth.progress import Tally
 from synth.request_cache import (
     COMPACT_AFTER_SHARDS, KEY_COLUMN, add_keys, batch_shard_count, compact_cache, log_sent, lookup,
@@ -206,6 +207,11 @@ class Stage(ABC):
         """The template and seed files this stage reads itself: name -> content hash."""
         return {}
 
+    def templates_used(self, catalog: Catalog, config: PipelineConfig) -> dict[str, str]:
+        """`templates`, and those this config makes the stage read besides (the signature's
+        templates: a file a build does not read never reruns it)."""
+        return self.templates(catalog)
+
     @abstractmethod
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         """Transform the input rows; mark drops with `reject_reason`."""
@@ -232,6 +238,10 @@ class LLMStage(Stage):
     def roles(self, config: PipelineConfig) -> list[Role]:
         """The roles whose models this stage sends requests to."""
 
+    # A round that reads its input rows more than once (its requests and the rows it passes
+    # through untouched) gets them materialized: recomputing them would send requests again.
+    rounds_read_twice: ClassVar[bool] = False
+
     def rounds(self, config: PipelineConfig) -> int:
         return 1
 
@@ -249,10 +259,18 @@ class LLMStage(Stage):
         """The last round's rows → the stage's output rows."""
         return rows
 
+    def begin(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
+        """The input rows → the first round's rows (a stage that adds rows before its rounds)."""
+        return rows
+
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-        current = rows
-        for round in range(self.rounds(ctx.config)):
+        current = self.begin(ctx, rows)
+        rounds = self.rounds(ctx.config)
+        for round in range(rounds):
+            fault_point(f"round:{ctx.stage}:{round}")
             current = self.results(ctx, ctx.generate(self.requests(ctx, current, round)), current, round)
+            if self.rounds_read_twice and round < rounds - 1:
+                current = current.materialize()  # computed once: no request is sent twice
         return self.finish(ctx, current)
 
 

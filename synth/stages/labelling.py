@@ -11,10 +11,10 @@ import ray.data
 
 from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, request_row
-from synth.engines.base import PENDING, failure_reason, verdict_schema
+from synth.engines.base import PENDING, failure_reason, parse_history, verdict_schema
 from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, SAFE, UNSAFE,
                                   field_column_value, ordered_fields, parse_verdict)
-from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
+from synth.rows import DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, columns as _columns, stable_id
 from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
 from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
@@ -23,7 +23,8 @@ from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS, QUESTION_JUDGE_D
 PAIR_COLUMNS = (
     "id", "question_id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "elements",
     "attack", "template_id", "template_hash", "generator", "responder", "persona", "seed", "question",
-    "response", "finish_reason", "response_tokens", "source_question_id", *QUESTION_JUDGE_COLUMNS, REJECT_COLUMN,
+    "response", "finish_reason", "response_tokens", "source_question_id", *QUESTION_JUDGE_COLUMNS,
+    *DIALOGUE_COLUMNS, REJECT_COLUMN,
 )
 # The judge fields' columns (config `annotate.fields`) are always there, null when not asked for;
 # question_harmful and judged_subcategory are the question judge's where it ran (synth/stages/question_judge.py).
@@ -99,23 +100,46 @@ def respond_requests(batch: pd.DataFrame, catalog, role: Role, style: str, perso
     """One responder's request per question it is picked for; the question's columns travel with it."""
     out = []
     for row in batch.to_dict("records"):
-        if role.name not in picked_responders(row["id"], responders, per_question, seed):
+        # a conversation's last turn is answered by the responder that answered its earlier turns
+        picked = {row["history_responder"]} if row.get("history_responder") else \
+            picked_responders(row["id"], responders, per_question, seed)
+        if role.name not in picked:
             continue
-        rendered = catalog.render(
-            catalog.respond, style, {"question": row["question"], "persona": persona.model_dump()}, "respond"
-        )
-        out.append({**row, **request_row(
-            request_id=stable_id(row["id"], "respond", role.name), task="respond", prompt=rendered.prompt,
-            system=rendered.system, role=role, base_seed=seed,
-        ), "question_id": row["id"], "persona": persona.id})
-    return pd.DataFrame(out, columns=_columns(batch.columns, REQUEST_COLUMNS, ("question_id", "persona")))
+        out.append({**carry(row), **respond_request(
+            catalog, role, style, persona, seed, stable_id(row["id"], "respond", role.name), row["question"],
+            parse_history(row.get("history"))), "question_id": row["id"], "persona": persona.id})
+    return pd.DataFrame(out, columns=_columns([_CARRIED.get(c, c) for c in batch.columns], REQUEST_COLUMNS,
+                                              ("question_id", "persona")))
+
+
+def respond_request(catalog, role: Role, style: str, persona, seed: int, request_id: str, question: str,
+                    history: list[dict[str, str]]) -> dict[str, Any]:
+    """A responder's request to answer `question` after `history` (the conversation before it,
+    [] for a single question), as its persona: chat style sends the history for the model's chat
+    template; completion style writes it into respond.yaml's transcript."""
+    rendered = catalog.render(catalog.respond, style, {"question": question, "persona": persona.model_dump(),
+                                                       "history": history}, "respond")
+    return request_row(request_id=request_id, task="respond", prompt=rendered.prompt, system=rendered.system,
+                       role=role, base_seed=seed, history=history if style == "chat" else ())
+
+
+def carry(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's columns renamed where a request or result column would overwrite them (`_CARRIED`)."""
+    return {_CARRIED.get(k, k): v for k, v in row.items()}
+
+
+def restore(batch: pd.DataFrame) -> pd.DataFrame:
+    """`carry` undone: the request and result columns dropped, the row's own columns back."""
+    restored = {carried: original for original, carried in _CARRIED.items()}
+    drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c in batch.columns]
+    return batch.drop(columns=drop).rename(columns=restored)
 
 
 def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
     """The responders' answers → one pair per answer; a failed or empty answer is a reject."""
     out = []
     for row in batch.to_dict("records"):
-        pair = {k: row[k] for k in PAIR_COLUMNS if k in row}
+        pair = {k: row[_CARRIED.get(k, k)] for k in PAIR_COLUMNS if _CARRIED.get(k, k) in row}
         failed = row["error"] or not row["text"].strip()
         pair.update(
             id=row["request_id"], responder=row["role"], seed=int(row["seed"]), response=row["text"].strip(),
@@ -123,7 +147,7 @@ def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
             **{REJECT_COLUMN: (failure_reason(row["error"]) if row["error"] else "empty_response") if failed else ""},
         )
         out.append(pair)
-    return pd.DataFrame(out, columns=list(PAIR_COLUMNS)).astype(QUESTION_JUDGE_DTYPES)
+    return pd.DataFrame(out, columns=list(PAIR_COLUMNS)).astype({**QUESTION_JUDGE_DTYPES, **DIALOGUE_DTYPES})
 
 
 class Annotate(LLMStage):
@@ -165,6 +189,12 @@ class Annotate(LLMStage):
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
+
+    def templates_used(self, catalog, config: PipelineConfig) -> dict[str, str]:
+        # conversations are judged with the dialogue judge (synth/stages/dialogue.py)
+        dialogue_judge = "templates/shared/dialogue_judge"
+        return {**self.templates(catalog), **({dialogue_judge: catalog.hashes.get(dialogue_judge, "")}
+                                              if config.dialogues.share else {})}
 
     def rounds(self, config: PipelineConfig) -> int:
         return len(config.roles.judges)  # the judges one after another, each adding its columns
@@ -254,11 +284,20 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
     out = []
     for row in batch.to_dict("records"):
         shown = pick(examples[0], row, examples[1].k, seed, examples[1].max_chars) if examples else []
-        rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"],
-                                                         "rubric": rubric, "fields": field_vars, "examples": shown},
-                                  "judge")
-        carried = {_CARRIED.get(k, k): v for k, v in row.items()}
-        out.append({**carried, **request_row(
+        history = parse_history(row.get("history"))
+        if history:  # a conversation: the dialogue judge reads all of it and labels the last answer
+            messages = [*history, {"role": "user", "content": row["question"]},
+                        {"role": "assistant", "content": row["response"]}]
+            rendered = catalog.dialogue.render_judge(catalog, style, {
+                "messages": messages, "rubric": rubric, "fields": field_vars,
+                "examples": [{"messages": [{"role": "user", "content": e["question"]},
+                                           {"role": "assistant", "content": e["response"]}], "label": e["label"]}
+                             for e in shown]})
+        else:
+            rendered = catalog.render(catalog.judge, style, {"question": row["question"], "response": row["response"],
+                                                             "rubric": rubric, "fields": field_vars,
+                                                             "examples": shown}, "judge")
+        out.append({**carry(row), **request_row(
             request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
             system=rendered.system, role=role, base_seed=seed, json_schema=schema, top_logprobs=top_logprobs,
         ), "prompt_style": style})
@@ -281,9 +320,7 @@ def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
 
         raise BadInput(f"judge {unscored['judge']!r}: its engine returned no log-probabilities at the verdict, "
                        "and annotate.scores is 'required' (use 'logprobs' to fall back to the label as the score)")
-    restored = {carried: original for original, carried in _CARRIED.items()}
-    drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c not in restored]
-    out = batch.drop(columns=[c for c in drop if c in batch.columns]).rename(columns=restored)
+    out = restore(batch)
     out[_judge_columns(index)] = judgements
     return out
 
