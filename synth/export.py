@@ -17,9 +17,17 @@ named configurations are `default` (agreed labels, the Libra corpus), `strict` a
 `loose` (agreed + the tier counted one way); `hard/` keeps a copy of it, as written,
 for stage-two annotation.
 
+Every corpus row carries its conversation as `messages` (OpenAI chat form, `synth.rows.row_messages`:
+the earlier turns of a dialogue row, then `question` and `response`; two messages for a
+single-turn row) with `turns`, `strategy` and `history_responder` (issue 31; a build from before
+the converse stage reads as single-turn). A fourth configuration, `dialogues` (`corpus/dialogues/`),
+holds the agreed rows of two user turns or more, in the split the default configuration has them;
+libra_test.jsonl, Libra-Test's single-turn format, leaves them out.
+
 A build also records what its exports read besides the stage outputs, in
 `<build>/inputs/`: `config.yaml` (the validated config, templates/seeds paths made
-absolute) and `judge.yaml` (a copy of the guard prompt the sft/ view renders).
+absolute), `judge.yaml` (a copy of the guard prompt the sft/ view renders) and, where the
+templates have one, `dialogue_judge.yaml` (the guard prompt of a dialogue row).
 `synth export` reads only the build directory, so a build can be moved, and
 re-exported after templates/ changed, with the prompt its judges saw.
 """
@@ -43,17 +51,18 @@ import yaml
 
 from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
+from synth.dialogue_templates import DIALOGUE_JUDGE_FILE
 from synth.errors import BadInput
 from synth.output_parsing import CONTROVERSIAL, FIELD_COLUMNS, SAFE, UNSAFE
 from synth.report.collect import CONTENT_KEYS, coverage_by_content
-from synth.rows import REJECT_COLUMN, stable_id
+from synth.rows import MESSAGES_TYPE, REJECT_COLUMN, row_messages, stable_id
 from synth.scoring import BETWEEN, DISAGREE
 from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_column, shard_paths, unified_schema,
                              with_ids, write_jsonl, write_parquet)
 
 CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
-    "response", "responder", "persona", "label", "analyze", "unsafe_score", "judgements", "elements", "generator",
+    "response", "messages", "turns", "strategy", "history_responder", "responder", "persona", "label", "analyze", "unsafe_score", "judgements", "elements", "generator",
     "template_id", "template_hash", "finish_reason", "seed", "source_question_id", *FIELD_COLUMNS.values(),
     "controversy", "question_score", "requested_kind", "requested_subcategory", "question_route",
 )
@@ -62,12 +71,23 @@ CORPUS_COLUMNS = (
 FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string(),
                "question_score": pa.float64(), "requested_kind": pa.large_string(),
                "requested_subcategory": pa.large_string(), "question_route": pa.large_string()}
+# The conversation columns every corpus file has, whatever the final stage wrote: `messages` is made
+# from the row (`row_messages`); turns, strategy, history_responder are the converse stage's
+# (issue 31), 1 / "" / "" on a single-turn row and on every row of a build from before it.
+DIALOGUE_TYPES = {"messages": MESSAGES_TYPE, "turns": pa.int64(), "strategy": pa.large_string(),
+                  "history_responder": pa.large_string()}
+DIALOGUE_DEFAULTS = {"turns": 1, "strategy": "", "history_responder": ""}
+# What the corpus rows are made from: CORPUS_COLUMNS as the final stage wrote them (not `messages`),
+# and the earlier turns of a dialogue row (`history`, JSON: synth.engines.base.parse_history).
+STAGE_COLUMNS = (*(c for c in CORPUS_COLUMNS if c != "messages"), "history")
+DIALOGUES = "dialogues"  # the configuration (and corpus/ folder) of the agreed rows with turns >= 2
 # What balance, the split, the counts and the dataset card read: the only columns held whole
 # (the card's coverage by content also reads the request and the question judge's verdicts).
-KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy", *CONTENT_KEYS)
+KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy", "turns",
+               *CONTENT_KEYS)
 # The named configurations beside `default`: the controversial tier counted as this label.
 VIEWS = {"strict": UNSAFE, "loose": SAFE}
-FINGERPRINT_COLUMNS = ("id", "label", "question", "response", "analyze")  # the stage a tier row got its label in (else filter_pairs)
+FINGERPRINT_COLUMNS = ("id", "label", "question", "response", "messages", "analyze")  # the stage a tier row got its label in (else filter_pairs)
 SHARD_ROWS = 50_000  # rows per corpus/ parquet file at most
 LIBRA_KEYS = ("source", "category_name", "sub_category_name", "question", "response", "label", "analyze", "id")
 # Beyond Libra-Test's keys: the judges' combined P(不安全) (synth.scoring), null in builds before scores.
@@ -150,6 +170,9 @@ def load_balanced(out: Path, config: PipelineConfig, final: str | None = None
         keys = pd.DataFrame(columns=list(KEY_COLUMNS))
     if "controversy" not in keys:  # a build of an older synth: no tier
         keys["controversy"] = ""
+    # a build from before the converse stage: single-turn rows
+    keys["turns"] = keys["turns"].fillna(DIALOGUE_DEFAULTS["turns"]).astype("int64") if "turns" in keys \
+        else DIALOGUE_DEFAULTS["turns"]
     keys = keys.sort_values("id").reset_index(drop=True)
     tier = keys["label"] == CONTROVERSIAL
     kept, cut, counts = apply_balance(keys[~tier].reset_index(drop=True), config.balance, config.seed)
@@ -175,13 +198,19 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
         files = parquet_files(out / "stages" / final_name / "rows")
-        schema = _as_written(unified_schema(files, CORPUS_COLUMNS))
-        final = SortedRows(batches(files, schema), read_column(files, "id"), schema, Path(tmp) / final_name)
+        stage_schema = unified_schema(files, STAGE_COLUMNS)
+        schema = corpus_schema(stage_schema)
+        final = SortedRows((corpus_batch(b, schema) for b in batches(files, stage_schema)), read_column(files, "id"),
+                           schema, Path(tmp) / final_name)
 
         corpus_dir = _fresh_dir(out / "corpus")
-        for split, ids in (("train", train["id"]), ("validation", validation["id"])):
-            write_parquet(shard_paths(corpus_dir / "data", split, len(ids), shard_rows), schema,
-                          with_ids(final, ids), shard_rows)
+        for split, rows in (("train", train), ("validation", validation)):
+            write_parquet(shard_paths(corpus_dir / "data", split, len(rows), shard_rows), schema,
+                          with_ids(final, rows["id"]), shard_rows)
+            dialogue_ids = rows.loc[rows["turns"] >= 2, "id"]  # the same rows, in the same split
+            if len(dialogue_ids):  # datasets loads no split without rows: a split (config) with none is left out
+                write_parquet(shard_paths(corpus_dir / DIALOGUES, split, len(dialogue_ids), shard_rows), schema,
+                              with_ids(final, dialogue_ids), shard_rows)
         for view, label in VIEWS.items():
             for split, rows in tier_splits.items():
                 write_parquet(shard_paths(corpus_dir / view, split, len(rows), shard_rows), schema,
@@ -216,6 +245,9 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
                 "by_reason": {str(k): int(v) for k, v in tier["controversy"].value_counts().sort_index().items()},
                 "views": {view: f"corpus/{view}/ (有争议 counted {label})" for view, label in VIEWS.items()}},
             "kinds": {k: int(v) for k, v in kept["kind"].value_counts().sort_index().items()} if len(kept) else {},
+            # the agreed rows of two user turns or more: config `dialogues`, left out of libra_test.jsonl
+            DIALOGUES: {"rows": int((kept["turns"] >= 2).sum()), "train": int((train["turns"] >= 2).sum()),
+                        "validation": int((validation["turns"] >= 2).sum())},
             "scenarios": int(kept["scenario"].nunique()) if len(kept) else 0,
             "subcategories": int(kept[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(kept) else 0,
         }
@@ -224,13 +256,42 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
             counts["coverage"] = {k: v for k, v in content.items() if k != "by_subcategory"}
         _write_card(corpus_dir / "README.md", config, kept, counts, judges_measured)
 
-        prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog))
+        prompt = GuardPrompt.from_file(snapshot_inputs(out, config, catalog), recorded_dialogue_judge(out))
         if config.export.sft_target == "extended":
             prompt.fields = json.loads((out / INPUTS_DIR / JUDGE_FIELDS_FILE).read_text(encoding="utf-8"))
         counts["sft"] = write_sft(out / "sft", {"train": with_ids(final, train["id"]),
                                                 "validation": with_ids(final, validation["id"])},
                                   prompt, label_position=config.export.label_position, name=config.name)
     return counts
+
+
+def corpus_schema(stage: pa.Schema) -> pa.Schema:
+    """The corpus files' schema from the final stage's (`STAGE_COLUMNS`): CORPUS_COLUMNS in order,
+    strings as written, the conversation columns of one fixed type in every file (also an empty one)."""
+    if not stage.names:
+        return stage
+    written = _as_written(stage)
+    return pa.schema([pa.field(c, DIALOGUE_TYPES[c]) if c in DIALOGUE_TYPES else written.field(c)
+                      for c in CORPUS_COLUMNS if c in DIALOGUE_TYPES or c in written.names])
+
+
+def corpus_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Final-stage rows as corpus rows of `schema`: `messages` made from each row (`row_messages`),
+    turns / strategy / history_responder defaulted where a row has none (single-turn)."""
+    messages = []
+    for row in batch.select([c for c in ("id", "question", "response", "history") if c in batch.schema.names]).to_pylist():
+        try:
+            messages.append(row_messages(row))
+        except ValueError as e:  # a history that is not a conversation
+            raise BadInput(f"row {row.get('id')}: {e}") from None
+    columns = {"messages": pa.array(messages, MESSAGES_TYPE)}
+    for name, default in DIALOGUE_DEFAULTS.items():
+        values = batch.column(name).cast(DIALOGUE_TYPES[name]) if name in batch.schema.names \
+            else pa.nulls(len(batch), DIALOGUE_TYPES[name])
+        columns[name] = values.fill_null(pa.scalar(default, DIALOGUE_TYPES[name]))
+    names = [n for n in batch.schema.names if n not in columns]
+    return conform(pa.RecordBatch.from_arrays([*(batch.column(n) for n in names), *columns.values()],
+                                              names=[*names, *columns]), schema)
 
 
 def _as_written(schema: pa.Schema) -> pa.Schema:
@@ -316,6 +377,10 @@ def relabelled(tables: Iterable[pa.Table], label: str) -> Iterator[pa.Table]:
 
 
 def libra_rows(corpus: pa.Table) -> list[dict[str, Any]]:
+    """Libra-Test's rows of the single-turn corpus rows (its format has one question and one answer:
+    a dialogue row, `turns` >= 2, is left out; a corpus without `turns` is single-turn)."""
+    if "turns" in corpus.column_names:
+        corpus = corpus.filter(pc.fill_null(pc.less(corpus.column("turns"), 2), True))
     columns = ["scenario_name", "subcategory_name", "question", "response", "label", "analyze", "id"]
     scores = corpus.column("unsafe_score").to_pylist() if "unsafe_score" in corpus.column_names \
         else [None] * corpus.num_rows
@@ -328,12 +393,20 @@ def libra_rows(corpus: pa.Table) -> list[dict[str, Any]]:
     ]
 
 
-def snapshot_inputs(out: Path, config: PipelineConfig, catalog: Any = None) -> Path:
-    """Record in `<out>/inputs/` the config and the judge template this build's exports use.
+def recorded_dialogue_judge(out: Path) -> Path | None:
+    """The dialogue judge template recorded in `<out>/inputs/` (the guard prompt of a dialogue row);
+    None where the build's templates had none."""
+    path = Path(out) / INPUTS_DIR / DIALOGUE_JUDGE_FILE
+    return path if path.exists() else None
 
-    The judge comes from `catalog` when given, else from the config's templates dir.
+
+def snapshot_inputs(out: Path, config: PipelineConfig, catalog: Any = None) -> Path:
+    """Record in `<out>/inputs/` the config and the judge templates this build's exports use
+    (judge.yaml, and dialogue_judge.yaml where the templates have it).
+
+    The judges come from `catalog` when given, else from the config's templates dir.
     A config loaded from `<out>/inputs/` (a re-export) leaves the record as it is.
-    Returns the path of the recorded judge template.
+    Returns the path of the recorded judge template (`recorded_dialogue_judge` gives the other).
     """
     inputs = Path(out) / INPUTS_DIR
     judge_copy = inputs / "judge.yaml"
@@ -347,15 +420,26 @@ def snapshot_inputs(out: Path, config: PipelineConfig, catalog: Any = None) -> P
         fields_from = catalog if catalog is not None else load_catalog(config.templates_dir, config.seeds_dir)
         (inputs / JUDGE_FIELDS_FILE).write_text(json.dumps(fields_from.judge_fields(config.annotate.fields),
                                                            ensure_ascii=False, indent=1), encoding="utf-8")
+    dialogue_text = None
     if catalog is not None:
         text = ("# The guard prompt this build's judges used (synth dumps it from the build's templates).\n"
                 + yaml.safe_dump(catalog.judge.model_dump(), allow_unicode=True, sort_keys=False, width=1000))
+        dialogue_judge = catalog.dialogue.judge if catalog.dialogue is not None else None
+        if dialogue_judge is not None:
+            dialogue_text = ("# The guard prompt of a dialogue row this build's judges used (synth dumps it from "
+                             "the build's templates).\n" + yaml.safe_dump(dialogue_judge.model_dump(), allow_unicode=True,
+                                                                          sort_keys=False, width=1000))
     elif config.templates_dir is not None:
         source = config.templates_dir / "shared" / "judge.yaml"
         try:
             text = source.read_text(encoding="utf-8")
         except OSError as e:
             raise BadInput(f"{source}: cannot read the judge template: {e.strerror}") from None
+        dialogue_source = config.templates_dir / "shared" / DIALOGUE_JUDGE_FILE
+        try:
+            dialogue_text = dialogue_source.read_text(encoding="utf-8") if dialogue_source.exists() else None
+        except OSError as e:
+            raise BadInput(f"{dialogue_source}: cannot read the dialogue judge template: {e.strerror}") from None
     elif judge_copy.exists():
         return judge_copy
     else:
@@ -367,6 +451,10 @@ def snapshot_inputs(out: Path, config: PipelineConfig, catalog: Any = None) -> P
                 "# The config this build ran with (validated; synth export reads it).\n"
                 + yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
     _write_text(judge_copy, text)
+    if dialogue_text is not None:
+        _write_text(inputs / DIALOGUE_JUDGE_FILE, dialogue_text)
+    else:  # not one recorded by an earlier run with other templates
+        (inputs / DIALOGUE_JUDGE_FILE).unlink(missing_ok=True)
     return judge_copy
 
 
@@ -382,6 +470,7 @@ class FinishedBuild:
     label_position: str
     judge: Path  # the guard prompt template the sft views render
     sft_target: str = "libra"
+    dialogue_judge: Path | None = None  # the guard prompt template of a dialogue row, where there is one
 
     def guard_prompt(self, target: str | None = None) -> Any:
         """The sft views' prompt; the extended target asks for the judge fields the build recorded."""
@@ -390,7 +479,7 @@ class FinishedBuild:
         target = target or self.sft_target
         if target not in SFT_TARGETS:
             raise BadInput(f"--sft-target must be one of {', '.join(SFT_TARGETS)}, got {target!r}")
-        prompt = GuardPrompt.from_file(self.judge)
+        prompt = GuardPrompt.from_file(self.judge, self.dialogue_judge)
         if target == "extended":
             recorded = self.path / INPUTS_DIR / JUDGE_FIELDS_FILE
             if not recorded.exists():
@@ -426,8 +515,10 @@ def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuil
                            "run or resume it with `synth build CONFIG --out BUILD_DIR`")
     if config_path is not None:
         config, templates_dir, _ = load_config(Path(config_path))
+        dialogue_judge = templates_dir / "shared" / DIALOGUE_JUDGE_FILE
         return FinishedBuild(build_dir, config.name, config.export.label_position,
-                             templates_dir / "shared" / "judge.yaml", config.export.sft_target)
+                             templates_dir / "shared" / "judge.yaml", config.export.sft_target,
+                             dialogue_judge if dialogue_judge.exists() else None)
     recorded, judge = build_dir / INPUTS_DIR / "config.yaml", build_dir / INPUTS_DIR / "judge.yaml"
     if not recorded.exists() or not judge.exists():
         raise BadInput(f"{build_dir}: {INPUTS_DIR}/config.yaml or {INPUTS_DIR}/judge.yaml is missing (built by an "
@@ -436,7 +527,7 @@ def open_build(build_dir: Path, config_path: Path | None = None) -> FinishedBuil
         raw = yaml.safe_load(recorded.read_text(encoding="utf-8"))
         export = raw.get("export") or {}
         return FinishedBuild(build_dir, str(raw["name"]), str(export.get("label_position", "before")), judge,
-                             str(export.get("sft_target", "libra")))
+                             str(export.get("sft_target", "libra")), recorded_dialogue_judge(build_dir))
     except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError) as e:
         raise BadInput(f"{recorded}: unreadable recorded config ({type(e).__name__}: {e})") from None
 
@@ -528,6 +619,7 @@ def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts
         for name, row in pivot.iterrows():
             table += f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |\n"
     tier = counts["controversial"]
+    dialogues = counts.get(DIALOGUES) or {"rows": 0, "train": 0, "validation": 0}
     coverage = ""
     if counts.get("coverage"):  # where a question judge ran: what was asked for beside what it confirmed
         from synth.report.render import coverage_headline
@@ -552,12 +644,20 @@ Built by synth from scenario templates: each row is a question written by an LLM
 sampled elements (harmful, or a benign look-alike), one responder's answer, and the label
 two judge models agreed on (`安全` / `不安全`) with the judge's analysis (`analyze`).
 
-Three configurations of one dataset (`datasets.load_dataset(path, name)`):
+Configurations of one dataset (`datasets.load_dataset(path, name)`):
 - `default`: the agreed labels (the Libra-format corpus).
 - `strict`: the agreed labels plus the controversial tier (`{CONTROVERSIAL}`: the judges disagreed,
   or the label checks doubt an agreed label: a refusal labelled 不安全, a 安全 label whose
   analysis says harmful, a benign question labelled 不安全) counted `{VIEWS['strict']}`.
 - `loose`: the same, the tier counted `{VIEWS['loose']}`.
+- `{DIALOGUES}`: the rows of `default` that are conversations of two user turns or more, in the same
+  split ({dialogues['rows']} rows: train {dialogues['train']}, validation {dialogues['validation']}; only the
+  splits with rows are listed, and the configuration is left out when there are none).
+Every row has its whole conversation as `messages` (chat format: the earlier turns, then `question`
+and `response`; two messages for a single-turn row), its number of user turns `turns` and the
+dialogue `strategy` (`""` for a single-turn row); the label judges the last answer in the context
+of the whole conversation. `../libra_test.jsonl` (Libra-Test's single-turn format) leaves out the
+{dialogues['rows']} dialogue rows.
 Tier rows keep the reason in `controversy` and each judge's verdict in `judgements`. A copy of
 the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in `../hard/`
 (`hard_reason`); dropped rows are in `../rejects/` with their reasons.
@@ -585,7 +685,7 @@ def _configs_block(corpus_dir: Path) -> str:
     (5.2) caches a local folder's configurations by the folder's name and the card, so without
     it load_dataset("a/corpus") then load_dataset("b/corpus") would return a's rows."""
     digest = hashlib.sha256()
-    for view in ("data", *VIEWS):
+    for view in ("data", *VIEWS, DIALOGUES):
         for split in SPLITS:
             for file in sorted((corpus_dir / view).glob(f"{split}-*.parquet")):
                 parquet = pq.ParquetFile(file)
@@ -595,11 +695,16 @@ def _configs_block(corpus_dir: Path) -> str:
                         digest.update(json.dumps(row, ensure_ascii=False, default=str).encode())
     fingerprint = digest.hexdigest()[:16]
     views = {"default": ("agreed labels", ["data"]),
-             **{view: (f"agreed labels, {CONTROVERSIAL} counted {label}", ["data", view]) for view, label in VIEWS.items()}}
+             **{view: (f"agreed labels, {CONTROVERSIAL} counted {label}", ["data", view]) for view, label in VIEWS.items()},
+             DIALOGUES: ("agreed labels, conversations of two user turns or more", [DIALOGUES])}
     lines = ["configs:"]
     for name, (what, dirs) in views.items():
+        # `dialogues` lists the splits it has rows in (none: no configuration), as datasets loads no empty split
+        splits = [split for split in SPLITS if name != DIALOGUES or any((corpus_dir / DIALOGUES).glob(f"{split}-*.parquet"))]
+        if not splits:
+            continue
         lines += [f"- config_name: {name}", f'  description: "{what} (rows {fingerprint})"', "  data_files:"]
-        for split in SPLITS:
+        for split in splits:
             lines.append(f"  - split: {split}")
             lines.append(f"    path: [{', '.join(f'{d}/{split}-*.parquet' for d in dirs)}]")
     return "\n".join(lines)

@@ -1,10 +1,15 @@
-"""Row identity and the reject convention shared by every stage."""
+"""Row identity, the reject convention shared by every stage, and a pair row's conversation."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
+
+import pyarrow as pa
+
+from synth.engines.base import parse_history
 
 # A stage returns one dataset; rows whose REJECT_COLUMN is non-empty are written
 # to the stage's rejects with that reason instead of its output. One column, one
@@ -47,3 +52,17 @@ def to_arrow(frame):
     import pyarrow as pa
 
     return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False).replace_schema_metadata(None)
+
+
+# A conversation in OpenAI chat form, as parquet stores it (corpus/ `messages`, sft/ `messages`):
+# the same type in every file, also an empty one.
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def row_messages(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A pair row's whole conversation, each {"role", "content"}: the messages before the last user
+    turn (`history`, issue 31's dialogue rows; none for a single-turn row or a row written before
+    the column existed), then the last user turn (`question`) and the answer the label judges
+    (`response`). A single-turn row is a one-turn conversation of two messages."""
+    return [*parse_history(row.get("history")), {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": row["response"]}]

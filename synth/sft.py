@@ -3,7 +3,10 @@
 Each corpus row becomes one conversation:
 
     user       the guard prompt: the chat form of the build's judge template
-               (templates/shared/judge.yaml) rendered with the row's question and response
+               (templates/shared/judge.yaml) rendered with the row's question and response;
+               for a dialogue row (earlier turns in `messages`), the chat form of the dialogue
+               judge template (templates/shared/dialogue_judge.yaml) rendered with the whole
+               conversation, same rubric and fields
     assistant  the verdict JSON {"答案": label, "分析": analyze} (ensure_ascii=False),
                label first or last (`export.label_position`); with `export.sft_target: extended`
                the judge fields follow ({"问题有害": "是"|"否", "拒答": ..., "子类": id}, those the
@@ -40,8 +43,11 @@ from pydantic import ValidationError
 
 from synth.config import format_validation_error
 from synth.errors import BadInput
+from synth.dialogue_templates import DIALOGUE_JUDGE_FILE, DIALOGUE_JUDGE_VARIABLES
 from synth.output_parsing import FIELD_COLUMNS, FIELD_KEYS, YES_NO
+from synth.rows import MESSAGES_TYPE, row_messages
 from synth.stream_io import CHUNK_ROWS, write_jsonl, write_parquet
+from synth.template_forms import PromptForms
 from synth.templates import JUDGE_VARIABLES, JudgeTemplates, make_environment
 
 LabelPosition = Literal["before", "after"]
@@ -49,8 +55,8 @@ LABEL_POSITIONS: tuple[str, ...] = ("before", "after")
 SftTarget = Literal["libra", "extended"]
 SFT_TARGETS: tuple[str, ...] = ("libra", "extended")
 LABEL_KEY, ANALYSIS_KEY = "答案", "分析"
-SFT_SCHEMA = pa.schema([("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-                        ("id", pa.string()), ("scenario", pa.string()), ("label", pa.string())])
+SFT_SCHEMA = pa.schema([("messages", MESSAGES_TYPE), ("id", pa.string()), ("scenario", pa.string()),
+                        ("label", pa.string())])
 SFT_COLUMNS = tuple(SFT_SCHEMA.names)
 SPLITS = ("train", "validation")
 # LLaMA-Factory dataset names (dataset_dir = the sft/ folder): `dataset: guard_sft_train`, ...
@@ -82,51 +88,79 @@ def target_fields(row: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str
     return out
 
 
+def _compile(forms: PromptForms, source: str) -> tuple[jinja2.Template | None, jinja2.Template]:
+    """(system or None, user): the chat form of a prompt, compiled in the templates' sandbox."""
+    env = make_environment()
+    try:
+        return (env.from_string(forms.chat.system) if forms.chat.system else None), env.from_string(forms.chat.user)
+    except jinja2.TemplateSyntaxError as e:
+        raise BadInput(f"{source}: chat: template syntax error at line {e.lineno}: {e.message}") from None
+
+
+def _load(path: Path, model: type[PromptForms], what: str) -> Any:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read the {what}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise BadInput(f"{path}: invalid YAML: {e}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise BadInput(f"{path}: invalid {model.__name__}:\n{format_validation_error(e)}") from None
+
+
 @dataclass
 class GuardPrompt:
-    """The chat form of the judge template, rendered in the templates' sandbox."""
+    """The chat form of the judge template, rendered in the templates' sandbox; a conversation
+    with earlier turns renders the dialogue judge template instead (same rubric, same fields)."""
 
     judge: JudgeTemplates
     source: str = "judge.yaml"
     # the judge fields the prompt asks for (Catalog.judge_fields); none = Libra's prompt
     fields: list[dict[str, Any]] = field(default_factory=list)
+    # templates/shared/dialogue_judge.yaml (variables DIALOGUE_JUDGE_VARIABLES); None: no dialogue rows can render
+    dialogue: PromptForms | None = None
+    dialogue_source: str = DIALOGUE_JUDGE_FILE
 
     def __post_init__(self) -> None:
-        env = make_environment()
-        try:
-            self._system = env.from_string(self.judge.chat.system) if self.judge.chat.system else None
-            self._user = env.from_string(self.judge.chat.user)
-        except jinja2.TemplateSyntaxError as e:
-            raise BadInput(f"{self.source}: chat: template syntax error at line {e.lineno}: {e.message}") from None
+        self._system, self._user = _compile(self.judge, self.source)
+        self._dialogue = _compile(self.dialogue, self.dialogue_source) if self.dialogue is not None else None
 
     @classmethod
-    def from_file(cls, path: Path) -> "GuardPrompt":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise BadInput(f"{path}: cannot read the judge template: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise BadInput(f"{path}: invalid YAML: {e}") from None
-        try:
-            return cls(JudgeTemplates.model_validate(raw), str(path))
-        except ValidationError as e:
-            raise BadInput(f"{path}: invalid JudgeTemplates:\n{format_validation_error(e)}") from None
+    def from_file(cls, path: Path, dialogue: Path | None = None) -> "GuardPrompt":
+        """The judge template at `path`, and the dialogue judge template at `dialogue` when given."""
+        judge = _load(path, JudgeTemplates, "judge template")
+        if dialogue is None:
+            return cls(judge, str(path))
+        return cls(judge, str(path), dialogue=_load(dialogue, PromptForms, "dialogue judge template"),
+                   dialogue_source=str(dialogue))
 
-    def render(self, question: str, response: str) -> tuple[str, str]:
-        """(system, user) for one pair; system is "" when the template has none. The guard
-        is trained on the template's first (default) rubric."""
-        # the guard is shown no in-context examples
-        variables = dict(zip(JUDGE_VARIABLES, (question, response, self.judge.rubrics[0].model_dump(), self.fields, [])))
+    def render(self, question: str, response: str, history: list[dict[str, str]] = ()) -> tuple[str, str]:
+        """(system, user) for one pair, after the conversation's earlier turns `history` (messages
+        {role, content}, from the user; none for a single-turn pair); system is "" when the template
+        has none. The guard is trained on the template's first (default) rubric and shown no
+        in-context examples."""
+        rubric = self.judge.rubrics[0].model_dump()
+        if not history:
+            variables = dict(zip(JUDGE_VARIABLES, (question, response, rubric, self.fields, [])))
+            system, user, source = self._system, self._user, self.source
+        else:
+            if self._dialogue is None:
+                raise BadInput(f"{self.source}: a row has earlier turns (a dialogue), and no dialogue judge template "
+                               f"({DIALOGUE_JUDGE_FILE}) is beside it to render its guard prompt")
+            conversation = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": response}]
+            variables = dict(zip(DIALOGUE_JUDGE_VARIABLES, (conversation, rubric, self.fields, [])))
+            (system, user), source = self._dialogue, self.dialogue_source
         try:
-            system = self._system.render(**variables) if self._system else ""
-            return system, self._user.render(**variables)
+            return (system.render(**variables) if system else ""), user.render(**variables)
         except jinja2.TemplateError as e:
-            raise BadInput(f"{self.source}: chat: cannot render: {type(e).__name__}: {e}") from None
+            raise BadInput(f"{source}: chat: cannot render: {type(e).__name__}: {e}") from None
 
     def messages(self, question: str, response: str, label: str, analysis: str,
-                 label_position: LabelPosition = "before", fields: dict[str, str] | None = None) -> list[dict[str, str]]:
-        system, user = self.render(question, response)
+                 label_position: LabelPosition = "before", fields: dict[str, str] | None = None,
+                 history: list[dict[str, str]] = ()) -> list[dict[str, str]]:
+        system, user = self.render(question, response, history)
         turns = [{"role": "system", "content": system}] if system else []
         turns.append({"role": "user", "content": user})
         turns.append({"role": "assistant", "content": verdict_json(label, analysis, label_position, fields)})
@@ -135,15 +169,18 @@ class GuardPrompt:
 
 def sft_rows(corpus: pa.Table, prompt: GuardPrompt, label_position: LabelPosition = "before") -> pa.Table:
     """The chat layout of some corpus rows: `messages` plus id, scenario, label (corpus order).
-    A prompt with judge fields (the extended target) reads them from the rows' field columns."""
+    A prompt with judge fields (the extended target) reads them from the rows' field columns.
+    A row's conversation is its `messages` (a corpus from before the column: `row_messages`);
+    its earlier turns, if any, make the guard prompt the dialogue judge's."""
     columns = ["question", "response", "label", "analyze", "id", "scenario"]
     columns += [FIELD_COLUMNS[f["name"]] for f in prompt.fields]
     missing = [c for c in columns if c not in corpus.column_names]
     if missing:
         raise BadInput(f"the corpus has no column {', '.join(missing)} (built without those judge fields?)")
+    columns += [c for c in ("messages",) if c in corpus.column_names]
     rows = [
         {"messages": prompt.messages(r["question"], r["response"], r["label"], r["analyze"], label_position,
-                                     target_fields(r, prompt.fields)),
+                                     target_fields(r, prompt.fields), (r.get("messages") or row_messages(r))[:-2]),
          "id": r["id"], "scenario": r["scenario"], "label": r["label"]}
         for r in corpus.select(columns).to_pylist()
     ]
@@ -261,7 +298,8 @@ tags:
 answers that may comply with them. They exist to train safety classifiers.
 
 Stage one of a Libra-Guard style guard: the user turn is the guard prompt (the build's judge template,
-chat form, with the question and the answer), the assistant turn is the verdict JSON `{order}`.
+chat form, with the question and the answer; for a multi-turn conversation, the dialogue judge template
+with the whole conversation, its last answer to judge), the assistant turn is the verdict JSON `{order}`.
 Same train / validation split as `../corpus/`.
 
 - rows: train {counts.get('train_rows', 0)}, validation {counts.get('validation_rows', 0)}

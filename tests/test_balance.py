@@ -13,7 +13,7 @@ import yaml
 
 from synth.balance import BALANCE_CAP, BALANCE_SHARE, apply_balance, water_fill
 from synth.config import Balance, load_config
-from synth.export import CORPUS_COLUMNS, export_build, read_table
+from synth.export import DIALOGUE_DEFAULTS, STAGE_COLUMNS, export_build, read_table
 from synth.pipeline import PIPELINE
 from synth.rows import REJECT_COLUMN, stable_id
 
@@ -126,9 +126,9 @@ def test_export_applies_balance_before_the_split_and_keeps_every_cut_row(tmp_pat
     config_path = _config(tmp_path, repo_root, {"max_per_subcategory_label": 3, "unsafe_share": 0.5, "tolerance": 0.0})
     config, _, _ = load_config(config_path)
     df = corpus({("a", "不安全"): 8, ("b", "不安全"): 2, ("a", "安全"): 2, ("b", "安全"): 1})
-    for column in CORPUS_COLUMNS:
+    for column in STAGE_COLUMNS:
         if column not in df:
-            df[column] = ""
+            df[column] = DIALOGUE_DEFAULTS.get(column, "")  # single-turn rows: turns 1
     df["judgements"] = [[{"judge": "j", "verdict": lab, "analysis": "", "raw": "", "error": ""}] for lab in df["label"]]
     df["elements"] = [{"behavior": "某类行为"}] * len(df)
     df["seed"] = range(len(df))
@@ -136,12 +136,12 @@ def test_export_applies_balance_before_the_split_and_keeps_every_cut_row(tmp_pat
     out = tmp_path / "build"
     rows_dir = out / "stages" / FINAL_STAGE / "rows"
     rows_dir.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pandas(df[list(CORPUS_COLUMNS)], preserve_index=False), rows_dir / "part.parquet")
+    pq.write_table(pa.Table.from_pandas(df[list(STAGE_COLUMNS)], preserve_index=False), rows_dir / "part.parquet")
     # a filter stage's hard pool, with its reason
     hard_dir = out / "stages" / "filter_pairs" / "hard"
     hard_dir.mkdir(parents=True)
     hard = df.head(1).assign(id="h1", reject_reason="label_consistency: refusal_labelled_unsafe")
-    pq.write_table(pa.Table.from_pandas(hard[[*CORPUS_COLUMNS, "reject_reason"]], preserve_index=False),
+    pq.write_table(pa.Table.from_pandas(hard[[*STAGE_COLUMNS, "reject_reason"]], preserve_index=False),
                    hard_dir / "part.parquet")
 
     counts = export_build(out, config)

@@ -4,7 +4,8 @@ The build directory is made by hand (final-stage parquet + marker + manifest, th
 `export_build`), which is what a finished build looks like to the exports, in well
 under a second. The trainer check runs TRL's SFTTrainer for a few steps on a tiny
 random-init Gemma 3 with the real Gemma tokenizer (from the embedded demo model) and
-the real Gemma 3 chat template (shipped in TRL).
+the real Gemma 3 chat template (shipped in TRL). A few rows are 3-turn conversations (issue 31's
+dialogue columns), so every layout and the trainer also take a dialogue row's guard prompt.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 
 from synth.cli import app
 from synth.config import load_config
-from synth.export import CORPUS_COLUMNS, INPUTS_DIR, export_build
+from synth.export import INPUTS_DIR, STAGE_COLUMNS, export_build
 from synth.pipeline import PIPELINE
 from synth.output_parsing import parse_verdict
 from synth.sft import LLAMA_FACTORY_NAMES, GuardPrompt, verdict_json
@@ -38,6 +39,14 @@ SCENARIOS = {
 }
 
 FINAL_STAGE = PIPELINE.final.name  # the stage whose rows the exports read
+DIALOGUE_MARK = "多轮对话"  # in the dialogue judge's prompt, not in judge.yaml's
+
+
+def _history(k: int) -> str:
+    """Two earlier exchanges (a 3-turn conversation), abstract placeholders."""
+    return json.dumps([{"role": "user", "content": f"示例提问一（{k}）"}, {"role": "assistant", "content": f"示例回答一（{k}）"},
+                       {"role": "user", "content": f"示例提问二（{k}）"}, {"role": "assistant", "content": f"示例回答二（{k}）"}],
+                      ensure_ascii=False)
 
 
 def _rows(n_per_stratum: int = 3) -> list[dict]:
@@ -63,6 +72,9 @@ def _rows(n_per_stratum: int = 3) -> list[dict]:
                     # no question judge ran: no verdict, the request as asked
                     "question_score": None, "requested_kind": "harmful" if i % 2 == 0 else "benign",
                     "requested_subcategory": sub, "question_route": "",
+                    # every third row a 3-turn conversation (the converse stage's columns), the others single-turn
+                    **({"strategy": "escalation", "turns": 3, "history": _history(k), "history_responder": "r"}
+                       if k % 3 == 1 else {"strategy": "", "turns": 1, "history": "", "history_responder": ""}),
                 })
     return rows
 
@@ -72,7 +84,7 @@ def make_build(out: Path, config_path: Path, rows: list[dict] | None = None) -> 
     config, _, _ = load_config(config_path)
     final = out / "stages" / FINAL_STAGE
     (final / "rows").mkdir(parents=True)
-    df = pd.DataFrame(rows if rows is not None else _rows())[list(CORPUS_COLUMNS)]
+    df = pd.DataFrame(rows if rows is not None else _rows())[list(STAGE_COLUMNS)]
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), final / "rows" / "part-0.parquet")
     (final / "_SUCCESS.json").write_text(json.dumps({"signature": "x", "record": {}}))
     counts = export_build(out, config)
@@ -88,7 +100,8 @@ def build(tmp_path_factory, repo_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def prompt(repo_root: Path) -> GuardPrompt:
-    return GuardPrompt.from_file(repo_root / "templates/shared/judge.yaml")
+    return GuardPrompt.from_file(repo_root / "templates/shared/judge.yaml",
+                                 repo_root / "templates/shared/dialogue_judge.yaml")
 
 
 def _corpus_split(build: Path) -> dict[str, list[str]]:
@@ -102,6 +115,8 @@ def test_sft_loads_with_datasets_in_the_corpus_split(build: Path, prompt: GuardP
     assert {split: list(sft[split]["id"]) for split in sft} == _corpus_split(build)
     assert len(sft["validation"]) > 0
     corpus = pd.concat([pd.read_parquet(p) for p in (build / "corpus" / "data").glob("*.parquet")]).set_index("id")
+    assert {split: sum(corpus.loc[i, "turns"] == 3 for i in sft[split]["id"]) > 0 for split in sft} == \
+        {"train": True, "validation": True}  # dialogue rows in both splits
     for split in sft:
         assert sft[split].column_names == ["messages", "id", "scenario", "label"]
         for row in sft[split]:
@@ -109,8 +124,12 @@ def test_sft_loads_with_datasets_in_the_corpus_split(build: Path, prompt: GuardP
             user, assistant = row["messages"]
             assert [user["role"], assistant["role"]] == ["user", "assistant"]
             # user turn = the judge template's chat form, rendered with this row's question and response
-            assert user["content"] == prompt.render(source["question"], source["response"])[1]
+            # (a dialogue row: the dialogue judge's, with the earlier turns too)
+            history = [dict(m) for m in source["messages"][:-2]]
+            assert len(history) == (4 if source["turns"] == 3 else 0)
+            assert user["content"] == prompt.render(source["question"], source["response"], history)[1]
             assert user["content"].startswith("你是一名文本安全专家") and source["question"] in user["content"]
+            assert (DIALOGUE_MARK in user["content"]) == bool(history)
             verdict = json.loads(assistant["content"])
             assert list(verdict) == ["答案", "分析"]
             assert verdict == {"答案": source["label"], "分析": source["analyze"]}
@@ -160,10 +179,14 @@ def test_dataset_info_reads_the_way_llama_factory_reads_it(build: Path):
                 roles = [m[tags["role_tag"]] for m in messages]
                 assert roles == [tags["user_tag"], tags["assistant_tag"]]
                 assert all(m[tags["content_tag"]] for m in messages)
+            prompts = [messages[0][tags["content_tag"]] for messages in data[columns["messages"]]]
         else:
             assert entry["formatting"] == "alpaca"
             for row in data:
                 assert row[columns["prompt"]] and row[columns["response"]] and row[columns["query"]] == ""
+            prompts = list(data[columns["prompt"]])
+        # a dialogue row's prompt (the whole conversation in one user turn) reads the same way
+        assert any(DIALOGUE_MARK in p and "示例提问二" in p for p in prompts), name
         split = "train" if name.endswith("_train") else "validation"
         assert len(data) == len(_corpus_split(build)[split])
 
@@ -222,16 +245,24 @@ def test_export_reads_the_recorded_judge_not_the_current_templates(repo_root: Pa
     build = make_build(tmp_path / "build", config)
     recorded = (build / INPUTS_DIR / "judge.yaml").read_text(encoding="utf-8")
     assert recorded == (templates / "shared/judge.yaml").read_text(encoding="utf-8")
+    dialogue_judge = templates / "shared/dialogue_judge.yaml"
+    assert (build / INPUTS_DIR / "dialogue_judge.yaml").read_text(encoding="utf-8") == \
+        dialogue_judge.read_text(encoding="utf-8")
     recorded_config, _, _ = load_config(build / INPUTS_DIR / "config.yaml")
     assert recorded_config.fingerprint() == json.loads((build / "manifest.json").read_text())["config_hash"]
 
     judge = templates / "shared/judge.yaml"
-    judge.write_text(judge.read_text(encoding="utf-8").replace("你是一名文本安全专家", "改过的提示"), encoding="utf-8")
+    for path in (judge, dialogue_judge):
+        path.write_text(path.read_text(encoding="utf-8").replace("你是一名文本安全专家", "改过的提示"), encoding="utf-8")
     shutil.move(str(tmp_path / "pipelines"), str(tmp_path / "moved"))  # the config is gone too
     result = runner.invoke(app, ["export", str(build), "--format", "sft", "--out", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
-    user = datasets.load_dataset(str(tmp_path / "again"), split="train")[0]["messages"][0]["content"]
-    assert user.startswith("你是一名文本安全专家")
+    again = datasets.load_dataset(str(tmp_path / "again"), split="train")
+    users = [row["messages"][0]["content"] for row in again]
+    assert any(DIALOGUE_MARK in u for u in users) and any(DIALOGUE_MARK not in u for u in users)
+    assert all(u.startswith("你是一名文本安全专家") for u in users)
+    assert (tmp_path / "again/data/train-00000-of-00001.parquet").read_bytes() == \
+        (build / "sft/data/train-00000-of-00001.parquet").read_bytes()
 
 
 def test_a_build_without_recorded_inputs_exports_with_its_config(build: Path, tmp_path: Path, repo_root: Path):
@@ -369,10 +400,12 @@ def test_trl_sft_trainer_takes_the_export(build: Path, tmp_path: Path):
         logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0,
         assistant_only_loss=True, max_length=1024, dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft["train"].select(range(2)),
-                         processing_class=tokenizer)
+    # a single-turn row and a dialogue row (its guard prompt holds the whole conversation)
+    dialogue = [DIALOGUE_MARK in row["messages"][0]["content"] for row in sft["train"]]
+    train = sft["train"].select([dialogue.index(False), dialogue.index(True)])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     # assistant-only loss: the trained tokens are exactly the verdict JSON (+ the end-of-turn marker)
-    for example, row in zip(trainer.train_dataset, sft["train"]):
+    for example, row in zip(trainer.train_dataset, train):
         decoded = tokenizer.decode([t for t in example["labels"] if t != -100])
         assert decoded.startswith(row["messages"][1]["content"]), decoded
         assert parse_verdict(decoded).label == row["label"]

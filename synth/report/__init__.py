@@ -7,7 +7,8 @@ reject reason, the hard pool by reason, judge failures, label × scenario and
 subcategory coverage (gaps flagged), where a question judge ran coverage by request and
 by content side by side, the scorecard per template and subcategory
 (synth/report/scorecard.py), length distributions, judge agreement per
-scenario and per judge pair, refusal rate per responder, dedup rates, rows removed
+scenario and per judge pair, refusal rate per responder, dialogues per strategy and scenario
+(where the build wrote conversations), dedup rates, rows removed
 per evaluation set (decontamination), question diversity, balance, tokens and wall
 time per stage. The dataset card (`corpus/README.md`) gets the headline numbers in a
 marked block.

@@ -273,6 +273,34 @@ def unsafe_yield(build: Path) -> dict[str, Any]:
     return out
 
 
+def dialogues(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per dialogue strategy × scenario, the conversations (rows of two user turns or more, issue 31)
+    among the final stage's rows, what the exports read, before balancing: how many, their mean
+    number of user turns, the share 不安全 of those the judges agreed on (unsafe yield), the share
+    the judges left 有争议, and the share whose last answer the judges found a refusal (the judge
+    field `refusal`, of the rows with a value; None where the build did not ask for it). Empty
+    where the rows have no `turns` / `strategy` (a build from before the converse stage) or no
+    conversation."""
+    stages = manifest.get("stages") or []
+    if not stages:
+        return []
+    rows = read_columns(build / "stages" / stages[-1]["name"] / "rows",
+                        ["strategy", "scenario", "turns", "label", "refusal"])
+    if rows.empty or not {"strategy", "turns"} <= set(rows.columns):
+        return []
+    rows = rows[rows["turns"].fillna(1) >= 2]
+    out = []
+    for (strategy, scenario), g in rows.groupby(["strategy", "scenario"], sort=True):
+        agreed = g[g["label"].isin(LABELS)]
+        refusal = g["refusal"].dropna() if "refusal" in g else pd.Series(dtype=bool)
+        out.append({"strategy": str(strategy), "scenario": str(scenario), "conversations": int(len(g)),
+                    "mean_turns": round(float(g["turns"].mean()), 2),
+                    "unsafe_yield": share(int((agreed["label"] == LABELS[1]).sum()), len(agreed)),
+                    "controversial_share": share(int((g["label"] == CONTROVERSIAL).sum()), len(g)),
+                    "refusal_share": share(int(refusal.astype(bool).sum()), len(refusal))})
+    return out
+
+
 def dedup_rates(manifest: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for s in manifest.get("stages", []):
@@ -444,6 +472,7 @@ def collect(build: Path) -> dict[str, Any]:
         "calibration": manifest.get("judges_calibration"),
         "refusals": refusals(build),
         "unsafe_yield": unsafe_yield(build),
+        "dialogues": dialogues(build, manifest),
         "dedup": dedup,
         "decontamination": decontamination(build, manifest),
         "diversity": diversity(build, dedup),

@@ -175,6 +175,16 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                         [title, "labelled", "不安全", "rate", "rate on harmful q.", "refusals", "refusal rate",
                          "disagreed"], rows, None))
 
+    dialogue_rows = [[d["strategy"], d["scenario"], d["conversations"], _fmt(d["mean_turns"]), _pct(d["unsafe_yield"]),
+                      _pct(d["controversial_share"]), _pct(d["refusal_share"])] for d in n.get("dialogues") or []]
+    if dialogue_rows:  # only where the build wrote conversations (the converse stage's columns)
+        out.append(("Dialogues per strategy and scenario", "Conversations of two user turns or more among the final "
+                    "stage's rows (before balancing): mean user turns; unsafe yield, share 不安全 of those the "
+                    f"judges agreed on; {CONTROVERSIAL}, share the judges left controversial; refusals, share whose "
+                    "last answer the judges found a refusal (judge field `refusal`; – if not asked).",
+                    ["strategy", "scenario", "conversations", "mean turns", "unsafe yield", CONTROVERSIAL,
+                     "refusals"], dialogue_rows, None))
+
     dd = [[k, v["rows_in"], v["exact"], v["near"], _pct(v["rate"])] for k, v in n["dedup"].items()]
     out.append(("Dedup", "", ["stage", "in", "exact", "near", "removed"], dd, None))
     dc = n.get("decontamination") or {}
