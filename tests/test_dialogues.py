@@ -1,0 +1,161 @@
+"""Conversations (issue 31): the converse stage in a real build, resumed after a SIGKILL in
+turn 3, and its logic on the deterministic stand-in engine.
+
+The builds are `synth build --dry-run` subprocesses (the stand-in engine, deterministic, so a
+resumed build must equal an uninterrupted one byte for byte) of the demo config with every
+scenario, one call per subcategory and kind, and dialogues on.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+import yaml
+
+from synth.engines.base import parse_history
+from synth.errors import BadInput
+from synth.export import read_table
+from synth.output_parsing import parse_user_turn
+from synth.stages.dialogue import turn_range, with_conversations
+
+from test_resume import answered_keys, export_bytes, synth_build
+
+DIALOGUES = {"share": 0.5, "turns": [2, 5]}
+
+
+def dialogue_config(repo_root: Path, tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text())
+    data.update(templates=str(repo_root / "templates"), seeds=str(repo_root / "seeds"), dialogues=DIALOGUES)
+    data["generation"].update(harmful_calls_per_subcategory=1, benign_calls_per_subcategory=1)
+    data.update(changes)
+    path = tmp_path / f"pipeline-{len(list(tmp_path.glob('pipeline-*')))}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(repo_root: Path, tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("dialogues")
+    config = dialogue_config(repo_root, tmp)
+    out = tmp / "out"
+    result = synth_build(config, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return config, out
+
+
+def test_a_dialogue_build_has_conversations_in_every_scenario_kind_and_label(built):
+    _, out = built
+    final = read_table(out / "stages/decontaminate/rows")
+    talks = final[final["strategy"] != ""]
+    assert set(talks["turns"]) <= set(range(2, 6)) and len(set(talks["turns"])) >= 3
+    assert talks["scenario"].nunique() == 7
+    assert set(talks["kind"]) == {"harmful", "benign"}
+    assert {"安全", "不安全"} <= set(talks["label"])
+    for row in talks.to_dict("records"):
+        history = parse_history(row["history"])
+        # the turns before the last, user and assistant alternating, answered by one responder
+        assert [m["role"] for m in history] == ["user", "assistant"] * (row["turns"] - 1)
+        assert all(m["content"].strip() for m in history) and row["question"].strip()
+        assert row["responder"] == row["history_responder"]
+        assert row["attack"] == "dialogue" and row["source_question_id"]
+    single = final[final["strategy"] == ""]
+    assert (single["turns"] == 1).all() and (single["history"] == "").all()
+
+
+def test_the_dialogues_configuration_loads_messages_and_the_counts_reconcile(built):
+    _, out = built
+    corpus = out / "corpus"
+    loaded = datasets.load_dataset(str(corpus), "dialogues")
+    rows = [r for split in loaded.values() for r in split]
+    assert rows and all(r["turns"] >= 2 and len(r["messages"]) == 2 * r["turns"] for r in rows)
+    assert all(m["role"] == ("user", "assistant")[i % 2] for r in rows for i, m in enumerate(r["messages"]))
+    # the conversations among the agreed rows, exactly
+    default = datasets.load_dataset(str(corpus))
+    agreed_dialogues = sum(1 for split in default.values() for r in split if r["turns"] >= 2)
+    assert len(rows) == agreed_dialogues
+    manifest = json.loads((out / "manifest.json").read_text())
+    converse = next(s for s in manifest["stages"] if s["name"] == "converse")
+    written = read_table(out / "stages/converse/rows")
+    rejected = read_table(out / "rejects/converse.parquet")
+    created = int((written["strategy"] != "").sum()) + len(rejected)
+    # every row in is a one-turn row out; every conversation started is a row out or a reject
+    assert converse["rows_in"] == int((written["strategy"] == "").sum())
+    assert converse["rows_out"] + converse["rejected"] == converse["rows_in"] + created
+    assert converse["requests"]["sent"] > 0
+
+
+def test_sigkill_in_turn_three_then_resume_equals_a_clean_build(built, tmp_path: Path):
+    config, reference = built
+    out = tmp_path / "out"
+    # round 5 of converse answers user turn 3: turns 1–2 and the writer's turn 3 are answered
+    killed = synth_build(config, out, fault="round:converse:5")
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
+    answered_before = answered_keys(out)
+    sent_before = set((out / "cache/sent").rglob("*.txt"))
+    resumed = synth_build(config, out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert export_bytes(out) == export_bytes(reference)
+    sent_after = [k for f in set((out / "cache/sent").rglob("*.txt")) - sent_before for k in f.read_text().split()]
+    assert sent_after and not answered_before & set(sent_after)
+    converse = next(s for s in json.loads((out / "manifest.json").read_text())["stages"] if s["name"] == "converse")
+    # turns 1–2 (and turn 3's user side) came from the cache
+    assert converse["requests"]["cached"] > 0 and converse["requests"]["sent"] > 0
+
+
+# -- logic, no Ray ------------------------------------------------------------------
+
+
+def _question(i: int, kind: str = "harmful", attack: str = "none") -> dict:
+    return {"id": f"q{i}", "kind": kind, "attack": attack, "question": f"示例问题{i}？", "scenario": "s",
+            "elements": {"behavior": "示例行为", "benign_topic": "示例话题"}}
+
+
+def test_conversations_are_drawn_deterministically_from_plain_questions_only():
+    batch = pd.DataFrame([_question(i) for i in range(40)] + [_question(99, attack="obfuscation:pinyin")])
+    columns = [*batch.columns, "strategy", "turns", "history", "history_responder", "reject_reason",
+               "generator", "template_id", "template_hash", "parent_id", "source_question_id", "raw"]
+    kwargs = dict(share=0.5, strategies={"harmful": [{"id": "escalation", "turns": (3, 4)}],
+                                         "benign": [{"id": "follow_up", "turns": (2, 2)}]},
+                  seed=7, responders=["a", "b"], per_question=1, writer="w", dialogue_hash="h", columns=columns)
+    first, again = with_conversations(batch, **kwargs), with_conversations(batch, **kwargs)
+    pd.testing.assert_frame_equal(first, again)
+    talks = first[first["strategy"] != ""]
+    assert 10 <= len(talks) <= 30  # about half of the 40 plain questions
+    assert len(first) == len(batch) + len(talks)  # every question stays, as a one-turn row
+    assert set(talks["turns"]) <= {3, 4} and set(talks["history_responder"]) <= {"a", "b"}
+    assert "q99" not in set(talks["source_question_id"])  # never from an obfuscated copy
+    assert (talks["question"] == "").all() and (talks["generator"] == "w").all()
+    assert with_conversations(batch, **{**kwargs, "share": 0.0})["strategy"].eq("").all()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("用户：那具体应该怎么理解呢？\n助手：好的", "那具体应该怎么理解呢？"),
+    ("\n“我想再问一下这个问题。”", "我想再问一下这个问题。"),
+    ("助手：这是助手的话", None),
+    ("   ", None),
+])
+def test_a_user_turn_is_the_first_line_of_the_writer_s_answer(text: str, expected: str | None):
+    parsed = parse_user_turn(text)
+    assert (parsed.items[0] if parsed.items else None) == expected
+
+
+def test_a_config_whose_turns_no_strategy_allows_exits_2_naming_the_field(repo_root: Path, tmp_path: Path):
+    from synth.config import load_config
+    from synth.stages.dialogue import usable_strategies
+    from synth.templates import load_catalog
+
+    config, templates, seeds = load_config(dialogue_config(repo_root, tmp_path,
+                                                           dialogues={"share": 0.5, "turns": [8, 8]}))
+    catalog = load_catalog(templates, seeds)
+    with pytest.raises(BadInput, match="dialogues.turns"):
+        usable_strategies(config, catalog)
+    strategy = catalog.dialogue.strategies[0]
+    assert turn_range(strategy, config) is None
+    bad = dialogue_config(repo_root, tmp_path, dialogues={"share": 0.5, "turns": [0, 9]})
+    result = synth_build(bad, tmp_path / "never")
+    assert result.returncode == 2 and "dialogues.turns" in result.stderr
