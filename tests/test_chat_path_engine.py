@@ -7,7 +7,9 @@ What it proves: a responder's persona travels as a real system turn of Qwen's ch
 template and the answer ends at the model's own end-of-turn (finish_reason stop, no
 template tokens in the text); every judge verdict is exactly one JSON object holding the
 judge fields libra-stage1 asks for (valid values), parsed without repair, with no whitespace padding, a label and an analysis of its own (not text
-copied from the prompt); and the judges label gold pairs better than chance.
+copied from the prompt); the judges label gold pairs better than chance; and a conversation of
+three user turns (issue 31) is written, answered with its history in the chat template (the
+persona's system turn first) and judged in context by the dialogue judge.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def qwen_libra_config(repo_root: Path, tmp: Path) -> Path:
     for role in (roles["generator"], *roles["responders"], *roles["judges"]):
         role["model"] = "qwen"
     data["respond"] = {"responders_per_question": 1}
+    data["dialogues"] = {"share": 1.0, "turns": [3, 3]}  # the conversations below: three user turns
     path = tmp / "libra-qwen.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path
@@ -50,6 +53,8 @@ def run(ray_session, repo_root: Path, tmp_path_factory):
     from synth.build import prepare
     from synth.eval_judges import gold_pairs, read_judge_gold
     from synth.stages.base import StageContext
+    from synth.stages.dialogue import Converse
+    from synth.stages.generation import Obfuscate
     from synth.stages.labelling import Annotate, Respond
 
     config, catalog = prepare(qwen_libra_config(repo_root, tmp_path_factory.mktemp("chat")))
@@ -61,9 +66,73 @@ def run(ray_session, repo_root: Path, tmp_path_factory):
         pairs = gold_pairs(gold)
         answered = Respond().run(ctx.for_stage("respond"), ray.data.from_pandas(pairs.head(3))).to_pandas()
         labelled = Annotate().run(ctx.for_stage("annotate"), ray.data.from_pandas(pairs)).to_pandas()
+        # two conversations of three user turns (one harmful strategy, one benign) in chat style,
+        # the last turn answered by respond and judged in context by annotate
+        seeds = ray.data.from_pandas(seed_questions(catalog, Obfuscate.columns))
+        talks = Converse().run(ctx.for_stage("converse"), seeds).to_pandas()
+        talks = talks[(talks["strategy"] != "") & (talks["reject_reason"] == "")].drop(columns="reject_reason")
+        talk_pairs = Respond().run(ctx.for_stage("respond"), ray.data.from_pandas(talks)).to_pandas()
+        talk_pairs = talk_pairs[talk_pairs["reject_reason"] == ""].drop(columns="reject_reason")
+        talk_labels = Annotate().run(ctx.for_stage("annotate"), ray.data.from_pandas(talk_pairs)).to_pandas()
     finally:
         ctx.close()
-    return {"ctx": ctx, "gold": gold, "answered": answered, "labelled": labelled}
+    return {"ctx": ctx, "gold": gold, "answered": answered, "labelled": labelled, "talks": talks,
+            "talk_labels": talk_labels}
+
+
+def seed_questions(catalog, columns):
+    """One plain harmful and one plain benign question row of the first scenario (elements from its pools)."""
+    import pandas as pd
+
+    scenario = next(iter(catalog.scenarios.values()))
+    sub = scenario.template.subcategories[0]
+    rows = []
+    for kind in ("harmful", "benign"):
+        rows.append({c: None for c in columns if c != "reject_reason"} | {
+            "id": f"seed-{kind}", "scenario": scenario.id, "scenario_name": scenario.template.name_zh,
+            "subcategory": sub.id, "subcategory_name": sub.name_zh, "kind": kind, "attack": "none",
+            "elements": {"behavior": scenario.pools.behaviors[sub.id][0],
+                         "benign_topic": scenario.pools.benign_topics[sub.id][0],
+                         "task_type": "", "region": "", "event": ""},
+            "template_id": f"{scenario.id}.{kind}", "template_hash": "", "generator": "generator", "seed": 0,
+            "parent_id": "", "gen_finish_reason": "stop", "gen_completion_tokens": 0, "question": "示例问题？",
+            "raw": "", "source_question_id": "", "question_score": float("nan")})
+    return pd.DataFrame(rows)
+
+
+def test_a_three_turn_conversation_in_chat_style_is_answered_with_its_history_and_judged_in_context(run):
+    from synth.engines.base import parse_history
+    from synth.engines.vllm_ray import ChatPromptRenderer
+    from synth.models import resolve_model
+    from synth.stages.labelling import judge_requests
+
+    talks, labels, ctx = run["talks"], run["talk_labels"], run["ctx"]
+    assert len(talks) == 2 and set(talks["kind"]) == {"harmful", "benign"}, run["talks"]
+    renderer = ChatPromptRenderer(resolve_model(QWEN))
+    for row in labels.to_dict("records"):
+        history = parse_history(row["history"])
+        assert [m["role"] for m in history] == ["user", "assistant"] * 2 and row["turns"] == 3
+        for m in history + [{"content": row["question"]}, {"content": row["response"]}]:
+            # each turn written by the model, ending at its own end of turn: no template tokens
+            assert m["content"].strip() and "<|im_" not in m["content"] and "<|endoftext|>" not in m["content"]
+        # the last answer's prompt: the persona's system turn, then every earlier turn, then the last
+        persona = ctx.catalog.persona(ctx.config.roles.responders[0].persona, 0)
+        text = renderer.render(persona.system, row["question"], row["history"])
+        assert text.startswith(f"<|im_start|>system\n{persona.system}<|im_end|>\n<|im_start|>user\n"
+                               f"{history[0]['content']}<|im_end|>")
+        assert text.index(history[3]["content"]) < text.index(row["question"])
+        assert len(row["judgements"]) == 2
+        for j in row["judgements"]:
+            assert j["verdict"] in LABELS and not j["error"] and json.loads(j["raw"])["答案"] == j["verdict"]
+    # the judges read the whole conversation: the dialogue judge's prompt holds every turn
+    role = ctx.config.roles.judges[0]
+    requests = judge_requests(labels.drop(columns=["judgements", "label"]).head(1), ctx.catalog, role, "chat", 0,
+                              ctx.config.annotate.fields)
+    prompt, first = requests["prompt"][0], labels.iloc[0]
+    assert "多轮对话" in prompt
+    turns = [m["content"] for m in parse_history(first["history"])] + [first["question"], first["response"]]
+    positions = [prompt.index(t) for t in turns]
+    assert positions == sorted(positions)
 
 
 def test_the_persona_is_a_system_turn_of_qwens_chat_template(run):

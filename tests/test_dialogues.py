@@ -159,3 +159,23 @@ def test_a_config_whose_turns_no_strategy_allows_exits_2_naming_the_field(repo_r
     bad = dialogue_config(repo_root, tmp_path, dialogues={"share": 0.5, "turns": [0, 9]})
     result = synth_build(bad, tmp_path / "never")
     assert result.returncode == 2 and "dialogues.turns" in result.stderr
+
+
+def test_filters_read_every_turn_and_dedup_compares_whole_conversations():
+    from synth.config import FilterSpec
+    from synth.filters import build_filters
+    from synth.stages.cleaning import conversation_text, filter_reason
+
+    history = json.dumps([{"role": "user", "content": "示例开场的提问"}, {"role": "assistant", "content": "答"}],
+                         ensure_ascii=False)
+    row = {"question": "示例最后的提问？", "response": "示例最后一轮的回答。", "history": history, "finish_reason": "stop"}
+    filters = build_filters([FilterSpec(name="length", params={"field": "response", "min_chars": 2,
+                                                               "max_chars": 4000})], "filters.pairs")
+    # the last answer passes; the first turn's one-character answer does not
+    assert filter_reason(filters, {**row, "history": ""}, per_turn=True) == ""
+    assert filter_reason(filters, row, per_turn=True) == "length: response_too_short (turn 1)"
+    assert filter_reason(filters, row, per_turn=False) == ""
+    batch = pd.DataFrame([{**row, "history": ""}, row])
+    texts = conversation_text(batch, ("question", "response")).tolist()
+    assert texts[0] == "示例最后的提问？\n示例最后一轮的回答。"  # a single question: its fields, as before
+    assert texts[1] == "示例开场的提问\n答\n" + texts[0]

@@ -11,6 +11,7 @@ import ray.data
 
 from synth.config import PipelineConfig
 from synth.dedup import mark_duplicates
+from synth.engines.base import parse_history
 from synth.dedup.decontaminate import (COLUMNS as CONTAMINATION_COLUMNS, ContaminationIndex, eval_set_identity,
                                        load_eval_sets, mark_contamination)
 from synth.filters import CONTROVERSIAL_TIER, apply_filters, build_filters, diversions, reads_labels
@@ -55,10 +56,12 @@ class _FilterStage(Stage):
         filters = self._filters(ctx.config)
         tier = {reason for reason, side in diversions(filters).items() if side == CONTROVERSIAL_TIER}
 
+        per_turn = not self.labels  # a filter that reads no label reads every turn of a conversation
+
         def check(batch: pd.DataFrame) -> pd.DataFrame:
             batch = batch.copy()
-            reasons = pd.Series([apply_filters(filters, row) for row in batch.to_dict("records")], index=batch.index,
-                                dtype=object)
+            reasons = pd.Series([filter_reason(filters, row, per_turn) for row in batch.to_dict("records")],
+                                index=batch.index, dtype=object)
             doubted = reasons.isin(tier)  # kept, relabelled: the controversial tier with the reason
             if doubted.any():
                 batch.loc[doubted, "label"] = CONTROVERSIAL
@@ -99,6 +102,33 @@ class FilterPairs(_FilterStage):
     labels = True
 
 
+def filter_reason(filters: list, row: dict[str, Any], per_turn: bool = False) -> str:
+    """The first filter's drop reason for a row ("" = keep). `per_turn`: a conversation's
+    earlier exchanges (`history`: user turn k as `question`, its answer as `response`) are
+    checked too, after its last turn, the reason then naming the turn."""
+    reason = apply_filters(filters, row)
+    if reason or not per_turn:
+        return reason
+    history = parse_history(row.get("history"))
+    for k in range(0, len(history) - 1, 2):
+        exchange = {**row, "question": history[k]["content"], "response": history[k + 1]["content"],
+                    "finish_reason": "stop"}  # an earlier answer's finish reason is not kept: only the text is checked
+        reason = apply_filters(filters, exchange)
+        if reason:
+            return f"{reason} (turn {k // 2 + 1})"
+    return ""
+
+
+def conversation_text(batch: pd.DataFrame, fields: tuple[str, ...]) -> pd.Series:
+    """What dedup compares per row: its `fields` joined by newlines, after the earlier turns of
+    a conversation (`history`), so conversations are compared whole; a single question's text
+    is its fields alone."""
+    text = batch[list(fields)].astype(str).agg("\n".join, axis=1)
+    if "history" in batch.columns:
+        text = batch["history"].map(lambda h: "".join(f"{m['content']}\n" for m in parse_history(h))) + text
+    return text
+
+
 def _is_obfuscated(row: dict[str, Any]) -> bool:
     return str(row.get("attack") or "").startswith(OBFUSCATION)
 
@@ -121,7 +151,7 @@ class _DedupStage(Stage):
         fields = self.text_fields
 
         def with_text(batch: pd.DataFrame) -> pd.DataFrame:
-            return batch.assign(_dedup_text=batch[list(fields)].astype(str).agg("\n".join, axis=1))
+            return batch.assign(_dedup_text=conversation_text(batch, fields))
 
         # An obfuscated copy (synth/obfuscation.py) is made from a question already unique and
         # would match its own source: it is never compared, and passes.
