@@ -179,3 +179,23 @@ def test_filters_read_every_turn_and_dedup_compares_whole_conversations():
     texts = conversation_text(batch, ("question", "response")).tolist()
     assert texts[0] == "示例最后的提问？\n示例最后一轮的回答。"  # a single question: its fields, as before
     assert texts[1] == "示例开场的提问\n答\n" + texts[0]
+
+
+def test_plan_counts_the_turn_requests_and_an_earlier_build_s_rates_match_it(built):
+    import subprocess
+    import sys
+
+    config, out = built
+
+    def plan(*extra: str) -> dict:
+        result = subprocess.run([sys.executable, "-m", "synth.cli", "plan", str(config), "--json", *extra],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return next(s for s in json.loads(result.stdout)["stages"] if s["name"] == "converse")
+
+    manifest = next(s for s in json.loads((out / "manifest.json").read_text())["stages"] if s["name"] == "converse")
+    measured = manifest["requests"]["sent"] + manifest["requests"]["cached"]
+    assert plan()["requests"] > 0  # from the strategies' turn ranges alone
+    planned = plan("--from-build", str(out))
+    assert abs(planned["requests"] - measured) <= 0.02 * measured
+    assert abs(planned["rows"] - manifest["rows_out"]) <= 0.02 * manifest["rows_out"]

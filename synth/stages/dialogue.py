@@ -145,21 +145,26 @@ class Converse(LLMStage):
             return
         options = config.plan
         strategies = [s for kind in usable_strategies(config, catalog).values() for s in kind]
-        conversations = planner.rows * config.dialogues.share
+        share = config.dialogues.share
         writer, responders = user_turn_writer(config), config.roles.responders
         answer_chars = sum(r.sampling.max_tokens * options.output_fill * options.chars_per_token
                            for r in responders) / len(responders)
         turn_chars = writer.sampling.max_tokens * options.output_fill * options.chars_per_token
-        for turn in range(1, config.dialogues.turns[1] + 1):
-            # the conversations that reach turn k (turns uniform in each strategy's range)
-            reach = sum(max(0, s["turns"][1] - max(turn, s["turns"][0]) + 1) / (s["turns"][1] - s["turns"][0] + 1)
-                        for s in strategies) / len(strategies)
-            answered = sum(max(0, s["turns"][1] - max(turn + 1, s["turns"][0]) + 1)
-                           / (s["turns"][1] - s["turns"][0] + 1) for s in strategies) / len(strategies)
+        def reaching(turn: int) -> float:  # the share of conversations with `turn` user turns or more
+            return sum(max(0, s["turns"][1] - max(turn, s["turns"][0]) + 1) / (s["turns"][1] - s["turns"][0] + 1)
+                       for s in strategies) / len(strategies)
+
+        last = config.dialogues.turns[1]
+        # requests per row in: per conversation, one per user turn and one per answered turn; an
+        # earlier build's measured rate (--from-build) rescales the per-turn counts
+        per_row = share * sum(reaching(k) + reaching(k + 1) for k in range(1, last + 1))
+        conversations = planner.rows * share * planner.rate(self.name, "requests", per_row) / per_row
+        for turn in range(1, last + 1):
+            reach, answered = reaching(turn), reaching(turn + 1)
             history_chars = (turn - 1) * (turn_chars + answer_chars)
-            reaching = next(s for s in strategies if s["turns"][1] >= turn) if reach else None
-            if reaching is not None:
-                strategy = catalog.dialogue.strategy(reaching["id"])
+            longest = next((s for s in strategies if s["turns"][1] >= turn), None)
+            if longest is not None:
+                strategy = catalog.dialogue.strategy(longest["id"])
                 elements = planner.notes.get("elements") or [None]
                 variables = _plan_variables(catalog, strategy, elements[0], turn, turn,
                                             _sample_history(turn - 1, int(turn_chars), int(answer_chars)))
@@ -171,7 +176,7 @@ class Converse(LLMStage):
                 for role in responders:
                     planner.count(self.name, role, conversations * answered / len(responders),
                                   float(history_chars + turn_chars + SAMPLE_QUESTION_CHARS))
-        planner.rows *= 1 + config.dialogues.share
+        planner.rows *= planner.rate(self.name, "keep", 1 + share)
         planner.done(self.name)
 
 
