@@ -24,11 +24,11 @@ def pairs(n: int) -> pd.DataFrame:
 
 
 def answered(batch: pd.DataFrame, judge: str, texts: list[str], errors: list[str]) -> pd.DataFrame:
-    """What the engine hands back for one judge: the pair's columns (seed and finish_reason
-    carried as pair_*), the request's own columns and the results."""
-    out = batch.rename(columns={"seed": "pair_seed", "finish_reason": "pair_finish_reason"})
+    """What the engine hands back for one judge: the pair's columns (seed, finish_reason and a
+    conversation's history carried as pair_*), the request's own columns and the results."""
+    out = batch.rename(columns={"seed": "pair_seed", "finish_reason": "pair_finish_reason", "history": "pair_history"})
     return out.assign(request_id=[f"{i}-{judge}" for i in batch["id"]], role=judge, task="judge", system="",
-                      prompt="判断：", seed=7, json_schema="{}", temperature=0.0, top_p=1.0, top_k=0, max_tokens=64,
+                      prompt="判断：", history="", seed=7, json_schema="{}", temperature=0.0, top_p=1.0, top_k=0, max_tokens=64,
                       stop=[[] for _ in texts], prompt_style="chat", text=texts, finish_reason="stop",
                       prompt_tokens=3, completion_tokens=4, error=errors, top_logprobs=0, logprobs="")
 
