@@ -42,21 +42,22 @@ from synth.eval_guard import Tally
 from synth.gold import GOLD_FIELDS, read_judge_gold  # noqa: F401  (GOLD_FIELDS: callers read it here)
 from synth.output_parsing import LABELS
 from synth.scoring import FROM_LOGPROBS
+from synth.rows import DIALOGUE_DTYPES, SINGLE_TURN
 
 def gold_pairs(gold: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Gold rows shaped as the respond stage's pairs (the columns annotate carries)."""
     from synth.stages.labelling import PAIR_COLUMNS
     from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS
 
-    rows = []
+    rows = []  # each a single question: a one-turn conversation
     for row_id, g in gold.items():
-        pair = {c: None if c in QUESTION_JUDGE_COLUMNS else "" for c in PAIR_COLUMNS}
+        pair = {c: None if c in QUESTION_JUDGE_COLUMNS else "" for c in PAIR_COLUMNS} | SINGLE_TURN
         pair.update(id=row_id, question_id=row_id, scenario=g["category_name"], scenario_name=g["category_name"],
                     subcategory=g["sub_category_name"], subcategory_name=g["sub_category_name"],
                     question=g["question"], response=g["response"], seed=0, response_tokens=0, elements=None)
         rows.append(pair)
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
-    return frame.astype({"seed": "int64", "response_tokens": "int64"})
+    return frame.astype({"seed": "int64", "response_tokens": "int64", **DIALOGUE_DTYPES})
 
 
 def judges_signature(ctx) -> str:

@@ -16,7 +16,7 @@ from synth.stages.labelling import DISAGREE, LABELLED_COLUMNS, PAIR_COLUMNS, com
 def pairs(n: int) -> pd.DataFrame:
     rows = []
     for i in range(n):
-        row = {c: "" for c in PAIR_COLUMNS}
+        row = {c: "" for c in PAIR_COLUMNS} | {"turns": 1}
         row.update(id=f"p{i}", question=f"问题{i}？", response=f"回答{i}。", seed=100 + i, finish_reason="stop",
                    response_tokens=5, elements={"behavior": "b"})
         rows.append(row)

@@ -14,7 +14,7 @@ from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, request_row
 from synth.engines.base import PENDING, failure_reason, parse_history, verdict_schema
 from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, SAFE, UNSAFE,
                                   field_column_value, ordered_fields, parse_verdict)
-from synth.rows import DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, columns as _columns, stable_id
+from synth.rows import DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, SINGLE_TURN, columns as _columns, stable_id
 from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
 from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
@@ -139,7 +139,8 @@ def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
     """The responders' answers → one pair per answer; a failed or empty answer is a reject."""
     out = []
     for row in batch.to_dict("records"):
-        pair = {k: row[_CARRIED.get(k, k)] for k in PAIR_COLUMNS if _CARRIED.get(k, k) in row}
+        # a question row from before the converse stage is a one-turn conversation
+        pair = {**SINGLE_TURN, **{k: row[_CARRIED.get(k, k)] for k in PAIR_COLUMNS if _CARRIED.get(k, k) in row}}
         failed = row["error"] or not row["text"].strip()
         pair.update(
             id=row["request_id"], responder=row["role"], seed=int(row["seed"]), response=row["text"].strip(),
