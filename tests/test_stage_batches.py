@@ -147,8 +147,9 @@ def test_respond_one_responder_per_question_then_pairs(demo):
         persona = catalog.persona(role.persona, index)
         part = respond_requests(rows, catalog, role, config.models[role.model].prompt_style, persona, config.seed,
                                 names, per_question)
-        assert list(part.columns) == [*_QUESTION_COLUMNS, *(c for c in REQUEST_COLUMNS if c != "seed"),
-                                      "question_id", "persona"]
+        # the question's own seed travels as pair_seed (synth.stages.labelling.carry), the request's is `seed`
+        assert list(part.columns) == [*("pair_seed" if c == "seed" else c for c in _QUESTION_COLUMNS),
+                                      *REQUEST_COLUMNS, "question_id", "persona"]
         assert set(part["persona"]) == {persona.id} and set(part["role"]) == {role.name}
         assert list(part["request_id"]) == [stable_id(q, "respond", role.name) for q in part["question_id"]]
         parts.append(part)
