@@ -99,11 +99,12 @@ def test_a_build_starts_each_model_while_the_stages_before_its_use_run(ray_sessi
     assert events[0] == ("start", "gemma-270m", set())  # before any stage was written: while elements runs
     first_generate = next(i for i, e in enumerate(events) if e[0] == "generate")
     assert "elements" in events[first_generate][2]
-    # asked before each of the 10 stages up to annotate (the last that sends requests), for
+    # asked before each of the 11 stages up to annotate (the last that sends requests), for
     # each model the next requesting stage needs: gemma for elements, queries, augment; qwen
     # (the question judge) for filter_questions, dedup_questions, judge_questions; gemma and
-    # qwen for obfuscate, respond; qwen for filter_responses and annotate
-    assert sum(e[0] == "start" for e in events) == 3 + 3 + 2 * 2 + 2
+    # qwen for obfuscate, converse (no conversations in the demo: no requests), respond; qwen
+    # for filter_responses and annotate
+    assert sum(e[0] == "start" for e in events) == 3 + 3 + 3 * 2 + 2
     assert [e[1] for e in events if e[0] == "start"][-1] == "qwen-1.5b"
 
     events.clear()
