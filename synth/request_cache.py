@@ -12,7 +12,10 @@ changes, only the requests whose prompt or model changed miss.
 Lookup (`lookup`) is a Ray Data left-outer join of the keyed requests with
 `read_parquet(<shards>)` on `cache_key`: rows that found an answer are hits,
 the rest are sent. No key set is held by the driver and no actor holds every
-answer; a model without shards (a first build) skips the join.
+answer; a model without shards (a first build) skips the join. A small lookup (requests and
+cached rows together under `LOCAL_LOOKUP_ROWS`) is the same left-outer match done in this
+process with pyarrow: a shuffle's actors are new worker processes, which cost seconds each,
+more than matching a few thousand keys.
 
 Writing (`write_to_cache`) happens *while the engine streams*: each finished
 batch's answers become one shard, written to a temporary name and renamed, so a
@@ -61,6 +64,7 @@ COMPACTED_PREFIX = "compacted-"  # written by `compact_cache`
 COMPACT_AFTER_SHARDS = 64  # compact a model's cache once it has more batch shards than this
 COMPACTED_SHARD_ROWS = 100_000  # rows per compacted shard (one is in memory at a time)
 LOOKUP_ROWS_PER_PARTITION = 100_000  # join partitions: (requests + cached rows) / this
+LOCAL_LOOKUP_ROWS = 20_000  # up to this many requests + cached rows, the lookup runs in this process
 
 
 def model_identity(name: str, spec: ModelSpec) -> str:
@@ -120,6 +124,14 @@ def lookup(keyed: ray.data.Dataset, cache_dir: Path | str) -> ray.data.Dataset |
     columns, total = keyed.columns(), keyed.count()
     for _ in range(2):  # a second join only after compacting away duplicate keys
         cached_rows = sum(storage.parquet_file(s).metadata.num_rows for s in shards)
+        if total + cached_rows <= LOCAL_LOOKUP_ROWS:
+            joined = _local_lookup(keyed, shards, columns)
+            if joined is not None:
+                return joined
+            log.info("request cache %s has duplicate keys: compacting before the lookup", cache_dir)
+            compact_cache(cache_dir)
+            shards = shard_paths(cache_dir)
+            continue
         paths, filesystem = storage.ray_paths(shards)
         answers = ray.data.read_parquet(paths, filesystem=filesystem).map_batches(_answers, batch_format="pyarrow")
         partitions = max(1, math.ceil((total + cached_rows) / LOOKUP_ROWS_PER_PARTITION))
@@ -133,6 +145,20 @@ def lookup(keyed: ray.data.Dataset, cache_dir: Path | str) -> ray.data.Dataset |
         compact_cache(cache_dir)
         shards = shard_paths(cache_dir)
     raise RuntimeError(f"request cache {cache_dir} still has duplicate keys after compaction")
+
+
+def _local_lookup(keyed: ray.data.Dataset, shards: list, columns: list[str]) -> ray.data.Dataset | None:
+    """`lookup` of a small request set, in this process: the rows and columns the join gives
+    (RESULT_COLUMNS null for a miss, HIT_COLUMN), or None if a key is stored twice."""
+    requests = pa.concat_tables(ray.get(keyed.to_arrow_refs()), promote_options="permissive")
+    answers = pa.concat_tables([_answers(storage.read_table(s)) for s in shards], promote_options="permissive")
+    if pc.count_distinct(answers[KEY_COLUMN]).as_py() != answers.num_rows:
+        return None
+    found = pc.index_in(requests[KEY_COLUMN], value_set=answers[KEY_COLUMN])  # null for a miss
+    table = requests.select(columns)
+    for column in RESULT_COLUMNS:
+        table = table.append_column(column, answers[column].take(found))
+    return ray.data.from_arrow(table.append_column(HIT_COLUMN, pc.is_valid(found)))
 
 
 def lookup_counts(looked_up: ray.data.Dataset, column: str) -> tuple[int, dict[str, int]]:

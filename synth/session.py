@@ -34,6 +34,11 @@ def init_ray() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.print_on_execution_start = False
+    # Ray Data's DataSourceV2 parquet reader starts a pool of footer-reading actors for every
+    # read_parquet; a build reads its stage and cache parquet dozens of times, and each actor is a
+    # new worker process (seconds of imports on a small machine). The V1 reader reads the footers
+    # in its read tasks, which reuse pooled workers.
+    ctx.use_datasource_v2 = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 

@@ -1,4 +1,5 @@
-"""The request cache as data: lookup by a join on cache_key, deterministic shards, compaction.
+"""The request cache as data: lookup by a join on cache_key (Ray Data's join, or the same
+match in the driver for a small lookup: the lookup tests run both), deterministic shards, compaction.
 
 Real Ray, real parquet in tmp_path, a recording engine (no model) and tens of rows.
 """
@@ -71,12 +72,22 @@ def answers(keys: list[str], text: str = "t") -> pa.Table:
                      "error": [""] * n})
 
 
+@pytest.fixture(params=["in-process", "ray-join"])
+def lookup_path(request, monkeypatch) -> str:
+    """Each lookup test runs both ways: in the driver (a small lookup) and as Ray Data's join."""
+    import synth.request_cache
+
+    if request.param == "ray-join":
+        monkeypatch.setattr(synth.request_cache, "LOCAL_LOOKUP_ROWS", 0)
+    return request.param
+
+
 def write_shard(directory: Path, table: pa.Table, name: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, directory / name)
 
 
-def test_hits_come_from_the_cache_and_only_misses_are_sent(ray_session, tmp_path: Path):
+def test_hits_come_from_the_cache_and_only_misses_are_sent(ray_session, tmp_path: Path, lookup_path: str):
     first = [f"q{i:02d}" for i in range(20)]
     out, stats, sent = generate(tmp_path, requests(first))
     assert sorted(sent) == first and stats["sent"] == 20 and stats["cached"] == 0
@@ -105,7 +116,7 @@ def test_a_first_build_runs_no_join(ray_session, tmp_path: Path, monkeypatch):
     assert (stats["sent"], stats["cached"], len(sent)) == (2, 0, 2)
 
 
-def test_duplicate_keys_in_the_cache_do_not_duplicate_rows(ray_session, tmp_path: Path):
+def test_duplicate_keys_in_the_cache_do_not_duplicate_rows(ray_session, tmp_path: Path, lookup_path: str):
     import ray.data
 
     directory = tmp_path / "cache"
@@ -166,8 +177,8 @@ def test_a_shard_is_named_by_its_keys(tmp_path: Path, monkeypatch):
     assert not list(tmp_path.glob(".*"))  # no temporary file left
 
 
-def test_a_cache_from_before_scores_is_read_and_its_answers_are_not_taken_for_scored_requests(ray_session,
-                                                                                              tmp_path: Path):
+def test_a_cache_from_before_scores_is_read_and_its_answers_are_not_taken_for_scored_requests(
+        ray_session, tmp_path: Path, lookup_path: str):
     import ray.data
 
     from synth.request_cache import add_keys
