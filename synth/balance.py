@@ -18,6 +18,10 @@ both are there, and adding rows to one subcategory never changes which rows anot
 Nothing vanishes: cut rows are written to `rejects/balance.parquet` with their
 reason, and the counts go into the manifest (`export.balance`).
 
+Rows whose label people gave or confirmed (`pinned`: synth/human_labels.py) are never cut: they
+rank first in their stratum, so a cap counts them before the others, and they stay even where
+a stratum is cut below them. Without such rows the ranking is what it always was.
+
 The strata and the kinds' turns read `scenario`, `subcategory` and `kind` as the rows carry
 them. Where a question judge ran, its routing has already rewritten those to the judged
 content (relabel: the judged kind; reassign: the judged subcategory and its scenario; see
@@ -29,6 +33,7 @@ the request in place, and balance then counts by it.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import pandas as pd
@@ -74,8 +79,10 @@ def water_fill(sizes: dict[Any, int], keep_total: int, seed: int) -> dict[Any, i
     return keep
 
 
-def apply_balance(corpus: pd.DataFrame, config: Any, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(kept rows, cut rows with `reject_reason`, counts). `config` is a `synth.config.Balance` (or None)."""
+def apply_balance(corpus: pd.DataFrame, config: Any, seed: int, pinned: Collection[str] = ()
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """(kept rows, cut rows with `reject_reason`, counts). `config` is a `synth.config.Balance` (or None);
+    `pinned`: ids of rows never cut (see the module docstring)."""
     counts: dict[str, Any] = {
         "rows_in": len(corpus), "rows_out": len(corpus), "cut": {BALANCE_CAP: 0, BALANCE_SHARE: 0},
         "unsafe_share_before": _share(corpus), "unsafe_share_after": _share(corpus), "share_skipped": "",
@@ -87,12 +94,12 @@ def apply_balance(corpus: pd.DataFrame, config: Any, seed: int) -> tuple[pd.Data
         return corpus, empty_cut, counts
 
     df = corpus.reset_index(drop=True)
-    df = df.assign(_order=df["id"].map(lambda i: stable_id("balance", seed, i)))
+    df = df.assign(_order=df["id"].map(lambda i: stable_id("balance", seed, i)), _free=~df["id"].isin(pinned))
     # Within a stratum the kinds take turns (one harmful, one benign, ... in hash order), so a
     # cap keeps both refusals of harmful questions and benign look-alikes in the 安全 class.
     df["_turn"] = (df.sort_values("_order").groupby([*STRATUM, "kind"], sort=False).cumcount()
                    if "kind" in df.columns else 0)
-    df = df.sort_values([*STRATUM, "_turn", "_order"])
+    df = df.sort_values([*STRATUM, "_free", "_turn", "_order"])  # pinned rows (not free) first
     df["_rank"] = df.groupby(STRATUM, sort=False).cumcount()
     reason = pd.Series("", index=df.index, dtype=object)
 
@@ -120,7 +127,8 @@ def apply_balance(corpus: pd.DataFrame, config: Any, seed: int) -> tuple[pd.Data
                 n_keep = keep[f"{s}/{c}"]
                 reason[g.index[n_keep:]] = BALANCE_SHARE  # g is in turn order within the stratum
 
-    df = df.drop(columns=["_order", "_turn", "_rank"])
+    reason[~df["_free"]] = ""
+    df = df.drop(columns=["_order", "_turn", "_rank", "_free"])
     kept = df[reason == ""].sort_values("id")
     cut = df[reason != ""].assign(**{REJECT_COLUMN: reason[reason != ""]}).sort_values("id")
     counts.update(

@@ -23,10 +23,15 @@ Rows whose request failed transiently are *pending*: the stage completes, and th
 next run reruns it, sending exactly those requests again (everything else comes
 from the request cache); what follows reruns too, so the corpus then equals a clean
 build's.
+
+People's labels (`<out>/reviews/`, written by `synth review pull`) are data, not cache: a build
+never deletes them (`--fresh` deletes stages/ and cache/ only) and its export applies them, as
+`synth export BUILD` (`export_again`) does without running a stage.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -140,6 +145,36 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
     return manifest
 
 
+def check_finished(out: Path | str) -> None:
+    """BadInput naming `out` unless a build finished there (its manifest.json is written last),
+    before anything takes its lock."""
+    storage.check_reachable(out)
+    if not storage.exists(storage.join(out, "manifest.json")):
+        raise BadInput(f"{storage.display(out)}: not a finished build (no manifest.json); "
+                       "run or resume it with `synth build CONFIG --out BUILD_DIR`")
+
+
+def export_again(out: Path | str, config_path: Path | None = None) -> dict[str, Any]:
+    """`synth export BUILD`: a finished build's exports, the manifest's export counts and the report
+    written again from its stage outputs and recorded config (inputs/config.yaml; `config_path` for a
+    build made before synth recorded it), running no stage: what the end of a build does, with the
+    people's labels in reviews/ applied. Returns the counts."""
+    from synth.config import load_config
+    from synth.export import INPUTS_DIR, export_build, open_build
+
+    check_finished(out)
+    with BuildLock(out), storage.local_mirror(out) as local:
+        open_build(local, config_path)  # a finished build with its recorded inputs, else BadInput saying what is missing
+        config, _, _ = load_config(config_path or local / INPUTS_DIR / "config.yaml")
+        manifest = json.loads((local / "manifest.json").read_text(encoding="utf-8"))
+        counts = export_build(local, config, judges_measured=manifest.get("judges_calibration"))
+        manifest["export"] = counts
+        storage.write_json(local / "manifest.json", manifest)
+        _write_report(local)
+        storage.sync_back(local, out, BUILD_OUTPUTS)
+    return counts
+
+
 # What the exports and the report write into a build (uploaded from a local copy on an object
 # store); manifest.json last: a build is finished when its manifest is there.
 BUILD_OUTPUTS = ("inputs", "corpus", "sft", "hard", "rejects", "libra_test.jsonl", "report", "manifest.json")
@@ -156,4 +191,4 @@ def _write_report(out: Path) -> None:
         log.exception("writing the build report failed (rerun: synth report %s)", out)
 
 
-__all__ = ["run_build", "prepare", "STAGES", "BadInput", "BuildFailed"]
+__all__ = ["run_build", "export_again", "prepare", "STAGES", "BadInput", "BuildFailed"]

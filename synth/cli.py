@@ -20,6 +20,9 @@ templates_app = typer.Typer(no_args_is_help=True, help="List and validate scenar
 app.add_typer(templates_app, name="templates")
 probe_app = typer.Typer(no_args_is_help=True, help="Probe judges: classifiers over a model's hidden states.")
 app.add_typer(probe_app, name="probe")
+review_app = typer.Typer(no_args_is_help=True, help="Rows out to people and their labels back, through Label Studio's "
+                                                    "JSON import and export files.")
+app.add_typer(review_app, name="review")
 
 DEFAULT_TEMPLATES = Path("templates")
 DEFAULT_SEEDS = Path("seeds")
@@ -212,9 +215,10 @@ def preview(
 @app.command("export")
 def export_cmd(
     build_dir: str = typer.Argument(..., help="a finished build directory (a local path or a URI, e.g. s3://…)"),
-    fmt: str = typer.Option(..., "--format", help="sft | alpaca | libra-test | jsonl"),
-    out: str = typer.Option(..., "--out", help="sft, alpaca: a directory; libra-test, jsonl: a .jsonl file "
-                                               "(a local path or a URI)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="sft | alpaca | libra-test | jsonl (none: rewrite the "
+                                                             "build's own exports)"),
+    out: Optional[str] = typer.Option(None, "--out", help="sft, alpaca: a directory; libra-test, jsonl: a .jsonl file "
+                                                          "(a local path or a URI)"),
     label_position: Optional[str] = typer.Option(
         None, "--label-position", help="sft, alpaca: 答案 before|after 分析 (default: the config's export.label_position)"
     ),
@@ -226,13 +230,31 @@ def export_cmd(
 ) -> None:
     """Re-export a finished build without rerunning it.
 
+    Without --format: the build's own exports (corpus/, sft/, hard/, rejects/, libra_test.jsonl, the
+    card), the manifest's counts and the report, written again from its stage outputs with the
+    people's labels of reviews/ applied (`synth review pull`).
     sft: chat `messages` parquet + Alpaca jsonl + LLaMA-Factory dataset_info.json;
     alpaca: Alpaca jsonl + dataset_info.json; libra-test: the Libra-Test view;
     jsonl: every corpus row with its split.
     """
     from synth.export import export_format
 
+    if fmt is None and out is None:
+        _setup_logging()
+        from synth.build import export_again
+
+        with _reported():
+            if label_position is not None or sft_target is not None:
+                raise BadInput("--label-position and --sft-target go with --format; without it the build's own "
+                               "exports are rewritten as its config says")
+            counts = export_again(build_dir, config)
+        typer.echo(json.dumps({"corpus_rows": counts["corpus_rows"], "labels": counts["labels"],
+                               "controversial": counts["controversial"]["rows"], "reviewed": counts["reviewed"]},
+                              ensure_ascii=False))
+        return
     with _reported():
+        if fmt is None or out is None:
+            raise BadInput("--format and --out go together (or give neither: rewrite the build's own exports)")
         if label_position not in (None, "before", "after"):
             raise BadInput(f"--label-position must be before or after, got {label_position!r}")
         from synth import storage
@@ -244,6 +266,51 @@ def export_cmd(
             counts = export_format(local, fmt, target, config_path=config, label_position=label_position,
                                    sft_target=sft_target)
     typer.echo(json.dumps(counts, ensure_ascii=False))
+
+
+@review_app.command("push")
+def review_push(
+    build_dir: str = typer.Argument(..., help="a finished build directory (a local path or a URI)"),
+    to: Path = typer.Option(..., "--to", help="Label Studio import file (JSON) to write or add to; the labeling "
+                                              "config goes beside it as FILE.labeling.xml"),
+    select: str = typer.Option("controversial", "--select", help="controversial | hard | sample:N (a stratified "
+                                                                 "audit sample of the agreed corpus) | a pandas query "
+                                                                 "over the corpus rows"),
+    project: Optional[str] = typer.Option(None, "--project", help="the project's name, kept in each task "
+                                                                  "(default: the build's name)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="sample:N's seed (default: the build's)"),
+) -> None:
+    """Write rows as Label Studio tasks, the judges' verdicts as predictions; rows already in the file are
+    not added again."""
+    from synth import storage
+    from synth.lock import BuildLock
+    from synth.review import push
+
+    with _reported(), BuildLock(build_dir, reading=True), storage.local_mirror(build_dir) as local:
+        result = push(local, to, select, project=project, seed=seed)
+    typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+@review_app.command("pull")
+def review_pull(
+    build_dir: str = typer.Argument(..., help="the build the tasks were pushed from (a local path or a URI)"),
+    source: Path = typer.Option(..., "--from", help="Label Studio export of the project (JSON format)"),
+    project: Optional[str] = typer.Option(None, "--project", help="refuse tasks of another project"),
+) -> None:
+    """Record every annotation of a Label Studio export in BUILD/reviews/ (by annotation id: pulling again
+    changes nothing). `synth export BUILD` then applies them."""
+    from synth import storage
+    from synth.build import check_finished
+    from synth.human_labels import REVIEWS_DIR
+    from synth.lock import BuildLock
+    from synth.review import pull
+
+    with _reported():
+        check_finished(build_dir)  # before the lock: no lock file in a directory that is not a build
+        with BuildLock(build_dir), storage.local_mirror(build_dir) as local:
+            result = pull(local, source, project=project)
+            storage.sync_back(local, build_dir, [REVIEWS_DIR])
+    typer.echo(json.dumps(result, ensure_ascii=False))
 
 
 @app.command("eval-guard")
@@ -264,8 +331,9 @@ def eval_guard(
 @app.command("eval-judges")
 def eval_judges(
     gold: list[Path] = typer.Argument(..., help="jsonl gold pairs (Libra-Test keys: question, response, label, "
-                                                "category_name, sub_category_name, id), e.g. seeds/gold/judge_gold.jsonl; "
-                                                "several files are judged in one run and shown side by side"),
+                                                "category_name, sub_category_name, id), e.g. seeds/gold/judge_gold.jsonl, "
+                                                "or a build's reviews directory (BUILD/reviews: the rows people "
+                                                "settled); several are judged in one run and shown side by side"),
     config: Path = typer.Option(..., "--config", help="pipeline config whose judge roles are calibrated"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
     dry_run: bool = typer.Option(False, "--dry-run", help="the stand-in engine instead of the models"),

@@ -3,7 +3,9 @@
     synth eval-judges GOLD.jsonl --config pipelines/demo.yaml [--json] [--dry-run]
 
 GOLD: Libra-Test rows (`question, response, label, category_name, sub_category_name, id`;
-`source` and `analyze` may be there too). Each pair goes through the build's own annotate
+`source` and `analyze` may be there too), or a build's reviews directory (`BUILD/reviews`, written
+by `synth review pull`): the rows people settled, with their label, a dialogue row with its earlier
+turns (`history`, judged as a conversation, as in a build). Each pair goes through the build's own annotate
 stage (`synth.stages.labelling.Annotate`): the config's judge roles with their templates,
 rubrics, models, sampling and structured outputs, on the real engines (or the stand-in
 with `--dry-run`), and the build's rule: both judges agree → that label, else the pair
@@ -37,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from synth import storage
+from synth.engines.base import parse_history
 from synth.errors import BadInput
 from synth.eval_guard import Tally
 from synth.gold import GOLD_FIELDS, read_judge_gold  # noqa: F401  (GOLD_FIELDS: callers read it here)
@@ -49,12 +52,16 @@ def gold_pairs(gold: dict[str, dict[str, Any]]) -> pd.DataFrame:
     from synth.stages.labelling import PAIR_COLUMNS
     from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS
 
-    rows = []  # each a single question: a one-turn conversation
+    rows = []  # each a single question (a one-turn conversation), or a dialogue's last turn after its `history`
     for row_id, g in gold.items():
         pair = {c: None if c in QUESTION_JUDGE_COLUMNS else "" for c in PAIR_COLUMNS} | SINGLE_TURN
         pair.update(id=row_id, question_id=row_id, scenario=g["category_name"], scenario_name=g["category_name"],
                     subcategory=g["sub_category_name"], subcategory_name=g["sub_category_name"],
                     question=g["question"], response=g["response"], seed=0, response_tokens=0, elements=None)
+        history = parse_history(g.get("history"))  # gold from a build's reviews: a dialogue row's earlier turns
+        if history:
+            pair.update(history=json.dumps(history, ensure_ascii=False),
+                        turns=1 + sum(m["role"] == "user" for m in history))
         rows.append(pair)
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     return frame.astype({"seed": "int64", "response_tokens": "int64", **DIALOGUE_DTYPES})

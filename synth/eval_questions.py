@@ -39,7 +39,10 @@ QUESTION_GOLD_FIELDS = ("question", "kind", "sub_category_name", "id")
 
 
 def is_question_gold(path: Path) -> bool:
-    """A question gold file: its first row has `kind` and no `response` (pair gold has a response)."""
+    """A question gold file: its first row has `kind` and no `response` (pair gold has a response;
+    a directory, a build's reviews, is pair gold)."""
+    if Path(path).is_dir():
+        return False
     for _, row in read_jsonl(path, "gold"):
         return "kind" in row and "response" not in row
     return False

@@ -24,6 +24,14 @@ the converse stage reads as single-turn). A fourth configuration, `dialogues` (`
 holds the agreed rows of two user turns or more, in the split the default configuration has them;
 libra_test.jsonl, Libra-Test's single-turn format, leaves them out.
 
+People's labels (`<build>/reviews/`, `synth review pull`; synth/human_labels.py) are applied to
+every row as it is read: their majority label over the judges' (a tie stays 有争议), so a tier row
+people settled joins the corpus and an agreed row they left 有争议 joins the tier; every corpus row
+carries `label_source` (judges | human | judges+human-agreed); balance never cuts a row people
+labelled; and a fifth configuration, `reviewed` (`corpus/reviewed/`), holds the corpus rows whose
+label people gave or confirmed, in the split the default configuration has them. Without
+reviews every row's `label_source` is `judges` and nothing else changes.
+
 A build also records what its exports read besides the stage outputs, in
 `<build>/inputs/`: `config.yaml` (the validated config, templates/seeds paths made
 absolute), `judge.yaml` (a copy of the guard prompt the sft/ view renders) and, where the
@@ -53,6 +61,8 @@ from synth.balance import apply_balance
 from synth.config import PipelineConfig, load_config
 from synth.dialogue_templates import DIALOGUE_JUDGE_FILE
 from synth.errors import BadInput
+from synth.human_labels import (AGREED, HUMAN, JUDGES, LABEL_SOURCES, PEOPLE_UNDECIDED, REVIEW_STAGE, REVIEWS_DIR,
+                                apply_people, people_by_row, settle)
 from synth.output_parsing import CONTROVERSIAL, FIELD_COLUMNS, SAFE, UNSAFE
 from synth.report.collect import CONTENT_KEYS, coverage_by_content
 from synth.rows import MESSAGES_TYPE, REJECT_COLUMN, row_messages, stable_id
@@ -62,7 +72,8 @@ from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_c
 
 CORPUS_COLUMNS = (
     "id", "scenario", "scenario_name", "subcategory", "subcategory_name", "kind", "attack", "question",
-    "response", "messages", "turns", "strategy", "history_responder", "responder", "persona", "label", "analyze", "unsafe_score", "judgements", "elements", "generator",
+    "response", "messages", "turns", "strategy", "history_responder", "responder", "persona", "label", "label_source",
+    "analyze", "unsafe_score", "judgements", "elements", "generator",
     "template_id", "template_hash", "finish_reason", "seed", "source_question_id", *FIELD_COLUMNS.values(),
     "controversy", "question_score", "requested_kind", "requested_subcategory", "question_route",
 )
@@ -77,10 +88,13 @@ FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_su
 DIALOGUE_TYPES = {"messages": MESSAGES_TYPE, "turns": pa.int64(), "strategy": pa.large_string(),
                   "history_responder": pa.large_string()}
 DIALOGUE_DEFAULTS = {"turns": 1, "strategy": "", "history_responder": ""}
-# What the corpus rows are made from: CORPUS_COLUMNS as the final stage wrote them (not `messages`),
-# and the earlier turns of a dialogue row (`history`, JSON: synth.engines.base.parse_history).
-STAGE_COLUMNS = (*(c for c in CORPUS_COLUMNS if c != "messages"), "history")
+# Made by the export, not a stage: where a row's label comes from (synth.human_labels.settle).
+MADE_TYPES = {**DIALOGUE_TYPES, "label_source": pa.large_string()}
+# What the corpus rows are made from: CORPUS_COLUMNS as the final stage wrote them (not `messages`
+# nor `label_source`), and the earlier turns of a dialogue row (`history`, JSON: synth.engines.base.parse_history).
+STAGE_COLUMNS = (*(c for c in CORPUS_COLUMNS if c not in ("messages", "label_source")), "history")
 DIALOGUES = "dialogues"  # the configuration (and corpus/ folder) of the agreed rows with turns >= 2
+REVIEWED = "reviewed"  # the configuration (and corpus/ folder) of the corpus rows whose label people gave or confirmed
 # What balance, the split, the counts and the dataset card read: the only columns held whole
 # (the card's coverage by content also reads the request and the question judge's verdicts).
 KEY_COLUMNS = ("id", "scenario", "scenario_name", "subcategory", "label", "kind", "controversy", "turns",
@@ -160,11 +174,12 @@ def tier_stages() -> tuple[str, str]:
     return labeller, filters
 
 
-def load_balanced(out: Path, config: PipelineConfig, final: str | None = None
+def load_balanced(out: Path, config: PipelineConfig, final: str | None = None, people: dict[str, str] | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """(kept, cut by `balance` with `reject_reason`, balance counts, the controversial tier):
-    `KEY_COLUMNS` of the final stage's rows, sorted by id. Balance applies to the agreed labels;
-    the tier is kept whole."""
+    `KEY_COLUMNS` of the final stage's rows with `label_source`, sorted by id. `people`: row id ->
+    people's label (synth.human_labels), settled in first. Balance applies to the agreed labels and
+    never cuts a row whose label people gave or confirmed; the tier is kept whole."""
     keys = read_table(Path(out) / "stages" / (final or final_stage(out)) / "rows", KEY_COLUMNS)
     if keys.empty:
         keys = pd.DataFrame(columns=list(KEY_COLUMNS))
@@ -173,9 +188,11 @@ def load_balanced(out: Path, config: PipelineConfig, final: str | None = None
     # a build from before the converse stage: single-turn rows
     keys["turns"] = keys["turns"].fillna(DIALOGUE_DEFAULTS["turns"]).astype("int64") if "turns" in keys \
         else DIALOGUE_DEFAULTS["turns"]
-    keys = keys.sort_values("id").reset_index(drop=True)
+    keys = keys.assign(controversy=keys["controversy"].fillna(""))
+    keys = apply_people(keys.sort_values("id").reset_index(drop=True), people or {})
     tier = keys["label"] == CONTROVERSIAL
-    kept, cut, counts = apply_balance(keys[~tier].reset_index(drop=True), config.balance, config.seed)
+    reviewed = keys.loc[~tier & (keys["label_source"] != JUDGES), "id"]
+    kept, cut, counts = apply_balance(keys[~tier].reset_index(drop=True), config.balance, config.seed, pinned=set(reviewed))
     return kept, cut, counts, keys[tier].reset_index(drop=True)
 
 
@@ -191,7 +208,8 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
 
     out = Path(out)
     final_name = final or final_stage(out)
-    kept, cut, balance, tier = load_balanced(out, config, final_name)
+    people = people_by_row(out / REVIEWS_DIR)  # row id -> people's label (synth review pull), applied throughout
+    kept, cut, balance, tier = load_balanced(out, config, final_name, people)
     balance["config"] = config.balance.model_dump(mode="json")
     train, validation = split_train_validation(kept, config.export.validation_share, config.seed)
     tier_splits = dict(zip(SPLITS, split_train_validation(tier, config.export.validation_share, config.seed)))
@@ -200,17 +218,20 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
         files = parquet_files(out / "stages" / final_name / "rows")
         stage_schema = unified_schema(files, STAGE_COLUMNS)
         schema = corpus_schema(stage_schema)
-        final = SortedRows((corpus_batch(b, schema) for b in batches(files, stage_schema)), read_column(files, "id"),
-                           schema, Path(tmp) / final_name)
+        final = SortedRows((corpus_batch(b, schema, people) for b in batches(files, stage_schema)),
+                           read_column(files, "id"), schema, Path(tmp) / final_name)
 
         corpus_dir = _fresh_dir(out / "corpus")
         for split, rows in (("train", train), ("validation", validation)):
             write_parquet(shard_paths(corpus_dir / "data", split, len(rows), shard_rows), schema,
                           with_ids(final, rows["id"]), shard_rows)
-            dialogue_ids = rows.loc[rows["turns"] >= 2, "id"]  # the same rows, in the same split
-            if len(dialogue_ids):  # datasets loads no split without rows: a split (config) with none is left out
-                write_parquet(shard_paths(corpus_dir / DIALOGUES, split, len(dialogue_ids), shard_rows), schema,
-                              with_ids(final, dialogue_ids), shard_rows)
+            # the same rows, in the same split; datasets loads no split without rows: a split (config)
+            # with none is left out
+            for view, ids in ((DIALOGUES, rows.loc[rows["turns"] >= 2, "id"]),
+                              (REVIEWED, rows.loc[rows["label_source"] != JUDGES, "id"])):
+                if len(ids):
+                    write_parquet(shard_paths(corpus_dir / view, split, len(ids), shard_rows), schema,
+                                  with_ids(final, ids), shard_rows)
         for view, label in VIEWS.items():
             for split, rows in tier_splits.items():
                 write_parquet(shard_paths(corpus_dir / view, split, len(rows), shard_rows), schema,
@@ -250,6 +271,7 @@ def export_build(out: Path, config: PipelineConfig, catalog: Any = None, *,
                         "validation": int((validation["turns"] >= 2).sum())},
             "scenarios": int(kept["scenario"].nunique()) if len(kept) else 0,
             "subcategories": int(kept[["scenario", "subcategory"]].drop_duplicates().shape[0]) if len(kept) else 0,
+            REVIEWED: reviewed_counts(kept, cut, train, validation, tier, people),
         }
         content = coverage_by_content(out, kept)  # None: no question judge ran
         if content is not None:
@@ -271,20 +293,48 @@ def corpus_schema(stage: pa.Schema) -> pa.Schema:
     if not stage.names:
         return stage
     written = _as_written(stage)
-    return pa.schema([pa.field(c, DIALOGUE_TYPES[c]) if c in DIALOGUE_TYPES else written.field(c)
-                      for c in CORPUS_COLUMNS if c in DIALOGUE_TYPES or c in written.names])
+    return pa.schema([pa.field(c, MADE_TYPES[c]) if c in MADE_TYPES else written.field(c)
+                      for c in CORPUS_COLUMNS if c in MADE_TYPES or c in written.names])
 
 
-def corpus_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+def reviewed_counts(kept: pd.DataFrame, cut: pd.DataFrame, train: pd.DataFrame, validation: pd.DataFrame,
+                    tier: pd.DataFrame, people: dict[str, str]) -> dict[str, Any]:
+    """What people's labels did to this export: the `reviewed` configuration's rows (corpus rows whose
+    label people gave or confirmed) per split; the corpus rows per `label_source`; the rows people
+    labelled; the controversial tier's rows they settled (now in the corpus); the agreed labels they
+    changed; the agreed rows they left 有争议 (now in the tier); and the labelled rows that are not the
+    final stage's (what a filter diverted to hard/ before it: in the agreement figures, not the corpus)."""
+    sources = kept["label_source"].value_counts()
+    by_people = kept["label_source"] == HUMAN
+    return {"rows": int((kept["label_source"] != JUDGES).sum()),
+            **{split: int((rows["label_source"] != JUDGES).sum()) for split, rows in (("train", train),
+                                                                                    ("validation", validation))},
+            "label_source": {source: int(sources.get(source, 0)) for source in LABEL_SOURCES},
+            "people_labelled": len(people),
+            "settled_from_tier": int((by_people & (kept["judges_label"] == CONTROVERSIAL)).sum()),
+            "relabelled": int((by_people & (kept["judges_label"] != CONTROVERSIAL)).sum()),
+            "moved_to_tier": int((tier["controversy"] == PEOPLE_UNDECIDED).sum()),
+            "not_in_final_stage": len(set(people) - set(kept["id"]) - set(cut["id"]) - set(tier["id"]))}
+
+
+def corpus_batch(batch: pa.RecordBatch, schema: pa.Schema, people: dict[str, str] | None = None) -> pa.RecordBatch:
     """Final-stage rows as corpus rows of `schema`: `messages` made from each row (`row_messages`),
-    turns / strategy / history_responder defaulted where a row has none (single-turn)."""
+    turns / strategy / history_responder defaulted where a row has none (single-turn), and the label
+    settled with `people`'s labels (row id -> label; synth.human_labels.settle) and its `label_source`."""
     messages = []
     for row in batch.select([c for c in ("id", "question", "response", "history") if c in batch.schema.names]).to_pylist():
         try:
             messages.append(row_messages(row))
         except ValueError as e:  # a history that is not a conversation
             raise BadInput(f"row {row.get('id')}: {e}") from None
-    columns = {"messages": pa.array(messages, MESSAGES_TYPE)}
+    ids, labels = batch.column("id").to_pylist(), batch.column("label").to_pylist()
+    controversy = batch.column("controversy").to_pylist() if "controversy" in batch.schema.names else [""] * len(ids)
+    settled = [settle(label, reason or "", (people or {}).get(row_id))
+               for row_id, label, reason in zip(ids, labels, controversy)]
+    columns = {"messages": pa.array(messages, MESSAGES_TYPE),
+               "label": pa.array([s[0] for s in settled], pa.large_string()),
+               "label_source": pa.array([s[1] for s in settled], pa.large_string()),
+               "controversy": pa.array([s[2] for s in settled], pa.large_string())}
     for name, default in DIALOGUE_DEFAULTS.items():
         values = batch.column(name).cast(DIALOGUE_TYPES[name]) if name in batch.schema.names \
             else pa.nulls(len(batch), DIALOGUE_TYPES[name])
@@ -352,9 +402,10 @@ def write_hard(out: Path, path: Path, tmp: Path, tier: tuple[pa.Schema, Any, Any
         for table in tier_tables() if tier_schema is not None else ():
             for batch in table.to_batches():
                 reason = batch.column("controversy")
-                # the judges' rule (a disagreement, a score between the thresholds), else a label filter
-                yield as_hard(batch, reason, [labeller if r in (DISAGREE, BETWEEN) else label_filters
-                                              for r in reason.to_pylist()])
+                # the judges' rule (a disagreement, a score between the thresholds), people who left an
+                # agreed label undecided, else a label filter
+                yield as_hard(batch, reason, [labeller if r in (DISAGREE, BETWEEN) else REVIEW_STAGE
+                                              if r == PEOPLE_UNDECIDED else label_filters for r in reason.to_pylist()])
 
     sorted_rows = SortedRows(rows(), ids, schema, tmp, sort_keys=("id", "hard_stage"))
     n = write_parquet([path], schema, sorted_rows)
@@ -620,6 +671,7 @@ def _write_card(path: Path, config: PipelineConfig, corpus: pd.DataFrame, counts
             table += f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |\n"
     tier = counts["controversial"]
     dialogues = counts.get(DIALOGUES) or {"rows": 0, "train": 0, "validation": 0}
+    reviewed = counts[REVIEWED]
     coverage = ""
     if counts.get("coverage"):  # where a question judge ran: what was asked for beside what it confirmed
         from synth.report.render import coverage_headline
@@ -653,11 +705,16 @@ Configurations of one dataset (`datasets.load_dataset(path, name)`):
 - `{DIALOGUES}`: the rows of `default` that are conversations of two user turns or more, in the same
   split ({dialogues['rows']} rows: train {dialogues['train']}, validation {dialogues['validation']}; only the
   splits with rows are listed, and the configuration is left out when there are none).
+- `{REVIEWED}`: the rows of `default` whose label people gave or confirmed (`synth review pull`), in the
+  same split ({reviewed['rows']} rows: train {reviewed['train']}, validation {reviewed['validation']}; left out
+  when there are none): for stage-two training on human labels.
 Every row has its whole conversation as `messages` (chat format: the earlier turns, then `question`
 and `response`; two messages for a single-turn row), its number of user turns `turns` and the
 dialogue `strategy` (`""` for a single-turn row); the label judges the last answer in the context
 of the whole conversation. `../libra_test.jsonl` (Libra-Test's single-turn format) leaves out the
 {dialogues['rows']} dialogue rows.
+Every row says where its label comes from in `label_source`: `{JUDGES}` (the two judges agreed),
+`{HUMAN}` (people's majority label, over the judges'), `{AGREED}` (people gave the judges' label).
 Tier rows keep the reason in `controversy` and each judge's verdict in `judgements`. A copy of
 the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in `../hard/`
 (`hard_reason`); dropped rows are in `../rejects/` with their reasons.
@@ -670,6 +727,7 @@ the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in
 {json.dumps(tier['by_reason'], ensure_ascii=False)}
 - hard pool (in `../hard/`): {counts['hard_rows']} {json.dumps(counts.get('hard_reasons', {}), ensure_ascii=False)}
 - cut by balancing (in `../rejects/balance.parquet`): {sum(counts.get('balance', {}).get('cut', {}).values())}
+- labels from people: {_people_line(reviewed, counts['corpus_rows'])}
 
 {table}
 ## What the labels are worth
@@ -679,13 +737,24 @@ the tier, with the pairs diverted elsewhere, is the stage-two annotation pool in
     path.write_text(text, encoding="utf-8")
 
 
+def _people_line(reviewed: dict[str, Any], rows: int) -> str:
+    """The card's line on people's labels (counts[REVIEWED])."""
+    sources = reviewed["label_source"]
+    if not reviewed["people_labelled"]:
+        return f"none of the {rows} rows (no `synth review pull` yet): every label is the judges'"
+    return (f"{sources[HUMAN]} of the {rows} rows have people's label over the judges' ({reviewed['settled_from_tier']} "
+            f"of them settled from the controversial tier), {sources[AGREED]} have the judges' label confirmed by "
+            f"people; {reviewed['moved_to_tier']} agreed rows people left {CONTROVERSIAL} are in the tier "
+            f"({reviewed['people_labelled']} rows labelled by people in all)")
+
+
 def _configs_block(corpus_dir: Path) -> str:
     """The card's `configs:`, each with a description that names this export's rows by a hash
     (of their ids, labels and texts, in file order: the same whatever the shard size): datasets
     (5.2) caches a local folder's configurations by the folder's name and the card, so without
     it load_dataset("a/corpus") then load_dataset("b/corpus") would return a's rows."""
     digest = hashlib.sha256()
-    for view in ("data", *VIEWS, DIALOGUES):
+    for view in ("data", *VIEWS, DIALOGUES, REVIEWED):
         for split in SPLITS:
             for file in sorted((corpus_dir / view).glob(f"{split}-*.parquet")):
                 parquet = pq.ParquetFile(file)
@@ -696,11 +765,14 @@ def _configs_block(corpus_dir: Path) -> str:
     fingerprint = digest.hexdigest()[:16]
     views = {"default": ("agreed labels", ["data"]),
              **{view: (f"agreed labels, {CONTROVERSIAL} counted {label}", ["data", view]) for view, label in VIEWS.items()},
-             DIALOGUES: ("agreed labels, conversations of two user turns or more", [DIALOGUES])}
+             DIALOGUES: ("agreed labels, conversations of two user turns or more", [DIALOGUES]),
+             REVIEWED: ("labels people gave or confirmed", [REVIEWED])}
     lines = ["configs:"]
     for name, (what, dirs) in views.items():
-        # `dialogues` lists the splits it has rows in (none: no configuration), as datasets loads no empty split
-        splits = [split for split in SPLITS if name != DIALOGUES or any((corpus_dir / DIALOGUES).glob(f"{split}-*.parquet"))]
+        # `dialogues` and `reviewed` list the splits they have rows in (none: no configuration), as
+        # datasets loads no empty split
+        splits = [split for split in SPLITS
+                  if name not in (DIALOGUES, REVIEWED) or any((corpus_dir / name).glob(f"{split}-*.parquet"))]
         if not splits:
             continue
         lines += [f"- config_name: {name}", f'  description: "{what} (rows {fingerprint})"', "  data_files:"]

@@ -3,8 +3,9 @@
 Sources: `manifest.json` (per-stage counts, wall time, export counts), the stage
 outputs under `stages/` (for what the manifest does not break down: judge
 agreement, refusals, diversity, tokens), the exports (`corpus/`, `hard/`,
-`rejects/`) and the recorded config (`inputs/config.yaml`: which evaluation sets
-were checked). Everything returned is plain JSON-able data; `report.json` is this
+`rejects/`), the recorded config (`inputs/config.yaml`: which evaluation sets
+were checked) and people's labels (`reviews/`: how far judges and people agree,
+synth/agreement.py). Everything returned is plain JSON-able data; `report.json` is this
 dict, and the tests check it against the manifest and the exported files.
 
 Each section reads only the columns it needs (texts only where it reads them: lengths
@@ -25,7 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from synth.agreement import review_figures
 from synth.filters.chinese import distinct_n
+from synth.human_labels import REVIEWS_DIR, read_annotations, read_reviewed_rows
 from synth.filters.refusal import is_refusal
 from synth.output_parsing import CONTROVERSIAL, LABELS
 from synth.report.readers import read_columns, read_texts, requested, share
@@ -226,6 +229,16 @@ def judge_agreement(build: Path) -> dict[str, Any]:
         "by_scenario": by_scenario, "pairs": pair_rows, "failures": failures,
         "per_judge": {k: {**v, "unsafe_rate": share(v["unsafe"], v["verdicts"])} for k, v in sorted(per_judge.items())},
     }
+
+
+def reviews(build: Path, export: dict[str, Any]) -> dict[str, Any] | None:
+    """How far judges and people agree on the rows people labelled (synth.agreement.review_figures),
+    with what the export did with their labels (manifest `export.reviewed`); None without reviews."""
+    directory = build / REVIEWS_DIR
+    figures = review_figures(read_annotations(directory), read_reviewed_rows(directory))
+    if figures is None:
+        return None
+    return {**figures, "export": export.get("reviewed")}
 
 
 def refusals(build: Path) -> dict[str, Any]:
@@ -470,6 +483,8 @@ def collect(build: Path) -> dict[str, Any]:
         },
         "judges": judge_agreement(build),
         "calibration": manifest.get("judges_calibration"),
+        # judges vs people, people vs people, the audit sample: None until people labelled rows
+        "reviews": reviews(build, export),
         "refusals": refusals(build),
         "unsafe_yield": unsafe_yield(build),
         "dialogues": dialogues(build, manifest),

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from synth.output_parsing import CONTROVERSIAL, LABELS
+from synth.output_parsing import CONTROVERSIAL, LABELS, SAFE, UNSAFE
 
 
 def _fmt(v: Any) -> str:
@@ -51,6 +51,7 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
         ["rejected rows (all stages + balance)", sum(n["rejects"].values())],
         ["judge agreement", _pct((n["judges"].get("overall") or {}).get("rate"))],
         ["subcategories with a label missing", len(n["coverage_gaps"])],
+        *([["labels from people", people_headline(n["reviews"])]] if n.get("reviews") else []),
         *([["coverage by request / by content", coverage_headline(n["coverage_by_content"])]]
           if n.get("coverage_by_content") else []),
         ["wall time of the stages (s)", f"{n['wall_seconds']:.1f}"],
@@ -157,6 +158,9 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
         out.append(("Judges calibration", "None recorded for these judges: run `synth eval-judges GOLD --config "
                     "CONFIG` before a build to measure them against gold labels.", ["", ""], [], None))
 
+    if n.get("reviews"):
+        out += review_sections(n["reviews"])
+
     ref = [[k, v["answers"], v["refusals"], _pct(v["rate"]), _pct(v.get("rate_harmful")), _pct(v.get("rate_benign"))]
            for k, v in n["refusals"].items()]
     out.append(("Refusal rate per responder", "Every answer of the respond stage, by the refusal lexicon "
@@ -227,6 +231,45 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                     ["stage", "planned requests", "requests", "planned output tokens", "output tokens", "seconds"],
                     rows, None))
     return out
+
+
+def people_headline(r: dict[str, Any]) -> str:
+    """The headline of people's labels (report, card): what the export took from them, and how many."""
+    c, export = r["counts"], r.get("export") or {}
+    sources = export.get("label_source") or {}
+    return (f"{sources.get('human', 0)} corpus labels by people, {sources.get('judges+human-agreed', 0)} judges' labels "
+            f"confirmed by people ({c['rows']} rows labelled, {c['annotations']} annotations by {c['annotators']} "
+            f"annotators)")
+
+
+def review_sections(r: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str | None]]:
+    """The report's sections on people's labels (synth.agreement.review_figures)."""
+    vs, pp, audit = r["judges_vs_people"], r["people_vs_people"], r["audit"]
+
+    def row(who: str, f: dict[str, Any]) -> list[Any]:
+        return [who, f["n"], _fmt(f["accuracy"]), _fmt(f["f1"][SAFE]), _fmt(f["f1"][UNSAFE]), _fmt(f["kappa"])]
+
+    rows = [row(name, f) for name, f in vs["judges"].items()]
+    rows.append(row("the judges' agreed labels", vs["agreed_labels"]))
+    for scenario, s in vs["by_scenario"].items():
+        rows += [row(f"{s['name']} ({scenario}): {name}", f) for name, f in s["judges"].items()]
+    low, high = audit["wilson_95"]
+    return [
+        ("Judges vs people", f"On the {vs['n']} rows people settled (安全 / 不安全, the majority of their annotators; "
+         "reviews/): each judge's verdict against people's label, overall and per scenario; a judge with no verdict "
+         "counts as wrong. F1 per label (that label the positive class); κ = Cohen's kappa (– where undefined). "
+         "`the judges' agreed labels`: the rows both judges agreed on.",
+         ["judge", "rows", "accuracy", f"F1 {SAFE}", f"F1 {UNSAFE}", "κ"], rows, None),
+        ("People vs people", "Rows two annotators or more labelled (安全 / 不安全 / 有争议, each annotator's latest "
+         "annotation): the share of annotator pairs that agree, and Krippendorff's alpha (nominal; – where every "
+         "label is the same).", ["rows", "annotations", "pair agreement", "Krippendorff's α"],
+         [[pp["rows"], pp["annotations"], _pct(pp["pair_agreement"]), _fmt(pp["krippendorff_alpha"])]], None),
+        ("Audit sample", "The rows of `synth review push --select sample:N` (a stratified sample of the agreed "
+         "corpus) people labelled: how many of the judges' agreed labels people confirmed (people's 有争议 "
+         "confirms none), with the Wilson 95% interval.",
+         ["rows", "confirmed", "accuracy of the agreed labels", "95% interval"],
+         [[audit["rows"], audit["confirmed"], _pct(audit["accuracy"]), f"{_pct(low)} – {_pct(high)}"]], None),
+    ]
 
 
 SCORECARD_NOTE = (
@@ -344,6 +387,7 @@ def headline_block(n: dict[str, Any]) -> str:
         f"- question diversity (corpus): distinct-1 {_fmt(n['diversity'].get('corpus_questions', {}).get('distinct_1'))}, "
         f"distinct-2 {_fmt(n['diversity'].get('corpus_questions', {}).get('distinct_2'))}",
         f"- subcategories with a label missing: {len(n['coverage_gaps'])} of {len(n['coverage'])}",
+        *([f"- labels from people: {people_headline(n['reviews'])}"] if n.get("reviews") else []),
         "",
         "Full report: `../report/index.html` (and `../report/README.md`).",
     ]
