@@ -34,6 +34,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,8 @@ def run_build(
     storage.make_dirs(out)
     build_log = storage.local_log_dir(out) / "build.log"  # a remote build's log: local, uploaded at the end
     build_log.parent.mkdir(parents=True, exist_ok=True)
-    with BuildLock(out) as lock:
+    # the engines' workers log to this build's build.log; fault injection (tests) kills this driver
+    with BuildLock(out) as lock, _environ({BUILD_LOG_ENV: str(build_log.resolve()), DRIVER_PID: str(os.getpid())}):
         try:
             manifest = _build(config, catalog, plan, out, build_log, lock, dry_run=dry_run, fresh=fresh,
                               max_failures=max_failures, pipeline=pipeline)
@@ -92,6 +95,22 @@ def run_build(
             except Exception as e:  # noqa: BLE001 - never hide the build's own error behind this one
                 log.warning("could not upload %s to %s: %s", build_log, out, type(e).__name__)
     return manifest
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` in this process's environment while a build runs, as they were afterwards (a process
+    that builds twice, a test session, never points the next build at the last one's build.log)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str, build_log: Path, lock: BuildLock, *,
@@ -106,8 +125,6 @@ def _build(config: PipelineConfig, catalog: Catalog, plan: dict, out: Path | str
     log.setLevel(logging.INFO)
     log.info("build %s → %s%s", config.name, out, " (dry run: stand-in engine)" if dry_run else "")
     log.info("%s", headline(plan))
-    os.environ[BUILD_LOG_ENV] = str(build_log.resolve())  # engines' workers log there too
-    os.environ[DRIVER_PID] = str(os.getpid())  # fault injection (tests) kills the driver, see faults.py
     init_ray()
     ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run,
                        cache_root=storage.join(out, "cache", "requests"))

@@ -7,6 +7,8 @@ models (so their replicas can be placed). Uses a recording engine, no model.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 from synth.build import STAGES
@@ -110,3 +112,8 @@ def test_a_build_starts_each_model_while_the_stages_before_its_use_run(ray_sessi
     events.clear()
     run_build(config, out, dry_run=True)
     assert events == []
+    # the build's environment (its build.log for the engines) ends with it: a later in-process
+    # requester must not log into a build directory that may be gone
+    from synth.engines.pushback import BUILD_LOG_ENV
+
+    assert BUILD_LOG_ENV not in os.environ

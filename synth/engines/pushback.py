@@ -49,7 +49,9 @@ def attach_build_log() -> None:
     """Send this module's log lines to the build's build.log (the requester runs in a Ray
     worker, whose own output a newcomer never sees), not to the console."""
     path = os.environ.get(BUILD_LOG_ENV)
-    if not path or any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in log.handlers):
+    if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):  # no build, or it is gone
+        return
+    if any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in log.handlers):
         return
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
