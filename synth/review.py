@@ -63,7 +63,7 @@ from synth.output_parsing import CONTROVERSIAL, CORPUS_LABELS, YES_NO
 from synth.report.collect import taxonomy
 from synth.report.readers import read_columns
 from synth.rows import row_messages, stable_id
-from synth.stream_io import parquet_files
+from synth.stream_io import parquet_files, read_text_file
 
 # The labeling config's choices: each a column of reviews/annotations.parquet.
 LABEL, QUESTION_HARMFUL, REFUSAL, SUBCATEGORY = "label", "question_harmful", "refusal", "subcategory"
@@ -309,16 +309,7 @@ def push(build_dir: Path, to: Path, selection: str = "controversial", *, project
 
 def read_json_list(path: Path, what: str) -> list[Any]:
     """A JSON file holding a list; BadInput naming the file (and where the JSON breaks)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: {what} is a directory") from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read the {what}: {e.strerror}") from None
+    text = read_text_file(path, what)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

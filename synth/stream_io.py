@@ -173,20 +173,26 @@ def write_parquet(paths: Sequence[Path], schema: pa.Schema, tables: Iterable[pa.
     return total
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 file's text; BadInput naming the file (`what` says which: "gold file", "task file" ...)
+    when it is missing, a directory, not UTF-8 or unreadable."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: {what} is a directory") from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read {what}: {e.strerror}") from None
+
+
 def read_jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-blank line of a JSON-lines file; BadInput naming the file
     (`what` says which: gold, predictions, evaluation ...) and the line where it is not one."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: {what} file is a directory") from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: {what} file is not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read {what} file: {e.strerror}") from None
+    text = read_text_file(path, f"{what} file")
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
