@@ -14,7 +14,7 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 # imports vllm would compile it again, ~13 s each.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-fast install model clean
+.PHONY: demo test test-fast install model label-studio clean
 
 # pipefail: a recipe that filters pip's output still fails when pip does.
 SHELL := /bin/bash
@@ -57,7 +57,21 @@ demo: model
 	@echo "manifest: builds/demo/manifest.json"
 	@echo "report:   builds/demo/report/"
 
-test: model
+# Label Studio, the annotation server of the review round-trip (synth review push/pull), in its own
+# virtual environment: it pins pyarrow and openai versions that clash with vLLM's, so it runs as a
+# separate service, as a team would run it. tests/test_label_studio.py starts it on 127.0.0.1;
+# README "Review round-trip" starts it by hand. ~1 min to install, ~1 GB.
+LABEL_STUDIO_VERSION := 1.23.2
+LS_VENV := .venv-label-studio
+$(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION):
+	rm -rf $(LS_VENV)
+	$(PYTHON) -m venv $(LS_VENV) || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --no-compile label-studio==$(LABEL_STUDIO_VERSION) $(PIP_NOTICES)
+	touch $@
+
+label-studio: $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+
+test: model label-studio
 	$(BIN)/python -m pytest -q
 
 # The logic tests only (stand-in engine, no model load).

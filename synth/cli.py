@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from synth.errors import BadInput, BuildFailed, unwrap
+from synth.errors import BadInput, unwrap
 from synth.terminal import FILE_ONLY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build Chinese safety-guard corpora.")
@@ -268,37 +268,47 @@ def export_cmd(
     typer.echo(json.dumps(counts, ensure_ascii=False))
 
 
+TOKEN_ENV_HELP = ("the environment variable holding the Label Studio API token (a personal access token or a "
+                  "legacy token); the token itself is never printed or recorded")
+
+
 @review_app.command("push")
 def review_push(
     build_dir: str = typer.Argument(..., help="a finished build directory (a local path or a URI)"),
-    to: Path = typer.Option(..., "--to", help="Label Studio import file (JSON) to write or add to; the labeling "
-                                              "config goes beside it as FILE.labeling.xml"),
+    to: str = typer.Option(..., "--to", help="a Label Studio server (http://HOST:PORT, with --project) or an import "
+                                             "file (JSON) to write or add to; a file's labeling config goes beside "
+                                             "it as FILE.labeling.xml"),
     select: str = typer.Option("controversial", "--select", help="controversial | hard | sample:N (a stratified "
                                                                  "audit sample of the agreed corpus) | a pandas query "
                                                                  "over the corpus rows"),
-    project: Optional[str] = typer.Option(None, "--project", help="the project's name, kept in each task "
-                                                                  "(default: the build's name)"),
+    project: Optional[str] = typer.Option(None, "--project", help="the project's title (created on a server if "
+                                                                  "missing; in a file, kept in each task; default "
+                                                                  "for a file: the build's name)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="sample:N's seed (default: the build's)"),
+    token_env: str = typer.Option("LABEL_STUDIO_API_KEY", "--token-env", help=TOKEN_ENV_HELP),
 ) -> None:
-    """Write rows as Label Studio tasks, the judges' verdicts as predictions; rows already in the file are
-    not added again."""
+    """Send rows to Label Studio as tasks, the judges' verdicts as predictions; rows already in the project
+    or file are not added again."""
     from synth import storage
     from synth.lock import BuildLock
     from synth.review import push
 
     with _reported(), BuildLock(build_dir, reading=True), storage.local_mirror(build_dir) as local:
-        result = push(local, to, select, project=project, seed=seed)
+        result = push(local, to, select, project=project, seed=seed, token_env=token_env)
     typer.echo(json.dumps(result, ensure_ascii=False))
 
 
 @review_app.command("pull")
 def review_pull(
     build_dir: str = typer.Argument(..., help="the build the tasks were pushed from (a local path or a URI)"),
-    source: Path = typer.Option(..., "--from", help="Label Studio export of the project (JSON format)"),
-    project: Optional[str] = typer.Option(None, "--project", help="refuse tasks of another project"),
+    source: str = typer.Option(..., "--from", help="a Label Studio server (http://HOST:PORT, with --project) or an "
+                                                   "export of the project (JSON format)"),
+    project: Optional[str] = typer.Option(None, "--project", help="the server's project title; with a file, refuse "
+                                                                  "tasks of another project"),
+    token_env: str = typer.Option("LABEL_STUDIO_API_KEY", "--token-env", help=TOKEN_ENV_HELP),
 ) -> None:
-    """Record every annotation of a Label Studio export in BUILD/reviews/ (by annotation id: pulling again
-    changes nothing). `synth export BUILD` then applies them."""
+    """Record every annotation of a Label Studio project or export in BUILD/reviews/ (by annotation id:
+    pulling again changes nothing). `synth export BUILD` then applies them."""
     from synth import storage
     from synth.build import check_finished
     from synth.human_labels import REVIEWS_DIR
@@ -308,7 +318,7 @@ def review_pull(
     with _reported():
         check_finished(build_dir)  # before the lock: no lock file in a directory that is not a build
         with BuildLock(build_dir), storage.local_mirror(build_dir) as local:
-            result = pull(local, source, project=project)
+            result = pull(local, source, project=project, token_env=token_env)
             storage.sync_back(local, build_dir, [REVIEWS_DIR])
     typer.echo(json.dumps(result, ensure_ascii=False))
 

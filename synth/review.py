@@ -1,9 +1,16 @@
-"""The review round-trip through Label Studio's JSON files: rows out to people, their labels back.
+"""The review round-trip through Label Studio: rows out to people, their labels back.
 
-    synth review push BUILD --to TASKS.json [--select controversial|hard|sample:N|QUERY] [--project NAME]
+    synth review push BUILD --to URL --project NAME [--token-env VAR] [--select controversial|hard|sample:N|QUERY]
+    synth review pull BUILD --from URL --project NAME [--token-env VAR]
+    synth review push BUILD --to TASKS.json [--select ...] [--project NAME]
     synth review pull BUILD --from EXPORT.json [--project NAME]
 
-`push` writes Label Studio *import* JSON, a list of tasks `{"data": {...}, "predictions": [...]}`,
+With a server URL, `push` creates the project titled NAME (or updates its labeling config) and
+imports the selected rows not already in it; `pull` fetches the project's JSON export and records
+it exactly as a file. The server client is synth/label_studio.py; the token comes from the
+environment variable `--token-env` names (default LABEL_STUDIO_API_KEY) and is never recorded.
+
+Without a server, `push` writes Label Studio *import* JSON, a list of tasks `{"data": {...}, "predictions": [...]}`,
 and beside it `TASKS.labeling.xml`, the labeling config to paste into the project
 (`labeling_config`). A task's `data` is one row: `row_id`, the scenario and subcategory, the
 question and the answer, the whole conversation (`messages`, shown as a dialogue, and as text in
@@ -12,7 +19,8 @@ as text). Each judge's verdict is also a *prediction* (`model_version` = the jud
 P(不安全), `result` = its choices), so annotators see it preselected and can sort by score.
 Annotators choose the `label` (安全 / 不安全 / 有争议), whether the question is harmful, whether the
 answer is a refusal and the subcategory (the build's taxonomy; the result holds its id).
-A task is keyed by its row id: pushing again to the same file adds only rows not in it.
+A task is keyed by its row id: pushing again to the same file or project adds only rows not in it,
+and never touches a task or annotation already there.
 
 Which rows (`--select`): `controversial`, the controversial tier; `hard`, hard/ (the tier's copy
 and what filters diverted there); `sample:N`, an audit sample of the agreed corpus, stratified by
@@ -23,20 +31,16 @@ e.g. `scenario == "privacy_property" and kind == "benign"`.
 `pull` reads a Label Studio *export* (the project's `JSON` export: the tasks with their
 `annotations`) and records every annotation in `BUILD/reviews/` (synth/human_labels.py), by
 annotation id: pulling the same export again changes nothing, and an annotation edited since
-replaces its earlier self. The whole file is checked before anything is written, and the files
+replaces its earlier self. The whole export is checked before anything is written, and the files
 are replaced whole (a temporary file renamed), so a bad export leaves what was pulled before as it
-was. A bad file is a BadInput (exit 2) naming it and the task (index and row id): not JSON, not a
-list of tasks, a task without `data.row_id`, a choice the labeling config does not have, rows that
-are not this build's (an export of another project or build), a task of another `--project`.
+was. A bad export is a BadInput (exit 2) naming the file or project and the task (index and row id):
+not JSON, not a list of tasks, a task without `data.row_id`, a choice the labeling config does not
+have, rows that are not this build's (an export of another project or build), a task of another
+`--project`.
 
 The next export applies the people's labels (synth/export.py; `synth export BUILD` rewrites the
 exports), the report shows how far judges and people agree (synth/agreement.py), and
 `synth eval-judges BUILD/reviews --config C` measures judges on them.
-
-Files, not a server: the task and annotation JSON here is the JSON Label Studio's REST API takes
-(`POST /api/projects/{id}/import`) and gives (`GET /api/projects/{id}/export?exportType=JSON`),
-so a client of those endpoints can hand `tasks_for` its tasks and `annotations_from` what it
-fetched, and reuse everything else.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from synth.errors import BadInput
 from synth.export import final_stage, open_build
 from synth.human_labels import (ANNOTATION_SCHEMA, ANNOTATIONS_FILE, REVIEWS_DIR, ROW_SCHEMA, ROWS_FILE,
                                 merge_annotations, merge_rows, read_annotations, read_reviewed_rows, write_reviews)
+from synth.label_studio import DEFAULT_TOKEN_ENV, LabelStudio, is_url
 from synth.output_parsing import CONTROVERSIAL, CORPUS_LABELS, YES_NO
 from synth.report.collect import taxonomy
 from synth.report.readers import read_columns
@@ -276,8 +281,25 @@ def labeling_config_path(tasks_file: Path) -> Path:
     return tasks_file.with_name(f"{tasks_file.stem if tasks_file.suffix == '.json' else tasks_file.name}.labeling.xml")
 
 
-def push(build_dir: Path, to: Path, selection: str = "controversial", *, project: str | None = None,
-         seed: int | None = None) -> dict[str, Any]:
+def _seed(build: Path, seed: int | None) -> int:
+    if seed is not None:
+        return seed
+    return int(json.loads((Path(build) / "manifest.json").read_text(encoding="utf-8")).get("seed") or 0)
+
+
+def push(build_dir: Path, to: str | Path, selection: str = "controversial", *, project: str | None = None,
+         seed: int | None = None, token_env: str = DEFAULT_TOKEN_ENV) -> dict[str, Any]:
+    """The selected rows' tasks to a Label Studio server (`to` a URL: `push_to_server`) or file
+    (`push_to_file`), each row once; what was sent."""
+    if is_url(str(to)):
+        if not project:
+            raise BadInput(f"--to {to}: a server needs --project, the title of its project")
+        return push_to_server(build_dir, str(to), selection, project=project, seed=seed, token_env=token_env)
+    return push_to_file(build_dir, Path(to), selection, project=project, seed=seed)
+
+
+def push_to_file(build_dir: Path, to: Path, selection: str = "controversial", *, project: str | None = None,
+                 seed: int | None = None) -> dict[str, Any]:
     """Write the selected rows' tasks to `to` (adding to the tasks already there, each row once)
     and the labeling config beside it; what was written."""
     build = open_build(build_dir)
@@ -290,9 +312,7 @@ def push(build_dir: Path, to: Path, selection: str = "controversial", *, project
     if other is not None:
         raise BadInput(f"{to}: task {other} is of project {existing[other]['data']['project']!r}, not {project!r}: "
                        "push to another file, or pass that --project")
-    if seed is None:
-        seed = int(json.loads((build.path / "manifest.json").read_text(encoding="utf-8")).get("seed") or 0)
-    rows = select_rows(build.path, selection, seed)
+    rows = select_rows(build.path, selection, _seed(build.path, seed))
     there = {t["data"]["row_id"] for t in existing}
     new = rows[~rows["id"].isin(there)] if len(rows) else rows
     tasks = existing + tasks_for(new, selection=selection, project=project, build=build.name)
@@ -302,6 +322,23 @@ def push(build_dir: Path, to: Path, selection: str = "controversial", *, project
     _write_text(config, labeling_config(build_subcategories(build.path)))
     return {"file": str(to), "labeling_config": str(config), "project": project, "selection": selection,
             "selected": int(len(rows)), "added": int(len(new)), "tasks": len(tasks)}
+
+
+def push_to_server(build_dir: Path, url: str, selection: str = "controversial", *, project: str,
+                   seed: int | None = None, token_env: str = DEFAULT_TOKEN_ENV) -> dict[str, Any]:
+    """Create or update the Label Studio project titled `project` (the build's labeling config) and
+    import the selected rows not already in it; what was sent."""
+    build = open_build(build_dir)
+    rows = select_rows(build.path, selection, _seed(build.path, seed))  # bad input before any call
+    with LabelStudio(url, token_env) as server:
+        found, created = server.ensure_project(project, labeling_config(build_subcategories(build.path)),
+                                               f"synth review push of build {build.name}")
+        there = server.row_ids(found["id"])
+        new = rows[~rows["id"].isin(there)] if len(rows) else rows
+        added = server.import_tasks(found["id"], tasks_for(new, selection=selection, project=project,
+                                                           build=build.name))
+    return {"url": url, "project": project, "project_id": found["id"], "created": created, "selection": selection,
+            "selected": int(len(rows)), "added": added, "tasks": len(there) + added}
 
 
 # -- pull -----------------------------------------------------------------------------------
@@ -463,11 +500,21 @@ def reviewed_rows(build: Path, ids: Collection[str]) -> pd.DataFrame:
     return frame[ROW_SCHEMA.names].sort_values("id").reset_index(drop=True)
 
 
-def pull(build_dir: Path, source: Path, *, project: str | None = None) -> dict[str, Any]:
-    """Record the annotations of a Label Studio export in BUILD/reviews/ (see the module docstring)."""
+def pull(build_dir: Path, source: str | Path, *, project: str | None = None,
+         token_env: str = DEFAULT_TOKEN_ENV) -> dict[str, Any]:
+    """Record the annotations of a Label Studio project (`source` a server URL, with `project` its
+    title) or export file in BUILD/reviews/ (see the module docstring)."""
     build = open_build(build_dir)
-    new = annotations_from(read_json_list(source, "export file"), str(source), build_row_ids(build.path),
-                           build_subcategories(build.path), project)
+    known, subcategories = build_row_ids(build.path), build_subcategories(build.path)
+    if is_url(str(source)):
+        if not project:
+            raise BadInput(f"--from {source}: a server needs --project, the title of its project")
+        with LabelStudio(str(source), token_env) as server:
+            tasks = server.export(server.project(project)["id"])
+        where = f"{str(source).rstrip('/')} project {project!r}"
+    else:
+        tasks, where = read_json_list(Path(source), "export file"), str(source)
+    new = annotations_from(tasks, where, known, subcategories, project)
     directory = build.path / REVIEWS_DIR
     old = read_annotations(directory)
     merged = merge_annotations(old, new)
@@ -481,7 +528,7 @@ def pull(build_dir: Path, source: Path, *, project: str | None = None) -> dict[s
         write_reviews(directory, ROWS_FILE, merge_rows(rows, reviewed_rows(build.path, missing)), ROW_SCHEMA)
     if added or updated:
         write_reviews(directory, ANNOTATIONS_FILE, merged, ANNOTATION_SCHEMA)
-    return {"file": str(source), "annotations": int(len(new)), "added": added, "updated": updated,
+    return {"source": where, "annotations": int(len(new)), "added": added, "updated": updated,
             "unchanged": int(len(new)) - added - updated, "recorded": int(len(merged)),
             "rows": int(merged["row_id"].nunique()), "reviews": str(directory)}
 

@@ -90,7 +90,7 @@ def test_merging_annotations_is_idempotent_and_keeps_the_latest_edit():
     assert merge_annotations(old, stale).loc[0, "label"] == SAFE
 
 
-def _kappa(a: list[str], b: list[str]) -> float:
+def kappa_by_hand(a: list[str], b: list[str]) -> float:
     """Cohen's kappa by its definition: (p_o - p_e) / (1 - p_e)."""
     n = len(a)
     po = sum(x == y for x, y in zip(a, b)) / n
@@ -98,7 +98,7 @@ def _kappa(a: list[str], b: list[str]) -> float:
     return (po - pe) / (1 - pe)
 
 
-def _f1(truth: list[str], predicted: list[str], positive: str) -> float:
+def f1_by_hand(truth: list[str], predicted: list[str], positive: str) -> float:
     tp = sum(t == p == positive for t, p in zip(truth, predicted))
     fp = sum(p == positive != t for t, p in zip(truth, predicted))
     fn = sum(t == positive != p for t, p in zip(truth, predicted))
@@ -113,7 +113,7 @@ def test_label_figures_by_hand():
     # 安全: TP 2, FP 0, FN 1 -> 4/5; 不安全: TP 2, FP 1, FN 1 -> 4/6
     assert f["f1"] == {SAFE: pytest.approx(0.8, abs=1e-4), UNSAFE: pytest.approx(4 / 6, abs=1e-4)}
     # p_o = 4/6; p_e = (3/6)(2/6) + (3/6)(3/6) + 0 = 5/12; kappa = (8/12 - 5/12) / (7/12) = 3/7
-    assert f["kappa"] == pytest.approx(3 / 7, abs=1e-4) == pytest.approx(_kappa(people, judge), abs=1e-4)
+    assert f["kappa"] == pytest.approx(3 / 7, abs=1e-4) == pytest.approx(kappa_by_hand(people, judge), abs=1e-4)
     assert label_figures([SAFE, SAFE], [SAFE, SAFE])["kappa"] is None  # one label throughout: undefined
     assert label_figures([], [])["accuracy"] is None
 
@@ -259,7 +259,7 @@ SCENARIOS = {"illegal_activities": ("违法犯罪", "cybersecurity", "网络安�
 TURNS = [{"role": "user", "content": "示例前一提问"}, {"role": "assistant", "content": "示例前一回答"}]
 
 
-def _stage_rows() -> list[dict]:
+def stage_rows() -> list[dict]:
     """Per scenario 3 安全, 3 不安全 (both judges agree), 2 有争议 (judge-a 不安全, judge-b 安全); row 6 a
     two-turn conversation."""
     rows = []
@@ -313,7 +313,7 @@ def reviewed(tmp_path_factory, repo_root: Path) -> dict:
     """A hand-made build; its controversial tier and an audit sample of 3 pushed, two annotators'
     labels pulled (an export with some disagreement), and re-exported with `synth export BUILD`."""
     tmp = tmp_path_factory.mktemp("review")
-    build = make_build(tmp / "build", repo_root / "pipelines/demo.yaml", _stage_rows())
+    build = make_build(tmp / "build", repo_root / "pipelines/demo.yaml", stage_rows())
     tasks_file, audit_file = tmp / "tier.json", tmp / "audit.json"
     first = _invoke("review", "push", str(build), "--to", str(tasks_file))
     assert first.exit_code == 0, first.output
@@ -437,9 +437,9 @@ def test_report_json_has_the_agreement_figures_of_a_hand_computation(reviewed):
     for name, verdicts in (("judge-a", judge_a), ("judge-b", judge_b)):
         f = vs["judges"][name]
         assert f["accuracy"] == pytest.approx(sum(p == v for p, v in zip(people, verdicts)) / 5, abs=1e-4)
-        assert f["f1"][SAFE] == pytest.approx(_f1(people, verdicts, SAFE), abs=1e-4)
-        assert f["f1"][UNSAFE] == pytest.approx(_f1(people, verdicts, UNSAFE), abs=1e-4)
-        assert f["kappa"] == pytest.approx(_kappa(people, verdicts), abs=1e-4)
+        assert f["f1"][SAFE] == pytest.approx(f1_by_hand(people, verdicts, SAFE), abs=1e-4)
+        assert f["f1"][UNSAFE] == pytest.approx(f1_by_hand(people, verdicts, UNSAFE), abs=1e-4)
+        assert f["kappa"] == pytest.approx(kappa_by_hand(people, verdicts), abs=1e-4)
     assert vs["judges"]["judge-a"]["accuracy"] == pytest.approx(2 / 5) and vs["judges"]["judge-b"]["accuracy"] == 0.6
     # people vs people: rows 6 [不 不], 7 [安 不], 14 [安 安] and the three picks' pairs (15 had one annotator)
     values = [UNSAFE, UNSAFE, SAFE, UNSAFE, SAFE, SAFE, l0, l0, FLIP[l1], FLIP[l1], DISPUTED, DISPUTED]
@@ -577,7 +577,7 @@ def test_demo_round_trip(demo_reviewed):
         verdicts = [judges[r][name] for r in rows]
         truth = [settled[r] for r in rows]
         assert f["accuracy"] == pytest.approx(sum(t == v for t, v in zip(truth, verdicts)) / 5, abs=1e-4)
-        assert f["f1"][SAFE] == pytest.approx(_f1(truth, verdicts, SAFE), abs=1e-4)
+        assert f["f1"][SAFE] == pytest.approx(f1_by_hand(truth, verdicts, SAFE), abs=1e-4)
     pp = figures["people_vs_people"]
     assert pp["rows"] == 6 and pp["pair_agreement"] == pytest.approx(5 / 6, abs=1e-4)
     values = [label for labels in people.values() for label in labels]
