@@ -288,6 +288,9 @@ class Annotate(Strict):
         description="optional judge fields after 答案: question_harmful, refusal, subcategory (columns "
         "question_harmful, refusal, judged_subcategory); empty = the Libra verdict only",
     )
+    every_turn: bool = Field(
+        False, description="conversations: the judges also label every earlier answer, each reading the "
+        "conversation up to it (columns turn_labels, first_unsafe_turn); off = the last answer only")
 
     @field_validator("fields")
     @classmethod

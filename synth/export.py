@@ -75,13 +75,16 @@ CORPUS_COLUMNS = (
     "response", "messages", "turns", "strategy", "history_responder", "responder", "persona", "label", "label_source",
     "analyze", "unsafe_score", "judgements", "elements", "generator",
     "template_id", "template_hash", "finish_reason", "seed", "source_question_id", *FIELD_COLUMNS.values(),
-    "controversy", "question_score", "requested_kind", "requested_subcategory", "question_route",
+    "controversy", "turn_labels", "first_unsafe_turn", "question_score", "requested_kind", "requested_subcategory",
+    "question_route",
 )
 # The judge fields' and the question judge's columns keep their types when no row has a value
 # (question_harmful and judged_subcategory: the question judge's where it ran, synth/stages/question_judge.py).
 FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_subcategory": pa.large_string(),
                "question_score": pa.float64(), "requested_kind": pa.large_string(),
-               "requested_subcategory": pa.large_string(), "question_route": pa.large_string()}
+               "requested_subcategory": pa.large_string(), "question_route": pa.large_string(),
+               # annotate.every_turn (a label per answer, the first 不安全 one); "" and null without it
+               "turn_labels": pa.large_string(), "first_unsafe_turn": pa.int64()}
 # The conversation columns every corpus file has, whatever the final stage wrote: `messages` is made
 # from the row (`row_messages`); turns, strategy, history_responder are the converse stage's
 # (issue 31), 1 / "" / "" on a single-turn row and on every row of a build from before it.

@@ -1,9 +1,10 @@
 """Conversations (issue 31): the converse stage in a real build, resumed after a SIGKILL in
-turn 3, and its logic on the deterministic stand-in engine.
+turn 3, the judges labelling every answer (annotate.every_turn), and the logic on the
+deterministic stand-in engine.
 
 The builds are `synth build --dry-run` subprocesses (the stand-in engine, deterministic, so a
 resumed build must equal an uninterrupted one byte for byte) of the demo config with every
-scenario, one call per subcategory and kind, and dialogues on.
+scenario, one call per subcategory and kind, dialogues on and annotate.every_turn.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def dialogue_config(repo_root: Path, tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text())
     data.update(templates=str(repo_root / "templates"), seeds=str(repo_root / "seeds"), dialogues=DIALOGUES)
     data["generation"].update(harmful_calls_per_subcategory=1, benign_calls_per_subcategory=1)
+    data.setdefault("annotate", {})["every_turn"] = True  # the judges label every answer: first_unsafe_turn
     data.update(changes)
     path = tmp_path / f"pipeline-{len(list(tmp_path.glob('pipeline-*')))}.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
@@ -65,6 +67,57 @@ def test_a_dialogue_build_has_conversations_in_every_scenario_kind_and_label(bui
         assert row["attack"] == "dialogue" and row["source_question_id"]
     single = final[final["strategy"] == ""]
     assert (single["turns"] == 1).all() and (single["history"] == "").all()
+
+
+def test_every_turn_gives_a_label_per_answer_and_the_first_unsafe_turn(built):
+    _, out = built
+    final = read_table(out / "stages/decontaminate/rows")
+    earlier = 0
+    for row in final.to_dict("records"):
+        labels = json.loads(row["turn_labels"])
+        assert len(labels) == row["turns"], row["id"]
+        # the last is the judges' label; a label check after them may have moved the row to the tier
+        assert labels[-1] == row["label"] or (row["label"] == "有争议" and ":" in row["controversy"]), row["id"]
+        assert all(label in ("安全", "不安全", "有争议", "") for label in labels)
+        first = next((i for i, label in enumerate(labels) if label in ("不安全", "")), None)
+        expected = 0 if first is None else (first + 1 if labels[first] == "不安全" else None)
+        got = row["first_unsafe_turn"]
+        assert (None if pd.isna(got) else int(got)) == expected, (row["id"], labels, got)
+        earlier += sum(1 for label in labels[:-1] if label)
+    talks = final[final["turns"] >= 2]
+    assert earlier >= len(talks)  # the conversations' earlier answers were labelled
+    assert (talks["first_unsafe_turn"].dropna() < talks.loc[talks["first_unsafe_turn"].notna(), "turns"]).any()
+    corpus = pd.concat(pd.read_parquet(f) for f in sorted((out / "corpus/data").glob("*.parquet")))
+    assert {"turn_labels", "first_unsafe_turn"} <= set(corpus.columns)
+    report = json.loads((out / "report/report.json").read_text(encoding="utf-8"))
+    figures = [d["first_unsafe_turn"] for d in report["dialogues"]]
+    assert any(f is not None and f >= 1 for f in figures)
+    annotate = next(s for s in json.loads((out / "manifest.json").read_text())["stages"] if s["name"] == "annotate")
+    asked = annotate["requests"]["sent"] + annotate["requests"]["cached"]
+    assert asked > 2 * annotate["rows_in"]  # two judges per pair, and again per earlier answer
+
+
+def test_an_earlier_answer_s_judge_reads_the_conversation_up_to_it(repo_root: Path, tmp_path: Path):
+    from synth.config import load_config
+    from synth.stages.labelling import judge_requests, without_turn
+    from synth.templates import load_catalog
+
+    catalog = load_catalog(repo_root / "templates", repo_root / "seeds")
+    config, _, _ = load_config(dialogue_config(repo_root, tmp_path))
+    role = config.roles.judges[0]
+    history = [{"role": "user", "content": "第一问"}, {"role": "assistant", "content": "第一答"},
+               {"role": "user", "content": "第二问"}, {"role": "assistant", "content": "第二答"}]
+    rows = pd.DataFrame([{"id": "c1", "scenario": "illegal_activities", "question": "第三问", "response": "第三答",
+                          "history": json.dumps(history, ensure_ascii=False), "turns": 3, "reject_reason": ""},
+                         {"id": "s1", "scenario": "illegal_activities", "question": "单问", "response": "单答",
+                          "history": "", "turns": 1, "reject_reason": ""}])
+    last, first, second, third = (judge_requests(rows, catalog, role, "chat", 1, turn=t) for t in range(4))
+    assert len(last) == 2 and len(first) == len(second) == 1 and len(third) == 0
+    assert "第三答" in last["prompt"][0] and "第二答" in last["prompt"][0]
+    assert "第一答" in first["prompt"][0] and "第二问" not in first["prompt"][0]
+    assert "第二答" in second["prompt"][0] and "第三问" not in second["prompt"][0]
+    assert len({last["request_id"][0], first["request_id"][0], second["request_id"][0]}) == 3
+    assert list(without_turn(rows, 1)["id"]) == ["s1"] and list(without_turn(rows, 2)["id"]) == ["s1"]
 
 
 def test_the_dialogues_configuration_loads_messages_and_the_counts_reconcile(built):

@@ -290,15 +290,17 @@ def dialogues(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Per dialogue strategy × scenario, the conversations (rows of two user turns or more, issue 31)
     among the final stage's rows, what the exports read, before balancing: how many, their mean
     number of user turns, the share 不安全 of those the judges agreed on (unsafe yield), the share
-    the judges left 有争议, and the share whose last answer the judges found a refusal (the judge
-    field `refusal`, of the rows with a value; None where the build did not ask for it). Empty
+    the judges left 有争议, the share whose last answer the judges found a refusal (the judge
+    field `refusal`, of the rows with a value; None where the build did not ask for it), and the
+    mean turn whose answer was first labelled 不安全, of the conversations with one (annotate.every_turn;
+    None without it). Empty
     where the rows have no `turns` / `strategy` (a build from before the converse stage) or no
     conversation."""
     stages = manifest.get("stages") or []
     if not stages:
         return []
     rows = read_columns(build / "stages" / stages[-1]["name"] / "rows",
-                        ["strategy", "scenario", "turns", "label", "refusal"])
+                        ["strategy", "scenario", "turns", "label", "refusal", "first_unsafe_turn"])
     if rows.empty or not {"strategy", "turns"} <= set(rows.columns):
         return []
     rows = rows[rows["turns"].fillna(1) >= 2]
@@ -306,11 +308,14 @@ def dialogues(build: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for (strategy, scenario), g in rows.groupby(["strategy", "scenario"], sort=True):
         agreed = g[g["label"].isin(LABELS)]
         refusal = g["refusal"].dropna() if "refusal" in g else pd.Series(dtype=bool)
+        first = g["first_unsafe_turn"].dropna() if "first_unsafe_turn" in g else pd.Series(dtype="int64")
+        first = first[first > 0]  # annotate.every_turn: the conversations with an answer labelled 不安全
         out.append({"strategy": str(strategy), "scenario": str(scenario), "conversations": int(len(g)),
                     "mean_turns": round(float(g["turns"].mean()), 2),
                     "unsafe_yield": share(int((agreed["label"] == LABELS[1]).sum()), len(agreed)),
                     "controversial_share": share(int((g["label"] == CONTROVERSIAL).sum()), len(g)),
-                    "refusal_share": share(int(refusal.astype(bool).sum()), len(refusal))})
+                    "refusal_share": share(int(refusal.astype(bool).sum()), len(refusal)),
+                    "first_unsafe_turn": round(float(first.mean()), 2) if len(first) else None})
     return out
 
 

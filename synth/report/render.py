@@ -180,14 +180,17 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                          "disagreed"], rows, None))
 
     dialogue_rows = [[d["strategy"], d["scenario"], d["conversations"], _fmt(d["mean_turns"]), _pct(d["unsafe_yield"]),
-                      _pct(d["controversial_share"]), _pct(d["refusal_share"])] for d in n.get("dialogues") or []]
+                      _pct(d["controversial_share"]), _pct(d["refusal_share"]), _fmt(d.get("first_unsafe_turn"))]
+                     for d in n.get("dialogues") or []]
     if dialogue_rows:  # only where the build wrote conversations (the converse stage's columns)
         out.append(("Dialogues per strategy and scenario", "Conversations of two user turns or more among the final "
                     "stage's rows (before balancing): mean user turns; unsafe yield, share 不安全 of those the "
                     f"judges agreed on; {CONTROVERSIAL}, share the judges left controversial; refusals, share whose "
-                    "last answer the judges found a refusal (judge field `refusal`; – if not asked).",
+                    "last answer the judges found a refusal (judge field `refusal`; – if not asked); first "
+                    "unsafe turn, the mean turn whose answer was first labelled 不安全, of the conversations with "
+                    "one (annotate.every_turn; – without it).",
                     ["strategy", "scenario", "conversations", "mean turns", "unsafe yield", CONTROVERSIAL,
-                     "refusals"], dialogue_rows, None))
+                     "refusals", "first unsafe turn"], dialogue_rows, None))
 
     dd = [[k, v["rows_in"], v["exact"], v["near"], _pct(v["rate"])] for k, v in n["dedup"].items()]
     out.append(("Dedup", "", ["stage", "in", "exact", "near", "removed"], dd, None))

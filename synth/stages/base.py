@@ -245,6 +245,10 @@ class LLMStage(Stage):
     def rounds(self, config: PipelineConfig) -> int:
         return 1
 
+    def reads_rows_twice(self, config: PipelineConfig) -> bool:
+        """`rounds_read_twice`, where it depends on the config."""
+        return self.rounds_read_twice
+
     @abstractmethod
     def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
                  ) -> list[tuple[Role, ray.data.Dataset]]:
@@ -265,11 +269,11 @@ class LLMStage(Stage):
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         current = self.begin(ctx, rows)
-        rounds = self.rounds(ctx.config)
+        rounds, twice = self.rounds(ctx.config), self.reads_rows_twice(ctx.config)
         for round in range(rounds):
             fault_point(f"round:{ctx.stage}:{round}")
             current = self.results(ctx, ctx.generate(self.requests(ctx, current, round)), current, round)
-            if self.rounds_read_twice and round < rounds - 1:
+            if twice and round < rounds - 1:
                 current = current.materialize()  # computed once: no request is sent twice
         return self.finish(ctx, current)
 

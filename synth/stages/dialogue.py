@@ -176,6 +176,8 @@ class Converse(LLMStage):
                 for role in responders:
                     planner.count(self.name, role, conversations * answered / len(responders),
                                   float(history_chars + turn_chars + SAMPLE_QUESTION_CHARS))
+        # for the judges' every-turn labels (annotate.every_turn): earlier answers per row after this stage
+        planner.notes["earlier_answers"] = sum(reaching(k + 1) for k in range(1, last)) * share / (1 + share)
         planner.rows *= planner.rate(self.name, "keep", 1 + share)
         planner.done(self.name)
 

@@ -30,8 +30,13 @@ PAIR_COLUMNS = (
 # question_harmful and judged_subcategory are the question judge's where it ran (synth/stages/question_judge.py).
 # `controversy`: why a pair is in the controversial tier (label 有争议), "" for an agreed label.
 # `unsafe_score`: the judges' combined score (synth.scoring; each judge's own is in `judgements`).
+# `turn_labels` (JSON list, a label per answer) and `first_unsafe_turn` (the first answer labelled 不安全,
+# 0: none): with annotate.every_turn; "" and null without it.
+TURN_COLUMNS = ("turn_labels", "first_unsafe_turn")
 LABELLED_COLUMNS = (*PAIR_COLUMNS[:-1], "judgements", "label", "analyze", "unsafe_score",
-                    *(c for c in FIELD_COLUMNS.values() if c not in PAIR_COLUMNS), "controversy", REJECT_COLUMN)
+                    *(c for c in FIELD_COLUMNS.values() if c not in PAIR_COLUMNS), *TURN_COLUMNS, "controversy",
+                    REJECT_COLUMN)
+TURN_JUDGEMENTS = "_turn_judgements"  # between rounds: {turn: {judge index: judgement}} (JSON)
 # Pair columns a judge request or its result would overwrite (the responder's `seed` and
 # `finish_reason`): carried through the judges' requests under another name.
 _CARRIED = {k: f"pair_{k}" for k in PAIR_COLUMNS if k in (*REQUEST_COLUMNS, *RESULT_COLUMNS)}
@@ -186,7 +191,8 @@ class Annotate(LLMStage):
         shown = examples and {"sha256": examples[0].sha256, "k": examples[1].k, "max_chars": examples[1].max_chars}
         return {"seed": config.seed, "disagreement": CONTROVERSIAL, "scores": config.annotate.scores,
                 **({"fields": fields} if fields else {}), **({"probes": probes} if probes else {}),
-                **({"examples": shown} if shown else {})}
+                **({"examples": shown} if shown else {}),
+                **({"every_turn": earlier_turns(config)} if earlier_turns(config) else {})}
 
     def templates(self, catalog) -> dict[str, str]:
         return {"templates/shared/judge": catalog.hashes["templates/shared/judge"]}
@@ -198,13 +204,24 @@ class Annotate(LLMStage):
                                               if config.dialogues.share else {})}
 
     def rounds(self, config: PipelineConfig) -> int:
-        return len(config.roles.judges)  # the judges one after another, each adding its columns
+        # the judges one after another, each adding its columns; with annotate.every_turn, then
+        # each judge again per earlier answer of the conversations (turn 1, 2, ...)
+        return len(config.roles.judges) * (1 + earlier_turns(config))
+
+    def reads_rows_twice(self, config: PipelineConfig) -> bool:
+        return bool(earlier_turns(config))  # a turn's round passes the rows without that turn through
+
+    def begin(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
+        if not earlier_turns(ctx.config):
+            return rows
+        return rows.map_batches(lambda batch: batch.assign(**{TURN_JUDGEMENTS: "{}"}), batch_format="pandas")
 
     def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
                  ) -> list[tuple[Role, ray.data.Dataset]]:
         from synth.probe import check_prompt, judge_prompt_fingerprint
 
-        role = self.roles(ctx.config)[round]
+        judges = self.roles(ctx.config)
+        role, turn = judges[round % len(judges)], round // len(judges)
         probe = judge_probes(ctx.config).get(role.name)
         if probe is not None:
             check_prompt(probe, role.name, judge_prompt_fingerprint(ctx.catalog, role.rubric),
@@ -214,16 +231,20 @@ class Annotate(LLMStage):
             "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
             "fields": ordered_fields(ctx.config.annotate.fields),
             "top_logprobs": 0 if ctx.config.annotate.scores == "off" or probe else TOP_LOGPROBS,
-            "schema": probe is None, "examples": examples if probe is None else None}))]
+            "schema": probe is None, "examples": examples if probe is None else None, "turn": turn}))]
 
     def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
                 ) -> ray.data.Dataset:
-        role = self.roles(ctx.config)[round]
-        return answered.map_batches(record_judgement, fn_kwargs={
-            "index": round, "fields": ordered_fields(ctx.config.annotate.fields),
-            "subcategories": list(ctx.catalog.subcategories),
-            "require_scores": ctx.config.annotate.scores == "required",
-            "probe": judge_probes(ctx.config).get(role.name)}, batch_format="pandas")
+        judges = self.roles(ctx.config)
+        index, turn = round % len(judges), round // len(judges)
+        kwargs = {"index": index, "fields": ordered_fields(ctx.config.annotate.fields),
+                  "subcategories": list(ctx.catalog.subcategories),
+                  "require_scores": ctx.config.annotate.scores == "required",
+                  "probe": judge_probes(ctx.config).get(judges[index].name)}
+        if not turn:
+            return answered.map_batches(record_judgement, fn_kwargs=kwargs, batch_format="pandas")
+        written = answered.map_batches(record_judgement, fn_kwargs={**kwargs, "turn": turn}, batch_format="pandas")
+        return written.union(rows.map_batches(without_turn, fn_kwargs={"turn": turn}, batch_format="pandas"))
 
     def finish(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
         """One vectorised pass combines the judges' columns into the label (the build's rule)."""
@@ -231,14 +252,17 @@ class Annotate(LLMStage):
 
         return rows.map_batches(combine_judgements, fn_kwargs={
             "judges": len(self.roles(ctx.config)), "fields": ordered_fields(ctx.config.annotate.fields),
-            "rule": effective_rule(ctx.config)}, batch_format="pandas")
+            "rule": effective_rule(ctx.config), "every_turn": bool(earlier_turns(ctx.config))},
+            batch_format="pandas")
 
     def estimate(self, planner) -> None:
-        """Every judge reads every pair (an answer of the responders' expected length)."""
+        """Every judge reads every pair (an answer of the responders' expected length), and with
+        annotate.every_turn every earlier answer of the conversations too."""
 
         config = planner.config
         judges = self.roles(config)
-        total = planner.rows * planner.rate(self.name, "requests", len(judges))
+        earlier = planner.notes.get("earlier_answers", 0.0) if earlier_turns(config) else 0.0
+        total = planner.rows * planner.rate(self.name, "requests", len(judges) * (1 + earlier))
         pair = pd.DataFrame([{"id": "plan", "question": "问" * SAMPLE_QUESTION_CHARS,
                               "response": "答" * planner.notes.get("answer_chars", 0)}])
         for role in judges:
@@ -246,6 +270,22 @@ class Annotate(LLMStage):
                                ordered_fields(config.annotate.fields))
             planner.count(self.name, role, total / len(judges), float(len(r["prompt"][0]) + len(r["system"][0])))
         planner.keep(self.name, self.keep)
+
+
+def earlier_turns(config: PipelineConfig) -> int:
+    """How many earlier answers a conversation can have for the judges to label (annotate.every_turn
+    with dialogues on: the longest conversation's user turns - 1), else 0."""
+    return config.dialogues.turns[1] - 1 if config.annotate.every_turn and config.dialogues.share else 0
+
+
+def _labels_turn(row: dict[str, Any], turn: int) -> bool:
+    """Whether a row has an earlier answer `turn` for the judges (turn 0: the last answer, every row)."""
+    return not turn or (not row.get(REJECT_COLUMN) and int(row.get("turns") or 1) > turn)
+
+
+def without_turn(batch: pd.DataFrame, turn: int) -> pd.DataFrame:
+    """The rows that have no answer `turn` to label: through a turn's round untouched."""
+    return batch[[not _labels_turn(row, turn) for row in batch.to_dict("records")]]
 
 
 def judge_probes(config: PipelineConfig) -> dict[str, Any]:
@@ -270,12 +310,14 @@ def _judge_columns(index: int) -> str:
 
 def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
                    fields: list[str] = (), top_logprobs: int = TOP_LOGPROBS, schema: bool = True,
-                   examples=None) -> pd.DataFrame:
+                   examples=None, turn: int = 0) -> pd.DataFrame:
     """One judge's request per pair; the pair's own columns travel with it (renamed where a
     request or result column would overwrite them). `fields`: the judge fields asked for;
     `top_logprobs`: alternatives per token to score the verdict with (0: none); `schema`:
     structured output (a probe judge's prompt is read, not answered: none); `examples`:
-    (Examples, JudgeExamples) to show each request k of (synth.judge_examples), or None."""
+    (Examples, JudgeExamples) to show each request k of (synth.judge_examples), or None.
+    `turn` >= 1 (annotate.every_turn): the conversation up to its answer `turn`, labelled, for
+    each row that has one; 0: the last answer, every row."""
     from synth.judge_examples import pick
 
     rubric = catalog.rubric(role.rubric).model_dump()
@@ -284,11 +326,14 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
                         ensure_ascii=False) if schema else ""
     out = []
     for row in batch.to_dict("records"):
+        if not _labels_turn(row, turn):
+            continue
         shown = pick(examples[0], row, examples[1].k, seed, examples[1].max_chars) if examples else []
         history = parse_history(row.get("history"))
         if history:  # a conversation: the dialogue judge reads all of it and labels the last answer
             messages = [*history, {"role": "user", "content": row["question"]},
                         {"role": "assistant", "content": row["response"]}]
+            messages = messages[:2 * turn] if turn else messages  # or the conversation up to answer `turn`
             rendered = catalog.dialogue.render_judge(catalog, style, {
                 "messages": messages, "rubric": rubric, "fields": field_vars,
                 "examples": [{"messages": [{"role": "user", "content": e["question"]},
@@ -299,7 +344,8 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
                                                              "rubric": rubric, "fields": field_vars,
                                                              "examples": shown}, "judge")
         out.append({**carry(row), **request_row(
-            request_id=stable_id(row["id"], "judge", role.name), task="judge", prompt=rendered.prompt,
+            request_id=stable_id(row["id"], "judge", role.name, *((turn,) if turn else ())), task="judge",
+            prompt=rendered.prompt,
             system=rendered.system, role=role, base_seed=seed, json_schema=schema, top_logprobs=top_logprobs,
         ), "prompt_style": style})
     carried_columns = [_CARRIED.get(c, c) for c in batch.columns]
@@ -307,10 +353,12 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
 
 
 def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
-                     subcategories: list[str] = (), require_scores: bool = False, probe=None) -> pd.DataFrame:
+                     subcategories: list[str] = (), require_scores: bool = False, probe=None,
+                     turn: int = 0) -> pd.DataFrame:
     """A judge's answers → one column `_judge<index>` of judgement dicts; the pair's columns restored.
     `require_scores` (annotate.scores: required): a verdict without log-probabilities stops the build.
-    `probe` (synth.probe.Probe): a probe judge, whose answers are pooled states it scores."""
+    `probe` (synth.probe.Probe): a probe judge, whose answers are pooled states it scores.
+    `turn` >= 1: the judgements of answer `turn`, into the row's `_turn_judgements` instead."""
     results = batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]].to_dict("records")
     judgements = [_probe_judgement(r, probe, fields) if probe is not None else _judgement(r, fields, subcategories)
                   for r in results]
@@ -322,12 +370,67 @@ def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
         raise BadInput(f"judge {unscored['judge']!r}: its engine returned no log-probabilities at the verdict, "
                        "and annotate.scores is 'required' (use 'logprobs' to fall back to the label as the score)")
     out = restore(batch)
+    if turn:
+        out[TURN_JUDGEMENTS] = [json.dumps({**json.loads(recorded), str(turn): {
+            **json.loads(recorded).get(str(turn), {}), str(index): judgement}}, ensure_ascii=False, default=_plain)
+            for recorded, judgement in zip(out[TURN_JUDGEMENTS], judgements)]
+        return out
     out[_judge_columns(index)] = judgements
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as JSON can hold it."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _outcome(judgements: list[dict[str, Any]], rule: dict[str, Any]) -> tuple[str, str, str, float | None]:
+    """The judges' judgements of one answer through the build's rule: (label, controversy, reject
+    reason, combined score); a failed judge gives no label and the reason (pending: sent again)."""
+    failures = [j["error"] for j in judgements if j["error"]]
+    pending = [f for f in failures if f.startswith(PENDING)]
+    for j in judgements:  # a judgement recorded before scores existed: its label is its score
+        if j["verdict"] and j.get("unsafe_score") is None:
+            j["unsafe_score"], j["score_source"] = label_score(j["verdict"]), FROM_LABEL
+    if pending:
+        return "", "", pending[0], None
+    if failures:
+        field_failure = failures[0].startswith((FIELD_MISSING, FIELD_MALFORMED))
+        return "", "", failures[0] if field_failure else f"judge_failed: {failures[0]}", None
+    judge_scores = [float(j["unsafe_score"]) for j in judgements]
+    weights = rule.get("weights")
+    label, why = rule_label(judge_scores, rule["t_safe"], rule["t_unsafe"], rule["margin"], rule["combine"], weights,
+                            rule.get("judges_agree", True))
+    return label, why, "", combine(judge_scores, rule["combine"], weights)
+
+
+def turn_outcomes(recorded: str, judges: int, turns: int, last_label: str, rule: dict[str, Any]
+                  ) -> tuple[str, int | None, str]:
+    """annotate.every_turn: a conversation's label per answer (its earlier answers' from
+    `_turn_judgements`, the last its label) as JSON, the first answer labelled 不安全 (0: none;
+    None when an answer before it has no label) and a pending reason when a judge of an earlier
+    answer is to be asked again."""
+    by_turn, labels = json.loads(recorded or "{}"), []
+    for turn in range(1, turns):
+        judgements = [dict(by_turn.get(str(turn), {}).get(str(i)) or {"error": f"{PENDING}: not judged"})
+                      for i in range(judges)]
+        for j in judgements:
+            j.setdefault("verdict", "")
+        label, _, reason, _ = _outcome(judgements, rule)
+        if reason.startswith(PENDING):
+            return "", None, reason
+        labels.append(label)
+    labels.append(last_label)
+    first = next((i for i, label in enumerate(labels) if label in (UNSAFE, "")), None)
+    if first is None:
+        return json.dumps(labels, ensure_ascii=False), 0, ""
+    return json.dumps(labels, ensure_ascii=False), first + 1 if labels[first] == UNSAFE else None, ""
+
+
 def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
-                       rule: dict[str, Any] | None = None) -> pd.DataFrame:
+                       rule: dict[str, Any] | None = None, every_turn: bool = False) -> pd.DataFrame:
     """The build's rule per pair: a failed judge → reject (a transient failure: pending, sent
     again next run; a missing or malformed judge field: a reject naming it); otherwise the
     judges' scores go through the labelling rule (synth.scoring.label with `rule`'s
@@ -335,29 +438,22 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
     有争议 (the controversial tier) with `controversy` judges_disagree or
     score_between_thresholds, and no analysis of its own (each judge's verdict, score and
     analysis stay in `judgements`). `unsafe_score`: the combined score. Each judge field:
-    its value where the judges agree, null where they disagree."""
+    its value where the judges agree, null where they disagree. `every_turn`: each earlier
+    answer's judgements through the same rule (`turn_outcomes`)."""
     rule = rule or {"combine": "mean", "t_safe": 0.5, "t_unsafe": 0.5, "margin": None}
     columns = [_judge_columns(i) for i in range(judges)]
     labels, analyses, reasons, controversy, all_judgements, scores = [], [], [], [], [], []
-    for judgements in zip(*(batch[c] for c in columns)):
+    turn_labels, first_unsafe = [], []
+    recorded = batch[TURN_JUDGEMENTS] if every_turn else [""] * len(batch)
+    turns = batch["turns"] if "turns" in batch.columns else [1] * len(batch)
+    for judgements, by_turn, n_turns in zip(zip(*(batch[c] for c in columns)), recorded, turns):
         judgements = [dict(j) for j in judgements]
-        failures = [j["error"] for j in judgements if j["error"]]
-        pending = [f for f in failures if f.startswith(PENDING)]
-        for j in judgements:  # a judgement recorded before scores existed: its label is its score
-            if j["verdict"] and j.get("unsafe_score") is None:
-                j["unsafe_score"], j["score_source"] = label_score(j["verdict"]), FROM_LABEL
-        score, why = None, ""
-        if pending:
-            reason, label = pending[0], ""
-        elif failures:
-            field_failure = failures[0].startswith((FIELD_MISSING, FIELD_MALFORMED))
-            reason, label = failures[0] if field_failure else f"judge_failed: {failures[0]}", ""
-        else:
-            judge_scores = [float(j["unsafe_score"]) for j in judgements]
-            weights = rule.get("weights")
-            score = combine(judge_scores, rule["combine"], weights)
-            (label, why), reason = rule_label(judge_scores, rule["t_safe"], rule["t_unsafe"], rule["margin"],
-                                              rule["combine"], weights, rule.get("judges_agree", True)), ""
+        label, why, reason, score = _outcome(judgements, rule)
+        per_turn, first = "", None
+        if every_turn and label:
+            per_turn, first, turn_reason = turn_outcomes(by_turn, judges, int(n_turns or 1), label, rule)
+            if turn_reason:
+                label, why, reason, score = "", "", turn_reason, None
         labels.append(label)
         scores.append(score)
         # a probe judge writes no analysis: the label's analysis is a generative judge's
@@ -365,14 +461,18 @@ def combine_judgements(batch: pd.DataFrame, judges: int, fields: list[str] = (),
         controversy.append(why)
         reasons.append(reason)
         all_judgements.append(judgements)
+        turn_labels.append(per_turn)
+        first_unsafe.append(first)
     fields_out = combined_fields(all_judgements, fields)
     for column in QUESTION_JUDGE_COLUMNS:  # the question judge's verdict where it gave one, else the pair judges'
         if column in fields_out and column in batch.columns:
             fields_out[column] = [q if _given(q) else p for q, p in zip(batch[column].astype("object"),
                                                                         fields_out[column])]
-    out = batch.drop(columns=columns).assign(judgements=all_judgements, label=labels, analyze=analyses,
-                                             unsafe_score=pd.Series(scores, index=batch.index, dtype="float64"),
-                                             controversy=controversy, **fields_out).astype(FIELD_DTYPES)
+    out = batch.drop(columns=[*columns, *([TURN_JUDGEMENTS] if every_turn else [])]).assign(
+        judgements=all_judgements, label=labels, analyze=analyses,
+        unsafe_score=pd.Series(scores, index=batch.index, dtype="float64"), controversy=controversy,
+        turn_labels=turn_labels, first_unsafe_turn=pd.Series(first_unsafe, index=batch.index, dtype="object"),
+        **fields_out).astype(FIELD_DTYPES)
     out[REJECT_COLUMN] = reasons
     return out[list(LABELLED_COLUMNS)]
 
@@ -383,7 +483,8 @@ def _given(value: Any) -> bool:
 
 
 # Nullable types: a batch where no judge field has a value still writes bool and string columns.
-FIELD_DTYPES = {"question_harmful": "boolean", "refusal": "boolean", "judged_subcategory": "string"}
+FIELD_DTYPES = {"question_harmful": "boolean", "refusal": "boolean", "judged_subcategory": "string",
+                "turn_labels": "string", "first_unsafe_turn": "Int64"}
 
 
 def combined_fields(all_judgements: list[list[dict[str, Any]]], fields: list[str]) -> dict[str, list[Any]]:
