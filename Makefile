@@ -75,7 +75,7 @@ test: model label-studio
 	$(BIN)/python -m pytest -q
 
 # The logic tests only (stand-in engine, no model load).
-test-fast: install
+test-fast: install label-studio
 	$(BIN)/python -m pytest -q -m "not engine"
 
 clean:

@@ -8,7 +8,7 @@ template and the answer ends at the model's own end-of-turn (finish_reason stop,
 template tokens in the text); every judge verdict is exactly one JSON object holding the
 judge fields libra-stage1 asks for (valid values), parsed without repair, with no whitespace padding, a label and an analysis of its own (not text
 copied from the prompt); the judges label gold pairs better than chance; and a conversation of
-two user turns (issue 31) is written, answered with its history in the chat template (the
+three user turns (issue 31) is written, answered with its history in the chat template (the
 persona's system turn first) and judged in context by the dialogue judge.
 """
 
@@ -43,7 +43,7 @@ def qwen_libra_config(repo_root: Path, tmp: Path) -> Path:
     # and each round waits for its longest one
     roles["generator"]["sampling"]["max_tokens"] = 256
     data["respond"] = {"responders_per_question": 1}
-    data["dialogues"] = {"share": 1.0, "turns": [2, 2]}  # the conversations below: two user turns
+    data["dialogues"] = {"share": 1.0, "turns": [3, 3]}  # the conversations below: three user turns
     path = tmp / "libra-qwen.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path
@@ -69,7 +69,7 @@ def run(ray_session, repo_root: Path, tmp_path_factory):
         pairs = gold_pairs(gold)
         answered = Respond().run(ctx.for_stage("respond"), ray.data.from_pandas(pairs.head(3))).to_pandas()
         labelled = Annotate().run(ctx.for_stage("annotate"), ray.data.from_pandas(pairs)).to_pandas()
-        # two conversations of two user turns (one harmful strategy, one benign) in chat style,
+        # two conversations of three user turns (one harmful strategy, one benign) in chat style,
         # the last turn answered by respond and judged in context by annotate
         seeds = ray.data.from_pandas(seed_questions(catalog, Obfuscate.columns))
         talks = Converse().run(ctx.for_stage("converse"), seeds).to_pandas()
@@ -103,7 +103,7 @@ def seed_questions(catalog, columns):
     return pd.DataFrame(rows)
 
 
-def test_a_two_turn_conversation_in_chat_style_is_answered_with_its_history_and_judged_in_context(run):
+def test_a_three_turn_conversation_in_chat_style_is_answered_with_its_history_and_judged_in_context(run):
     from synth.engines.base import parse_history
     from synth.engines.vllm_ray import ChatPromptRenderer
     from synth.models import resolve_model
@@ -114,7 +114,7 @@ def test_a_two_turn_conversation_in_chat_style_is_answered_with_its_history_and_
     renderer = ChatPromptRenderer(resolve_model(QWEN))
     for row in labels.to_dict("records"):
         history = parse_history(row["history"])
-        assert [m["role"] for m in history] == ["user", "assistant"] and row["turns"] == 2
+        assert [m["role"] for m in history] == ["user", "assistant"] * 2 and row["turns"] == 3
         for m in history + [{"content": row["question"]}, {"content": row["response"]}]:
             # each turn written by the model, ending at its own end of turn: no template tokens
             assert m["content"].strip() and "<|im_" not in m["content"] and "<|endoftext|>" not in m["content"]
@@ -123,7 +123,8 @@ def test_a_two_turn_conversation_in_chat_style_is_answered_with_its_history_and_
         text = renderer.render(persona.system, row["question"], row["history"])
         assert text.startswith(f"<|im_start|>system\n{persona.system}<|im_end|>\n<|im_start|>user\n"
                                f"{history[0]['content']}<|im_end|>")
-        assert text.index(history[1]["content"]) < text.index(row["question"])
+        order = [text.index(m["content"]) for m in history] + [text.index(row["question"])]
+        assert order == sorted(order)  # turns 1 and 2, user and assistant alternating, then the last question
         assert len(row["judgements"]) == 2
         for j in row["judgements"]:
             assert j["verdict"] in LABELS and not j["error"] and json.loads(j["raw"])["答案"] == j["verdict"]

@@ -134,12 +134,15 @@ def test_the_dialogues_configuration_loads_messages_and_the_counts_reconcile(bui
     manifest = json.loads((out / "manifest.json").read_text())
     converse = next(s for s in manifest["stages"] if s["name"] == "converse")
     written = read_table(out / "stages/converse/rows")
-    rejected = read_table(out / "rejects/converse.parquet")
+    rejected = pd.read_parquet(out / "rejects/converse.parquet")  # a file (read_table reads a directory)
     created = int((written["strategy"] != "").sum()) + len(rejected)
     # every row in is a one-turn row out; every conversation started is a row out or a reject
     assert converse["rows_in"] == int((written["strategy"] == "").sum())
     assert converse["rows_out"] + sum(converse["rejected"].values()) == converse["rows_in"] + created
     assert converse["requests"]["sent"] > 0
+    # conversations whose user turn failed a question filter are rejects naming the filter and turn
+    assert sum(converse["rejected"].values()) == len(rejected)
+    assert all(r.startswith("dialogue_user_turn: ") and r.endswith(")") for r in rejected["reject_reason"])
 
 
 def test_sigkill_in_turn_three_then_resume_equals_a_clean_build(built, tmp_path: Path):
@@ -232,6 +235,36 @@ def test_filters_read_every_turn_and_dedup_compares_whole_conversations():
     texts = conversation_text(batch, ("question", "response")).tolist()
     assert texts[0] == "示例最后的提问？\n示例最后一轮的回答。"  # a single question: its fields, as before
     assert texts[1] == "示例开场的提问\n答\n" + texts[0]
+
+
+def test_every_user_turn_passes_the_question_filters_except_is_question():
+    from synth.config import FilterSpec
+    from synth.filters import user_turn_filters
+    from synth.stages.dialogue import record_turn
+    from synth.stages.labelling import carry
+
+    specs = [FilterSpec(name="is_question", params={"field": "question"}),
+             FilterSpec(name="length", params={"field": "question", "min_chars": 6, "max_chars": 300}),
+             FilterSpec(name="truncation", params={"field": "question", "finish_field": "gen_finish_reason",
+                                                   "on_length": "drop"})]
+    filters = user_turn_filters(specs)
+    assert [f.name for f in filters] == ["length", "truncation"]
+    base = {"history": "", "turns": 3, "question": "示例种子问题？", "strategy": "pushback", "reject_reason": "",
+            "error": ""}
+    answers = [("a", "我理解你的顾虑，我在做相关的研究工作。", "stop"),  # no question: kept
+               ("b", "好的", "stop"),  # too short
+               ("c", "请继续讲讲这个话题的历史背景和", "length")]  # cut at max_tokens
+    # as the engine answers: the row's columns carried (renamed where a request column has the name)
+    answered = pd.DataFrame([{**carry({**base, "id": i}), "text": text, "finish_reason": finish}
+                             for i, text, finish in answers])
+    columns = ["id", "history", "turns", "question", "strategy", "reject_reason"]
+    out = record_turn(answered, "user", 1, columns, filters).set_index("id")
+    assert out.loc["a", "reject_reason"] == "" and "研究工作" in parse_history(out.loc["a", "history"])[0]["content"]
+    assert out.loc["b", "reject_reason"] == "dialogue_user_turn: length: question_too_short (turn 1)"
+    assert out.loc["c", "reject_reason"].startswith("dialogue_user_turn: truncation: ")
+    assert out.loc["c", "reject_reason"].endswith("(turn 1)")
+    unfiltered = record_turn(answered, "user", 1, columns).set_index("id")
+    assert (unfiltered["reject_reason"] == "").all()
 
 
 def test_plan_counts_the_turn_requests_and_an_earlier_build_s_rates_match_it(built):

@@ -69,6 +69,7 @@ def _rows(n_per_stratum: int = 3) -> list[dict]:
                     "finish_reason": "stop", "seed": k,
                     "question_harmful": None, "refusal": None, "judged_subcategory": None,  # no judge fields asked for
                     "source_question_id": "", "controversy": "",  # not an obfuscated copy; an agreed label
+                    "turn_labels": "", "first_unsafe_turn": None,  # annotate.every_turn off
                     # no question judge ran: no verdict, the request as asked
                     "question_score": None, "requested_kind": "harmful" if i % 2 == 0 else "benign",
                     "requested_subcategory": sub, "question_route": "",

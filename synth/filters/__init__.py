@@ -67,6 +67,12 @@ def reads_labels(name: str) -> bool:
     return bool(cls and cls.reads_labels)
 
 
+def user_turn_filters(specs: list[Any]) -> list[Filter]:
+    """The question filters (`filters.questions`) a conversation's user turns must pass too
+    (`Filter.user_turns`)."""
+    return [f for f in build_filters(specs, "filters.questions") if f.user_turns]
+
+
 def reason_of(f: Filter, reason: str) -> str:
     return f"{f.name}: {reason}"
 

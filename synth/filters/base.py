@@ -30,6 +30,9 @@ class Filter(ABC):
     # filters run in two passes: the others before annotate (`filter_responses`), so no judge
     # request is spent on a pair they drop, and these after it (`filter_pairs`).
     reads_labels: ClassVar[bool] = False
+    # Whether a question filter also applies to every user turn of a conversation (the converse
+    # stage checks each turn it writes); False for one that only a standalone question must pass.
+    user_turns: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

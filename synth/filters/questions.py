@@ -51,6 +51,7 @@ class IsQuestion(Filter):
     """Drop 'questions' that are neither a question nor a request."""
 
     name = "is_question"
+    user_turns = False  # a turn of a conversation may set context or push back instead of asking
 
     def __init__(self, field: str = "question"):
         self.field = field

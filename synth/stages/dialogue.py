@@ -96,8 +96,13 @@ class Converse(LLMStage):
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
         if not config.dialogues.share:
             return {}
+        from synth.filters import user_turn_filters
+
+        turn_filters = {f.name for f in user_turn_filters(config.filters.questions)}
         return {"seed": config.seed, "dialogues": config.dialogues.model_dump(mode="json"),
-                "responders_per_question": config.respond.responders_per_question}
+                "responders_per_question": config.respond.responders_per_question,
+                "user_turn_filters": [f.model_dump(mode="json") for f in config.filters.questions
+                                      if f.name in turn_filters]}
 
     def templates_used(self, catalog, config: PipelineConfig) -> dict[str, str]:
         if not config.dialogues.share:
@@ -129,9 +134,12 @@ class Converse(LLMStage):
 
     def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
                 ) -> ray.data.Dataset:
+        from synth.filters import user_turn_filters
+
         turn, side = round // 2 + 1, ("user", "assistant")[round % 2]
-        written = answered.map_batches(record_turn, batch_format="pandas",
-                                       fn_kwargs={"side": side, "turn": turn, "columns": list(self.columns)})
+        filters = user_turn_filters(ctx.config.filters.questions) if side == "user" else []
+        written = answered.map_batches(record_turn, batch_format="pandas", fn_kwargs={
+            "side": side, "turn": turn, "columns": list(self.columns), "filters": filters})
         untouched = rows.map_batches(not_in_round, batch_format="pandas", fn_kwargs={"side": side, "turn": turn})
         return written.union(untouched)
 
@@ -281,10 +289,14 @@ def answer_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: 
     return pd.DataFrame(out, columns=_columns(list(carry(dict.fromkeys(batch.columns))), REQUEST_COLUMNS))
 
 
-def record_turn(batch: pd.DataFrame, side: str, turn: int, columns: list[str]) -> pd.DataFrame:
+def record_turn(batch: pd.DataFrame, side: str, turn: int, columns: list[str], filters: list = ()) -> pd.DataFrame:
     """The answered requests of a round → the conversations with their new message: a user turn
-    (the last one becomes `question`) or an answer; a failed or unusable one, the row's reason."""
-    results = batch[["text", "error"]].to_dict("records")
+    (the last one becomes `question`) or an answer; a failed or unusable one, the row's reason.
+    `filters`: the question filters every user turn must pass (`synth.filters.user_turn_filters`;
+    the writer's finish reason as the question's `gen_finish_reason`)."""
+    from synth.filters import apply_filters
+
+    results = batch[[c for c in ("text", "error", "finish_reason") if c in batch.columns]].to_dict("records")
     rows = restore(batch).to_dict("records")
     for row, result in zip(rows, results):
         messages = parse_history(row["history"])
@@ -293,8 +305,10 @@ def record_turn(batch: pd.DataFrame, side: str, turn: int, columns: list[str]) -
             continue
         if side == "user":
             parsed = parse_user_turn(result["text"])
-            if parsed.reason:
-                row[REJECT_COLUMN] = f"dialogue_user_turn: {parsed.reason} (turn {turn})"
+            why = parsed.reason or (filters and apply_filters(filters, {
+                **row, "question": parsed.items[0], "gen_finish_reason": result.get("finish_reason") or "stop"}))
+            if why:
+                row[REJECT_COLUMN] = f"dialogue_user_turn: {why} (turn {turn})"
             elif turn == int(row["turns"]):
                 row["question"] = parsed.items[0]  # the last user turn: respond answers it
             else:
