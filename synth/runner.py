@@ -39,7 +39,7 @@ def run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, loc
         lock.check()  # a build whose lease on an object store was taken over stops here
         # Loaded models stay loaded across the stages between their uses; any other is closed.
         needed_next = models_needed_next(ctx.config, pipeline.after(stage.name))
-        ctx.pool.release(keep=needed_next)
+        ctx.pool.release(keep=models_kept(ctx.config, pipeline.after(stage.name)))
         stage_dir = storage.join(out, "stages", stage.name)
         source = pipeline.input_of(stage.name)
         upstream_output, rows_in = outputs[source] if source is not None else ("", 0)
@@ -98,3 +98,17 @@ def models_needed_next(config: PipelineConfig, stages: tuple[Stage, ...]) -> set
         if models := {role.model for role in stage.roles(config)}:
             return models
     return set()
+
+
+def models_kept(config: PipelineConfig, stages: tuple[Stage, ...]) -> set[str]:
+    """The models a loaded engine may stay loaded for, before the first of `stages` runs: those of
+    the next stage that sends requests, and each model a later stage uses again where one stage
+    of `stages` runs it together with all those kept (so they fit in memory at once: no reload
+    for a model idle for a stage or two, and no more memory held than some stage needs anyway)."""
+    uses = [models for stage in stages if (models := {role.model for role in stage.roles(config)})]
+    kept = set(uses[0]) if uses else set()
+    for models in uses[1:]:
+        for model in sorted(models - kept):
+            if any(kept | {model} <= together for together in uses):
+                kept.add(model)
+    return kept

@@ -2,7 +2,8 @@
 
 A loaded model holds GPUs (or CPUs) until closed: kept while the stages that follow use it
 (no reload per stage), closed as soon as the next stage that sends requests uses other
-models (so their replicas can be placed). Uses a recording engine, no model.
+models (so their replicas can be placed), unless a later stage uses it again and a coming stage
+runs it beside those models. Uses a recording engine, no model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from pathlib import Path
 
 from synth.build import STAGES
-from synth.runner import models_needed_next
+from synth.runner import models_kept, models_needed_next
 from synth.config import load_config
 from synth.engines import Engine
 from synth.engines.pool import EnginePool
@@ -40,6 +41,26 @@ def test_responders_are_loaded_from_the_filters_before_respond_and_judges_after(
     # are filtered, before annotate
     assert needed["filter_responses"] == needed["annotate"] == {"qwen2.5-32b", "gemma2-27b"}
     assert needed["filter_pairs"] == needed["dedup_pairs"] == set()
+
+
+def test_a_model_idle_between_two_uses_stays_loaded_only_where_a_stage_runs_it_with_the_others():
+    # libra-stage1: the 32B generator judges again after respond, but no stage runs it beside the
+    # responders: closed for them (they may need its GPUs)
+    config, _, _ = load_config(ROOT / "pipelines/libra-stage1.yaml")
+    kept = {stage.name: models_kept(config, STAGES[i:]) for i, stage in enumerate(STAGES)}
+    needed = _needed_by_stage()
+    assert all(kept[name] >= needed[name] for name in kept)
+    for stage in ("filter_questions", "dedup_questions", "respond"):
+        assert kept[stage] == needed[stage] and "qwen2.5-32b" not in kept[stage], stage
+    # the demo: Gemma writes, then only Qwen judges the questions, then respond runs both: Gemma
+    # stays loaded through judge_questions instead of being loaded again
+    demo, _, _ = load_config(ROOT / "pipelines/demo.yaml")
+    kept = {stage.name: models_kept(demo, STAGES[i:]) for i, stage in enumerate(STAGES)}
+    needed = {stage.name: models_needed_next(demo, STAGES[i:]) for i, stage in enumerate(STAGES)}
+    assert needed["judge_questions"] == {"qwen-1.5b"}
+    assert kept["filter_questions"] == kept["judge_questions"] == {"qwen-1.5b", "gemma-270m"}
+    # after respond no stage uses Gemma: closed
+    assert kept["filter_responses"] == kept["annotate"] == {"qwen-1.5b"}
 
 
 class RecordingEngine(Engine):
@@ -104,7 +125,7 @@ def test_a_build_starts_each_model_while_the_stages_before_its_use_run(ray_sessi
     # asked before each of the 11 stages up to annotate (the last that sends requests), for
     # each model the next requesting stage needs: gemma for elements, queries, augment; qwen
     # (the question judge) for filter_questions, dedup_questions, judge_questions; gemma and
-    # qwen for obfuscate, converse (no conversations in the demo: no requests), respond; qwen
+    # qwen for obfuscate, converse (the user-turn writer and the responders), respond; qwen
     # for filter_responses and annotate
     assert sum(e[0] == "start" for e in events) == 3 + 3 + 3 * 2 + 2
     assert [e[1] for e in events if e[0] == "start"][-1] == "qwen-1.5b"

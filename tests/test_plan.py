@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from config_edits import every_role
 from synth.build import prepare, run_build
 from synth.pipeline import PIPELINE
 from synth.plan import make_plan
@@ -73,8 +74,7 @@ def _api_config(repo_root: Path, tmp_path: Path, prices: dict) -> Path:
     def api(data):
         data["models"] = {"api": {"engine": "openai", "model": "some-model", "prompt_style": "chat",
                                   "openai": {"base_url": "http://127.0.0.1:9/v1"}}}
-        for role in [data["roles"]["generator"], *data["roles"]["responders"], *data["roles"]["judges"],
-                     *data["roles"].get("question_judges", [])]:
+        for role in every_role(data):
             role["model"] = "api"
         data["plan"] = {"prices": prices}
 

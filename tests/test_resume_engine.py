@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from config_edits import every_role
 from test_resume import answered_keys, export_bytes, synth_build
 
 pytestmark = pytest.mark.engine
@@ -39,7 +40,9 @@ def engine_config(repo_root: Path, tmp: Path) -> Path:
     # would add ~90 s of loading and minutes of judging to each of the three builds)
     del data["models"]["qwen-1.5b"]
     data["roles"].pop("question_judges", None)  # three LLM stages, as above
-    for role in (*data["roles"]["responders"], *data["roles"]["judges"]):
+    data["roles"].pop("user_turn_writer", None)  # single questions: test_dialogues resumes conversations
+    data.pop("dialogues", None)
+    for role in every_role(data):
         role["model"] = "gemma-270m"
     # small engine batches: the respond stage writes several cache shards, so the kill
     # lands between two of them, with answers cached and requests still to send

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from config_edits import every_role
 from synth.cli import app
 from synth.config import load_config
 from synth.errors import BadInput
@@ -75,8 +76,7 @@ def test_model_key_that_is_not_one_path_component_exits_2(sandbox, repo_root: Pa
 
     def rename_model(data):
         data["models"] = {name: data["models"]["gemma-270m"]}
-        for role in [data["roles"]["generator"], *data["roles"]["responders"], *data["roles"]["judges"],
-                     *data["roles"].get("question_judges", [])]:
+        for role in every_role(data):
             role["model"] = name
 
     output = _build(sandbox, rename_model, repo_root)
@@ -159,8 +159,7 @@ def test_shipped_pipelines_model_keys_are_valid(repo_root: Path):
 def test_model_key_with_dots_and_dashes_is_fine(sandbox, repo_root: Path):
     data = yaml.safe_load((repo_root / "pipelines/demo.yaml").read_text(encoding="utf-8"))
     data["models"] = {"Qwen2.5-7B_instruct": data["models"]["gemma-270m"]}
-    for role in [data["roles"]["generator"], *data["roles"]["responders"], *data["roles"]["judges"],
-                     *data["roles"].get("question_judges", [])]:
+    for role in every_role(data):
         role["model"] = "Qwen2.5-7B_instruct"
     path = sandbox["cfg"] / "ok.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")

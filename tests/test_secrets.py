@@ -24,6 +24,7 @@ import yaml
 from synth.config import ModelSpec, Role, Sampling
 from synth.engines import make_engine, request_row
 from synth.errors import BadInput, BuildFailed
+from config_edits import every_role
 from openai_stub_server import StubServer
 
 KEY = "sk-synth-secret-0f9e8d7c"
@@ -54,7 +55,10 @@ def secret_config(repo_root: Path, tmp_path: Path, url: str) -> Path:
     roles["judges"][0]["sampling"]["max_tokens"] = 20
     roles["judges"][1]["sampling"]["max_tokens"] = JUDGE_B
     roles.pop("question_judges", None)  # the stub writes no verdicts to read: the questions pass unjudged
-    for role in [roles["generator"], *roles["responders"], *roles["judges"]]:
+    # single questions: the stub's user turns would fail the question filters
+    roles.pop("user_turn_writer", None)
+    data.pop("dialogues", None)
+    for role in every_role(data):
         role["model"] = "stub"
     data["augment"]["share"] = 0.5
     # The stub writes no question marks or sentences: keep only the emptiness checks.

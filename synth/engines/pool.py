@@ -2,7 +2,8 @@
 
 A loaded model holds its GPUs (or CPUs) until closed, and the next model may need them,
 so the runner starts the models the coming stages need a stage ahead (`start`) and closes
-those no coming stage needs (`release`).
+the others (`release`), keeping one a later stage uses again where a coming stage runs it
+together with the next stage's models (`synth.runner.models_kept`).
 """
 
 from __future__ import annotations
