@@ -3,13 +3,14 @@
 Applied by the export to the final stage's rows, before the train/validation
 split, so every view (corpus/, sft/, libra_test.jsonl) sees the same rows.
 Deterministic: within a stratum, rows are ranked by a hash of (build seed, row id),
-the question kinds taking turns (harmful, benign, harmful, ... each in hash order) and,
-within a kind, the shapes (a single turn, a conversation, ...), so the same rows are kept
-on every machine and every rerun, a cap keeps both kinds and both shapes where they are
-there, and adding rows to one subcategory never changes which rows another keeps.
+the question kinds taking turns (harmful, benign, harmful, ... each in hash order), so
+the same rows are kept on every machine and every rerun, a cap keeps both kinds where
+both are there, and adding rows to one subcategory never changes which rows another keeps.
 
 1. Cap: in each (scenario, subcategory, label) stratum keep the first
-   `max_per_subcategory_label` rows; the rest are cut with reason `balance_cap`.
+   `max_per_subcategory_label` rows of each shape (single questions; conversations,
+   `turns` > 1: a guard needs both, so one never takes the other's places); the rest are
+   cut with reason `balance_cap`.
 2. Share: if the share of 不安全 rows is outside `unsafe_share ± tolerance`, cut
    the larger label down to the nearest edge of that band (as few rows as possible),
    taking them from that label's largest subcategories first (water-filling), so
@@ -80,16 +81,6 @@ def water_fill(sizes: dict[Any, int], keep_total: int, seed: int) -> dict[Any, i
     return keep
 
 
-def _turns(df: pd.DataFrame, group: list[str]) -> pd.Series:
-    """Each row's turn within its group in hash order (`_order`), the shapes (one turn or a
-    conversation: `turns` > 1) alternating where a group has both."""
-    if "turns" not in df.columns:
-        return df.sort_values("_order").groupby(group, sort=False).cumcount()
-    shaped = df.assign(_shape=df["turns"].fillna(1).astype(int) > 1)
-    shaped["_shape_turn"] = shaped.sort_values("_order").groupby([*group, "_shape"], sort=False).cumcount()
-    return shaped.sort_values(["_shape_turn", "_order"]).groupby(group, sort=False).cumcount()
-
-
 def apply_balance(corpus: pd.DataFrame, config: Any, seed: int, pinned: Collection[str] = ()
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """(kept rows, cut rows with `reject_reason`, counts). `config` is a `synth.config.Balance` (or None);
@@ -105,14 +96,17 @@ def apply_balance(corpus: pd.DataFrame, config: Any, seed: int, pinned: Collecti
         return corpus, empty_cut, counts
 
     df = corpus.reset_index(drop=True)
-    df = df.assign(_order=df["id"].map(lambda i: stable_id("balance", seed, i)), _free=~df["id"].isin(pinned))
-    # Within a stratum the kinds take turns (one harmful, one benign, ... in hash order), so a
-    # cap keeps both refusals of harmful questions and benign look-alikes in the 安全 class;
-    # within a kind the shapes do (a single turn, a conversation, ...), so single questions do
-    # not crowd the conversations of their subcategory out of the corpus.
-    df["_turn"] = _turns(df, [*STRATUM, "kind"]) if "kind" in df.columns else 0
-    df = df.sort_values([*STRATUM, "_free", "_turn", "_order"])  # pinned rows (not free) first
-    df["_rank"] = df.groupby(STRATUM, sort=False).cumcount()
+    df = df.assign(_order=df["id"].map(lambda i: stable_id("balance", seed, i)), _free=~df["id"].isin(pinned),
+                   _shape=df["turns"].fillna(1).astype(int) > 1 if "turns" in df.columns else False)
+    # Conversations are capped apart from single questions (the shape: `turns` > 1), so single
+    # questions never crowd the conversations of their subcategory out of the corpus. Within a
+    # stratum and shape the kinds take turns (one harmful, one benign, ... in hash order), so a
+    # cap keeps both refusals of harmful questions and benign look-alikes in the 安全 class.
+    capped = [*STRATUM, "_shape"]
+    df["_turn"] = (df.sort_values("_order").groupby([*capped, "kind"], sort=False).cumcount()
+                   if "kind" in df.columns else 0)
+    df = df.sort_values([*capped, "_free", "_turn", "_order"])  # pinned rows (not free) first
+    df["_rank"] = df.groupby(capped, sort=False).cumcount()
     reason = pd.Series("", index=df.index, dtype=object)
 
     if cap is not None:
@@ -137,10 +131,11 @@ def apply_balance(corpus: pd.DataFrame, config: Any, seed: int, pinned: Collecti
             keep = water_fill(sizes, max(1, keep_n), seed)
             for (s, c), g in groups:
                 n_keep = keep[f"{s}/{c}"]
-                reason[g.index[n_keep:]] = BALANCE_SHARE  # g is in turn order within the stratum
+                g = g.sort_values(["_free", "_turn", "_order"])  # turn order, both shapes taking turns
+                reason[g.index[n_keep:]] = BALANCE_SHARE
 
     reason[~df["_free"]] = ""
-    df = df.drop(columns=["_order", "_turn", "_rank", "_free"])
+    df = df.drop(columns=["_order", "_turn", "_rank", "_free", "_shape"])
     kept = df[reason == ""].sort_values("id")
     cut = df[reason != ""].assign(**{REJECT_COLUMN: reason[reason != ""]}).sort_values("id")
     counts.update(

@@ -73,25 +73,27 @@ def test_cap_keeps_both_kinds_of_a_label_where_both_are_there():
     assert sorted(kept["id"]) == sorted(ranked[:3])
 
 
-def test_cap_keeps_conversations_beside_single_questions_of_their_kind():
-    # 安全 harmful-kind rows of one subcategory: 9 single questions, 2 conversations (more turns)
+def test_conversations_are_capped_apart_from_single_questions():
+    # 安全 harmful-kind rows of one subcategory: 9 single questions, 4 conversations (more turns)
     single = corpus({("a", "安全"): 9}).assign(turns=1)
-    talks = corpus({("a", "安全"): 2}).assign(turns=3, id=lambda d: d["id"] + "-dialogue")
+    talks = corpus({("a", "安全"): 4}).assign(turns=3, id=lambda d: d["id"] + "-dialogue")
     df = pd.concat([single, talks])
     for seed in range(6):
-        kept, _, _ = apply_balance(df, Balance(max_per_subcategory_label=2), seed=seed)
-        assert (kept["turns"] > 1).sum() == 1 and (kept["turns"] == 1).sum() == 1
+        kept, cut, counts = apply_balance(df, Balance(max_per_subcategory_label=2), seed=seed)
+        assert (kept["turns"] > 1).sum() == 2 and (kept["turns"] == 1).sum() == 2
+        assert len(cut) == 9 and counts["cut"][BALANCE_CAP] == 9
     kept, _, _ = apply_balance(df, Balance(max_per_subcategory_label=4), seed=7)
-    assert (kept["turns"] > 1).sum() == 2
-    # kinds still take turns first: with a benign look-alike there, a cap of 2 keeps one of each kind
-    benign = corpus({("a", "安全"): 1}).assign(kind="benign", turns=1, id=lambda d: d["id"] + "-benign")
+    assert (kept["turns"] > 1).sum() == 4 and (kept["turns"] == 1).sum() == 4
+    # within a shape the kinds still take turns: with a benign conversation there, a cap of 2
+    # keeps one conversation of each kind
+    benign = corpus({("a", "安全"): 1}).assign(kind="benign", turns=2, id=lambda d: d["id"] + "-benign")
     for seed in range(6):
         kept, _, _ = apply_balance(pd.concat([df, benign]), Balance(max_per_subcategory_label=2), seed=seed)
-        assert kept["kind"].value_counts().to_dict() == {"harmful": 1, "benign": 1}
+        assert kept[kept["turns"] > 1]["kind"].value_counts().to_dict() == {"harmful": 1, "benign": 1}
     # single questions only: the same rows as without the column
     plain, _, _ = apply_balance(single.drop(columns="turns"), Balance(max_per_subcategory_label=3), seed=7)
     shaped, _, _ = apply_balance(single, Balance(max_per_subcategory_label=3), seed=7)
-    assert list(plain["id"]) == list(shaped["id"])
+    assert list(plain["id"]) == list(shaped["id"]) and len(plain) == 3
 
 
 def test_unsafe_share_cuts_the_larger_label_from_the_largest_subcategories():
