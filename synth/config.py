@@ -195,8 +195,8 @@ class Dialogues(Strict):
     """Multi-turn conversations (stage converse, synth/stages/dialogue.py; strategies in
     templates/shared/dialogue.yaml)."""
 
-    share: float = Field(0.0, ge=0.0, le=1.0, description="share of the plain questions (each kind) that also "
-                         "seed one conversation; 0: off")
+    share: float = Field(0.0, ge=0.0, le=1.0, description="share of the plain questions that also seed one "
+                         "conversation, in each scenario × kind (at least one each); 0: off")
     turns: tuple[int, int] = Field((2, 5), description="[min, max] user turns of a conversation (within 1–8), "
                                    "intersected with each strategy's own range")
     strategies: list[str] = Field(default_factory=list, description="strategy ids to use; empty = all")

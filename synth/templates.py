@@ -144,6 +144,9 @@ class Catalog:
     scenario_of: dict[str, tuple[str, str]] = field(default_factory=dict)
     # what the question judge's prompt lists: every scenario with its subcategories
     taxonomy: list[dict[str, Any]] = field(default_factory=list)
+    # every scenario's template, across all scenarios: a reassigned question's scenario may be one
+    # the config leaves out, and a conversation it seeds is planned from it
+    every_scenario: dict[str, ScenarioTemplate] = field(default_factory=dict)
     # source -> compiled template, filled as templates are first rendered in this process.
     # Not pickled (a Catalog travels to Ray workers in task closures): each process compiles its own.
     _compiled: dict[str, jinja2.Template] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -302,6 +305,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
     if question_judge_path.exists():
         question_judge = _parse(PromptForms, question_judge_path)
         _check_forms(env, question_judge, QUESTION_JUDGE_VARIABLES, str(question_judge_path))
+    every = dict(scenarios)
     if only:
         unknown = sorted(set(only) - set(scenarios))
         if unknown:
@@ -325,6 +329,7 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
         question_judge=question_judge,
         scenario_of=scenario_of,
         taxonomy=taxonomy,
+        every_scenario={k: v.template for k, v in every.items()},
     )
     if question_judge is not None:
         catalog.hashes["templates/shared/question_judge"] = digest(question_judge_path)

@@ -22,7 +22,7 @@ from synth.engines.base import parse_history
 from synth.errors import BadInput
 from synth.export import read_table
 from synth.output_parsing import parse_user_turn
-from synth.stages.dialogue import turn_range, with_conversations
+from synth.stages.dialogue import conversation_cutoffs, turn_range, with_conversations
 
 from test_resume import answered_keys, export_bytes, synth_build
 
@@ -172,21 +172,34 @@ def _question(i: int, kind: str = "harmful", attack: str = "none") -> dict:
 
 
 def test_conversations_are_drawn_deterministically_from_plain_questions_only():
-    batch = pd.DataFrame([_question(i) for i in range(40)] + [_question(99, attack="obfuscation:pinyin")])
+    batch = pd.DataFrame([_question(i) for i in range(30)] + [_question(i, kind="benign") for i in range(30, 40)]
+                         + [_question(99, attack="obfuscation:pinyin")])
     columns = [*batch.columns, "strategy", "turns", "history", "history_responder", "reject_reason",
                "generator", "template_id", "template_hash", "parent_id", "source_question_id", "raw"]
-    kwargs = dict(share=0.5, strategies={"harmful": [{"id": "escalation", "turns": (3, 4)}],
-                                         "benign": [{"id": "follow_up", "turns": (2, 2)}]},
-                  seed=7, responders=["a", "b"], per_question=1, writer="w", dialogue_hash="h", columns=columns)
-    first, again = with_conversations(batch, **kwargs), with_conversations(batch, **kwargs)
-    pd.testing.assert_frame_equal(first, again)
+    strategies = {"harmful": [{"id": "escalation", "turns": (3, 4)}], "benign": [{"id": "follow_up", "turns": (2, 2)}]}
+    kwargs = dict(strategies=strategies, seed=7, responders=["a", "b"], per_question=1, writer="w",
+                  dialogue_hash="h", columns=columns)
+    cutoffs = conversation_cutoffs(batch, 0.5, strategies, seed=7)
+    first = with_conversations(batch, cutoffs=cutoffs, **kwargs)
+    # the share holds in each scenario × kind, whatever the batches: two halves give the same rows
+    halves = pd.concat([with_conversations(batch.iloc[:17], cutoffs=cutoffs, **kwargs),
+                        with_conversations(batch.iloc[17:], cutoffs=cutoffs, **kwargs)], ignore_index=True)
+    pd.testing.assert_frame_equal(first, halves)
     talks = first[first["strategy"] != ""]
-    assert 10 <= len(talks) <= 30  # about half of the 40 plain questions
+    assert talks["kind"].value_counts().to_dict() == {"harmful": 15, "benign": 5}  # half of 30 and of 10
     assert len(first) == len(batch) + len(talks)  # every question stays, as a one-turn row
-    assert set(talks["turns"]) <= {3, 4} and set(talks["history_responder"]) <= {"a", "b"}
+    assert set(talks.loc[talks["kind"] == "harmful", "turns"]) <= {3, 4}
+    assert set(talks.loc[talks["kind"] == "benign", "turns"]) == {2} and set(talks["history_responder"]) <= {"a", "b"}
     assert "q99" not in set(talks["source_question_id"])  # never from an obfuscated copy
     assert (talks["question"] == "").all() and (talks["generator"] == "w").all()
-    assert with_conversations(batch, **{**kwargs, "share": 0.0})["strategy"].eq("").all()
+    # the lowest draws: another seed picks other questions
+    other = with_conversations(batch, cutoffs=conversation_cutoffs(batch, 0.5, strategies, seed=8), **{**kwargs, "seed": 8})
+    assert set(other.loc[other["strategy"] != "", "source_question_id"]) != set(talks["source_question_id"])
+    # a small share still seeds one conversation per scenario × kind; none at 0
+    few = with_conversations(batch, cutoffs=conversation_cutoffs(batch, 0.01, strategies, seed=7), **kwargs)
+    assert few.loc[few["strategy"] != "", "kind"].value_counts().to_dict() == {"harmful": 1, "benign": 1}
+    assert conversation_cutoffs(batch, 0.0, strategies, seed=7) == {}
+    assert with_conversations(batch, cutoffs={}, **kwargs)["strategy"].eq("").all()
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -127,14 +127,16 @@ def test_a_judge_template_change_reruns_annotate_and_what_follows_only(reference
     assert why(manifest)["annotate"] == "changed: templates"
 
 
-def test_a_responder_sampling_change_reruns_respond_and_what_follows_only(reference, tmp_path: Path):
+def test_a_responder_sampling_change_reruns_converse_respond_and_what_follows_only(reference, tmp_path: Path):
     config = yaml.safe_load(reference[0].read_text())
     responders = config["roles"]["responders"]
     responders[0]["sampling"]["temperature"] = 0.5
     manifest = rebuild(reference, tmp_path, **{"roles.responders": responders})
-    first = NAMES.index("respond")
+    # converse first: the responders answer the earlier turns of the demo's conversations
+    assert config["dialogues"]["share"] > 0
+    first = NAMES.index("converse")
     assert reused(manifest) == {n: i < first for i, n in enumerate(NAMES)}
-    assert why(manifest)["respond"] == "changed: models"
+    assert why(manifest)["converse"] == "changed: models" and "models" in why(manifest)["respond"]
     respond = next(s for s in manifest["stages"] if s["name"] == "respond")
     assert respond["requests"]["sent"] > 0  # the changed role's requests are new
 

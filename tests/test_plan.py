@@ -46,10 +46,11 @@ def test_one_dry_runs_rates_predict_a_bigger_build_within_ten_percent(demo_build
     plan = make_plan(config, catalog, previous)
     actual = _requests(run_build(config_path, tmp_path / "out", dry_run=True))
     assert plan["rates_from"] == str(previous)
-    # every stage of the pipeline estimates itself; four send requests
+    # every stage of the pipeline estimates itself; six send requests
     assert [s["name"] for s in plan["stages"]] == PIPELINE.names
     planned = {s["name"]: s for s in plan["stages"]}
-    assert [name for name, s in planned.items() if s["requests"]] == ["queries", "augment", "judge_questions", "respond", "annotate"]
+    assert [name for name, s in planned.items() if s["requests"]] == ["queries", "augment", "judge_questions", "converse",
+                                                                      "respond", "annotate"]
     for stage in plan["stages"]:
         assert abs(stage["requests"] - actual[stage["name"]]) <= 0.1 * actual[stage["name"]], (stage, actual)
     assert planned["queries"]["requests"] == actual["queries"]  # the generator's calls are exact

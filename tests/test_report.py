@@ -90,7 +90,7 @@ def test_corpus_numbers_agree_with_the_exported_files(small_build):
     assert (n["corpus"]["train"], n["corpus"]["validation"]) == (export["train_rows"], export["validation_rows"])
     assert n["corpus"]["labels"] == export["labels"] == corpus["label"].value_counts().sort_index().to_dict()
     libra = (out / "libra_test.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(libra) == n["corpus"]["rows"]
+    assert len(libra) == n["corpus"]["rows"] - export["dialogues"]["rows"]  # single-turn: no conversations
     by_scenario = corpus.groupby(["scenario", "label"]).size()
     for scenario, row in n["label_by_scenario"].items():
         for label in ("安全", "不安全"):

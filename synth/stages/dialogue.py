@@ -2,7 +2,10 @@
 
 After obfuscate, every question passes through as a one-turn row (`synth.rows.SINGLE_TURN`),
 and a share of the plain ones (`dialogues.share`; never an augmented or obfuscated copy)
-also seeds one conversation: a strategy of the question's kind (templates/shared/dialogue.yaml,
+also seeds one conversation. The share holds in each scenario × kind: of its n plain questions,
+the round(share × n) with the lowest draw (a seeded hash of the question's id), and at least one,
+so a small scenario is never left without conversations by chance (`conversation_cutoffs`).
+A seed question gets a strategy of its kind (templates/shared/dialogue.yaml,
 `synth.dialogue_templates`), a number of user turns drawn from the strategy's range cut to
 `dialogues.turns`, and the responder that will answer it. The conversation keeps its seed
 question's scenario, subcategory, kind and elements: the target behaviour (harmful) or the
@@ -112,8 +115,12 @@ class Converse(LLMStage):
     def begin(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
         config = ctx.config
         strategies = usable_strategies(config, ctx.catalog) if config.dialogues.share else {}
+        cutoffs = {}
+        if strategies:  # four short columns of every question, on the driver: the draws per scenario × kind
+            cutoffs = conversation_cutoffs(rows.select_columns(["id", "scenario", "kind", "attack"]).to_pandas(),
+                                           config.dialogues.share, strategies, config.seed)
         return rows.map_batches(with_conversations, batch_format="pandas", fn_kwargs={
-            "share": config.dialogues.share, "strategies": strategies, "seed": config.seed,
+            "cutoffs": cutoffs, "strategies": strategies, "seed": config.seed,
             "responders": [r.name for r in config.roles.responders],
             "per_question": config.respond.responders_per_question, "writer": user_turn_writer(config).name,
             "dialogue_hash": ctx.catalog.hashes.get("templates/shared/dialogue", ""),
@@ -193,19 +200,43 @@ class Converse(LLMStage):
 # -- the rows ----------------------------------------------------------------------
 
 
-def with_conversations(batch: pd.DataFrame, share: float, strategies: dict[str, list[dict[str, Any]]], seed: int,
-                       responders: list[str], per_question: int | None, writer: str, dialogue_hash: str,
+def _draw(seed: int, row_id: str) -> tuple[random.Random, float]:
+    """A question's draw in [0, 1) and the generator that then picks its strategy, turns and responder."""
+    rng = random.Random(stable_id("converse", seed, row_id))
+    return rng, rng.random()
+
+
+def _group(row: dict[str, Any]) -> str:
+    return f"{row['scenario']}/{row['kind']}"
+
+
+def conversation_cutoffs(rows: pd.DataFrame, share: float, strategies: dict[str, list[dict[str, Any]]],
+                         seed: int) -> dict[str, float]:
+    """Per scenario × kind ("scenario/kind"), the highest draw that seeds a conversation: the
+    round(share × n) plain questions with the lowest draws, at least one (none when share is 0)."""
+    if not share or rows.empty:
+        return {}
+    plain = rows[(rows["attack"] == "none") & rows["kind"].isin(list(strategies))]
+    draws: dict[str, list[float]] = {}
+    for row in plain.to_dict("records"):
+        draws.setdefault(_group(row), []).append(_draw(seed, row["id"])[1])
+    return {group: sorted(us)[max(1, round(share * len(us))) - 1] for group, us in sorted(draws.items())}
+
+
+def with_conversations(batch: pd.DataFrame, cutoffs: dict[str, float], strategies: dict[str, list[dict[str, Any]]],
+                       seed: int, responders: list[str], per_question: int | None, writer: str, dialogue_hash: str,
                        columns: list[str]) -> pd.DataFrame:
-    """Every row as a one-turn row, each followed by the conversation it seeds, when one is drawn
-    for it (not yet written: `history` "" and `question` "", `turns` planned)."""
+    """Every row as a one-turn row, each followed by the conversation it seeds, when its draw is
+    within its scenario × kind's cutoff (`conversation_cutoffs`; not yet written: `history` "" and
+    `question` "", `turns` planned)."""
     out = []
     for row in batch.to_dict("records"):
         row = {**row, **SINGLE_TURN, REJECT_COLUMN: ""}
         out.append(row)
-        if not share or row["attack"] != "none" or row["kind"] not in strategies:
+        if row["attack"] != "none" or row["kind"] not in strategies or _group(row) not in cutoffs:
             continue
-        rng = random.Random(stable_id("converse", seed, row["id"]))
-        if rng.random() >= share:
+        rng, draw = _draw(seed, row["id"])
+        if draw > cutoffs[_group(row)]:
             continue
         strategy = rng.choice(strategies[row["kind"]])
         turns = rng.randint(*strategy["turns"])
@@ -240,15 +271,16 @@ def _plan_variables(catalog, strategy, row: dict[str, Any] | None, turn: int, tu
     from synth.dialogue_templates import plan_variables
 
     if row is None:  # synth plan before any row: the first scenario's first subcategory
-        scenario = next(iter(catalog.scenarios.values()))
-        sub, target = scenario.template.subcategories[0], "问" * SAMPLE_QUESTION_CHARS
+        scenario = next(iter(catalog.scenarios.values())).template
+        sub, target = scenario.subcategories[0], "问" * SAMPLE_QUESTION_CHARS
     else:
-        scenario = catalog.scenarios[row["scenario"]]
-        sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
+        # every scenario, not only the config's: the question judge may have reassigned the seed question
+        scenario = catalog.every_scenario[row["scenario"]]
+        sub = next(s for s in scenario.subcategories if s.id == row["subcategory"])
         elements = row["elements"]
         target = elements["behavior" if strategy.kind == "harmful" else "benign_topic"]
     turns = max(turns, strategy.turns[0])
-    return plan_variables(strategy, scenario=scenario_vars(scenario.template),
+    return plan_variables(strategy, scenario=scenario_vars(scenario),
                           subcategory={"id": sub.id, "name_zh": sub.name_zh, "name_en": sub.name_en},
                           target=target, turn=turn, turns=min(turns, strategy.turns[1]), history=history)
 
