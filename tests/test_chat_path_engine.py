@@ -69,30 +69,33 @@ def run(ray_session, repo_root: Path, tmp_path_factory):
         pairs = gold_pairs(gold)
         answered = Respond().run(ctx.for_stage("respond"), ray.data.from_pandas(pairs.head(3))).to_pandas()
         labelled = Annotate().run(ctx.for_stage("annotate"), ray.data.from_pandas(pairs)).to_pandas()
-        # two conversations of three user turns (one harmful strategy, one benign) in chat style,
-        # the last turn answered by respond and judged in context by annotate
+        # four conversations of three user turns (two of harmful strategies, two benign) in chat style,
+        # the last turn answered by respond and judged in context by annotate. Four, not two: a
+        # user turn of the real model fails a question filter now and then (one in a CI run), and
+        # that conversation is rejected, as in a build
         seeds = ray.data.from_pandas(seed_questions(catalog, Obfuscate.columns))
-        talks = Converse().run(ctx.for_stage("converse"), seeds).to_pandas()
-        talks = talks[(talks["strategy"] != "") & (talks["reject_reason"] == "")].drop(columns="reject_reason")
+        written = Converse().run(ctx.for_stage("converse"), seeds).to_pandas()
+        written = written[written["strategy"] != ""]
+        talks = written[written["reject_reason"] == ""].drop(columns="reject_reason")
         talk_pairs = Respond().run(ctx.for_stage("respond"), ray.data.from_pandas(talks)).to_pandas()
         talk_pairs = talk_pairs[talk_pairs["reject_reason"] == ""].drop(columns="reject_reason")
         talk_labels = Annotate().run(ctx.for_stage("annotate"), ray.data.from_pandas(talk_pairs)).to_pandas()
     finally:
         ctx.close()
     return {"ctx": ctx, "gold": gold, "answered": answered, "labelled": labelled, "talks": talks,
-            "talk_labels": talk_labels}
+            "written": written, "talk_labels": talk_labels}
 
 
 def seed_questions(catalog, columns):
-    """One plain harmful and one plain benign question row of the first scenario (elements from its pools)."""
+    """Two plain harmful and two plain benign question rows of the first scenario's first two
+    subcategories (elements from its pools)."""
     import pandas as pd
 
     scenario = next(iter(catalog.scenarios.values()))
-    sub = scenario.template.subcategories[0]
     rows = []
-    for kind in ("harmful", "benign"):
+    for kind, sub in [(k, s) for k in ("harmful", "benign") for s in scenario.template.subcategories[:2]]:
         rows.append({c: None for c in columns if c != "reject_reason"} | {
-            "id": f"seed-{kind}", "scenario": scenario.id, "scenario_name": scenario.template.name_zh,
+            "id": f"seed-{kind}-{sub.id}", "scenario": scenario.id, "scenario_name": scenario.template.name_zh,
             "subcategory": sub.id, "subcategory_name": sub.name_zh, "kind": kind, "attack": "none",
             "elements": {"behavior": scenario.pools.behaviors[sub.id][0],
                          "benign_topic": scenario.pools.benign_topics[sub.id][0],
@@ -110,7 +113,11 @@ def test_a_three_turn_conversation_in_chat_style_is_answered_with_its_history_an
     from synth.stages.labelling import judge_requests
 
     talks, labels, ctx = run["talks"], run["talk_labels"], run["ctx"]
-    assert len(talks) == 2 and set(talks["kind"]) == {"harmful", "benign"}, run["talks"]
+    assert len(run["written"]) == 4  # share 1.0: every seed question
+    # a rejected conversation names the filter and turn its user turn failed
+    assert all(r.startswith("dialogue_user_turn: ") for r in run["written"]["reject_reason"] if r)
+    assert len(talks) >= 2 and set(talks["kind"]) == {"harmful", "benign"}, run["written"]
+    assert len(labels) >= 2 and set(labels["kind"]) == {"harmful", "benign"}
     renderer = ChatPromptRenderer(resolve_model(QWEN))
     for row in labels.to_dict("records"):
         history = parse_history(row["history"])
