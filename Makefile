@@ -46,7 +46,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 # Convert the embedded models (Gemma 3 270M base, Qwen2.5-Coder-1.5B-Instruct) to safetensors
-# once (~/.cache/synth/models): ~1 min and ~2 min on 2 cores; the Qwen conversion peaks at 12 GB.
+# once (~/.cache/synth/models), both at once: ~2 min on 2 cores; the Qwen conversion peaks at 5.5 GB.
 model: install
 	$(BIN)/python -m synth.models prepare
 

