@@ -3,8 +3,8 @@
 A stage whose marker carries the same signature (a hash of what it declares it depends on:
 its config slice, templates, models, its input's output; see `synth.signatures`) and has no
 pending requests is reused, so a crashed build resumes from the last finished stage and a
-changed config reruns exactly the stages it changes. Models load a stage ahead of their
-first use and close when no coming stage needs them (`StageContext.pool`).
+changed config reruns exactly the stages it changes. Models load ahead of their first use
+(`models_started`) and close when no coming stage needs them (`StageContext.pool`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, loc
     for stage in pipeline:
         lock.check()  # a build whose lease on an object store was taken over stops here
         # Loaded models stay loaded across the stages between their uses; any other is closed.
-        needed_next = models_needed_next(ctx.config, pipeline.after(stage.name))
+        loading = models_started(ctx.config, pipeline.after(stage.name))
         ctx.pool.release(keep=models_kept(ctx.config, pipeline.after(stage.name)))
         stage_dir = storage.join(out, "stages", stage.name)
         source = pipeline.input_of(stage.name)
@@ -57,7 +57,7 @@ def run_stages(ctx: StageContext, out: Path | str, max_failures: int | None, loc
             started = time.monotonic()
             log.info("stage %-16s running (%s)", stage.name, why)
             # Here, not before reused stages: a resumed build loads no model for stages already done.
-            ctx.pool.start(needed_next)
+            ctx.pool.start(loading)
             failed_before = sum(n for r in records for code, n in r.rejected.items() if is_failure(code))
             failed_before += sum(r.pending for r in records)
             with StageProgress(stage.name, ctx.tally, planned.get(stage.name),
@@ -112,3 +112,17 @@ def models_kept(config: PipelineConfig, stages: tuple[Stage, ...]) -> set[str]:
             if any(kept | {model} <= together for together in uses):
                 kept.add(model)
     return kept
+
+
+def models_started(config: PipelineConfig, stages: tuple[Stage, ...]) -> set[str]:
+    """The models to begin loading before the first of `stages` runs: the next requesting
+    stage's, and each model of a later stage that would stay loaded (`models_kept`) from now
+    until its first use. Such a model loads while the stages before it run instead of when its
+    own stage starts (the demo: Qwen loads while Gemma writes the questions); one the runner
+    would close again before its use is not started early (libra-stage1's responders)."""
+    started = models_needed_next(config, stages)
+    for i, stage in enumerate(stages):
+        for model in sorted({role.model for role in stage.roles(config)} - started):
+            if all(model in models_kept(config, stages[j:]) for j in range(i)):
+                started.add(model)
+    return started

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from synth.build import STAGES
-from synth.runner import models_kept, models_needed_next
+from synth.runner import models_kept, models_needed_next, models_started
 from synth.config import load_config
 from synth.engines import Engine
 from synth.engines.pool import EnginePool
@@ -75,6 +75,19 @@ class RecordingEngine(Engine):
         RecordingEngine.closed.append(self.name)
 
 
+def test_a_model_starts_early_only_where_it_stays_loaded_until_its_first_use():
+    demo, _, _ = load_config(ROOT / "pipelines/demo.yaml")
+    started = {stage.name: models_started(demo, STAGES[i:]) for i, stage in enumerate(STAGES)}
+    # the demo's Qwen loads from the first stage on, while Gemma writes the questions
+    assert started["elements"] == started["queries"] == {"gemma-270m", "qwen-1.5b"}
+    assert started["filter_responses"] == {"qwen-1.5b"}
+    # libra-stage1: the responders would be closed again while the 32B generator writes, and the
+    # judge model while the responders answer: each starts only a stage ahead, as before
+    config, _, _ = load_config(ROOT / "pipelines/libra-stage1.yaml")
+    started = {stage.name: models_started(config, STAGES[i:]) for i, stage in enumerate(STAGES)}
+    assert started == _needed_by_stage()
+
+
 def test_release_engines_closes_exactly_the_models_not_kept():
     config, _, _ = load_config(ROOT / "pipelines/libra-stage1.yaml")
     pool = EnginePool(config)
@@ -119,15 +132,14 @@ def test_a_build_starts_each_model_while_the_stages_before_its_use_run(ray_sessi
     monkeypatch.setattr(StandInEngine, "start", start)
     monkeypatch.setattr(StandInEngine, "generate", recording_generate)
     run_build(config, out, dry_run=True)
-    assert events[0] == ("start", "gemma-270m", set())  # before any stage was written: while elements runs
+    # before any stage was written, while elements runs: Gemma (the generator) and Qwen too, which
+    # first judges the questions and stays loaded from now on (converse and respond run both)
+    assert events[:2] == [("start", "gemma-270m", set()), ("start", "qwen-1.5b", set())]
     first_generate = next(i for i, e in enumerate(events) if e[0] == "generate")
     assert "elements" in events[first_generate][2]
-    # asked before each of the 11 stages up to annotate (the last that sends requests), for
-    # each model the next requesting stage needs: gemma for elements, queries, augment; qwen
-    # (the question judge) for filter_questions, dedup_questions, judge_questions; gemma and
-    # qwen for obfuscate, converse (the user-turn writer and the responders), respond; qwen
-    # for filter_responses and annotate
-    assert sum(e[0] == "start" for e in events) == 3 + 3 + 3 * 2 + 2
+    # asked before each of the 11 stages up to annotate (the last that sends requests): both
+    # models for the 9 stages up to respond; qwen alone for filter_responses and annotate
+    assert sum(e[0] == "start" for e in events) == 9 * 2 + 2
     assert [e[1] for e in events if e[0] == "start"][-1] == "qwen-1.5b"
 
     events.clear()
