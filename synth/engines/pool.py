@@ -2,8 +2,9 @@
 
 A loaded model holds its GPUs (or CPUs) until closed, and the next model may need them,
 so the runner starts the models the coming stages need ahead of their first use (`start`,
-`synth.runner.models_started`) and closes the others (`release`), keeping one a later stage uses again where a coming stage runs it
-together with the next stage's models (`synth.runner.models_kept`).
+`synth.runner.models_started`) and closes the others (`release`), keeping one a later stage
+uses again where a coming stage runs it together with the next stage's models
+(`synth.runner.models_kept`).
 """
 
 from __future__ import annotations
