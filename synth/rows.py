@@ -54,6 +54,14 @@ def to_arrow(frame):
     return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False).replace_schema_metadata(None)
 
 
+def records(frame) -> list[dict[str, Any]]:
+    """A pandas frame's rows as dicts: what `frame.to_dict("records")` gives (the same values and
+    types), ~3x faster on the Arrow-backed string columns Ray hands over, which `to_dict`
+    reads one boxed element at a time while `Series.tolist` converts a column at once."""
+    names = list(frame.columns)
+    return [dict(zip(names, values)) for values in zip(*(frame[name].tolist() for name in names))]
+
+
 # A conversation in OpenAI chat form, as parquet stores it (corpus/ `messages`, sft/ `messages`):
 # the same type in every file, also an empty one.
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

@@ -171,19 +171,25 @@ def test_connected_components_roots_are_smallest_members():
     assert roots.tolist() == [0, 1, 2, 1, 1, 1, 6]
 
 
-# ---------------------------------------------------------------- the Ray pipeline
+# ---------------------------------------------------------------- the pipeline, on both executors
 
 
-def run(ray_session, rows, blocks=2, **config):
+@pytest.fixture(params=["local", "ray"])
+def executor(request):
+    """Every pipeline test runs the steps on Ray Data and in local processes: same rows."""
+    return request.param
+
+
+def run(ray_session, executor, rows, blocks=2, **config):
     ds = ray_session.data.from_items(rows, override_num_blocks=blocks)
-    kept, removed = deduplicate(ds, "text", "id", DedupConfig(**config))
+    kept, removed = deduplicate(ds, "text", "id", DedupConfig(executor=executor, **config))
     kept_rows = sorted(kept.take_all(), key=lambda r: r["id"])
     removed_rows = sorted(removed.take_all(), key=lambda r: r["id"])
     return kept_rows, removed_rows
 
 
-def test_exact_and_near_duplicates_are_removed(ray_session):
-    kept, removed = run(ray_session, corpus())
+def test_exact_and_near_duplicates_are_removed(ray_session, executor):
+    kept, removed = run(ray_session, executor, corpus())
     assert {r["id"]: (r["duplicate_of"], r["reason"]) for r in removed} == EXPECTED_REMOVED
     assert [r["id"] for r in kept] == ["a0", "b0", "c0", "d0", "e0", "e1"]
     by_id = {r["id"]: r for r in removed}
@@ -196,32 +202,32 @@ def test_exact_and_near_duplicates_are_removed(ray_session):
     assert {r["duplicate_of"] for r in removed} <= {r["id"] for r in kept}
 
 
-def test_representative_is_deterministic_and_configurable(ray_session):
+def test_representative_is_deterministic_and_configurable(ray_session, executor):
     rows = corpus()
     # ids renamed so that the shortest member of cluster "a" has the lowest id
     rename = {"a3": "a-short", "a0": "a-x0"}
     rows = [dict(r, id=rename.get(r["id"], r["id"])) for r in rows]
-    _, removed = run(ray_session, rows)
+    _, removed = run(ray_session, executor, rows)
     assert {r["duplicate_of"] for r in removed if r["topic"] == "a"} == {"a-short"}
-    _, removed = run(ray_session, rows, keep="longest")
+    _, removed = run(ray_session, executor, rows, keep="longest")
     a_members = [r for r in rows if r["topic"] == "a"]
     longest = min(a_members, key=lambda r: (-len(r["text"]), r["id"]))["id"]
     assert {r["duplicate_of"] for r in removed if r["topic"] == "a"} == {longest}
 
 
-def test_chain_keeps_members_not_similar_to_a_kept_row(ray_session):
+def test_chain_keeps_members_not_similar_to_a_kept_row(ray_session, executor):
     a = paragraph(list(range(12)))
     b = paragraph([i for i in range(12) if i != 1])
     c = paragraph([i for i in range(12) if i not in (1, 7)])
     sets = shingle_sets([normalise(t) for t in (a, b, c)], "char", 5)
     assert jaccard(sets[0], sets[1]) >= 0.8 and jaccard(sets[1], sets[2]) >= 0.8 > jaccard(sets[0], sets[2])
     rows = [{"id": f"k{i}", "text": t, "topic": "k"} for i, t in enumerate((a, b, c))]
-    kept, removed = run(ray_session, rows)
+    kept, removed = run(ray_session, executor, rows)
     assert [r["id"] for r in kept] == ["k0", "k2"]
     assert [(r["id"], r["duplicate_of"]) for r in removed] == [("k1", "k0")]
 
 
-def test_same_result_with_one_and_several_workers_and_blocks(ray_session):
+def test_same_result_with_one_and_several_workers_and_blocks(ray_session, executor):
     rng = random.Random(7)
     rows = corpus()
     for k in range(30):  # more clusters, spread over many blocks
@@ -229,51 +235,71 @@ def test_same_result_with_one_and_several_workers_and_blocks(ray_session):
         text = paragraph(picks)
         rows.append({"id": f"g{k:03d}", "text": text, "topic": "g"})
         rows.append({"id": f"h{k:03d}", "text": edit_chars(text, 1, seed=k), "topic": "g"})
-    one = run(ray_session, rows, blocks=1, concurrency=1, batch_size=4096)
-    many = run(ray_session, rows, blocks=9, concurrency=2, batch_size=13)
+    one = run(ray_session, executor, rows, blocks=1, concurrency=1, batch_size=4096)
+    many = run(ray_session, executor, rows, blocks=9, concurrency=2, batch_size=13)
     assert one == many
     assert len(one[1]) >= 30 + len(EXPECTED_REMOVED)
 
 
-def test_large_component_uses_lsh_edges(ray_session):
+def test_a_pool_of_local_processes_gives_the_rows_ray_gives(ray_session, monkeypatch):
+    """The local executor with its process pool started from the first batch (spawned
+    processes, batches of 13 rows, components cut into chunks) and the Ray executor agree."""
+    from synth.dedup import local
+
+    monkeypatch.setattr(local, "POOL_MIN_ROWS", 0)
+    rng = random.Random(11)
+    rows = corpus()
+    base = paragraph(list(range(24)))
+    rows += [{"id": f"v{i:03d}", "text": edit_chars(base, 1, seed=i), "topic": "v"} for i in range(60)]
+    for k in range(30):
+        text = paragraph(rng.sample(range(len(SENTENCES)), 10))
+        rows += [{"id": f"g{k:03d}", "text": text, "topic": "g"},
+                 {"id": f"h{k:03d}", "text": edit_chars(text, 1, seed=k), "topic": "g"}]
+    on_ray = run(ray_session, "ray", rows, blocks=5, batch_size=13)
+    in_pool = run(ray_session, "local", rows, blocks=5, batch_size=13, concurrency=2)
+    assert in_pool == on_ray
+    assert len(in_pool[1]) >= 59 + 30 + len(EXPECTED_REMOVED)
+
+
+def test_large_component_uses_lsh_edges(ray_session, executor):
     base = paragraph(list(range(24)))
     rows = [{"id": f"v{i:03d}", "text": edit_chars(base, 1, seed=i), "topic": "v"} for i in range(60)]
-    kept, removed = run(ray_session, rows, blocks=3)
+    kept, removed = run(ray_session, executor, rows, blocks=3)
     assert [r["id"] for r in kept] == ["v000"]
     assert {r["duplicate_of"] for r in removed} <= {r["id"] for r in kept}
     assert all(r["similarity"] >= 0.8 for r in removed)
 
 
-def test_verify_off_uses_minhash_estimate(ray_session):
-    _, removed = run(ray_session, corpus(), verify=False)
+def test_verify_off_uses_minhash_estimate(ray_session, executor):
+    _, removed = run(ray_session, executor, corpus(), verify=False)
     assert {r["id"] for r in removed} >= {"a1", "a2"}
     assert all(r["similarity"] >= 0.8 for r in removed)
 
 
-def test_word_shingles_pipeline(ray_session):
-    _, removed = run(ray_session, corpus(), shingle="word", ngram=2)
+def test_word_shingles_pipeline(ray_session, executor):
+    _, removed = run(ray_session, executor, corpus(), shingle="word", ngram=2)
     assert {r["id"]: r["duplicate_of"] for r in removed}.keys() >= {"a1", "a2"}
 
 
-def test_disabled_keeps_everything(ray_session):
-    kept, removed = run(ray_session, corpus(), enabled=False)
+def test_disabled_keeps_everything(ray_session, executor):
+    kept, removed = run(ray_session, executor, corpus(), enabled=False)
     assert len(kept) == len(corpus()) and removed == []
 
 
-def test_empty_input_and_integer_ids(ray_session):
+def test_empty_input_and_integer_ids(ray_session, executor):
     empty = ray_session.data.from_arrow(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}))
-    kept, removed = deduplicate(empty, "text", "id", DedupConfig())
+    kept, removed = deduplicate(empty, "text", "id", DedupConfig(executor=executor))
     assert kept.count() == 0 and removed.count() == 0
     rows = [{"id": 1, "text": SENTENCES[0]}, {"id": 2, "text": SENTENCES[0] + "！"}, {"id": 3, "text": None}]
-    kept, removed = deduplicate(ray_session.data.from_items(rows), "text", "id", DedupConfig())
+    kept, removed = deduplicate(ray_session.data.from_items(rows), "text", "id", DedupConfig(executor=executor))
     assert sorted(r["id"] for r in kept.take_all()) == [1, 3]
     assert [(r["id"], r["duplicate_of"]) for r in removed.take_all()] == [(2, "1")]
 
 
-def test_duplicate_ids_are_an_error(ray_session):
+def test_duplicate_ids_are_an_error(ray_session, executor):
     rows = corpus() + [{"id": "b0", "text": "另一段完全不同的文字内容", "topic": "x"}]
     with pytest.raises(DuplicateIdError, match="'b0'"):
-        run(ray_session, rows)
+        run(ray_session, executor, rows)
 
 
 # ---------------------------------------------------------------- the command
@@ -289,7 +315,7 @@ def read_out(out: Path) -> tuple[pa.Table, pa.Table]:
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "parquet-folder"])  # jsonl: test_synth_dedup_cli
-def test_command_writes_kept_and_removed(ray_session, tmp_path, capsys, fmt):
+def test_command_writes_kept_and_removed(ray_session, tmp_path, capsys, fmt, executor):
     from synth.dedup.command import run_dedup_command
 
     rows = corpus()
@@ -302,7 +328,7 @@ def test_command_writes_kept_and_removed(ray_session, tmp_path, capsys, fmt):
         pq.write_table(pa.Table.from_pylist(rows[:5]), src / "part-0.parquet")
         pq.write_table(pa.Table.from_pylist(rows[5:]), src / "part-1.parquet")
     out = tmp_path / "out"
-    assert run_dedup_command(src, "text", "id", 0.8, out) == 0
+    assert run_dedup_command(src, "text", "id", 0.8, out, config=DedupConfig(executor=executor)) == 0
     kept, removed = read_out(out)
     assert sorted(kept["id"].to_pylist()) == ["a0", "b0", "c0", "d0", "e0", "e1"]
     assert dict(zip(removed["id"].to_pylist(), removed["duplicate_of"].to_pylist())) == {
@@ -394,7 +420,7 @@ def test_synth_dedup_cli(ray_session, tmp_path):
 def test_split_looks_ids_up_by_hash_and_checks_the_ids_themselves():
     """`_split` (no Ray needed: a plain tuple stands in for the broadcast ref) keeps a row whose id
     hash collides with a removed id's but whose id differs; integer and chunked id columns work."""
-    from synth.dedup.pipeline import _empty_removed, _id_nodes, _split
+    from synth.dedup.steps import empty_removed as _empty_removed, id_nodes as _id_nodes, mark_rows as _split
 
     def removed(ids: list[str], stored: list[str]):
         nodes = _id_nodes(ids)

@@ -1,16 +1,17 @@
-"""Exact and near-duplicate removal for Chinese text: MinHash + LSH on Ray Data.
+"""Exact and near-duplicate removal for Chinese text: MinHash + LSH.
 
 Two documents are *exact duplicates* when their normalised texts (NFKC, lower case,
 everything but letters and digits removed: whitespace, punctuation, symbols) are equal, and *near
 duplicates* when the Jaccard similarity of their shingle sets (character n-grams of
 the normalised text by default, or jieba word n-grams) reaches `threshold`.
 
-How it runs (see `synth/dedup/pipeline.py`):
+How it runs (see `synth/dedup/steps.py`; `synth/dedup/pipeline.py` runs the steps on Ray Data
+across a cluster or in a pool of local processes on one machine, `DedupConfig.executor`):
 
-1. signatures: Ray Data `map_batches` turns each batch of texts into shingle hashes
+1. signatures: each batch of texts becomes shingle hashes
    (numpy, no per-shingle Python), MinHash signatures (vectorised universal hashing)
    and one row per (band key, document) — a few dozen bytes per band, never the text;
-2. band keys are sorted across workers (a Ray Data shuffle) and every run of equal
+2. band keys are sorted (across workers: a Ray Data shuffle) and every run of equal
    keys yields candidate edges;
 3. candidate documents are grouped by connected component, their shingle sets are
    rebuilt in a second streaming pass, candidate pairs are verified by exact Jaccard,
@@ -20,8 +21,8 @@ How it runs (see `synth/dedup/pipeline.py`):
    `duplicate_of` is always within the threshold of it, even when union-find chained
    A~B~C with A≁C (then A and C are kept, B is removed as a duplicate of A).
 
-The result does not depend on how the input is split into blocks or how many
-workers run it.
+The result does not depend on how the input is split into blocks, how many workers
+run it, or which executor.
 
 Decontamination (`synth/dedup/decontaminate.py`, `DecontaminateConfig`) compares rows with
 the items of evaluation sets instead of with each other, over the same normalisation,
@@ -86,10 +87,12 @@ def deduplicate(
 
 
 
-def mark_duplicates(ds: "ray.data.Dataset", text_field: str, id_field: str, config: DedupConfig) -> "ray.data.Dataset":
+def mark_duplicates(ds: "ray.data.Dataset", text_field: str, id_field: str, config: DedupConfig,
+                    compared: "ray.data.Dataset | None" = None) -> "ray.data.Dataset":
     """Like `deduplicate`, as one dataset: every row, with `duplicate_of`, `similarity` and
     `reason` ("" for a kept row), read in one pass instead of two (what the build's dedup
-    stages use: the runner splits rows from rejects by `reason`)."""
+    stages use: the runner splits rows from rejects by `reason`). `compared`, if given, holds
+    the rows to compare (`id_field` and `text_field` only); rows of `ds` not in it are kept."""
     from synth.dedup.pipeline import mark_duplicates as _mark
 
-    return _mark(ds, text_field, id_field, config)
+    return _mark(ds, text_field, id_field, config, compared)

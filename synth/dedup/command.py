@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +155,52 @@ def _read(inp: _Input, text_field: str, num_blocks: int):
     )
 
 
+def _executor(config: DedupConfig) -> str:
+    """`local` or `ray`; `auto` runs on Ray only when RAY_ADDRESS names a cluster to join
+    (on one machine Ray's start-up and shuffles cost more than the work: BENCHMARKS.md)."""
+    if config.executor != "auto":
+        return config.executor
+    return "ray" if os.environ.get("RAY_ADDRESS") else "local"
+
+
+def _local_batches(inp: _Input, text_field: str, columns: list[str] | None, batch_size: int) -> Iterator[pa.Table]:
+    """The input's rows (`columns`, or all), `batch_size` at a time, read as `_read` reads them."""
+    for file in inp.files:
+        if inp.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=columns):
+                yield pa.Table.from_batches([batch])
+        else:
+            import pyarrow.json as pj
+
+            table = pj.read_json(file, parse_options=_json_parse_options(text_field))
+            table = table.select(columns) if columns is not None else table
+            for batch in table.to_batches(max_chunksize=batch_size):
+                yield pa.Table.from_batches([batch])
+
+
+def _write_local(tables: Iterable[pa.Table], folder: Path, schema: pa.Schema) -> None:
+    """`tables` as one parquet file in `folder` (the schema of the first non-empty one; an empty
+    result is one empty file with `schema`)."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer: pq.ParquetWriter | None = None
+    try:
+        for table in tables:
+            if not table.num_rows:
+                continue
+            if writer is None:
+                writer = pq.ParquetWriter(folder / "part-00000.parquet", table.schema)
+            writer.write_table(table if table.schema == writer.schema else table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        pq.write_table(schema.empty_table(), folder / "part-00000.parquet")
+
+
 def _write(ds, folder: Path, schema: pa.Schema) -> None:
     """Write `ds` as parquet into `folder`; an empty result is one empty file with the schema."""
     import pyarrow.parquet as pq
@@ -231,18 +277,29 @@ def run_dedup_command(
             raise _BadInput(f"--threshold {threshold}: {e}") from e
         _check_out(out)
         inp = _scan_input(input, text_field, id_field)
+        if _executor(config) == "local":
+            from synth.dedup import local
+            from synth.dedup.steps import mark_rows
 
-        from synth.session import init_ray
+            columns = [id_field, text_field] if id_field != text_field else [id_field]
+            found = local.removed_rows(lambda: _local_batches(inp, text_field, columns, config.batch_size),
+                                       text_field, id_field, config)
+            tmp = _temporary_out(out)
+            for name, want_removed, schema in (("kept", False, inp.schema), ("removed", True, _removed_schema(inp.schema))):
+                _write_local((mark_rows(b, id_field, found, want_removed)
+                              for b in _local_batches(inp, text_field, None, config.batch_size)), tmp / name, schema)
+        else:
+            from synth.session import init_ray
 
-        init_ray()
-        from synth.dedup.pipeline import deduplicate
+            init_ray()
+            from synth.dedup.pipeline import deduplicate
 
-        ds = _read(inp, text_field, _num_blocks(inp.rows))
-        kept, removed = deduplicate(ds, text_field, id_field, config)
+            ds = _read(inp, text_field, _num_blocks(inp.rows))
+            kept, removed = deduplicate(ds, text_field, id_field, config)
 
-        tmp = _temporary_out(out)
-        _write(kept, tmp / "kept", inp.schema)
-        _write(removed, tmp / "removed", _removed_schema(inp.schema))
+            tmp = _temporary_out(out)
+            _write(kept, tmp / "kept", inp.schema)
+            _write(removed, tmp / "removed", _removed_schema(inp.schema))
         import pyarrow.dataset as pds
 
         removed_rows = pds.dataset(tmp / "removed", format="parquet").to_table(columns=["reason"])

@@ -1,24 +1,23 @@
-"""`deduplicate` on Ray Data: signatures → band-key shuffle → verified clusters.
+"""`deduplicate` and `mark_duplicates`: the steps of `synth/dedup/steps.py` on one of two executors.
 
-Pass 1 (streaming `map_batches`): per batch, normalise, shingle, MinHash and emit
-  one (key, node) row per LSH band, one for the exact hash of the normalised text,
-  and one for the id (to catch duplicate ids). `node` is a 64-bit hash of the id.
-  ~20 bytes per band per document go on; texts and shingles are dropped per batch.
-Shuffle: the (key, node) rows are sorted by key across workers; each sorted block
-  holds every row of its keys, and each run of equal keys yields candidate edges
-  (consecutive members and first-to-every-member).
-Driver: the (small) edge list is made unique and cut into connected components.
-Pass 2 (streaming): rows whose node is a candidate are re-shingled; their shingle
-  sets (or signatures) are sorted by component, so one block holds whole
-  components; pairs are verified (all pairs of a component up to ALL_PAIRS_MAX
-  members, the LSH edges beyond), verified edges are clustered by union-find, and
-  each cluster's members, in keep order, join the first kept member they are
-  verified similar to or are kept themselves.
-Split (lazy): `kept` and `removed` are `map_batches` over the input that look rows
-  up in the removed table by id hash.
+- `local` (`synth/dedup/local.py`): the input's batches stream into this process, the
+  per-batch steps run in a pool of local processes, the band keys are sorted in one numpy
+  sort. For one machine.
+- `ray`: every step is a Ray Data operator.
+  Pass 1 (streaming `map_batches`): `band_rows` per batch, ~20 bytes per band per document
+    go on; texts and shingles are dropped per batch.
+  Shuffle: the (key, node) rows are sorted by key across workers; each sorted block holds
+    every row of its keys, and `bucket_edges` turns runs of equal keys into candidate edges.
+  Driver: the (small) edge list is cut into connected components.
+  Pass 2 (streaming): `candidate_rows` re-shingles the candidates; their rows are sorted by
+    component, so one block holds whole components, and `verify_components` verifies and
+    clusters them.
+  For a cluster, where the input is bigger than one machine.
+`executor: auto` (the default) takes `local` unless Ray runs on more than one node.
 
-Every step is a deterministic function of the rows, independent of block layout and
-worker count, so the result is the same on a laptop and a cluster.
+Either way the removed rows are then looked up by id hash (`mark_rows`) in one lazy
+`map_batches` over the input. Every step is a deterministic function of the rows,
+independent of block layout, worker count and executor.
 """
 
 from __future__ import annotations
@@ -32,43 +31,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.data
 
-from synth.dedup.settings import DedupConfig, DuplicateIdError
-from synth.dedup.clusters import connected_components, keep_order
-from synth.dedup.minhash import MinHasher
-from synth.dedup.text import (exact_hashes, fmix64, id_hash, jaccard, normalise_batch, shingles_of_code_points,
-                              sorted_sets)
+from synth.dedup import local
+from synth.dedup.settings import DedupConfig
+from synth.dedup.steps import (band_rows, bucket_edges, candidate_components, candidate_rows, empty_removed,
+                               ids_with_nodes, mark_rows, removed_lookup, verify_components)
 
 log = logging.getLogger(__name__)
 
-_U64 = np.uint64
-_TAG_EXACT = _U64(0xE7AC7E7AC7E7AC7)
-_TAG_ID = _U64(0x1D1D1D1D1D1D1D1D)
-
-# Components up to this size verify every pair (catches pairs whose only shared LSH
-# bucket also held a false candidate); bigger ones verify their LSH edges.
-ALL_PAIRS_MAX = 48
-# In bigger components, a member not LSH-linked to any representative is compared
-# with at most this many of them before it becomes a representative itself.
-MAX_REPRESENTATIVE_CHECKS = 16
-
 # Rows per block entering a sort (band rows are 16 bytes: 32 MB blocks).
 SORT_BLOCK_ROWS = 2_000_000
-
-REMOVED_COLUMNS = ("duplicate_of", "similarity", "reason")
-EXACT = "exact_duplicate"
-NEAR = "near_duplicate"
-
-
-# ---------------------------------------------------------------- helpers
-
-
-@functools.lru_cache(maxsize=8)
-def _minhasher(num_perm: int, seed: int) -> MinHasher:
-    return MinHasher(num_perm, seed)
 
 
 _GET_CACHE: dict[str, Any] = {}
@@ -86,26 +60,13 @@ def cached_get(ref: Any) -> Any:
     return _GET_CACHE[key]
 
 
-def _id_strings(column: pa.ChunkedArray | pa.Array, id_field: str) -> pa.ChunkedArray | pa.Array:
-    if column.null_count:
-        raise ValueError(f"id field {id_field!r} has {column.null_count} null value(s); ids must be set")
-    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-        column = pc.cast(column, pa.string())
-    return column
-
-
-def _ids_as_str(column: pa.ChunkedArray | pa.Array, id_field: str) -> list[str]:
-    return _id_strings(column, id_field).to_pylist()
-
-
-def _texts(column: pa.ChunkedArray | pa.Array) -> list[str]:
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)):
-        column = pc.cast(column, pa.string())
-    return column.to_pylist()
-
-
-def _id_nodes(ids: list[str]) -> np.ndarray:
-    return np.fromiter((id_hash(i) for i in ids), dtype=np.uint64, count=len(ids))
+def executor_of(config: DedupConfig) -> str:
+    """`local` or `ray`: the configured executor, `auto` resolved (ray only on a multi-node cluster)."""
+    if config.executor != "auto":
+        return config.executor
+    if not ray.is_initialized():
+        return "local"
+    return "ray" if sum(1 for node in ray.nodes() if node.get("Alive")) > 1 else "local"
 
 
 def _map_kwargs(config: DedupConfig) -> dict[str, Any]:
@@ -142,373 +103,99 @@ def _collect(ds: ray.data.Dataset, step: str) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
-# ---------------------------------------------------------------- pass 1
+# Ray Data's operators: the steps, with broadcast tables fetched once per worker.
+
+def _candidate_rows(batch: pa.Table, candidates_ref: Any, **kwargs: Any) -> pa.Table:
+    return candidate_rows(batch, candidates=cached_get(candidates_ref), **kwargs)
 
 
-def _band_rows(batch: pa.Table, text_field: str, id_field: str, config: DedupConfig) -> pa.Table:
-    bands, rows = config.banding()
-    ids = _ids_as_str(batch[id_field], id_field)
-    nodes = _id_nodes(ids)
-    cps, lengths = normalise_batch(_texts(batch[text_field]))
-    present = lengths > 0
-    keys = [fmix64(nodes ^ _TAG_ID)]
-    owners = [nodes]
-    if present.any():
-        hasher = _minhasher(config.num_perm, config.seed)
-        hashes, counts = shingles_of_code_points(cps, lengths, config.shingle, config.ngram)
-        band_keys = hasher.band_keys(hasher.signatures(hashes, counts), bands, rows)[:, present]
-        exact = exact_hashes(cps, lengths)[present]
-        present_nodes = nodes[present]
-        keys += [band_keys.ravel(), fmix64(exact ^ _TAG_EXACT)]
-        owners += [np.tile(present_nodes, bands), present_nodes]
-    return pa.table({"key": np.concatenate(keys), "node": np.concatenate(owners)})
+def _verify_components(batch: pa.Table, large_edges_ref: Any, **kwargs: Any) -> pa.Table:
+    return verify_components(batch, large_edges=cached_get(large_edges_ref), **kwargs)
 
 
-def _bucket_edges(batch: pa.Table) -> pa.Table:
-    """Candidate edges from runs of equal keys (the block holds every row of its keys)."""
-    key = batch["key"].to_numpy()
-    node = batch["node"].to_numpy()
-    order = np.lexsort((node, key))
-    key, node = key[order], node[order]
-    if len(key) < 2:
-        return pa.table({"u": pa.array([], pa.uint64()), "v": pa.array([], pa.uint64())})
-    same = key[1:] == key[:-1]
-    run_start = np.flatnonzero(np.concatenate(([True], ~same)))
-    run_len = np.diff(np.append(run_start, len(key)))
-    first = np.repeat(run_start, run_len)
-    others = np.flatnonzero(first != np.arange(len(key)))
-    u = np.concatenate((node[:-1][same], node[first[others]]))  # chain, then star
-    v = np.concatenate((node[1:][same], node[others]))
-    u, v = np.minimum(u, v), np.maximum(u, v)  # u == v: the same id twice
-    edges = np.unique(np.stack((u, v), axis=1), axis=0) if len(u) else np.zeros((0, 2), np.uint64)
-    return pa.table({"u": edges[:, 0], "v": edges[:, 1]})
+def _mark_rows(batch: pa.Table, removed_ref: Any, **kwargs: Any) -> pa.Table:
+    return mark_rows(batch, removed=cached_get(removed_ref), **kwargs)
 
 
-# ---------------------------------------------------------------- pass 2
-
-
-def _candidate_rows(
-    batch: pa.Table, text_field: str, id_field: str, config: DedupConfig, candidates_ref: Any
-) -> pa.Table:
-    cand_nodes, cand_comp = cached_get(candidates_ref)
-    ids = _ids_as_str(batch[id_field], id_field)
-    nodes = _id_nodes(ids)
-    pos = np.minimum(np.searchsorted(cand_nodes, nodes), len(cand_nodes) - 1)
-    hit = cand_nodes[pos] == nodes
-    rows = np.flatnonzero(hit)
-    raw = _texts(batch[text_field])
-    cps, lengths = normalise_batch([raw[i] for i in rows])
-    keep = lengths > 0  # empty texts have no code points, so `cps` stays as it is
-    rows, lengths = rows[keep], lengths[keep]
-    hashes, counts = shingles_of_code_points(cps, lengths, config.shingle, config.ngram)
-    n_docs = len(rows)
-    if config.verify:
-        # Sorted unique 32-bit shingle hashes per document, as list<uint32>.
-        h32, offsets = sorted_sets(hashes, counts)
-        offsets = offsets.astype(np.int32)
-    else:
-        sig = _minhasher(config.num_perm, config.seed).signatures(hashes, counts).T  # (docs, num_perm)
-        h32 = np.ascontiguousarray(sig).ravel()
-        offsets = (np.arange(n_docs + 1) * config.num_perm).astype(np.int32)
-    features = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(h32, pa.uint32()))
-    return pa.table(
-        {
-            "comp": pa.array(cand_comp[pos[rows]], pa.int64()),
-            "node": pa.array(nodes[rows], pa.uint64()),
-            "id": pa.array([ids[i] for i in rows], pa.string()),
-            "length": pa.array([len(raw[i]) for i in rows], pa.int64()),
-            "exact": pa.array(exact_hashes(cps, lengths), pa.uint64()),
-            "features": features,
-        }
-    )
-
-
-def _verify_components(batch: pa.Table, config: DedupConfig, large_edges_ref: Any) -> pa.Table:
-    """Verify candidate pairs, cluster, pick representatives. The block holds whole components."""
-    large_comp, large_u, large_v = cached_get(large_edges_ref)
-    out_id: list[str] = []
-    out_of: list[str] = []
-    out_sim: list[float] = []
-    out_reason: list[str] = []
-    if batch.num_rows:
-        order = np.argsort(batch["comp"].to_numpy(), kind="stable")
-        batch = batch.take(order)
-        comp = batch["comp"].to_numpy()
-        nodes = batch["node"].to_numpy()
-        ids = batch["id"].to_pylist()
-        lengths = batch["length"].to_pylist()
-        exact = batch["exact"].to_numpy()
-        feats_col = batch["features"].combine_chunks()
-        flat = feats_col.values.to_numpy()
-        offs = feats_col.offsets.to_numpy()
-        feats = [flat[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
-        bounds = np.flatnonzero(np.concatenate(([True], comp[1:] != comp[:-1], [True])))
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            members = list(range(lo, hi))
-            if len(members) < 2:
-                continue
-            _cluster_component(
-                members, ids, lengths, exact, feats, nodes, comp[lo], config, (large_comp, large_u, large_v),
-                out_id, out_of, out_sim, out_reason,
-            )
-    return pa.table(
-        {
-            "id": pa.array(out_id, pa.string()),
-            "duplicate_of": pa.array(out_of, pa.string()),
-            "similarity": pa.array(out_sim, pa.float64()),
-            "reason": pa.array(out_reason, pa.string()),
-        }
-    )
-
-
-def _cluster_component(
-    members, ids, lengths, exact, feats, nodes, comp_id, config, large, out_id, out_of, out_sim, out_reason
-) -> None:
-    local = {m: k for k, m in enumerate(members)}
-    if len(members) <= ALL_PAIRS_MAX:
-        pairs = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]]
-    else:
-        large_comp, large_u, large_v = large
-        lo, hi = np.searchsorted(large_comp, [comp_id, comp_id + 1])
-        by_node = {int(nodes[m]): m for m in members}
-        pairs = [
-            (by_node[int(a)], by_node[int(b)])
-            for a, b in zip(large_u[lo:hi], large_v[lo:hi])
-            if int(a) in by_node and int(b) in by_node
-        ]
-    sims: dict[tuple[int, int], float] = {}
-
-    def similarity(a: int, b: int) -> float:
-        if exact[a] == exact[b]:
-            return 1.0
-        pair = (a, b) if a < b else (b, a)
-        if pair not in sims:
-            if config.verify:
-                sims[pair] = jaccard(feats[a], feats[b])
-            else:
-                sims[pair] = float(np.count_nonzero(feats[a] == feats[b])) / config.num_perm
-        return sims[pair]
-
-    adjacent: dict[int, set[int]] = {m: set() for m in members}
-    eu, ev = [], []
-    for a, b in pairs:
-        if similarity(a, b) >= config.threshold:
-            eu.append(local[a])
-            ev.append(local[b])
-            adjacent[a].add(b)
-            adjacent[b].add(a)
-    if not eu:
-        return
-    roots = connected_components(len(members), np.array(eu), np.array(ev))
-    for root in np.unique(roots):
-        cluster = [members[k] for k in np.flatnonzero(roots == root)]
-        if len(cluster) < 2:
-            continue
-        # Members in keep order; each joins the first representative it is verified
-        # similar to, or becomes a representative. So every removed row is within the
-        # threshold of its duplicate_of, even when union-find chained a cluster
-        # (A~B, B~C, A≁C keeps A and C, removes B as a duplicate of A).
-        ordered = sorted(cluster, key=keep_order(ids, lengths, config.keep))
-        reps: list[int] = []
-        for m in ordered:
-            rep = next((r for r in reps if r in adjacent[m]), None)
-            if rep is None:
-                for r in reps[:MAX_REPRESENTATIVE_CHECKS]:  # pairs the LSH edges did not cover
-                    if similarity(m, r) >= config.threshold:
-                        rep = r
-                        break
-            if rep is None:
-                reps.append(m)
-                continue
-            out_id.append(ids[m])
-            out_of.append(ids[rep])
-            out_sim.append(similarity(m, rep))
-            out_reason.append(EXACT if exact[m] == exact[rep] else NEAR)
-
-
-# ---------------------------------------------------------------- split
-
-
-def _split(batch: pa.Table, id_field: str, removed_ref: Any, want_removed: bool) -> pa.Table:
-    removed_nodes, removed_table = cached_get(removed_ref)
-    id_column = _id_strings(batch[id_field], id_field)
-    nodes = _id_nodes(id_column.to_pylist())
-    if len(removed_nodes):
-        pos = np.minimum(np.searchsorted(removed_nodes, nodes), len(removed_nodes) - 1)
-        hit = removed_nodes[pos] == nodes
-    else:
-        pos = np.zeros(len(nodes), dtype=np.int64)
-        hit = np.zeros(len(nodes), dtype=bool)
-    if hit.any():  # guard against a 64-bit id-hash collision: compare the ids themselves
-        hits = np.flatnonzero(hit)
-        stored = pc.cast(removed_table["id"].take(pa.array(pos[hits], pa.int64())), pa.large_string())
-        mine = pc.cast(id_column.take(pa.array(hits, pa.int64())), pa.large_string())
-        same = pc.equal(stored, mine).to_numpy(zero_copy_only=False).astype(bool)
-        hit[hits[~same]] = False
-    if want_removed is None:  # every row, marked (mark_duplicates)
-        out = batch
-        for name in REMOVED_COLUMNS:
-            if name in out.column_names:
-                out = out.drop_columns([name])
-        take = pa.array(np.where(hit, pos, 0), pa.int64())
-        info = removed_table.take(take) if len(removed_table) else None
-        mask = pa.array(~hit)
-        blank = {"duplicate_of": pa.scalar("", pa.string()), "similarity": pa.scalar(0.0, pa.float64()),
-                 "reason": pa.scalar("", pa.string())}
-        for name in REMOVED_COLUMNS:
-            if info is None:
-                column = pa.array([blank[name].as_py()] * len(batch), blank[name].type)
-            else:
-                column = pc.if_else(mask, blank[name], pc.cast(info[name], blank[name].type))
-            out = out.append_column(name, column)
-        return out
-    if not want_removed:
-        return batch.filter(pa.array(~hit))
-    rows = np.flatnonzero(hit)
-    out = batch.take(pa.array(rows, pa.int64()))
-    for name in REMOVED_COLUMNS:
-        if name in out.column_names:
-            out = out.drop_columns([name])
-    info = removed_table.take(pa.array(pos[rows], pa.int64()))
-    for name in REMOVED_COLUMNS:
-        out = out.append_column(name, info[name])
-    return out
-
-
-# ---------------------------------------------------------------- driver
-
-
-def _duplicate_ids(ds: ray.data.Dataset, id_field: str, bad_nodes: np.ndarray, limit: int = 5) -> list[str]:
-    def pick(batch: pa.Table) -> pa.Table:
-        ids = _ids_as_str(batch[id_field], id_field)
-        nodes = _id_nodes(ids)
-        return pa.table({"id": pa.array([i for i, n in zip(ids, nodes) if n in wanted], pa.string())})
-
-    wanted = set(int(n) for n in bad_nodes[:limit])
-    found = _collect(ds.select_columns([id_field]).map_batches(pick, batch_format="pyarrow"), "duplicate id lookup")
-    return sorted(set(found["id"].to_pylist())) if found is not None else []
-
-
-def deduplicate(
-    ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig
-) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    if not config.enabled:
-        return ds, _split_datasets(ds, id_field, np.zeros(0, np.uint64), _empty_removed())[1]
-    return _split_datasets(ds, id_field, *_removed_rows(ds, text_field, id_field, config))
-
-
-def mark_duplicates(ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig) -> ray.data.Dataset:
-    """Every row of `ds`, in one pass, with `duplicate_of`, `similarity` and `reason` ("" if kept)."""
-    found = _removed_rows(ds, text_field, id_field, config) if config.enabled else (np.zeros(0, np.uint64),
-                                                                                     _empty_removed())
-    ref = ray.put(found)
-    return ds.map_batches(_split, batch_format="pyarrow",
-                          fn_kwargs={"id_field": id_field, "removed_ref": ref, "want_removed": None})
-
-
-def _removed_rows(
-    ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig
-) -> tuple[np.ndarray, pa.Table]:
-    """The removed rows' id hashes (sorted) and their table (id, duplicate_of, similarity, reason)."""
-
+def _check_fields(ds: ray.data.Dataset, text_field: str, id_field: str) -> None:
     schema = ds.schema(fetch_if_missing=False)
     if schema is not None:
         for role, field in (("text", text_field), ("id", id_field)):
             if field not in schema.names:
                 raise ValueError(f"{role} field {field!r} is not a column of the input (columns: {', '.join(schema.names)})")
+
+
+def removed_rows(ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig) -> tuple[np.ndarray, pa.Table]:
+    """The removed rows' id hashes (sorted) and their table (id, duplicate_of, similarity, reason)."""
+    _check_fields(ds, text_field, id_field)
     columns = [id_field, text_field] if id_field != text_field else [id_field]
+    if executor_of(config) == "local":
+        source = ds.select_columns(columns)
+        return local.removed_rows(
+            lambda: source.iter_batches(batch_size=config.batch_size, batch_format="pyarrow"),
+            text_field, id_field, config)
+    return _removed_rows_on_ray(ds.select_columns(columns), text_field, id_field, config)
+
+
+def _removed_rows_on_ray(ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig) -> tuple[np.ndarray, pa.Table]:
     # Blocks of 16 batches, streamed: a huge input block would be one task on one
     # core, one-row blocks are slow, and every block of pass 1 becomes a sort input
     # (N blocks make N*N small shuffle objects held by the driver).
-    source = ds.select_columns(columns).repartition(target_num_rows_per_block=16 * config.batch_size)
+    source = ds.repartition(target_num_rows_per_block=16 * config.batch_size)
     common = dict(batch_format="pyarrow", **_map_kwargs(config))
     with _sort_shuffle(ds):
         edges_ds = (
-            source.map_batches(
-                _band_rows,
-                batch_size=config.batch_size,
-                fn_kwargs={"text_field": text_field, "id_field": id_field, "config": config},
-                **common,
-            )
+            source.map_batches(band_rows, batch_size=config.batch_size,
+                               fn_kwargs={"text_field": text_field, "id_field": id_field, "config": config}, **common)
             .repartition(target_num_rows_per_block=SORT_BLOCK_ROWS)
             .sort("key")
-            .map_batches(_bucket_edges, batch_size=None, batch_format="pyarrow")
+            .map_batches(bucket_edges, batch_size=None, batch_format="pyarrow")
         )
-        edges = _collect(edges_ds, "signatures and band-key shuffle")
-        removed_table = _empty_removed()
-        if edges is not None:
-            u = edges["u"].to_numpy()
-            v = edges["v"].to_numpy()
-            pairs = np.unique(np.stack((u, v), axis=1), axis=0)
-            u, v = pairs[:, 0], pairs[:, 1]
-            loops = u == v
-            if loops.any():
-                dups = _duplicate_ids(source, id_field, np.unique(u[loops]))
-                raise DuplicateIdError(
-                    f"id field {id_field!r} is not unique: {', '.join(repr(d) for d in dups)} appear(s) more than once"
-                )
-            cand_nodes, inverse = np.unique(np.concatenate((u, v)), return_inverse=True)
-            ui, vi = inverse[: len(u)], inverse[len(u) :]
-            roots = connected_components(len(cand_nodes), ui, vi)
-            sizes = np.bincount(roots, minlength=len(cand_nodes))
-            large = sizes[roots[ui]] > ALL_PAIRS_MAX
-            order = np.argsort(roots[ui][large], kind="stable")
-            large_edges = (roots[ui][large][order], u[large][order], v[large][order])
-            log.info(
-                "dedup: %d candidate edges among %d documents in %d components",
-                len(u), len(cand_nodes), len(np.unique(roots)),
+
+        def duplicate_ids(nodes: np.ndarray) -> list[str]:
+            pick = functools.partial(lambda batch, wanted: pa.table({"id": ids_with_nodes(batch, id_field, wanted)}),
+                                     wanted=nodes[:5])
+            found = _collect(source.map_batches(pick, batch_format="pyarrow"), "duplicate id lookup")
+            return sorted(set(found["id"].to_pylist())) if found is not None else []
+
+        components = candidate_components(_collect(edges_ds, "signatures and band-key shuffle"), id_field, duplicate_ids)
+        if components is None:
+            return removed_lookup(None)
+        log.info("dedup: %s", components)
+        verified_ds = (
+            source.map_batches(
+                _candidate_rows, batch_size=config.batch_size,
+                fn_kwargs={"text_field": text_field, "id_field": id_field, "config": config,
+                           "candidates_ref": ray.put(components.candidates)},
+                **common,
             )
-            candidates_ref = ray.put((cand_nodes, roots))
-            large_ref = ray.put(large_edges)
-            verified_ds = (
-                source.map_batches(
-                    _candidate_rows,
-                    batch_size=config.batch_size,
-                    fn_kwargs={
-                        "text_field": text_field,
-                        "id_field": id_field,
-                        "config": config,
-                        "candidates_ref": candidates_ref,
-                    },
-                    **common,
-                )
-                .repartition(target_num_rows_per_block=SORT_BLOCK_ROWS // 64)  # rows carry shingle sets
-                .sort("comp")
-                .map_batches(
-                    _verify_components,
-                    batch_size=None,
-                    batch_format="pyarrow",
-                    fn_kwargs={"config": config, "large_edges_ref": large_ref},
-                )
-            )
-            found = _collect(verified_ds, "candidate verification")
-            if found is not None:
-                removed_table = found
-    removed_nodes = _id_nodes(removed_table["id"].to_pylist())
-    order = np.argsort(removed_nodes, kind="stable")
-    removed_table = removed_table.take(pa.array(order, pa.int64()))
-    return removed_nodes[order], removed_table
+            .repartition(target_num_rows_per_block=SORT_BLOCK_ROWS // 64)  # rows carry shingle sets
+            .sort("comp")
+            .map_batches(_verify_components, batch_size=None, batch_format="pyarrow",
+                         fn_kwargs={"config": config, "large_edges_ref": ray.put(components.large_edges)})
+        )
+        return removed_lookup(_collect(verified_ds, "candidate verification"))
 
 
-def _empty_removed() -> pa.Table:
-    return pa.table(
-        {
-            "id": pa.array([], pa.string()),
-            "duplicate_of": pa.array([], pa.string()),
-            "similarity": pa.array([], pa.float64()),
-            "reason": pa.array([], pa.string()),
-        }
-    )
+def _mark(ds: ray.data.Dataset, id_field: str, removed: tuple[np.ndarray, pa.Table], want_removed: bool | None) -> ray.data.Dataset:
+    return ds.map_batches(_mark_rows, batch_format="pyarrow",
+                          fn_kwargs={"id_field": id_field, "removed_ref": ray.put(removed), "want_removed": want_removed})
 
 
-def _split_datasets(
-    ds: ray.data.Dataset, id_field: str, removed_nodes: np.ndarray, removed_table: pa.Table
+def deduplicate(
+    ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig
 ) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    ref = ray.put((removed_nodes, removed_table))
-    kept = ds.map_batches(
-        _split, batch_format="pyarrow", fn_kwargs={"id_field": id_field, "removed_ref": ref, "want_removed": False}
-    )
-    removed = ds.map_batches(
-        _split, batch_format="pyarrow", fn_kwargs={"id_field": id_field, "removed_ref": ref, "want_removed": True}
-    )
-    return kept, removed
+    found = removed_rows(ds, text_field, id_field, config) if config.enabled else removed_lookup(None)
+    return _mark(ds, id_field, found, False), _mark(ds, id_field, found, True)
+
+
+def mark_duplicates(ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig,
+                    compared: ray.data.Dataset | None = None) -> ray.data.Dataset:
+    """Every row of `ds`, in one pass, with `duplicate_of`, `similarity` and `reason` ("" if kept);
+    `compared` (default: `ds`) holds the rows compared, by id, with their text."""
+    compared = ds if compared is None else compared
+    found = removed_rows(compared, text_field, id_field, config) if config.enabled else removed_lookup(None)
+    return _mark(ds, id_field, found, None)
+
+
+__all__ = ["cached_get", "deduplicate", "empty_removed", "executor_of", "mark_duplicates", "removed_rows"]

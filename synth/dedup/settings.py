@@ -106,7 +106,11 @@ class DedupConfig(MinHashSettings):
         "lowest_id", description="which member of a cluster is kept: lowest id, or longest text (ties: lowest id)"
     )
     batch_size: int = Field(2048, ge=1, description="documents per signature batch")
-    concurrency: int | None = Field(None, ge=1, description="max parallel tasks per pass; None = as many as Ray allows")
+    concurrency: int | None = Field(None, ge=1, description="max parallel tasks (local: processes) per pass; None = as "
+                                    "many as there are CPUs")
+    executor: Literal["auto", "local", "ray"] = Field(
+        "auto", description="local: a pool of processes on this machine; ray: Ray Data operators across the cluster; "
+        "auto: ray when Ray runs on more than one node, else local. The rows are the same either way")
 
 
 # An evaluation set's name is part of a reject reason ("contaminated: NAME") and of the

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pandas as pd
+import pyarrow as pa
 import ray.data
 
 from synth.config import PipelineConfig
@@ -17,7 +18,7 @@ from synth.dedup.decontaminate import (COLUMNS as CONTAMINATION_COLUMNS, Contami
 from synth.filters import CONTROVERSIAL_TIER, apply_filters, build_filters, diversions, reads_labels
 from synth.obfuscation import PREFIX as OBFUSCATION
 from synth.output_parsing import CONTROVERSIAL
-from synth.rows import REJECT_COLUMN
+from synth.rows import REJECT_COLUMN, records
 from synth.stages.base import Stage, StageContext
 
 
@@ -60,7 +61,7 @@ class _FilterStage(Stage):
 
         def check(batch: pd.DataFrame) -> pd.DataFrame:
             batch = batch.copy()
-            reasons = pd.Series([filter_reason(filters, row, per_turn) for row in batch.to_dict("records")],
+            reasons = pd.Series([filter_reason(filters, row, per_turn) for row in records(batch)],
                                 index=batch.index, dtype=object)
             doubted = reasons.isin(tier)  # kept, relabelled: the controversial tier with the reason
             if doubted.any():
@@ -129,18 +130,15 @@ def conversation_text(batch: pd.DataFrame, fields: tuple[str, ...]) -> pd.Series
     return text
 
 
-def _is_obfuscated(row: dict[str, Any]) -> bool:
-    return str(row.get("attack") or "").startswith(OBFUSCATION)
-
-
 class _DedupStage(Stage):
     reject_only_columns = ("duplicate_of", "similarity")
     target: ClassVar[str]
     text_fields: ClassVar[tuple[str, ...]]
 
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
-        # what decides which rows are duplicates; batch_size and concurrency are throughput
-        return {"dedup": getattr(config.dedup, self.target).model_dump(mode="json", exclude={"batch_size", "concurrency"})}
+        # what decides which rows are duplicates; batch_size, concurrency and executor are throughput
+        return {"dedup": getattr(config.dedup, self.target).model_dump(
+            mode="json", exclude={"batch_size", "concurrency", "executor"})}
 
     def run(self, ctx: StageContext, rows: ray.data.Dataset | None) -> ray.data.Dataset:
         config = getattr(ctx.config.dedup, self.target)
@@ -148,22 +146,30 @@ class _DedupStage(Stage):
             return rows.map_batches(
                 lambda b: b.assign(duplicate_of="", similarity=0.0, **{REJECT_COLUMN: ""}), batch_format="pandas"
             )
-        fields = self.text_fields
-
-        def with_text(batch: pd.DataFrame) -> pd.DataFrame:
-            return batch.assign(_dedup_text=conversation_text(batch, fields))
-
-        # An obfuscated copy (synth/obfuscation.py) is made from a question already unique and
-        # would match its own source: it is never compared, and passes.
-        copies = rows.filter(_is_obfuscated)
-        compared = rows.filter(lambda r: not _is_obfuscated(r))
-        marked = mark_duplicates(compared.map_batches(with_text, batch_format="pandas"), "_dedup_text", "id", config)
+        # Compared: each row's text (`conversation_text`), obfuscated copies left out (one is made
+        # from a question already unique and would match its own source: it is never compared,
+        # and passes). Marked: every row, in one pass.
+        compared = rows.map_batches(_compared_texts, batch_format="pandas", fn_kwargs={"fields": self.text_fields})
+        marked = mark_duplicates(rows, DEDUP_TEXT, "id", config, compared=compared)
         # A removed row keeps its pointer to the kept representative in the rejects table.
-        return marked.map_batches(
-            lambda b: b.assign(**{REJECT_COLUMN: b["reason"].astype(str)}).drop(columns=["reason", "_dedup_text"]),
-            batch_format="pandas",
-        ).union(copies.map_batches(
-            lambda b: b.assign(duplicate_of="", similarity=0.0, **{REJECT_COLUMN: ""}), batch_format="pandas"))
+        return marked.map_batches(_reason_as_reject, batch_format="pyarrow")
+
+
+DEDUP_TEXT = "_dedup_text"
+
+
+def _reason_as_reject(batch: pa.Table) -> pa.Table:
+    kept = [c for c in batch.column_names if c not in ("reason", REJECT_COLUMN)]
+    return batch.select(kept).append_column(REJECT_COLUMN, batch["reason"])
+
+
+def _compared_texts(batch: pd.DataFrame, fields: tuple[str, ...]) -> pd.DataFrame:
+    """The rows a dedup stage compares, as `id` and their text: all but obfuscated copies."""
+    if "attack" in batch.columns:
+        batch = batch[~batch["attack"].fillna("").astype(str).str.startswith(OBFUSCATION)]
+    if batch.empty:
+        return pd.DataFrame({"id": pd.Series([], dtype=object), DEDUP_TEXT: pd.Series([], dtype=object)})
+    return pd.DataFrame({"id": batch["id"].astype(str), DEDUP_TEXT: conversation_text(batch, fields)})
 
 
 class DedupQuestions(_DedupStage):

@@ -36,7 +36,8 @@ from synth.engines import REQUEST_COLUMNS, request_row
 from synth.engines.base import failure_reason, history_json, parse_history
 from synth.errors import BadInput
 from synth.output_parsing import parse_user_turn
-from synth.rows import DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, SINGLE_TURN, columns as _columns, stable_id
+from synth.rows import (DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, SINGLE_TURN, columns as _columns, records,
+                        stable_id)
 from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
 from synth.stages.generation import Obfuscate
 from synth.stages.labelling import carry, picked_responders, respond_request, restore
@@ -218,7 +219,7 @@ def conversation_cutoffs(rows: pd.DataFrame, share: float, strategies: dict[str,
         return {}
     plain = rows[(rows["attack"] == "none") & rows["kind"].isin(list(strategies))]
     draws: dict[str, list[float]] = {}
-    for row in plain.to_dict("records"):
+    for row in records(plain):
         draws.setdefault(_group(row), []).append(_draw(seed, row["id"])[1])
     return {group: sorted(us)[max(1, round(share * len(us))) - 1] for group, us in sorted(draws.items())}
 
@@ -230,7 +231,7 @@ def with_conversations(batch: pd.DataFrame, cutoffs: dict[str, float], strategie
     within its scenario × kind's cutoff (`conversation_cutoffs`; not yet written: `history` "" and
     `question` "", `turns` planned)."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         row = {**row, **SINGLE_TURN, REJECT_COLUMN: ""}
         out.append(row)
         if row["attack"] != "none" or row["kind"] not in strategies or _group(row) not in cutoffs:
@@ -262,7 +263,7 @@ def _in_round(row: dict[str, Any], side: str, turn: int) -> bool:
 
 
 def not_in_round(batch: pd.DataFrame, side: str, turn: int) -> pd.DataFrame:
-    keep = [not _in_round(row, side, turn) for row in batch.to_dict("records")]
+    keep = [not _in_round(row, side, turn) for row in records(batch)]
     return _typed(batch[keep])
 
 
@@ -293,7 +294,7 @@ def _sample_history(exchanges: int, user_chars: int, answer_chars: int) -> list[
 def user_turn_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int, turn: int) -> pd.DataFrame:
     """The writer's request for user turn `turn` of each conversation that has one."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         if not _in_round(row, "user", turn):
             continue
         strategy = catalog.dialogue.strategy(row["strategy"])
@@ -311,7 +312,7 @@ def answer_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: 
                     ) -> pd.DataFrame:
     """The conversation's responder's request to answer user turn `turn` after the turns before it."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         if row["history_responder"] != role.name or not _in_round(row, "assistant", turn):
             continue
         messages = parse_history(row["history"])
@@ -328,8 +329,8 @@ def record_turn(batch: pd.DataFrame, side: str, turn: int, columns: list[str], f
     the writer's finish reason as the question's `gen_finish_reason`)."""
     from synth.filters import apply_filters
 
-    results = batch[[c for c in ("text", "error", "finish_reason") if c in batch.columns]].to_dict("records")
-    rows = restore(batch).to_dict("records")
+    results = records(batch[[c for c in ("text", "error", "finish_reason") if c in batch.columns]])
+    rows = records(restore(batch))
     for row, result in zip(rows, results):
         messages = parse_history(row["history"])
         if result["error"]:

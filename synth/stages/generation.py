@@ -14,7 +14,7 @@ from synth.engines.base import failure_reason
 from synth.errors import BadInput
 from synth.obfuscation import PREFIX as OBFUSCATION, TACTICS, obfuscate
 from synth.output_parsing import list_item_stops, parse_question_list, parse_single_question
-from synth.rows import REJECT_COLUMN, columns as _columns, stable_id
+from synth.rows import REJECT_COLUMN, columns as _columns, records, stable_id
 from synth.stages.base import DEFAULT_QUESTIONS_PER_CALL_SHARE, SAMPLE_QUESTION_CHARS, LLMStage, Stage, StageContext
 from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS, QUESTION_JUDGE_DTYPES, JudgeQuestions
 from synth.templates import scenario_vars
@@ -136,7 +136,7 @@ class Queries(LLMStage):
 def question_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int, generation) -> pd.DataFrame:
     """One generator request per elements row; the row's columns travel with it."""
     requests = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         scenario = catalog.scenarios[row["scenario"]]
         sub = next(s for s in scenario.template.subcategories if s.id == row["subcategory"])
         variables = {
@@ -160,7 +160,7 @@ def question_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed
 def questions_from_results(batch: pd.DataFrame, role: Role, style: str, limit: int) -> pd.DataFrame:
     """The generator's answers → one row per parsed question (at most `limit`), or one reject per call."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         base = {
             "scenario": row["scenario"], "scenario_name": row["scenario_name"],
             "subcategory": row["subcategory"], "subcategory_name": row["subcategory_name"],
@@ -250,7 +250,7 @@ def augment_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed:
                      share: float) -> pd.DataFrame:
     """One rewrite request per harmful question a tactic is chosen for; the others are dropped."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         tactic_id = chosen_tactic(row["id"], tactics, share, seed) if row["kind"] == "harmful" else None
         if tactic_id is None:
             continue
@@ -271,7 +271,7 @@ def augment_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed:
 def augmented_rows(batch: pd.DataFrame) -> pd.DataFrame:
     """The rewrites' answers → one question row each (its id: the request's), or a reject."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         base = {k: row[k] for k in _QUESTION_COLUMNS if k not in ("id", "question", "seed", "raw", REJECT_COLUMN)}
         base.update(id=row["request_id"], seed=int(row["seed"]), gen_finish_reason=row["finish_reason"],
                     gen_completion_tokens=int(row["completion_tokens"]))
@@ -340,7 +340,7 @@ def with_obfuscated(batch: pd.DataFrame, tables, tactics: list[str], share: floa
     """The batch's rows, each followed by its obfuscated copy when one is drawn for it."""
     batch = _with_reject_column(batch)  # the input is kept rows: the runner dropped the column
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         out.append(row)
         rng = random.Random(stable_id("obfuscate", seed, row["id"]))
         if rng.random() >= share or str(row["attack"]).startswith(OBFUSCATION) or not row["question"]:

@@ -14,7 +14,8 @@ from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, request_row
 from synth.engines.base import PENDING, failure_reason, parse_history, verdict_schema
 from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED, FIELD_MISSING, SAFE, UNSAFE,
                                   field_column_value, ordered_fields, parse_verdict)
-from synth.rows import DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, SINGLE_TURN, columns as _columns, stable_id
+from synth.rows import (DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, SINGLE_TURN, columns as _columns, records,
+                        stable_id)
 from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
 from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
@@ -104,7 +105,7 @@ def respond_requests(batch: pd.DataFrame, catalog, role: Role, style: str, perso
                      responders: list[str], per_question: int | None) -> pd.DataFrame:
     """One responder's request per question it is picked for; the question's columns travel with it."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         # a conversation's last turn is answered by the responder that answered its earlier turns
         picked = {row["history_responder"]} if row.get("history_responder") else \
             picked_responders(row["id"], responders, per_question, seed)
@@ -143,7 +144,7 @@ def restore(batch: pd.DataFrame) -> pd.DataFrame:
 def pairs_from_results(batch: pd.DataFrame) -> pd.DataFrame:
     """The responders' answers → one pair per answer; a failed or empty answer is a reject."""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         # a question row from before the converse stage is a one-turn conversation
         pair = {**SINGLE_TURN, **{k: row[_CARRIED.get(k, k)] for k in PAIR_COLUMNS if _CARRIED.get(k, k) in row}}
         failed = row["error"] or not row["text"].strip()
@@ -285,7 +286,7 @@ def _labels_turn(row: dict[str, Any], turn: int) -> bool:
 
 def without_turn(batch: pd.DataFrame, turn: int) -> pd.DataFrame:
     """The rows that have no answer `turn` to label: through a turn's round untouched."""
-    return batch[[not _labels_turn(row, turn) for row in batch.to_dict("records")]]
+    return batch[[not _labels_turn(row, turn) for row in records(batch)]]
 
 
 def judge_probes(config: PipelineConfig) -> dict[str, Any]:
@@ -325,7 +326,7 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
     schema = json.dumps(verdict_schema(fields, list(catalog.subcategories), role.analysis),
                         ensure_ascii=False) if schema else ""
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         if not _labels_turn(row, turn):
             continue
         shown = pick(examples[0], row, examples[1].k, seed, examples[1].max_chars) if examples else []
@@ -359,7 +360,7 @@ def record_judgement(batch: pd.DataFrame, index: int, fields: list[str] = (),
     `require_scores` (annotate.scores: required): a verdict without log-probabilities stops the build.
     `probe` (synth.probe.Probe): a probe judge, whose answers are pooled states it scores.
     `turn` >= 1: the judgements of answer `turn`, into the row's `_turn_judgements` instead."""
-    results = batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]].to_dict("records")
+    results = records(batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]])
     judgements = [_probe_judgement(r, probe, fields) if probe is not None else _judgement(r, fields, subcategories)
                   for r in results]
     unscored = next((j for j in judgements if j["verdict"] and j["score_source"] == FROM_LABEL), None) \

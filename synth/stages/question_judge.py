@@ -39,7 +39,7 @@ from synth.config import PipelineConfig, Role
 from synth.engines import REQUEST_COLUMNS, RESULT_COLUMNS, request_row
 from synth.engines.base import PENDING, failure_reason, question_verdict_schema
 from synth.output_parsing import FIELD_COLUMNS, OTHER_SUBCATEGORY, SAFE, UNSAFE, YES_NO, parse_question_verdict
-from synth.rows import REJECT_COLUMN, stable_id
+from synth.rows import REJECT_COLUMN, records, stable_id
 from synth.scoring import TOP_LOGPROBS, combine, label as rule_label, verdict_score
 from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
 
@@ -138,7 +138,7 @@ def question_judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str
     """One judge's request per question; the question's columns travel with it."""
     schema = json.dumps(question_verdict_schema(list(catalog.topics)), ensure_ascii=False)
     out = []
-    for row in batch.to_dict("records"):
+    for row in records(batch):
         rendered = catalog.render(catalog.question_judge, style,
                                   {"question": row["question"], "scenarios": catalog.taxonomy}, "question_judge")
         out.append({**{_carried(k): v for k, v in row.items()}, **request_row(
@@ -170,7 +170,7 @@ def question_judgement(row: dict[str, Any], topics: dict[str, str]) -> dict[str,
 
 def record_question_judgement(batch: pd.DataFrame, index: int, topics: dict[str, str]) -> pd.DataFrame:
     """A judge's answers → column `_qjudge<index>`; the question's own columns restored."""
-    results = batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]].to_dict("records")
+    results = records(batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]])
     judgements = [question_judgement(r, topics) for r in results]
     drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c in batch.columns]
     out = batch.drop(columns=drop)
@@ -196,7 +196,7 @@ def route_questions(batch: pd.DataFrame, judges: int, on_kind_mismatch: str, on_
     out = batch.drop(columns=columns).copy()
     harmful_col, subcategory_col, scores, all_judgements, routes, reasons = [], [], [], [], [], []
     kinds, subs, sub_names, scenarios, scenario_names = [], [], [], [], []
-    requested = batch[["kind", "subcategory", "subcategory_name", "scenario", "scenario_name"]].to_dict("records")
+    requested = records(batch[["kind", "subcategory", "subcategory_name", "scenario", "scenario_name"]])
     for judgements, asked in zip(zip(*(batch[c] for c in columns)), requested):
         judgements = [dict(j) for j in judgements]
         failures = [j["error"] for j in judgements if j["error"] and not j["harmful"]]
