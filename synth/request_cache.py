@@ -119,7 +119,7 @@ def lookup(keyed: ray.data.Dataset, cache_dir: Path | str) -> ray.data.Dataset |
     (null for a miss) and HIT_COLUMN, one row per request, materialized. None if the
     cache has no shard (nothing can hit: no join is run)."""
     shards = shard_paths(cache_dir)
-    if not shards:
+    if not shards or not _any_cached(keyed, shards):
         return None
     columns, total = keyed.columns(), keyed.count()
     for _ in range(2):  # a second join only after compacting away duplicate keys
@@ -145,6 +145,15 @@ def lookup(keyed: ray.data.Dataset, cache_dir: Path | str) -> ray.data.Dataset |
         compact_cache(cache_dir)
         shards = shard_paths(cache_dir)
     raise RuntimeError(f"request cache {cache_dir} still has duplicate keys after compaction")
+
+
+def _any_cached(keyed: ray.data.Dataset, shards: list) -> bool:
+    """Whether any request's key is in the cache, from the key columns alone (16 bytes per
+    key read, no join): a model's first requests of a build, whose cache holds only another
+    stage's answers, skip the join (a Ray Data hash shuffle of every request and cached row)."""
+    cached = pa.chunked_array([storage.read_table(s, columns=[KEY_COLUMN])[KEY_COLUMN] for s in shards]).combine_chunks()
+    return any(pc.any(pc.is_in(t[KEY_COLUMN], value_set=cached)).as_py()
+               for t in ray.get(keyed.select_columns([KEY_COLUMN]).to_arrow_refs()) if t.num_rows)
 
 
 def _local_lookup(keyed: ray.data.Dataset, shards: list, columns: list[str]) -> ray.data.Dataset | None:
