@@ -95,6 +95,8 @@ def duplicate_ngram_fraction(chars: str, n: int) -> float:
         return 0.0
     grams = char_ngrams(chars, n)
     counts = Counter(grams)
+    if len(counts) == len(grams):  # no n-gram repeats (most texts, for n >= 5)
+        return 0.0
     covered = bytearray(len(chars))
     for i, g in enumerate(grams):
         if counts[g] > 1:

@@ -89,6 +89,9 @@ class Repetition(Filter):
             if top_ngram_fraction(chars, n) > limit:
                 return Drop(f"top_{n}gram")
         for n, limit in sorted(self.dup_ngram.items()):
-            if duplicate_ngram_fraction(chars, n) > limit:
+            fraction = duplicate_ngram_fraction(chars, n)
+            if fraction > limit:
                 return Drop(f"duplicate_{n}gram")
+            if fraction == 0.0:  # no n-gram repeats, so no longer one does: the rest are 0 too
+                break
         return KEEP
