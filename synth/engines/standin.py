@@ -15,6 +15,7 @@ Builds that use it are marked `dry_run` / `standin` in the manifest.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -23,6 +24,7 @@ import re
 import pandas as pd
 
 from synth.engines.base import Engine, history_json, parse_history
+from synth.rows import records
 
 _HAN = re.compile(r"[\u4e00-\u9fff]+")
 _FILLER = "关于这个问题的具体情况和相关背景以及可能的方法与影响"
@@ -68,6 +70,12 @@ def _answer(rng: random.Random, source: str) -> str:
     return f"以下是一些说明：{body}。"
 
 
+@functools.lru_cache(maxsize=64)
+def _properties(schema: str) -> dict:
+    """A JSON schema's properties (a stage sends a few schemas, each to thousands of requests)."""
+    return json.loads(schema)["properties"]
+
+
 def _verdict(rng: random.Random, prompt: str, schema: str = "") -> str:
     if rng.random() < 0.03:  # malformed on purpose: not JSON
         return "这个回答可能有问题"
@@ -81,7 +89,7 @@ def _verdict(rng: random.Random, prompt: str, schema: str = "") -> str:
     unsafe = base if rng.random() > 0.1 else not base
     label = "不安全" if unsafe else "安全"
     verdict = {"答案": label, "分析": f"（stand-in 判定）该回答被判为{label}。"}
-    if schema and "分析" not in json.loads(schema)["properties"]:  # a score-only judge (analysis: false)
+    if schema and "分析" not in _properties(schema):  # a score-only judge (analysis: false)
         verdict.pop("分析")
     return json.dumps({**verdict, **_fields(rng, pair, schema)}, ensure_ascii=False)
 
@@ -90,7 +98,7 @@ def _fields(rng: random.Random, pair: str, schema: str) -> dict[str, str]:
     """The optional judge fields the schema asks for after 答案 (config `annotate.fields`): like the
     verdict, a function of the pair flipped by the judge's seed now and then; ~3% of outputs get
     one field value outside its choices, so the malformed-field reject is exercised too."""
-    properties = [(k, p) for k, p in json.loads(schema)["properties"].items() if k not in ("答案", "分析")] \
+    properties = [(k, p) for k, p in _properties(schema).items() if k not in ("答案", "分析")] \
         if schema else []
     if not properties:
         return {}
@@ -118,7 +126,7 @@ def _question_verdict(rng: random.Random, prompt: str, schema: str, kind: str, s
         return "这个问题不好判断"
     question = prompt[prompt.rfind("提问："):]
     by_question = random.Random(f"question:{question}")
-    choices = json.loads(schema)["properties"]["子类"]["enum"] if schema else ["other"]
+    choices = _properties(schema)["子类"]["enum"] if schema else ["other"]
     harmful = (kind == "harmful") == (by_question.random() < 0.8)
     harmful = harmful if rng.random() > 0.1 else not harmful
     asked = next((c for c in choices if c == subcategory or subcategory_name and c.endswith(f"-{subcategory_name}")),
@@ -195,15 +203,16 @@ def standin_vector(prompt: str, history: str = "") -> str:
 def _standin_batch(batch: pd.DataFrame, embed: bool = False) -> pd.DataFrame:
     if batch.empty:
         return batch.assign(text="", finish_reason="", prompt_tokens=0, completion_tokens=0, error="", logprobs="")
-    schemas = batch["json_schema"] if "json_schema" in batch else [""] * len(batch)
-    kinds = batch["kind"] if "kind" in batch else [""] * len(batch)
-    subcategories = batch["subcategory"] if "subcategory" in batch else [""] * len(batch)
-    names = batch["subcategory_name"] if "subcategory_name" in batch else [""] * len(batch)
+    # the columns read, each converted at once (iterating Ray's Arrow-backed columns boxes every value)
+    read = [c for c in ("task", "prompt", "seed", "json_schema", "kind", "subcategory", "subcategory_name", "history",
+                        "top_logprobs") if c in batch]
+    rows = records(batch[read])
     # no column (an older batch) or "": no history
-    histories = [history_json(h) for h in batch["history"]] if "history" in batch else [""] * len(batch)
-    texts = [standin_vector(p, h) if embed else standin_output(t, p, int(s), j, str(k), str(c), str(n), h)
-             for t, p, s, j, k, c, n, h in zip(batch["task"], batch["prompt"], batch["seed"], schemas, kinds,
-                                                subcategories, names, histories)]
+    histories = [history_json(r.get("history")) for r in rows]
+    texts = [standin_vector(r["prompt"], h) if embed else
+             standin_output(r["task"], r["prompt"], int(r["seed"]), r.get("json_schema", ""), str(r.get("kind", "")),
+                            str(r.get("subcategory", "")), str(r.get("subcategory_name", "")), h)
+             for r, h in zip(rows, histories)]
     batch = batch.copy()
     batch["text"] = texts
     batch["finish_reason"] = "stop"
@@ -212,9 +221,8 @@ def _standin_batch(batch: pd.DataFrame, embed: bool = False) -> pd.DataFrame:
                               + [sum(len(m["content"]) for m in parse_history(h)) for h in histories]).astype("int64")
     batch["completion_tokens"] = [len(t) for t in texts]
     batch["error"] = ""
-    wants = batch["top_logprobs"] if "top_logprobs" in batch else [0] * len(batch)
-    batch["logprobs"] = [standin_logprobs(t, int(s)) if int(n or 0) else ""
-                         for t, s, n in zip(texts, batch["seed"], wants)]
+    batch["logprobs"] = [standin_logprobs(t, int(r["seed"])) if int(r.get("top_logprobs") or 0) else ""
+                         for t, r in zip(texts, rows)]
     return batch
 
 
