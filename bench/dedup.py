@@ -13,7 +13,9 @@ changes), writes it as parquet, then runs in separate processes:
     per document fed shingle by shingle with `update`, MinHashLSH(threshold=0.8,
     num_perm=128), query then insert (a document with a match is a duplicate of the
     smallest matching id and is not inserted);
-(b) `synth dedup` end to end (a fresh process: Ray start-up, read, dedup, write).
+(b) `synth dedup` end to end (a fresh process: start-up, read, dedup, write), once per
+    executor (`--executors`, default local then ray), and again on the first `--small-docs`
+    documents: the fixed cost.
 
 Both see the same shingles (character 5-grams of the normalised text). Printed:
 docs/s of each and the ratio, recall on injected pairs whose true Jaccard is
@@ -242,11 +244,12 @@ def run_reference(input_path: Path, result_path: Path) -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "bands": lsh.b, "rows": lsh.r}))
 
 
-def run_synth(input_path: Path, out: Path) -> None:
+def run_synth(input_path: Path, out: Path, executor: str = "auto") -> None:
     started = time.perf_counter()
+    from synth.dedup import DedupConfig
     from synth.dedup.command import run_dedup_command
 
-    code = run_dedup_command(input_path, "text", "id", 0.8, out)
+    code = run_dedup_command(input_path, "text", "id", 0.8, out, config=DedupConfig(executor=executor))
     print(json.dumps({"seconds": time.perf_counter() - started, "code": code}))
 
 
@@ -447,7 +450,13 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true", help="run only synth dedup (e.g. at 1M documents)")
     ap.add_argument("--reference-docs-per-s", type=float, help="with --skip-reference: reference speed measured before")
     ap.add_argument("--shingle-study", action="store_true", help="compare char and word n-grams instead")
+    ap.add_argument("--executors", default="local,ray",
+                    help="synth dedup's executors to run, in order (default local,ray: one machine's processes, "
+                         "then Ray Data, which is what `synth dedup` ran before the local executor)")
+    ap.add_argument("--small-docs", type=int, default=200,
+                    help="also time each executor on the first N documents: the fixed cost (0: skip)")
     ap.add_argument("--run", choices=["reference", "synth"], help=argparse.SUPPRESS)
+    ap.add_argument("--executor", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -455,7 +464,7 @@ def main() -> None:
     if args.run == "reference":
         return run_reference(args.input, args.result)
     if args.run == "synth":
-        return run_synth(args.input, args.result)
+        return run_synth(args.input, args.result, args.executor)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.shingle_study:
@@ -489,13 +498,26 @@ def main() -> None:
         removed = pq.read_table(ref_out)
         results["datasketch (reference)"] = (wall, peak, evaluate(texts, pairs, removed["id"].to_pylist(), removed["duplicate_of"].to_pylist()))
         print(f"reference LSH: b={info.get('bands')} r={info.get('rows')}")
-    synth_out = args.workdir / f"synth-out-{args.docs}"
-    shutil.rmtree(synth_out, ignore_errors=True)
-    wall, peak, info = timed_process(["--run", "synth", "--input", str(corpus), "--result", str(synth_out)], env)
-    if info.get("code") != 0:
-        raise SystemExit(f"synth dedup failed: {info}")
-    removed = pq.read_table(synth_out / "removed", columns=["id", "duplicate_of"])
-    results["synth dedup"] = (wall, peak, evaluate(texts, pairs, removed["id"].to_pylist(), removed["duplicate_of"].to_pylist()))
+    executors = [e.strip() for e in args.executors.split(",") if e.strip()]
+    small = args.workdir / f"corpus-{args.small_docs}-{args.seed}.parquet"
+    if args.small_docs:
+        pq.write_table(pq.read_table(corpus).slice(0, args.small_docs), small)
+    fixed = {}
+    for executor in executors:
+        name = f"synth dedup ({executor})"
+        synth_out = args.workdir / f"synth-out-{args.docs}-{executor}"
+        shutil.rmtree(synth_out, ignore_errors=True)
+        wall, peak, info = timed_process(["--run", "synth", "--input", str(corpus), "--result", str(synth_out),
+                                          "--executor", executor], env)
+        if info.get("code") != 0:
+            raise SystemExit(f"{name} failed: {info}")
+        removed = pq.read_table(synth_out / "removed", columns=["id", "duplicate_of"])
+        results[name] = (wall, peak, evaluate(texts, pairs, removed["id"].to_pylist(), removed["duplicate_of"].to_pylist()))
+        if args.small_docs:
+            small_out = args.workdir / f"synth-out-{args.small_docs}-{executor}"
+            shutil.rmtree(small_out, ignore_errors=True)
+            fixed[name] = timed_process(["--run", "synth", "--input", str(small), "--result", str(small_out),
+                                         "--executor", executor], env)[0]
 
     print(f"\n{'':<24}{'docs':>9}{'wall s':>9}{'docs/s':>9}{'CPU s':>9}{'docs/CPU-s':>11}{'removed':>9}{'recall':>8}"
           f"{'precision':>10}{'peak PSS MB':>13}{'(RSS sum)':>11}")
@@ -503,16 +525,21 @@ def main() -> None:
         print(f"{name:<24}{len(texts):>9}{wall:>9.1f}{len(texts) / wall:>9,.0f}{cpu:>9.1f}{len(texts) / cpu:>11,.0f}"
               f"{ev['removed']:>9}{ev['recall@J>=0.85']:>8.4f}{ev['precision@J>=0.7']:>10.4f}"
               f"{pss / 2**20:>13,.0f}{rss / 2**20:>11,.0f}")
-    synth_rate = len(texts) / results["synth dedup"][0]
-    if "datasketch (reference)" in results:
-        ref_rate = len(texts) / results["datasketch (reference)"][0]
-        ref_cpu_rate = len(texts) / results["datasketch (reference)"][1][2]
-        synth_cpu_rate = len(texts) / results["synth dedup"][1][2]
-        print(f"speed-up: {synth_rate / ref_rate:.1f}x the reference's docs/s (wall clock), "
-              f"{synth_cpu_rate / ref_cpu_rate:.1f}x its docs per CPU-second")
-    elif args.reference_docs_per_s:
-        print(f"speed-up: {synth_rate / args.reference_docs_per_s:.1f}x the reference's docs/s "
-              f"(reference not run here: {args.reference_docs_per_s:,.0f} docs/s measured at a smaller size)")
+    for name, result in results.items():
+        if name.startswith("datasketch"):
+            continue
+        synth_rate = len(texts) / result[0]
+        if "datasketch (reference)" in results:
+            ref_rate = len(texts) / results["datasketch (reference)"][0]
+            ref_cpu_rate = len(texts) / results["datasketch (reference)"][1][2]
+            print(f"{name}: speed-up {synth_rate / ref_rate:.1f}x the reference's docs/s (wall clock), "
+                  f"{len(texts) / result[1][2] / ref_cpu_rate:.1f}x its docs per CPU-second")
+        elif args.reference_docs_per_s:
+            print(f"{name}: speed-up {synth_rate / args.reference_docs_per_s:.1f}x the reference's docs/s "
+                  f"(reference not run here: {args.reference_docs_per_s:,.0f} docs/s measured at a smaller size)")
+    for name, wall in fixed.items():
+        print(f"{name}: fixed cost {wall:.1f} s wall for {args.small_docs} documents (a fresh process: imports, "
+              "start-up, read, dedup, write)")
     print(f"input: {text_mb:.0f} MB of text; load average at end: {os.getloadavg()[0]:.1f}")
 
 
