@@ -102,8 +102,9 @@ def _scan_input(path: Path, text_field: str, id_field: str | None) -> _Input:
                 pf = pq.ParquetFile(file)
                 file_schema = pf.schema_arrow
                 _check_columns(file, file_schema, text_field, id_field)
-                batches = pf.iter_batches(columns=[f for f in (id_field, text_field) if f is not None],
-                                          batch_size=65536)
+                # the ids only (null checks); the text is read by the passes themselves
+                batches = pf.iter_batches(columns=[id_field], batch_size=65536) if id_field is not None else iter(())
+                rows += pf.metadata.num_rows
             else:
                 import pyarrow.json as pj
 
@@ -113,8 +114,9 @@ def _scan_input(path: Path, text_field: str, id_field: str | None) -> _Input:
                 batches = reader
             text_seen = False
             for batch in batches:
-                text_seen = text_seen or batch.column(batch.schema.get_field_index(text_field)).null_count < batch.num_rows
-                rows += batch.num_rows
+                if kind == "jsonl":
+                    text_seen = text_seen or batch.column(batch.schema.get_field_index(text_field)).null_count < batch.num_rows
+                    rows += batch.num_rows
                 if id_field is None:
                     continue
                 column = batch.column(batch.schema.get_field_index(id_field))
@@ -283,7 +285,7 @@ def run_dedup_command(
 
             columns = [id_field, text_field] if id_field != text_field else [id_field]
             found = local.removed_rows(lambda: _local_batches(inp, text_field, columns, config.batch_size),
-                                       text_field, id_field, config)
+                                       text_field, id_field, config, rows=inp.rows)
             tmp = _temporary_out(out)
             for name, want_removed, schema in (("kept", False, inp.schema), ("removed", True, _removed_schema(inp.schema))):
                 _write_local((mark_rows(b, id_field, found, want_removed)

@@ -54,17 +54,23 @@ class _Workers:
     Results come back in input order, at most `2 * workers` calls in flight (so a long input
     is never all in memory at once)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, rows: int | None = None) -> None:
         self.workers = workers
         self.rows = 0
         self.pool: ProcessPoolExecutor | None = None
+        if rows is not None and rows >= POOL_MIN_ROWS:  # known to be big: start the processes now
+            self._start()
+
+    def _start(self) -> None:
+        if self.workers > 1:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, fn: Callable[[pa.Table], Any], tables: Iterable[pa.Table]) -> Iterator[Any]:
         pending: deque[Future] = deque()
         for table in tables:
             self.rows += table.num_rows
-            if self.pool is None and self.workers > 1 and self.rows >= POOL_MIN_ROWS:
-                self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            if self.pool is None and self.rows >= POOL_MIN_ROWS:
+                self._start()
             pending.append(self.pool.submit(fn, table) if self.pool is not None else _done(fn, table))
             while len(pending) >= 2 * self.workers or (pending and pending[0].done()):
                 yield pending.popleft().result()
@@ -113,11 +119,13 @@ def removed_rows(
     config: DedupConfig,
     *,
     workers: int | None = None,
+    rows: int | None = None,
 ) -> tuple[np.ndarray, pa.Table]:
     """The removed rows of the input `batches()` yields (called once per pass; each batch holds
     at least `id_field` and `text_field`) as `mark_rows` looks them up: their id hashes, sorted,
-    and their table (id, duplicate_of, similarity, reason) in that order."""
-    pool = _Workers(config.concurrency or workers or default_workers())
+    and their table (id, duplicate_of, similarity, reason) in that order. `rows`: the input's
+    size, where known (a big input starts its processes at once)."""
+    pool = _Workers(config.concurrency or workers or default_workers(), rows)
     try:
         started = time.perf_counter()
         keys = [t for t in pool.map(functools.partial(band_rows, text_field=text_field, id_field=id_field,

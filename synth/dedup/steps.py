@@ -101,12 +101,24 @@ def band_rows(batch: pa.Table, text_field: str, id_field: str, config: DedupConf
 
 def bucket_edges(batch: pa.Table) -> pa.Table:
     """Candidate edges from runs of equal keys (the block holds every row of its keys)."""
+    empty = pa.table({"u": pa.array([], pa.uint64()), "v": pa.array([], pa.uint64())})
     key = batch["key"].to_numpy()
-    node = batch["node"].to_numpy()
-    order = np.lexsort((node, key))
-    key, node = key[order], node[order]
     if len(key) < 2:
-        return pa.table({"u": pa.array([], pa.uint64()), "v": pa.array([], pa.uint64())})
+        return empty
+    order = np.argsort(key)
+    key = key[order]
+    shared = np.flatnonzero(key[1:] == key[:-1])  # i where rows i and i+1 share a key
+    if not len(shared):
+        return empty
+    # Only rows in runs of two or more make edges: most keys are unique, so the rest of the
+    # work is on a few rows (each whole run stays together), sorted by key, then node.
+    in_run = np.zeros(len(key), dtype=bool)
+    in_run[shared] = True
+    in_run[shared + 1] = True
+    rows = np.flatnonzero(in_run)
+    key, node = key[rows], batch["node"].to_numpy()[order[rows]]
+    by_node = np.lexsort((node, key))
+    key, node = key[by_node], node[by_node]
     same = key[1:] == key[:-1]
     run_start = np.flatnonzero(np.concatenate(([True], ~same)))
     run_len = np.diff(np.append(run_start, len(key)))
@@ -115,8 +127,19 @@ def bucket_edges(batch: pa.Table) -> pa.Table:
     u = np.concatenate((node[:-1][same], node[first[others]]))  # chain, then star
     v = np.concatenate((node[1:][same], node[others]))
     u, v = np.minimum(u, v), np.maximum(u, v)  # u == v: the same id twice
-    edges = np.unique(np.stack((u, v), axis=1), axis=0) if len(u) else np.zeros((0, 2), np.uint64)
-    return pa.table({"u": edges[:, 0], "v": edges[:, 1]})
+    u, v = unique_pairs(u, v)
+    return pa.table({"u": u, "v": v})
+
+
+def unique_pairs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (u, v) pairs, sorted by u then v: what `np.unique(np.stack((u, v), 1), axis=0)`
+    gives, ~10x faster (a lexsort instead of sorting rows as opaque bytes)."""
+    if not len(u):
+        return u[:0], v[:0]
+    order = np.lexsort((v, u))
+    u, v = u[order], v[order]
+    first = np.concatenate(([True], (u[1:] != u[:-1]) | (v[1:] != v[:-1])))
+    return u[first], v[first]
 
 
 
@@ -348,8 +371,7 @@ def candidate_components(edges: pa.Table | None, id_field: str,
         return None
     u = edges["u"].to_numpy()
     v = edges["v"].to_numpy()
-    pairs = np.unique(np.stack((u, v), axis=1), axis=0)
-    u, v = pairs[:, 0], pairs[:, 1]
+    u, v = unique_pairs(u, v)
     loops = u == v
     if loops.any():
         dups = duplicate_ids(np.unique(u[loops]))
