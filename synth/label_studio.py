@@ -6,7 +6,7 @@
 Why not label-studio-sdk: it installs opencv, nltk and their trees for what is here seven calls
 over httpx, which synth already depends on. The server itself (PyPI `label-studio`) pins pyarrow
 and openai versions that clash with vLLM's, so it runs from its own virtual environment as a
-separate service (`make label-studio`, README "Review round-trip").
+separate service (`make label-studio`, docs/review.md).
 
     GET   /api/projects?title=NAME             the project, by its exact title (paged)
     POST  /api/projects                        create it with the labeling config

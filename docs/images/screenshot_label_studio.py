@@ -1,5 +1,5 @@
 """Take docs/images/label-studio-task.png: a row of a demo build in Label Studio's labeling page,
-in a real headless Chromium (README, "Review round-trip").
+in a real headless Chromium (docs/review.md).
 
     make label-studio                                            # the server, in its own venv
     apt-get install chromium fonts-wqy-microhei && .venv/bin/pip install playwright   # once: the browser,
