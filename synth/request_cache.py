@@ -151,8 +151,10 @@ def _any_cached(keyed: ray.data.Dataset, shards: list) -> bool:
     """Whether any request's key is in the cache, from the key columns alone (16 bytes per
     key read, no join): a model's first requests of a build, whose cache holds only another
     stage's answers, skip the join (a Ray Data hash shuffle of every request and cached row)."""
-    cached = pa.chunked_array([storage.read_table(s, columns=[KEY_COLUMN])[KEY_COLUMN] for s in shards]).combine_chunks()
-    return any(pc.any(pc.is_in(t[KEY_COLUMN], value_set=cached)).as_py()
+    # shards written by different writers may store the key as string or large_string
+    cached = pa.chunked_array([pc.cast(storage.read_table(s, columns=[KEY_COLUMN])[KEY_COLUMN], pa.large_string())
+                               for s in shards]).combine_chunks()
+    return any(pc.any(pc.is_in(pc.cast(t[KEY_COLUMN], pa.large_string()), value_set=cached)).as_py()
                for t in ray.get(keyed.select_columns([KEY_COLUMN]).to_arrow_refs()) if t.num_rows)
 
 

@@ -61,6 +61,8 @@ def records(frame) -> list[dict[str, Any]]:
     import pandas as pd
 
     names = list(frame.columns)
+    if not names:
+        return [{} for _ in range(len(frame))]
     values = []
     for name in names:
         column = frame[name]

@@ -339,6 +339,20 @@ def test_command_writes_kept_and_removed(ray_session, tmp_path, capsys, fmt, exe
     assert "10 rows" in line and "6 kept" in line and "4 removed" in line
 
 
+def test_command_reads_a_folder_whose_files_order_their_columns_differently(ray_session, tmp_path):
+    from synth.dedup.command import run_dedup_command
+
+    rows = corpus()
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:5]).select(["id", "text", "topic"]), src / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[5:]).select(["topic", "text", "id"]), src / "part-1.parquet")
+    assert run_dedup_command(src, "text", "id", 0.8, tmp_path / "out") == 0
+    kept, removed = read_out(tmp_path / "out")
+    assert sorted(kept["id"].to_pylist()) == ["a0", "b0", "c0", "d0", "e0", "e1"]
+    assert kept.column_names == ["id", "text", "topic"]
+
+
 def test_command_without_duplicates_writes_empty_removed(ray_session, tmp_path):
     from synth.dedup.command import run_dedup_command
 

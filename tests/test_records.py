@@ -46,5 +46,6 @@ def test_numpy_and_masked_columns():
     }))
 
 
-def test_empty_frame():
+def test_empty_frames():
     assert records(pd.DataFrame({"a": pd.Series([], dtype=object)})) == []
+    assert records(pd.DataFrame(index=range(2))) == pd.DataFrame(index=range(2)).to_dict("records") == [{}, {}]

@@ -116,6 +116,26 @@ def test_a_first_build_runs_no_join(ray_session, tmp_path: Path, monkeypatch):
     assert (stats["sent"], stats["cached"], len(sent)) == (2, 0, 2)
 
 
+def test_the_key_check_skips_the_join_only_when_nothing_can_hit(ray_session, tmp_path: Path, monkeypatch,
+                                                                 lookup_path: str):
+    """The cache holds another stage's answers (string keys) and one shard with large_string keys:
+    requests none of which is cached run no lookup at all; one cached request is still found."""
+    import ray.data
+
+    directory = tmp_path / "cache"
+    write_shard(directory, answers(["other1", "other2"]), "batch-a.parquet")
+    large = answers(["k7"])
+    write_shard(directory, large.set_column(0, KEY_COLUMN, large[KEY_COLUMN].cast(pa.large_string())),
+                "batch-b.parquet")
+    misses = ray.data.from_pandas(pd.DataFrame({KEY_COLUMN: ["k1", "k2"], "scenario": "s"})).materialize()
+    with monkeypatch.context() as patched:
+        patched.setattr(ray.data.Dataset, "join", lambda *a, **k: pytest.fail("joined though nothing can hit"))
+        assert lookup(misses, directory) is None
+    keyed = ray.data.from_pandas(pd.DataFrame({KEY_COLUMN: ["k1", "k7"], "scenario": "s"})).materialize()
+    rows = lookup(keyed, directory).to_pandas().sort_values(KEY_COLUMN)
+    assert list(rows[HIT_COLUMN]) == [False, True] and list(rows["text"])[1] == "t-k7"
+
+
 def test_duplicate_keys_in_the_cache_do_not_duplicate_rows(ray_session, tmp_path: Path, lookup_path: str):
     import ray.data
 

@@ -195,7 +195,9 @@ def _write_local(tables: Iterable[pa.Table], folder: Path, schema: pa.Schema) ->
                 continue
             if writer is None:
                 writer = pq.ParquetWriter(folder / "part-00000.parquet", table.schema)
-            writer.write_table(table if table.schema == writer.schema else table.cast(writer.schema))
+            if table.schema != writer.schema:  # another file of a folder: its columns by name, cast
+                table = table.select(writer.schema.names).cast(writer.schema)
+            writer.write_table(table)
     finally:
         if writer is not None:
             writer.close()
@@ -284,12 +286,16 @@ def run_dedup_command(
             from synth.dedup.steps import mark_rows
 
             columns = [id_field, text_field] if id_field != text_field else [id_field]
-            found = local.removed_rows(lambda: _local_batches(inp, text_field, columns, config.batch_size),
-                                       text_field, id_field, config, rows=inp.rows)
-            tmp = _temporary_out(out)
-            for name, want_removed, schema in (("kept", False, inp.schema), ("removed", True, _removed_schema(inp.schema))):
-                _write_local((mark_rows(b, id_field, found, want_removed)
-                              for b in _local_batches(inp, text_field, None, config.batch_size)), tmp / name, schema)
+            try:
+                found = local.removed_rows(lambda: _local_batches(inp, text_field, columns, config.batch_size),
+                                           text_field, id_field, config, rows=inp.rows)
+                tmp = _temporary_out(out)
+                for name, want_removed, schema in (("kept", False, inp.schema),
+                                                   ("removed", True, _removed_schema(inp.schema))):
+                    _write_local((mark_rows(b, id_field, found, want_removed)
+                                  for b in _local_batches(inp, text_field, None, config.batch_size)), tmp / name, schema)
+            except (pa.ArrowException, OSError, KeyError) as e:  # the scan reads ids only: a bad text page shows here
+                raise _BadInput(f"{input}: cannot read as {inp.kind}, or its files' columns differ: {e}") from e
         else:
             from synth.session import init_ray
 

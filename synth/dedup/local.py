@@ -135,8 +135,8 @@ def removed_rows(
         _timed("signatures and band keys", started)
 
         def duplicate_ids(nodes: np.ndarray) -> list[str]:
-            found = {i for batch in batches() for i in ids_with_nodes(batch, id_field, nodes)}
-            return sorted(found)[:5]
+            found = {i for batch in batches() for i in ids_with_nodes(batch, id_field, nodes[:5])}
+            return sorted(found)
 
         components = candidate_components(edges, id_field, duplicate_ids)
         if components is None:

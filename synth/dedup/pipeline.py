@@ -185,7 +185,9 @@ def _mark(ds: ray.data.Dataset, id_field: str, removed: tuple[np.ndarray, pa.Tab
 def deduplicate(
     ds: ray.data.Dataset, text_field: str, id_field: str, config: DedupConfig
 ) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    found = removed_rows(ds, text_field, id_field, config) if config.enabled else removed_lookup(None)
+    if not config.enabled:
+        return ds, _mark(ds, id_field, removed_lookup(None), True)
+    found = removed_rows(ds, text_field, id_field, config)
     return _mark(ds, id_field, found, False), _mark(ds, id_field, found, True)
 
 

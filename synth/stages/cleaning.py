@@ -169,7 +169,8 @@ def _compared_texts(batch: pd.DataFrame, fields: tuple[str, ...]) -> pd.DataFram
         batch = batch[~batch["attack"].fillna("").astype(str).str.startswith(OBFUSCATION)]
     if batch.empty:
         return pd.DataFrame({"id": pd.Series([], dtype=object), DEDUP_TEXT: pd.Series([], dtype=object)})
-    return pd.DataFrame({"id": batch["id"].astype(str), DEDUP_TEXT: conversation_text(batch, fields)})
+    # ids as they are: the dedup steps turn them into strings (Arrow's cast) on both sides
+    return pd.DataFrame({"id": batch["id"], DEDUP_TEXT: conversation_text(batch, fields)})
 
 
 class DedupQuestions(_DedupStage):
