@@ -23,8 +23,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,6 +45,7 @@ class _Input:
     files: list[Path]
     rows: int
     schema: pa.Schema
+    parsed: dict[Path, pa.Table] = dataclass_field(default_factory=dict)  # a jsonl file, parsed once for every pass
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -176,33 +177,41 @@ def _local_batches(inp: _Input, text_field: str, columns: list[str] | None, batc
         else:
             import pyarrow.json as pj
 
-            table = pj.read_json(file, parse_options=_json_parse_options(text_field))
+            if file not in inp.parsed:
+                inp.parsed[file] = pj.read_json(file, parse_options=_json_parse_options(text_field))
+            table = inp.parsed[file]
             table = table.select(columns) if columns is not None else table
             for batch in table.to_batches(max_chunksize=batch_size):
                 yield pa.Table.from_batches([batch])
 
 
-def _write_local(tables: Iterable[pa.Table], folder: Path, schema: pa.Schema) -> None:
-    """`tables` as one parquet file in `folder` (the schema of the first non-empty one; an empty
-    result is one empty file with `schema`)."""
-    import pyarrow.parquet as pq
+class _LocalOut:
+    """One parquet file in `folder`, with the schema of the first non-empty table written (an
+    empty result is one empty file with `schema`)."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    writer: pq.ParquetWriter | None = None
-    try:
-        for table in tables:
-            if not table.num_rows:
-                continue
-            if writer is None:
-                writer = pq.ParquetWriter(folder / "part-00000.parquet", table.schema)
-            if table.schema != writer.schema:  # another file of a folder: its columns by name, cast
-                table = table.select(writer.schema.names).cast(writer.schema)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        pq.write_table(schema.empty_table(), folder / "part-00000.parquet")
+    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path, self.schema = folder / "part-00000.parquet", schema
+        self.writer = None
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if not table.num_rows:
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        if table.schema != self.writer.schema:  # another file of a folder: its columns by name, cast
+            table = table.select(self.writer.schema.names).cast(self.writer.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            pq.write_table(self.schema.empty_table(), self.path)
 
 
 def _write(ds, folder: Path, schema: pa.Schema) -> None:
@@ -290,10 +299,12 @@ def run_dedup_command(
                 found = local.removed_rows(lambda: _local_batches(inp, text_field, columns, config.batch_size),
                                            text_field, id_field, config, rows=inp.rows)
                 tmp = _temporary_out(out)
-                for name, want_removed, schema in (("kept", False, inp.schema),
-                                                   ("removed", True, _removed_schema(inp.schema))):
-                    _write_local((mark_rows(b, id_field, found, want_removed)
-                                  for b in _local_batches(inp, text_field, None, config.batch_size)), tmp / name, schema)
+                kept, removed = _LocalOut(tmp / "kept", inp.schema), _LocalOut(tmp / "removed", _removed_schema(inp.schema))
+                for batch in _local_batches(inp, text_field, None, config.batch_size):  # one pass writes both
+                    kept.write(mark_rows(batch, id_field, found, False))
+                    removed.write(mark_rows(batch, id_field, found, True))
+                kept.close()
+                removed.close()
             except (pa.ArrowException, OSError, KeyError) as e:  # the scan reads ids only: a bad text page shows here
                 raise _BadInput(f"{input}: cannot read as {inp.kind}, or its files' columns differ: {e}") from e
         else:

@@ -1,9 +1,9 @@
 """Near-duplicate removal on one machine: the steps of `synth/dedup/steps.py` over a pool of
 local processes, with no Ray.
 
-On one machine Ray Data's shuffles buy nothing and cost most of the time: a 26k-document
-`synth dedup` spent ~11 of its 15 s starting Ray, its workers and the sort's tasks, and a
-build's dedup stage read its input three times through them. Here the input is read twice
+On one machine Ray Data's shuffles buy nothing and cost most of the time: `synth dedup` on
+Ray spends ~8 s starting Ray, its workers and the sorts' tasks even for 200 documents, and
+took 23.7 s for 100k documents against 12.1 s here (BENCHMARKS.md). Here the input is read twice
 (signatures, then the candidates' shingles), the band keys of all documents are sorted in
 one numpy sort, and the per-batch work runs in `workers` processes (none below
 `POOL_MIN_ROWS` rows, where starting them costs more than it saves). The steps are the Ray

@@ -23,7 +23,6 @@ independent of block layout, worker count and executor.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -153,9 +152,9 @@ def _removed_rows_on_ray(ds: ray.data.Dataset, text_field: str, id_field: str, c
         )
 
         def duplicate_ids(nodes: np.ndarray) -> list[str]:
-            pick = functools.partial(lambda batch, wanted: pa.table({"id": ids_with_nodes(batch, id_field, wanted)}),
-                                     wanted=nodes[:5])
-            found = _collect(source.map_batches(pick, batch_format="pyarrow"), "duplicate id lookup")
+            wanted = nodes[:5]
+            found = _collect(source.map_batches(lambda batch: pa.table({"id": ids_with_nodes(batch, id_field, wanted)}),
+                                                batch_format="pyarrow"), "duplicate id lookup")
             return sorted(set(found["id"].to_pylist())) if found is not None else []
 
         components = candidate_components(_collect(edges_ds, "signatures and band-key shuffle"), id_field, duplicate_ids)
