@@ -86,6 +86,17 @@ def run(ray_session, repo_root: Path, tmp_path_factory):
             "written": written, "talk_labels": talk_labels}
 
 
+def in_order(text: str, parts: list[str]) -> list[int]:
+    """Where each part is found in `text` after the part before it (-1: not found there). Searched
+    in order, not each from the start: the model may repeat a turn (the same refusal twice), and
+    then the first occurrence of a later turn is an earlier one's."""
+    found, at = [], 0
+    for part in parts:
+        found.append(text.find(part, at))
+        at = found[-1] + len(part) if found[-1] >= 0 else at
+    return found
+
+
 def seed_questions(catalog, columns):
     """Two plain harmful and two plain benign question rows of the first scenario's first two
     subcategories (elements from its pools)."""
@@ -133,8 +144,8 @@ def test_a_three_turn_conversation_in_chat_style_is_answered_with_its_history_an
         text = renderer.render(persona.system, row["question"], row["history"])
         assert text.startswith(f"<|im_start|>system\n{persona.system}<|im_end|>\n<|im_start|>user\n"
                                f"{history[0]['content']}<|im_end|>")
-        order = [text.index(m["content"]) for m in history] + [text.index(row["question"])]
-        assert order == sorted(order)  # turns 1 and 2, user and assistant alternating, then the last question
+        # turns 1 and 2, user and assistant alternating, then the last question
+        assert -1 not in in_order(text, [m["content"] for m in history] + [row["question"]])
         assert len(row["judgements"]) == 2
         for j in row["judgements"]:
             assert j["verdict"] in LABELS and not j["error"] and json.loads(j["raw"])["答案"] == j["verdict"]
@@ -145,8 +156,7 @@ def test_a_three_turn_conversation_in_chat_style_is_answered_with_its_history_an
     prompt, first = requests["prompt"][0], labels.iloc[0]
     assert "多轮对话" in prompt
     turns = [m["content"] for m in parse_history(first["history"])] + [first["question"], first["response"]]
-    positions = [prompt.index(t) for t in turns]
-    assert positions == sorted(positions)
+    assert -1 not in in_order(prompt, turns)
 
 
 def test_the_persona_is_a_system_turn_of_qwens_chat_template(run):
