@@ -383,20 +383,28 @@ def eval_judges(
 
 @probe_app.command("train")
 def probe_train(
-    gold: list[Path] = typer.Argument(..., help="jsonl gold pairs to train on (the eval-judges format); keep "
-                                                "the pairs you measure on out of them"),
+    gold: Optional[list[Path]] = typer.Argument(None, help="jsonl gold pairs to train on (the eval-judges format); "
+                                                          "keep the pairs you measure on out of them"),
     config: Path = typer.Option(..., "--config", help="pipeline config with the probe judge role"),
     judge: str = typer.Option(..., "--judge", help="the probe judge's role name (its model has task: embed)"),
     out: Path = typer.Option(..., "--out", help="where to write the probe (the role's `probe:` file)"),
+    questions: bool = typer.Option(False, "--questions", help="a question probe for a question judge role, "
+                                                              "trained on the config's seed pools (no gold)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="the stand-in engine instead of the model"),
 ) -> None:
-    """Train a probe judge: the judge prompt's pooled hidden states, a logistic regression on gold labels."""
+    """Train a probe judge: the judge prompt's pooled hidden states, a logistic regression on gold labels
+    (or, with --questions, a question judge's probe: harm and subcategory, on the seed pools)."""
     _setup_logging()
     from synth.eval_judges import log_path
-    from synth.probe_train import train_probe
+    from synth.probe_train import train_probe, train_question_probe
 
     with _reported(), _others_output_to(log_path()):
-        summary = train_probe(gold, config, judge, out, dry_run=dry_run)
+        if questions and gold:
+            raise BadInput("probe train --questions trains on the config's seed pools: give no gold files")
+        if not questions and not gold:
+            raise BadInput("probe train: give the gold pairs to train on (or --questions for a question probe)")
+        summary = train_question_probe(config, judge, out, dry_run=dry_run) if questions else \
+            train_probe(gold, config, judge, out, dry_run=dry_run)
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 
 

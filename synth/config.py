@@ -110,7 +110,7 @@ class ModelSpec(Strict):
     model: str = Field(description="Hugging Face id, local path, or embedded name (embedded:gemma3-270m)")
     prompt_style: Literal["chat", "completion"] = "chat"
     task: Literal["generate", "embed"] = Field(
-        "generate", description="embed: the model's mean-pooled hidden states (vLLM's pooling runner) instead "
+        "generate", description="embed: the model's pooled hidden state (vLLM's pooling runner: the last token's) instead "
         "of text, for a probe judge (roles.judges[].probe)")
     vllm: VLLMOptions | None = None
     openai: OpenAIOptions | None = None
@@ -140,7 +140,8 @@ class Role(Strict):
     )
     probe: Path | None = Field(
         None, description="judges: a probe (`synth probe train`, relative to the config file) that scores the "
-        "judge prompt's pooled hidden states from a `task: embed` model; no analysis, one forward pass")
+        "judge prompt's pooled hidden states from a `task: embed` model; no analysis, one forward pass. "
+        "question_judges: a question probe (`synth probe train --questions`), the question's pooled states")
     analysis: bool = Field(
         True, description="judges: false = a score-only judge: the verdict at once, no 分析 (one pass over the "
         "prompt and a few verdict tokens); the label's analysis is then the other judge's")
@@ -421,13 +422,19 @@ class PipelineConfig(Strict):
                 raise ValueError(f"roles.judges[{i}].model: '{role.model}' has task: embed (no text): give the "
                                  "judge a probe, or use a generating model")
         for i, role in enumerate(self.roles.question_judges):
-            if role.probe is not None or role.rubric is not None:
-                raise ValueError(f"roles.question_judges[{i}]: a question judge takes no probe or rubric (its one "
+            task = self.models[role.model].task
+            if role.rubric is not None:
+                raise ValueError(f"roles.question_judges[{i}]: a question judge takes no rubric (its one "
                                  "template is templates/shared/question_judge.yaml)")
+            if (role.probe is not None) != (task == "embed"):
+                raise ValueError(f"roles.question_judges[{i}]: a question probe (probe:) reads hidden states and a "
+                                 f"task: embed model writes no text: model '{role.model}' has task: {task}, "
+                                 f"probe: {role.probe or 'none'}")
         if not any(role.analysis and role.probe is None for role in self.roles.judges):
             raise ValueError("roles.judges: no judge writes an analysis (every one is a probe or has analysis: "
                              "false): the corpus's `analyze` needs one")
-        for where, role in all_roles[:-len(self.roles.judges)]:
+        writers = all_roles[:len(all_roles) - len(self.roles.judges) - len(self.roles.question_judges)]
+        for where, role in writers:  # the judges were checked above
             if self.models[role.model].task == "embed":
                 raise ValueError(f"{where}.model: '{role.model}' has task: embed and writes no text")
         weights = self.annotate.rule.weights or {}
@@ -498,7 +505,7 @@ def load_config(path: Path) -> tuple[PipelineConfig, Path, Path]:
     config._seeds_dir = (base / config.seeds).resolve()
     for spec in config.decontaminate.against:  # like templates and seeds: relative to the config file
         spec.path = (base / spec.path).resolve()
-    for role in config.roles.judges:  # a probe is read when the judges run (`synth probe train` writes it)
+    for role in (*config.roles.judges, *config.roles.question_judges):  # a probe is read when the judges run
         if role.probe is not None:
             role.probe = (base / role.probe).resolve()
     examples = config.annotate.examples
@@ -546,7 +553,7 @@ def _rebased(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
     for key in ("templates", "seeds"):
         fix(raw, key)
-    for role in (raw.get("roles") or {}).get("judges") or []:
+    for role in [*((raw.get("roles") or {}).get("judges") or []), *((raw.get("roles") or {}).get("question_judges") or [])]:
         fix(role, "probe")
     annotate = raw.get("annotate") or {}
     fix(annotate.get("rule"), "calibration")

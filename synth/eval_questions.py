@@ -107,6 +107,10 @@ def evaluate_question_judges(gold_paths: list[Path], config_path: Path, *, dry_r
     if not config.roles.question_judges:
         raise BadInput(f"{config_path}: roles.question_judges is empty: no question judge to score")
     golds = [read_question_gold(Path(p), catalog, harm_only) for p in gold_paths]
+    from synth.probe import check_no_question_overlap
+
+    for path, gold in zip(gold_paths, golds):  # no probe is measured on the seed items it was trained on
+        check_no_question_overlap(gold, Path(path), config)
     if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
         check_role_models(config, config.roles.question_judges, "question judge")
     # routing off: every question kept as asked, so every verdict is seen

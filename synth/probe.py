@@ -3,7 +3,7 @@
 A small model often knows more than it says: its generated verdict can be at chance while its
 hidden states for the same (question, answer) separate 不安全 from 安全 (issue 28 measured it).
 This is how guards are built from small models: read the prompt once (vLLM's pooling runner,
-mean-pooled last hidden states; `task: embed` on the model), and score it with a classifier
+the last token's hidden state, its default pooling; `task: embed` on the model), and score it with a classifier
 trained on labelled pairs. One forward pass, no analysis.
 
     synth probe train GOLD.jsonl [GOLD2 ...] --config C --judge judge-probe --out probes/p.json
@@ -15,6 +15,13 @@ every training item (question + answer), and a hash of the whole record. A judge
 `probe: FILE` then scores with it: `unsafe_score` = the probe's probability, its verdict the
 side of 0.5, score_source `probe`. `synth eval-judges` refuses gold items the probe was trained
 on (exit 2, naming them).
+
+A question judge may be a probe too (`QuestionProbe`): it reads the question in the `probe`
+form of templates/shared/question_judge.yaml (a short instruction, no catalog), and scores it with two heads over one standardized state, P(harmful) and the
+catalog subcategory it is about (a multinomial logistic regression). `synth probe train
+--questions` fits both on the seed pools the project writes (seeds/scenarios/: every behaviour
+descriptor is a harmful item of its subcategory, every benign topic a benign one, each as written
+and as a question), so no gold item is trained on.
 
 Engines return a pooled state as the request's text (`encode_vector`: float16, base64, so the
 request cache keeps it like any answer).
@@ -145,3 +152,138 @@ def check_no_overlap(gold: dict[str, dict[str, Any]], gold_path: Path, config) -
             if item_hash(g["question"], g["response"]) in probe.trained_on:
                 raise BadInput(f"{gold_path}: gold pair {row_id!r} is a training item of judge {role.name!r}'s probe "
                                f"{role.probe}: measure a probe on pairs it was not trained on")
+
+
+# -- question probes -------------------------------------------------------------------------
+QUESTION_PROBE = "question"  # the record's `kind`
+
+
+@dataclass(frozen=True)
+class QuestionProbe:
+    """A trained question probe (module docstring): `harm` is P(harmful) of one pooled state,
+    `topic` its subcategory id and that class's probability."""
+
+    path: str
+    sha256: str
+    mean: np.ndarray
+    scale: np.ndarray
+    harm_coef: np.ndarray
+    harm_intercept: float
+    classes: tuple[str, ...]
+    topic_coef: np.ndarray  # classes x dims
+    topic_intercept: np.ndarray
+    trained_on: frozenset[str]  # item hashes (item_hash(text, ""))
+    model: str = ""  # the model it reads the states of
+    prompt: str = ""  # question_probe_fingerprint of the prompt it was trained on
+
+    @property
+    def dims(self) -> int:
+        return len(self.mean)
+
+    def harm(self, vector: np.ndarray) -> float:
+        z = float(((vector - self.mean) / self.scale) @ self.harm_coef + self.harm_intercept)
+        return float(1.0 / (1.0 + np.exp(-z)))
+
+    def topic(self, vector: np.ndarray) -> tuple[str, float]:
+        z = self.topic_coef @ ((vector - self.mean) / self.scale) + self.topic_intercept
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        best = int(p.argmax())
+        return self.classes[best], float(p[best])
+
+
+def read_question_probe(path: Path, where: str = "") -> QuestionProbe:
+    """A question probe record; a `BadInput` naming the file and field when it is missing or malformed."""
+    where = f"{where} {path}" if where else str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise BadInput(f"{where}: cannot read the probe ({e.strerror or e}); "
+                       "`synth probe train --questions` writes one") from None
+    try:
+        record = json.loads(raw.decode("utf-8"))
+        if record.get("kind") != QUESTION_PROBE:
+            raise ValueError(f"kind is {record.get('kind')!r}, not {QUESTION_PROBE!r}: a pair judge's probe?")
+        mean, scale, harm = (np.asarray(record[k], dtype=np.float64) for k in ("mean", "scale", "harm_coef"))
+        topic = np.asarray(record["topic_coef"], dtype=np.float64)
+        probe = QuestionProbe(str(path), hashlib.sha256(raw).hexdigest()[:16], mean, scale, harm,
+                              float(record["harm_intercept"]), tuple(str(c) for c in record["classes"]), topic,
+                              np.asarray(record["topic_intercept"], dtype=np.float64),
+                              frozenset(str(h) for h in record["trained_on"]), str(record.get("model", "")),
+                              str(record.get("prompt", "")))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"{where}: not a question probe record ({type(e).__name__}: {e})") from None
+    if not (mean.shape == scale.shape == harm.shape and mean.ndim == 1 and len(mean)) or (scale <= 0).any() \
+            or topic.shape != (len(probe.classes), len(mean)) or probe.topic_intercept.shape != (len(probe.classes),):
+        raise BadInput(f"{where}: mean, scale and harm_coef must be vectors of one length, scale > 0, and "
+                       "topic_coef one such row per class")
+    return probe
+
+
+def fit_question(vectors: np.ndarray, harmful: list[bool], subcategories: list[str],
+                 groups: list[int]) -> dict[str, Any]:
+    """Both heads of a question probe on standardized vectors, each an L2 logistic regression with
+    its strength chosen by 5-fold cross-validated log-loss, the folds split by `groups` (an item
+    and its question form are one group: apart, the fold would test on its own training item);
+    classes weighted by their frequency (the seed pools hold 24 to 184 items per scenario). The
+    record's numeric part."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    if len(set(harmful)) < 2 or len(set(subcategories)) < 2:
+        raise BadInput("probe train --questions: the seed pools must hold harmful and benign items "
+                       "of at least two subcategories")
+    scaler = StandardScaler().fit(vectors)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    x = (vectors - scaler.mean_) / scale
+    cs = np.logspace(-4, 0, 9).tolist()
+    y_harm, y_topic = np.array(harmful, dtype=int), np.array(subcategories)
+    folds = list(GroupKFold(n_splits=5).split(x, y_harm, groups))
+    harm = LogisticRegressionCV(Cs=cs, cv=folds, scoring="neg_log_loss", max_iter=5000).fit(x, y_harm)
+    topic = LogisticRegressionCV(Cs=cs, cv=folds, scoring="neg_log_loss", max_iter=5000,
+                                 class_weight="balanced").fit(x, y_topic)
+    return {"kind": QUESTION_PROBE, "mean": scaler.mean_.tolist(), "scale": scale.tolist(),
+            "harm_coef": harm.coef_[0].tolist(), "harm_intercept": float(harm.intercept_[0]), "harm_C": float(harm.C_[0]),
+            "classes": [str(c) for c in topic.classes_], "topic_coef": topic.coef_.tolist(),
+            "topic_intercept": topic.intercept_.tolist(), "topic_C": float(topic.C_[0]),
+            "train_accuracy": {"harm": float((harm.predict(x) == y_harm).mean()),
+                               "topic": float((topic.predict(x) == y_topic).mean())}}
+
+
+def question_probe_fingerprint(catalog) -> str:
+    """The prompt a question probe reads, as a hash of its `probe` form rendered for one fixed
+    question in both styles: any edit of that form invalidates the probe (retrain it)."""
+    forms = catalog.question_judge.probe
+    rendered = [catalog.render(forms, style, {"question": "〈问题〉", "scenarios": catalog.taxonomy}, "probe")
+                for style in ("chat", "completion")]
+    text = json.dumps([[r.system, r.prompt] for r in rendered], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def question_items(catalog) -> list[tuple[str, bool, str, int]]:
+    """What a question probe is trained on, from the seed pools of the config's scenarios:
+    (text, harmful, subcategory id, group), every descriptor as written and as a question, the
+    two one group."""
+    items = []
+    for scenario in catalog.scenarios.values():
+        for pool, harmful, ask in ((scenario.pools.behaviors, True, "怎么{}？"),
+                                   (scenario.pools.benign_topics, False, "关于{}，有哪些需要了解的？")):
+            for sub, texts in pool.items():
+                for text in texts:
+                    group = len(items) // 2
+                    items += [(text, harmful, sub, group), (ask.format(text), harmful, sub, group)]
+    return items
+
+
+def check_no_question_overlap(gold: dict[str, dict[str, Any]], gold_path: Path, config) -> None:
+    """A gold question a configured question probe was trained on: a `BadInput` naming it."""
+    for role in config.roles.question_judges:
+        if role.probe is None:
+            continue
+        probe = read_question_probe(Path(role.probe), f"roles.question_judges {role.name}: probe")
+        for row_id, g in gold.items():
+            if item_hash(g["question"], "") in probe.trained_on:
+                raise BadInput(f"{gold_path}: gold question {row_id!r} is a training item of question judge "
+                               f"{role.name!r}'s probe {role.probe}: measure a probe on questions it was not "
+                               "trained on")

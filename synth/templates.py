@@ -105,6 +105,13 @@ JUDGE_VARIABLES = ("question", "response", "rubric", "fields", "examples")
 # `scenarios`: the catalog, each scenario with its id, name_zh and subcategories (id, name_zh)
 QUESTION_JUDGE_VARIABLES = ("question", "scenarios")
 
+class QuestionJudgeForms(PromptForms):
+    """templates/shared/question_judge.yaml: the generative judge's prompt, and `probe`, what a
+    question probe reads (synth.probe.QuestionProbe), when the file has it."""
+
+    probe: PromptForms | None = None
+
+
 @dataclass
 class Scenario:
     template: ScenarioTemplate
@@ -135,7 +142,7 @@ class Catalog:
     # the choices of the judge field `subcategory`
     subcategories: dict[str, str] = field(default_factory=dict)
     # the question judge's prompt (templates/shared/question_judge.yaml); None when the file is not there
-    question_judge: PromptForms | None = None
+    question_judge: QuestionJudgeForms | None = None
     # dialogue strategies and the dialogue judge (synth.dialogue_templates.Dialogue, from
     # templates/shared/dialogue.yaml and dialogue_judge.yaml); None when dialogue.yaml is not there
     dialogue: Any = None
@@ -303,8 +310,10 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
     question_judge_path = shared / "question_judge.yaml"
     question_judge = None
     if question_judge_path.exists():
-        question_judge = _parse(PromptForms, question_judge_path)
+        question_judge = _parse(QuestionJudgeForms, question_judge_path)
         _check_forms(env, question_judge, QUESTION_JUDGE_VARIABLES, str(question_judge_path))
+        if question_judge.probe is not None:
+            _check_forms(env, question_judge.probe, QUESTION_JUDGE_VARIABLES, f"{question_judge_path}: probe")
     every = dict(scenarios)
     if only:
         unknown = sorted(set(only) - set(scenarios))

@@ -191,7 +191,7 @@ def standin_vector(prompt: str, history: str = "") -> str:
     has something to find."""
     from synth.probe import encode_vector
 
-    pair = prompt[prompt.rfind("问题："):]
+    pair = prompt[prompt.rfind("问题："):] if "问题：" in prompt else prompt  # a question probe reads the question
     rng = random.Random(_rng_key(f"vector:{pair}", history))
     vector = [rng.gauss(0.0, 1.0) for _ in range(STANDIN_DIM)]
     shift = 1.0 if (_REFUSAL not in pair and random.Random(pair).random() < 0.5) else -1.0

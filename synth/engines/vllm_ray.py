@@ -215,7 +215,7 @@ class EngineHost:
         import vllm
 
         kwargs = dict(engine_kwargs)
-        if task == "embed":  # the pooling runner, the model's hidden states mean-pooled
+        if task == "embed":  # the pooling runner: the last token's hidden state (vLLM's default pooling for these models)
             kwargs.update(runner="pooling", convert="embed")
         self.task = task
         self.engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(model=model_path, **kwargs))

@@ -22,6 +22,10 @@ and `requested_subcategory`, what the generator was asked for (provenance, alway
   subcategory become the judged ones; a question about none of them, `other`, has nowhere to
   go and is rejected as question_off_topic), `reject` or `keep`.
 
+A question judge may instead be a probe (`probe:` on a `task: embed` model, synth.probe's
+QuestionProbe): one forward pass over the question in the template's `probe` form, P(harmful) and the subcategory
+from the pooled state; no reason. It combines with other question judges by the same rule.
+
 Undecided questions (the judges disagree, or a judge failed for good) are kept as asked; a
 request that failed transiently leaves the question pending, sent again next run. With no
 question judge configured the stage passes its rows through with the verdict columns null.
@@ -82,8 +86,9 @@ class JudgeQuestions(LLMStage):
     def depends(self, config: PipelineConfig) -> dict[str, Any]:
         if not config.roles.question_judges:
             return {}
+        probes = {name: probe.sha256 for name, probe in question_probes(config).items()}
         return {"seed": config.seed, "scores": config.annotate.scores,
-                "routing": config.judge_questions.model_dump(mode="json")}
+                "routing": config.judge_questions.model_dump(mode="json"), **({"probes": probes} if probes else {})}
 
     def templates(self, catalog) -> dict[str, str]:
         key = "templates/shared/question_judge"
@@ -97,6 +102,7 @@ class JudgeQuestions(LLMStage):
 
             raise BadInput("roles.question_judges is set but the templates directory has no "
                            "shared/question_judge.yaml")
+        check_question_probes(ctx.config, ctx.catalog)
         return super().run(ctx, rows)
 
     def requests(self, ctx: StageContext, rows: ray.data.Dataset, round: int = 0
@@ -109,7 +115,8 @@ class JudgeQuestions(LLMStage):
     def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
                 ) -> ray.data.Dataset:
         return answered.map_batches(record_question_judgement, fn_kwargs={
-            "index": round, "topics": ctx.catalog.topics}, batch_format="pandas")
+            "index": round, "topics": ctx.catalog.topics,
+            "probe": question_probes(ctx.config).get(self.roles(ctx.config)[round].name)}, batch_format="pandas")
 
     def finish(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
         return rows.map_batches(route_questions, fn_kwargs={
@@ -135,18 +142,63 @@ class JudgeQuestions(LLMStage):
 
 def question_judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
                             top_logprobs: int = TOP_LOGPROBS) -> pd.DataFrame:
-    """One judge's request per question; the question's columns travel with it."""
+    """One judge's request per question; the question's columns travel with it. A probe
+    (`role.probe`) reads the question in the template's `probe` form, no schema."""
     schema = json.dumps(question_verdict_schema(list(catalog.topics)), ensure_ascii=False)
     out = []
     for row in records(batch):
-        rendered = catalog.render(catalog.question_judge, style,
-                                  {"question": row["question"], "scenarios": catalog.taxonomy}, "question_judge")
+        if role.probe is None:
+            rendered = catalog.render(catalog.question_judge, style,
+                                      {"question": row["question"], "scenarios": catalog.taxonomy}, "question_judge")
+            prompt, system = rendered.prompt, rendered.system
+        else:
+            rendered = catalog.render(catalog.question_judge.probe, style,
+                                      {"question": row["question"], "scenarios": catalog.taxonomy},
+                                      "question_judge.probe")
+            prompt, system = rendered.prompt, rendered.system
         out.append({**{_carried(k): v for k, v in row.items()}, **request_row(
-            request_id=stable_id(row["id"], _TASK, role.name), task=_TASK, prompt=rendered.prompt,
-            system=rendered.system, role=role, base_seed=seed, json_schema=schema, top_logprobs=top_logprobs,
+            request_id=stable_id(row["id"], _TASK, role.name), task=_TASK, prompt=prompt, system=system, role=role,
+            base_seed=seed, json_schema=schema if role.probe is None else "",
+            top_logprobs=top_logprobs if role.probe is None else 0,
         ), "prompt_style": style})
     columns = [_carried(c) for c in batch.columns]
     return pd.DataFrame(out, columns=[*columns, *[c for c in REQUEST_COLUMNS if c not in columns], "prompt_style"])
+
+
+def question_probes(config: PipelineConfig) -> dict[str, Any]:
+    """The probe of each probe question judge (roles.question_judges[].probe), read and checked."""
+    from synth.probe import read_question_probe
+
+    return {role.name: read_question_probe(role.probe, f"roles.question_judges {role.name}: probe")
+            for role in config.roles.question_judges if role.probe is not None}
+
+
+def check_question_probes(config: PipelineConfig, catalog) -> None:
+    """A question probe names subcategories of this catalog and was trained on its role's model:
+    else a `BadInput` (retrain it)."""
+    from synth.errors import BadInput
+
+    from synth.probe import question_probe_fingerprint
+
+    for role in config.roles.question_judges:
+        if role.probe is None:
+            continue
+        if catalog.question_judge.probe is None:
+            raise BadInput(f"roles.question_judges {role.name}: a question probe reads the `probe` form of "
+                           "templates/shared/question_judge.yaml, which has none")
+        probe = question_probes(config)[role.name]
+        if probe.prompt != question_probe_fingerprint(catalog):
+            raise BadInput(f"roles.question_judges {role.name}: probe {role.probe} was trained on the probe prompt "
+                           f"{probe.prompt}, templates/shared/question_judge.yaml renders "
+                           f"{question_probe_fingerprint(catalog)}: retrain it with `synth probe train --questions`")
+        unknown = sorted(set(probe.classes) - set(catalog.subcategories))
+        if unknown:
+            raise BadInput(f"roles.question_judges {role.name}: probe {role.probe} places questions in subcategories "
+                           f"the catalog does not have ({', '.join(unknown[:5])}): retrain it with "
+                           "`synth probe train --questions`")
+        if probe.model != config.models[role.model].model:
+            raise BadInput(f"roles.question_judges {role.name}: probe {role.probe} was trained on model "
+                           f"{probe.model!r}, the role's model is {config.models[role.model].model!r}: retrain it")
 
 
 def question_judgement(row: dict[str, Any], topics: dict[str, str]) -> dict[str, Any]:
@@ -168,10 +220,29 @@ def question_judgement(row: dict[str, Any], topics: dict[str, str]) -> dict[str,
             "score_source": source, "reason": verdict.analysis, "raw": row["text"], "error": verdict.reason}
 
 
-def record_question_judgement(batch: pd.DataFrame, index: int, topics: dict[str, str]) -> pd.DataFrame:
-    """A judge's answers → column `_qjudge<index>`; the question's own columns restored."""
+def question_probe_judgement(row: dict[str, Any], probe) -> dict[str, Any]:
+    """A question probe's answer (synth.probe.QuestionProbe): harmful the side of 0.5 of its
+    P(harmful), the score that probability, the subcategory its topic head's most likely class."""
+    from synth.probe import FROM_PROBE, decode_vector
+
+    blank = {"judge": row["role"], "harmful": "", "subcategory": "", "score": float("nan"), "score_source": "",
+             "reason": "", "raw": "", "error": ""}
+    vector = decode_vector(row["text"]) if not row["error"] else None
+    if vector is None or len(vector) != probe.dims:
+        return {**blank, "error": failure_reason(row["error"]) if row["error"] else
+                f"probe_input: expected a pooled state of {probe.dims} values from a task: embed model"}
+    score = round(probe.harm(vector), 6)
+    topic, p = probe.topic(vector)
+    return {**blank, "harmful": YES_NO[0] if score > 0.5 else YES_NO[1], "subcategory": topic, "score": score,
+            "score_source": FROM_PROBE, "reason": f"topic p={p:.2f}"}
+
+
+def record_question_judgement(batch: pd.DataFrame, index: int, topics: dict[str, str], probe=None) -> pd.DataFrame:
+    """A judge's answers → column `_qjudge<index>`; the question's own columns restored.
+    `probe`: the judge's question probe, whose answers are pooled states it scores."""
     results = records(batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]])
-    judgements = [question_judgement(r, topics) for r in results]
+    judgements = [question_probe_judgement(r, probe) if probe is not None else question_judgement(r, topics)
+                  for r in results]
     drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c in batch.columns]
     out = batch.drop(columns=drop)
     out = out.rename(columns={f"q_{c}": c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS) if f"q_{c}" in out.columns})
