@@ -16,7 +16,21 @@ from typing import Any
 import numpy as np
 
 from synth.errors import BadInput
+from synth.storage import write_bytes
 from synth.probe import decode_vector, fit, item_hash, judge_prompt_fingerprint
+
+
+def embed_role(config, roles, judge: str, what: str, config_path: Path):
+    """The role named `judge` among `roles` and its model, which must pool (task: embed);
+    a `BadInput` naming the flag otherwise."""
+    role = next((r for r in roles if r.name == judge), None)
+    if role is None:
+        raise BadInput(f"--judge: {judge!r} is not {what} role of {config_path} "
+                       f"({', '.join(r.name for r in roles) or 'none'})")
+    spec = config.models[role.model]
+    if spec.task != "embed":
+        raise BadInput(f"--judge {judge}: its model '{role.model}' needs task: embed (pooled hidden states)")
+    return role, spec
 
 
 def pooled_states(config, catalog, role, rows, make_requests, dry_run: bool, kwargs: dict[str, Any],
@@ -58,13 +72,7 @@ def train_question_probe(config_path: Path, judge: str, out: Path, *, dry_run: b
     from synth.stages.question_judge import question_judge_requests
 
     config, catalog = prepare(config_path, None, None)
-    role = next((r for r in config.roles.question_judges if r.name == judge), None)
-    if role is None:
-        raise BadInput(f"--judge: {judge!r} is not a question judge role of {config_path} "
-                       f"({', '.join(r.name for r in config.roles.question_judges) or 'none'})")
-    spec = config.models[role.model]
-    if spec.task != "embed":
-        raise BadInput(f"--judge {judge}: its model '{role.model}' needs task: embed (pooled hidden states)")
+    role, spec = embed_role(config, config.roles.question_judges, judge, "a question judge", config_path)
     if catalog.question_judge is None or catalog.question_judge.probe is None:
         raise BadInput("probe train --questions: templates/shared/question_judge.yaml has no `probe` form to read "
                        "the questions in")
@@ -86,10 +94,7 @@ def train_question_probe(config_path: Path, judge: str, out: Path, *, dry_run: b
               "dry_run": dry_run, "seconds": round(time.monotonic() - started, 1),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     assert record["kind"] == QUESTION_PROBE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_bytes(out, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
     return {k: v for k, v in record.items() if k not in ("mean", "scale", "harm_coef", "topic_coef", "topic_intercept",
                                                           "trained_on", "classes")}
 
@@ -107,13 +112,7 @@ def train_probe(gold_paths: list[Path], config_path: Path, judge: str, out: Path
         for row_id, row in read_judge_gold(Path(path)).items():
             golds[f"{Path(path).name}\x1f{row_id}"] = row
     config, catalog = prepare(config_path, None, None)
-    role = next((r for r in config.roles.judges if r.name == judge), None)
-    if role is None:
-        raise BadInput(f"--judge: {judge!r} is not a judge role of {config_path} "
-                       f"({', '.join(r.name for r in config.roles.judges)})")
-    spec = config.models[role.model]
-    if spec.task != "embed":
-        raise BadInput(f"--judge {judge}: its model '{role.model}' needs task: embed (pooled hidden states)")
+    role, spec = embed_role(config, config.roles.judges, judge, "a judge", config_path)
     started = time.monotonic()
     states = pooled_states(config, catalog, role, gold_pairs(golds), judge_requests, dry_run, {
         "fields": [], "top_logprobs": 0, "schema": False}, "gold pair")
@@ -128,8 +127,5 @@ def train_probe(gold_paths: list[Path], config_path: Path, judge: str, out: Path
               "gold": [str(p) for p in gold_paths], "n": len(labels), "trained_on": sorted(set(hashes)),
               "dry_run": dry_run, "seconds": round(time.monotonic() - started, 1),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_bytes(out, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
     return {k: v for k, v in record.items() if k not in ("mean", "scale", "coef", "trained_on")}

@@ -180,13 +180,14 @@ def check_question_probes(config: PipelineConfig, catalog) -> None:
 
     from synth.probe import question_probe_fingerprint
 
+    probes = question_probes(config)
     for role in config.roles.question_judges:
         if role.probe is None:
             continue
         if catalog.question_judge.probe is None:
             raise BadInput(f"roles.question_judges {role.name}: a question probe reads the `probe` form of "
                            "templates/shared/question_judge.yaml, which has none")
-        probe = question_probes(config)[role.name]
+        probe = probes[role.name]
         if probe.prompt != question_probe_fingerprint(catalog):
             raise BadInput(f"roles.question_judges {role.name}: probe {role.probe} was trained on the probe prompt "
                            f"{probe.prompt}, templates/shared/question_judge.yaml renders "
