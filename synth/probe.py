@@ -261,10 +261,13 @@ def question_probe_fingerprint(catalog) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def question_items(catalog) -> list[tuple[str, bool, str, int]]:
+def question_items(catalog, negatives: list[str] = ()) -> list[tuple[str, bool, str, int]]:
     """What a question probe is trained on, from the seed pools of the config's scenarios:
     (text, harmful, subcategory id, group), every descriptor as written and as a question, the
-    two one group."""
+    two one group; and each of `negatives` (seeds/probe_negatives.yaml: question-shaped text
+    about nothing) as benign, of topic `other`, a group of its own."""
+    from synth.output_parsing import OTHER_SUBCATEGORY
+
     items = []
     for scenario in catalog.scenarios.values():
         for pool, harmful, ask in ((scenario.pools.behaviors, True, "怎么{}？"),
@@ -273,6 +276,8 @@ def question_items(catalog) -> list[tuple[str, bool, str, int]]:
                 for text in texts:
                     group = len(items) // 2
                     items += [(text, harmful, sub, group), (ask.format(text), harmful, sub, group)]
+    groups = len(items) // 2
+    items += [(text, False, OTHER_SUBCATEGORY, groups + i) for i, text in enumerate(negatives)]
     return items
 
 

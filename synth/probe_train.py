@@ -62,6 +62,23 @@ def pooled_states(config, catalog, role, rows, make_requests, dry_run: bool, kwa
     return states
 
 
+def read_negatives(config) -> list[str]:
+    """seeds/probe_negatives.yaml's `questions` (none when the file is not there); a `BadInput`
+    naming the file when it is not a list of strings."""
+    import yaml
+
+    path = Path(config.seeds_dir) / "probe_negatives.yaml"
+    if not path.exists():
+        return []
+    try:
+        questions = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("questions") or []
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise BadInput(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+    if not all(isinstance(q, str) and q.strip() for q in questions):
+        raise BadInput(f"{path}: `questions` must be a list of non-empty strings")
+    return list(questions)
+
+
 def train_question_probe(config_path: Path, judge: str, out: Path, *, dry_run: bool = False) -> dict[str, Any]:
     """A question probe (synth.probe.QuestionProbe) for question judge `judge`, fitted on the seed
     pools of the config's scenarios (synth.probe.question_items) read by the role's model."""
@@ -76,7 +93,7 @@ def train_question_probe(config_path: Path, judge: str, out: Path, *, dry_run: b
     if catalog.question_judge is None or catalog.question_judge.probe is None:
         raise BadInput("probe train --questions: templates/shared/question_judge.yaml has no `probe` form to read "
                        "the questions in")
-    items = question_items(catalog)
+    items = question_items(catalog, read_negatives(config))
     rows = pd.DataFrame([{"id": f"seed{i}", "question": text, "kind": "harmful" if harmful else "benign",
                           "subcategory": sub} for i, (text, harmful, sub, _) in enumerate(items)])
     started = time.monotonic()
@@ -89,7 +106,7 @@ def train_question_probe(config_path: Path, judge: str, out: Path, *, dry_run: b
               "reads": "templates/shared/question_judge.yaml's probe form",
               "pooling": "the engine's pooled last hidden state (vLLM pooling runner, convert: embed)",
               "trained_on_source": "seed pools (seeds/scenarios/*.yaml): behaviours harmful, benign topics benign, "
-                                   "each as written and as a question",
+                                   "each as written and as a question; seeds/probe_negatives.yaml benign, topic other",
               "n": len(items), "trained_on": sorted({item_hash(item[0], "") for item in items}),
               "dry_run": dry_run, "seconds": round(time.monotonic() - started, 1),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

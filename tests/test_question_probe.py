@@ -40,12 +40,13 @@ def test_a_question_probe_is_trained_on_the_seed_pools_used_and_not_measured_on_
     assert result.exit_code == 0, result.output
     record = json.loads(probe.read_text(encoding="utf-8"))
     catalog = load_catalog(repo_root / "templates", repo_root / "seeds")
-    items = question_items(catalog)
+    negatives = yaml.safe_load((repo_root / "seeds/probe_negatives.yaml").read_text(encoding="utf-8"))["questions"]
+    items = question_items(catalog, negatives)
     pools = sum(len(texts) for s in catalog.scenarios.values()
                 for pool in (s.pools.behaviors, s.pools.benign_topics) for texts in pool.values())
-    assert record["kind"] == "question" and record["n"] == len(items) == 2 * pools
-    assert set(record["classes"]) == set(catalog.subcategories) and len(record["classes"]) == 39
-    assert len(record["topic_coef"]) == 39 and len(record["harm_coef"]) == len(record["mean"]) == 1536
+    assert record["kind"] == "question" and record["n"] == len(items) == 2 * pools + len(negatives)
+    assert set(record["classes"]) == {*catalog.subcategories, "other"} and len(record["classes"]) == 40
+    assert len(record["topic_coef"]) == 40 and len(record["harm_coef"]) == len(record["mean"]) == 1536
     assert {0.0 <= a <= 1.0 for a in record["train_accuracy"].values()} == {True}
     assert record["harm_C"] > 0 and record["topic_C"] > 0 and len(record["trained_on"]) == len(items)
 
@@ -54,7 +55,7 @@ def test_a_question_probe_is_trained_on_the_seed_pools_used_and_not_measured_on_
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["judges"]["question-probe"]["unparsed"] == 0.0
-    assert {q["judged_subcategory"] in catalog.subcategories for q in out["questions"]} == {True}
+    assert {q["judged_subcategory"] in {*catalog.subcategories, "other"} for q in out["questions"]} == {True}
     assert {0.0 <= q["score"] <= 1.0 for q in out["questions"]} == {True}
     assert {q["harmful"] == (q["score"] > 0.5) for q in out["questions"]} == {True}
 
@@ -96,4 +97,4 @@ def test_the_shipped_question_probe_fits_the_shipped_templates_and_config(repo_r
     config, catalog = prepare(repo_root / "pipelines/demo-question-probe.yaml")
     check_question_probes(config, catalog)
     probe = question_probes(config)["question-probe"]
-    assert sorted(probe.classes) == sorted(catalog.subcategories) and probe.dims == 1536
+    assert sorted(probe.classes) == sorted([*catalog.subcategories, "other"]) and probe.dims == 1536

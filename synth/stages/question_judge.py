@@ -192,7 +192,7 @@ def check_question_probes(config: PipelineConfig, catalog) -> None:
             raise BadInput(f"roles.question_judges {role.name}: probe {role.probe} was trained on the probe prompt "
                            f"{probe.prompt}, templates/shared/question_judge.yaml renders "
                            f"{question_probe_fingerprint(catalog)}: retrain it with `synth probe train --questions`")
-        unknown = sorted(set(probe.classes) - set(catalog.subcategories))
+        unknown = sorted(set(probe.classes) - set(catalog.subcategories) - {OTHER_SUBCATEGORY})
         if unknown:
             raise BadInput(f"roles.question_judges {role.name}: probe {role.probe} places questions in subcategories "
                            f"the catalog does not have ({', '.join(unknown[:5])}): retrain it with "
