@@ -225,11 +225,15 @@ def fit_question(vectors: np.ndarray, harmful: list[bool], subcategories: list[s
     """Both heads of a question probe on standardized vectors, each an L2 logistic regression with
     its strength chosen by 5-fold cross-validated log-loss, the folds split by `groups` (an item
     and its question form are one group: apart, the fold would test on its own training item);
-    classes weighted by their frequency (the seed pools hold 24 to 184 items per scenario). The
-    record's numeric part."""
+    classes weighted by their frequency (the seed pools hold 24 to 184 items per scenario). Items of
+    topic `other` (seeds/probe_negatives.yaml) train the topic head only: taught that a short question
+    about nothing is benign, the harm head called short real harmful questions benign too (public
+    harm accuracy 0.657 → 0.550, BENCHMARKS.md). The record's numeric part."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import GroupKFold
     from sklearn.preprocessing import StandardScaler
+
+    from synth.output_parsing import OTHER_SUBCATEGORY
 
     if len(set(harmful)) < 2 or len(set(subcategories)) < 2:
         raise BadInput("probe train --questions: the seed pools must hold harmful and benign items "
@@ -239,15 +243,18 @@ def fit_question(vectors: np.ndarray, harmful: list[bool], subcategories: list[s
     x = (vectors - scaler.mean_) / scale
     cs = np.logspace(-4, 0, 9).tolist()
     y_harm, y_topic = np.array(harmful, dtype=int), np.array(subcategories)
+    about = y_topic != OTHER_SUBCATEGORY
+    harm_folds = list(GroupKFold(n_splits=5).split(x[about], y_harm[about], np.asarray(groups)[about]))
+    harm = LogisticRegressionCV(Cs=cs, cv=harm_folds, scoring="neg_log_loss",
+                                max_iter=5000).fit(x[about], y_harm[about])
     folds = list(GroupKFold(n_splits=5).split(x, y_harm, groups))
-    harm = LogisticRegressionCV(Cs=cs, cv=folds, scoring="neg_log_loss", max_iter=5000).fit(x, y_harm)
     topic = LogisticRegressionCV(Cs=cs, cv=folds, scoring="neg_log_loss", max_iter=5000,
                                  class_weight="balanced").fit(x, y_topic)
     return {"kind": QUESTION_PROBE, "mean": scaler.mean_.tolist(), "scale": scale.tolist(),
             "harm_coef": harm.coef_[0].tolist(), "harm_intercept": float(harm.intercept_[0]), "harm_C": float(harm.C_[0]),
             "classes": [str(c) for c in topic.classes_], "topic_coef": topic.coef_.tolist(),
             "topic_intercept": topic.intercept_.tolist(), "topic_C": float(topic.C_[0]),
-            "train_accuracy": {"harm": float((harm.predict(x) == y_harm).mean()),
+            "train_accuracy": {"harm": float((harm.predict(x[about]) == y_harm[about]).mean()),
                                "topic": float((topic.predict(x) == y_topic).mean())}}
 
 

@@ -106,7 +106,7 @@ def train_question_probe(config_path: Path, judge: str, out: Path, *, dry_run: b
               "reads": "templates/shared/question_judge.yaml's probe form",
               "pooling": "the engine's pooled last hidden state (vLLM pooling runner, convert: embed)",
               "trained_on_source": "seed pools (seeds/scenarios/*.yaml): behaviours harmful, benign topics benign, "
-                                   "each as written and as a question; seeds/probe_negatives.yaml benign, topic other",
+                                   "each as written and as a question; seeds/probe_negatives.yaml topic other (topic head only)",
               "n": len(items), "trained_on": sorted({item_hash(item[0], "") for item in items}),
               "dry_run": dry_run, "seconds": round(time.monotonic() - started, 1),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

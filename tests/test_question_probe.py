@@ -98,3 +98,24 @@ def test_the_shipped_question_probe_fits_the_shipped_templates_and_config(repo_r
     check_question_probes(config, catalog)
     probe = question_probes(config)["question-probe"]
     assert sorted(probe.classes) == sorted([*catalog.subcategories, "other"]) and probe.dims == 1536
+
+
+def test_questions_about_nothing_train_the_topic_head_only():
+    """seeds/probe_negatives.yaml's items (topic `other`) teach the topic head that a question is
+    about no subcategory; the harm head never sees them (taught that they are benign, it called
+    short real harmful questions benign). Flipping their harm flag must change nothing but the
+    topic head's data; the topic head must learn the `other` class."""
+    import numpy as np
+
+    from synth.probe import fit_question
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(90, 6))
+    harmful = [i % 2 == 0 for i in range(90)]
+    topics = ["gender" if i < 40 else "fraud" if i < 80 else "other" for i in range(90)]
+    groups = [i // 2 for i in range(90)]
+    as_benign = fit_question(x, harmful, topics, groups)
+    flipped = fit_question(x, [h if t != "other" else not h for h, t in zip(harmful, topics)], topics, groups)
+    assert as_benign["harm_coef"] == flipped["harm_coef"]
+    assert as_benign["harm_intercept"] == flipped["harm_intercept"]
+    assert set(as_benign["classes"]) == {"gender", "fraud", "other"}
