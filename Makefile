@@ -62,14 +62,18 @@ demo: model
 # separate service, as a team would run it. tests/test_label_studio.py starts it on 127.0.0.1;
 # README "Review round-trip" starts it by hand. ~1 min to install, ~1 GB.
 LABEL_STUDIO_VERSION := 1.23.2
+# label-studio 1.23.2 takes any sentry-sdk, and sentry-sdk 3.0 (December 2026) rejects the
+# `send_default_pii` option it starts Sentry with: the server exits at start. Keep it on 2.x.
+LS_PINS := 'sentry-sdk<3'
 LS_VENV := .venv-label-studio
-$(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION):
+LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)-sentry2
+$(LS_STAMP):
 	rm -rf $(LS_VENV)
 	$(PYTHON) -m venv $(LS_VENV) || python3 -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python -m pip install -q --no-compile label-studio==$(LABEL_STUDIO_VERSION) $(PIP_NOTICES)
+	$(LS_VENV)/bin/python -m pip install -q --no-compile label-studio==$(LABEL_STUDIO_VERSION) $(LS_PINS) $(PIP_NOTICES)
 	touch $@
 
-label-studio: $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+label-studio: $(LS_STAMP)
 
 test: model label-studio
 	$(BIN)/python -m pytest -q
