@@ -272,7 +272,8 @@ def question_items(catalog, negatives: list[str] = ()) -> list[tuple[str, bool, 
     """What a question probe is trained on, from the seed pools of the config's scenarios:
     (text, harmful, subcategory id, group), every descriptor as written and as a question, the
     two one group; and each of `negatives` (seeds/probe_negatives.yaml: question-shaped text
-    about nothing) as benign, of topic `other`, a group of its own."""
+    about nothing) of topic `other`, a group of its own (its harm flag False, unread: fit_question
+    keeps `other` items out of the harm head)."""
     from synth.output_parsing import OTHER_SUBCATEGORY
 
     items = []
