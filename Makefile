@@ -50,8 +50,10 @@ install: $(VENV)/.installed
 model: install
 	$(BIN)/python -m synth.models prepare
 
+# The demo: demo.yaml's build with both of the instruct model's probes (the question judge and the
+# second answer judge read its hidden states): pipelines/demo-question-probe.yaml, README.
 demo: model
-	$(BIN)/synth build pipelines/demo.yaml --out builds/demo
+	$(BIN)/synth build pipelines/demo-question-probe.yaml --out builds/demo
 	@echo
 	@echo "corpus:   builds/demo/corpus/  (load with datasets.load_dataset('builds/demo/corpus'))"
 	@echo "manifest: builds/demo/manifest.json"
