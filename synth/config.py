@@ -197,7 +197,9 @@ class Dialogues(Strict):
     templates/shared/dialogue.yaml)."""
 
     share: float = Field(0.0, ge=0.0, le=1.0, description="share of the plain questions that also seed one "
-                         "conversation, in each scenario × kind (at least one each); 0: off")
+                         "conversation, in each scenario × kind (at least `min_per_group` each); 0: off")
+    min_per_group: int = Field(1, ge=1, description="conversations at least in each scenario × kind (all its plain "
+                               "questions when it has fewer), so a small scenario keeps some past the filters")
     turns: tuple[int, int] = Field((2, 5), description="[min, max] user turns of a conversation (within 1–8), "
                                    "intersected with each strategy's own range")
     strategies: list[str] = Field(default_factory=list, description="strategy ids to use; empty = all")

@@ -198,6 +198,10 @@ def test_conversations_are_drawn_deterministically_from_plain_questions_only():
     # a small share still seeds one conversation per scenario × kind; none at 0
     few = with_conversations(batch, cutoffs=conversation_cutoffs(batch, 0.01, strategies, seed=7), **kwargs)
     assert few.loc[few["strategy"] != "", "kind"].value_counts().to_dict() == {"harmful": 1, "benign": 1}
+    # dialogues.min_per_group raises that floor, capped at the questions a group has
+    floor = with_conversations(batch, cutoffs=conversation_cutoffs(batch, 0.01, strategies, seed=7, at_least=12),
+                               **kwargs)
+    assert floor.loc[floor["strategy"] != "", "kind"].value_counts().to_dict() == {"harmful": 12, "benign": 10}
     assert conversation_cutoffs(batch, 0.0, strategies, seed=7) == {}
     assert with_conversations(batch, cutoffs={}, **kwargs)["strategy"].eq("").all()
 

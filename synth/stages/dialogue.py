@@ -3,8 +3,9 @@
 After obfuscate, every question passes through as a one-turn row (`synth.rows.SINGLE_TURN`),
 and a share of the plain ones (`dialogues.share`; never an augmented or obfuscated copy)
 also seeds one conversation. The share holds in each scenario × kind: of its n plain questions,
-the round(share × n) with the lowest draw (a seeded hash of the question's id), and at least one,
-so a small scenario is never left without conversations by chance (`conversation_cutoffs`).
+the round(share × n) with the lowest draw (a seeded hash of the question's id), and at least
+`dialogues.min_per_group` (default one), so a small scenario is never left without conversations
+by chance (`conversation_cutoffs`).
 A seed question gets a strategy of its kind (templates/shared/dialogue.yaml,
 `synth.dialogue_templates`), a number of user turns drawn from the strategy's range cut to
 `dialogues.turns`, and the responder that will answer it. The conversation keeps its seed
@@ -119,7 +120,8 @@ class Converse(LLMStage):
         cutoffs = {}
         if strategies:  # four short columns of every question, on the driver: the draws per scenario × kind
             cutoffs = conversation_cutoffs(rows.select_columns(["id", "scenario", "kind", "attack"]).to_pandas(),
-                                           config.dialogues.share, strategies, config.seed)
+                                           config.dialogues.share, strategies, config.seed,
+                                           config.dialogues.min_per_group)
         return rows.map_batches(with_conversations, batch_format="pandas", fn_kwargs={
             "cutoffs": cutoffs, "strategies": strategies, "seed": config.seed,
             "responders": [r.name for r in config.roles.responders],
@@ -212,16 +214,18 @@ def _group(row: dict[str, Any]) -> str:
 
 
 def conversation_cutoffs(rows: pd.DataFrame, share: float, strategies: dict[str, list[dict[str, Any]]],
-                         seed: int) -> dict[str, float]:
+                         seed: int, at_least: int = 1) -> dict[str, float]:
     """Per scenario × kind ("scenario/kind"), the highest draw that seeds a conversation: the
-    round(share × n) plain questions with the lowest draws, at least one (none when share is 0)."""
+    round(share × n) plain questions with the lowest draws, at least `at_least` of them (or all n
+    when fewer; none when share is 0)."""
     if not share or rows.empty:
         return {}
     plain = rows[(rows["attack"] == "none") & rows["kind"].isin(list(strategies))]
     draws: dict[str, list[float]] = {}
     for row in records(plain):
         draws.setdefault(_group(row), []).append(_draw(seed, row["id"])[1])
-    return {group: sorted(us)[max(1, round(share * len(us))) - 1] for group, us in sorted(draws.items())}
+    return {group: sorted(us)[min(len(us), max(at_least, round(share * len(us)))) - 1]
+            for group, us in sorted(draws.items())}
 
 
 def with_conversations(batch: pd.DataFrame, cutoffs: dict[str, float], strategies: dict[str, list[dict[str, Any]]],
