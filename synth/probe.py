@@ -3,12 +3,12 @@
 A small model often knows more than it says: its generated verdict can be at chance while its
 hidden states for the same (question, answer) separate 不安全 from 安全 (issue 28 measured it).
 This is how guards are built from small models: read the prompt once (vLLM's pooling runner,
-the last token's hidden state, its default pooling; `task: embed` on the model), and score it with a classifier
+the mean of the last hidden states over the prompt; `task: embed` on the model), and score it with a classifier
 trained on labelled pairs. One forward pass, no analysis.
 
     synth probe train GOLD.jsonl [GOLD2 ...] --config C --judge judge-probe --out probes/p.json
 
-renders the judge prompt of that role for every gold pair, as the build does, reads the pooled
+renders the probe prompt of that role (judge.yaml's `probe` form) for every gold pair, as the build does, reads the pooled
 states through the build's engine, fits scikit-learn's `LogisticRegressionCV` on standardized
 states, and writes the probe: its weights, the model and prompt it was trained with, the hash of
 every training item (question + answer), and a hash of the whole record. A judge role with
@@ -42,6 +42,8 @@ from synth.errors import BadInput
 
 VECTOR_PREFIX = "vec:f16:"
 FROM_PROBE = "probe"  # a verdict's score_source
+# what a probe reads, as its record says (the engine's pooler: synth.engines.vllm_ray)
+POOLING = "mean of the last hidden states over the prompt (vLLM pooling runner, convert: embed, MEAN pooling)"
 
 
 def encode_vector(vector: Any) -> str:
@@ -100,12 +102,24 @@ def read_probe(path: Path, where: str = "") -> Probe:
                  (str(record.get("judge_prompt", "")), str(record.get("rubric", ""))))
 
 
+def probe_prompt(catalog, style: str, messages: list[dict[str, str]], rubric: dict[str, Any]):
+    """What a probe judge reads for a conversation's last answer (`messages`: user and assistant
+    turns, the answer last): templates/shared/judge.yaml's `probe` form (the caller checks it
+    exists), the earlier turns as `history`."""
+    return catalog.render(catalog.judge.probe, style, {
+        "question": messages[-2]["content"], "response": messages[-1]["content"], "history": messages[:-2],
+        "rubric": rubric}, "judge probe")
+
+
 def judge_prompt_fingerprint(catalog, rubric_id: str | None) -> str:
-    """The judge prompt a probe reads, as a hash of it rendered for one fixed pair in both styles
-    (no judge fields, no examples): an edit of templates/shared/judge.yaml that leaves that prompt
-    as it was (e.g. a block that renders only with examples) keeps a probe valid; any other does not."""
+    """The prompt a probe reads, as a hash of it rendered for one fixed pair in both styles:
+    judge.yaml's `probe` form when it has one, else the judge prompt (no judge fields, no
+    examples). An edit of templates/shared/judge.yaml that leaves that prompt as it was (e.g. a
+    block that renders only with examples) keeps a probe valid; any other does not."""
     rubric = catalog.rubric(rubric_id).model_dump()
-    rendered = [catalog.render(catalog.judge, style, {"question": "〈问题〉", "response": "〈回答〉", "rubric": rubric,
+    pair = [{"role": "user", "content": "〈问题〉"}, {"role": "assistant", "content": "〈回答〉"}]
+    rendered = [probe_prompt(catalog, style, pair, rubric) if catalog.judge.probe is not None else
+                catalog.render(catalog.judge, style, {"question": "〈问题〉", "response": "〈回答〉", "rubric": rubric,
                                                       "fields": [], "examples": []}, "judge")
                 for style in ("chat", "completion")]
     text = json.dumps([[r.system, r.prompt] for r in rendered], ensure_ascii=False)

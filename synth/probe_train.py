@@ -17,7 +17,7 @@ import numpy as np
 
 from synth.errors import BadInput
 from synth.storage import write_bytes
-from synth.probe import decode_vector, fit, item_hash, judge_prompt_fingerprint
+from synth.probe import POOLING, decode_vector, fit, item_hash, judge_prompt_fingerprint
 
 
 def embed_role(config, roles, judge: str, what: str, config_path: Path):
@@ -104,7 +104,7 @@ def train_question_probe(config_path: Path, judge: str, out: Path, *, dry_run: b
               "judge": judge,
               "model": spec.model, "prompt_style": spec.prompt_style, "prompt": question_probe_fingerprint(catalog),
               "reads": "templates/shared/question_judge.yaml's probe form",
-              "pooling": "the engine's pooled last hidden state (vLLM pooling runner, convert: embed)",
+              "pooling": POOLING,
               "trained_on_source": "seed pools (seeds/scenarios/*.yaml): behaviours harmful, benign topics benign, "
                                    "each as written and as a question; seeds/probe_negatives.yaml topic other (topic head only)",
               "n": len(items), "trained_on": sorted({item_hash(item[0], "") for item in items}),
@@ -132,7 +132,7 @@ def train_probe(gold_paths: list[Path], config_path: Path, judge: str, out: Path
     role, spec = embed_role(config, config.roles.judges, judge, "a judge", config_path)
     started = time.monotonic()
     states = pooled_states(config, catalog, role, gold_pairs(golds), judge_requests, dry_run, {
-        "fields": [], "top_logprobs": 0, "schema": False}, "gold pair")
+        "fields": [], "top_logprobs": 0, "schema": False, "probe": True}, "gold pair")
     vectors, labels, hashes = [], [], []
     for row_id, g in golds.items():
         vectors.append(states[row_id])
@@ -140,7 +140,7 @@ def train_probe(gold_paths: list[Path], config_path: Path, judge: str, out: Path
         hashes.append(item_hash(g["question"], g["response"]))
     record = {**fit(np.vstack(vectors), labels), "judge": judge, "model": spec.model, "prompt_style": spec.prompt_style,
               "rubric": catalog.rubric(role.rubric).id, "judge_prompt": judge_prompt_fingerprint(catalog, role.rubric),
-              "pooling": "the last token's hidden state (vLLM pooling runner, convert: embed, its default pooling)",
+              "pooling": POOLING,
               "gold": [str(p) for p in gold_paths], "n": len(labels), "trained_on": sorted(set(hashes)),
               "dry_run": dry_run, "seconds": round(time.monotonic() - started, 1),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

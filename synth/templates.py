@@ -77,6 +77,10 @@ class JudgeTemplates(PromptForms):
     # A judge template written before rubrics existed (e.g. the judge.yaml recorded in an
     # older build's inputs/) has one empty rubric and does not use {{ rubric }}.
     rubrics: list[Rubric] = Field(default_factory=lambda: [Rubric(id="default", text="")], min_length=1)
+    # What a probe judge reads (roles.judges[].probe, synth.probe.Probe), when the file has it:
+    # a short prompt, so the pooling engine (which prefills every token of every prompt) reads the
+    # pair, not the instructions. Without it a probe reads the judge prompt itself.
+    probe: PromptForms | None = None
 
 
 class TaskTypes(Strict):
@@ -102,6 +106,8 @@ SCENARIO_VARIABLES = ("scenario", "subcategory", "behavior", "task_type", "regio
 AUGMENT_VARIABLES = ("question", "scenario", "subcategory")
 RESPOND_VARIABLES = ("question", "persona", "history")
 JUDGE_VARIABLES = ("question", "response", "rubric", "fields", "examples")
+# `history`: a conversation's earlier turns (role, content), [] for a single question
+JUDGE_PROBE_VARIABLES = ("question", "response", "history", "rubric")
 # `scenarios`: the catalog, each scenario with its id, name_zh and subcategories (id, name_zh)
 QUESTION_JUDGE_VARIABLES = ("question", "scenarios")
 
@@ -264,6 +270,8 @@ def load_catalog(templates_dir: Path, seeds_dir: Path, only: list[str] | None = 
     for persona in respond.personas:
         check_source(env, persona.system, (), f"{shared_files['respond']}: personas[{persona.id}].system")
     _check_forms(env, judge, JUDGE_VARIABLES, str(shared_files["judge"]))
+    if judge.probe is not None:
+        _check_forms(env, judge.probe, JUDGE_PROBE_VARIABLES, f"{shared_files['judge']}: probe")
     _unique([t.id for t in augment.tactics], f"{shared_files['augment']}: tactics", "tactic id")
     _unique([p.id for p in respond.personas], f"{shared_files['respond']}: personas", "persona id")
     _unique([r.id for r in judge.rubrics], f"{shared_files['judge']}: rubrics", "rubric id")

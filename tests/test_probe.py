@@ -77,3 +77,39 @@ def test_a_bad_probe_file_exits_2_naming_it(ray_session, repo_root: Path, tmp_pa
                                  str(config), "--dry-run"])
     assert result.exit_code == 2, result.output
     assert "judge-probe" in result.output and str(probe) in result.output and expected in result.output
+
+
+def test_the_shipped_answer_probe_fits_the_shipped_templates(repo_root: Path):
+    """seeds/probes/qwen2.5-coder-1.5b-answer_harm.json reads judge.yaml's `probe` form as it is
+    now: an edit of that form fails here, not in a team's build (retrain it: docs/judges.md)."""
+    from synth.prepare import prepare
+    from synth.probe import check_prompt, judge_prompt_fingerprint, read_probe
+
+    config, catalog = prepare(repo_root / "pipelines/demo-question-probe.yaml")
+    role = next(r for r in config.roles.judges if r.probe)
+    probe = read_probe(Path(role.probe), role.name)
+    check_prompt(probe, role.name, judge_prompt_fingerprint(catalog, role.rubric), catalog.rubric(role.rubric).id)
+    assert probe.prompt[1] == "answer_harm" and len(probe.coef) == 1536
+
+
+def test_a_probe_judge_reads_the_short_probe_form_with_the_conversation(repo_root: Path):
+    """A probe judge's request is judge.yaml's `probe` form (no rubric text, no answer format),
+    a conversation's earlier turns in it; a generative judge's is the whole judge prompt."""
+    import pandas as pd
+
+    from synth.prepare import prepare
+    from synth.stages.labelling import judge_requests
+
+    config, catalog = prepare(repo_root / "pipelines/demo-question-probe.yaml")
+    probe_role, writer = (next(r for r in config.roles.judges if r.probe),
+                          next(r for r in config.roles.judges if not r.probe))
+    history = json.dumps([{"role": "user", "content": "第一问？"}, {"role": "assistant", "content": "第一答。"}],
+                         ensure_ascii=False)
+    batch = pd.DataFrame([{"id": "a", "question": "问题甲？", "response": "回答甲。", "history": ""},
+                          {"id": "b", "question": "问题乙？", "response": "回答乙。", "history": history}])
+    read = judge_requests(batch, catalog, probe_role, "chat", 7, top_logprobs=0, schema=False, probe=True)
+    assert read["prompt"].tolist() == ["请判断AI助手的回答是否安全。\n问题：问题甲？\n回答：回答甲。",
+                                       "请判断AI助手的回答是否安全。\n用户：第一问？\n助手：第一答。\n问题：问题乙？\n回答：回答乙。"]
+    assert (read["json_schema"] == "").all()
+    asked = judge_requests(batch, catalog, writer, "chat", 7)
+    assert all("判定标准" in p and "JSON" in p for p in asked["prompt"]) and "第一问" in asked["prompt"][1]

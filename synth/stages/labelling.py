@@ -232,7 +232,8 @@ class Annotate(LLMStage):
             "catalog": ctx.catalog, "role": role, "style": ctx.prompt_style(role), "seed": ctx.config.seed,
             "fields": ordered_fields(ctx.config.annotate.fields),
             "top_logprobs": 0 if ctx.config.annotate.scores == "off" or probe else TOP_LOGPROBS,
-            "schema": probe is None, "examples": examples if probe is None else None, "turn": turn}))]
+            "schema": probe is None, "examples": examples if probe is None else None, "turn": turn,
+            "probe": probe is not None}))]
 
     def results(self, ctx: StageContext, answered: ray.data.Dataset, rows: ray.data.Dataset, round: int = 0
                 ) -> ray.data.Dataset:
@@ -266,9 +267,9 @@ class Annotate(LLMStage):
         total = planner.rows * planner.rate(self.name, "requests", len(judges) * (1 + earlier))
         pair = pd.DataFrame([{"id": "plan", "question": "问" * SAMPLE_QUESTION_CHARS,
                               "response": "答" * planner.notes.get("answer_chars", 0)}])
-        for role in judges:
+        for role in judges:  # a probe judge reads its short probe form
             r = judge_requests(pair, planner.catalog, role, config.models[role.model].prompt_style, config.seed,
-                               ordered_fields(config.annotate.fields))
+                               ordered_fields(config.annotate.fields), probe=role.probe is not None)
             planner.count(self.name, role, total / len(judges), float(len(r["prompt"][0]) + len(r["system"][0])))
         planner.keep(self.name, self.keep)
 
@@ -311,15 +312,17 @@ def _judge_columns(index: int) -> str:
 
 def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: int,
                    fields: list[str] = (), top_logprobs: int = TOP_LOGPROBS, schema: bool = True,
-                   examples=None, turn: int = 0) -> pd.DataFrame:
+                   examples=None, turn: int = 0, probe: bool = False) -> pd.DataFrame:
     """One judge's request per pair; the pair's own columns travel with it (renamed where a
     request or result column would overwrite them). `fields`: the judge fields asked for;
     `top_logprobs`: alternatives per token to score the verdict with (0: none); `schema`:
     structured output (a probe judge's prompt is read, not answered: none); `examples`:
     (Examples, JudgeExamples) to show each request k of (synth.judge_examples), or None.
     `turn` >= 1 (annotate.every_turn): the conversation up to its answer `turn`, labelled, for
-    each row that has one; 0: the last answer, every row."""
+    each row that has one; 0: the last answer, every row. `probe`: a probe judge's request, read not
+    answered: judge.yaml's `probe` form when the file has one (synth.probe.probe_prompt)."""
     from synth.judge_examples import pick
+    from synth.probe import probe_prompt
 
     rubric = catalog.rubric(role.rubric).model_dump()
     field_vars = catalog.judge_fields(list(fields))
@@ -331,7 +334,12 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
             continue
         shown = pick(examples[0], row, examples[1].k, seed, examples[1].max_chars) if examples else []
         history = parse_history(row.get("history"))
-        if history:  # a conversation: the dialogue judge reads all of it and labels the last answer
+        if probe and catalog.judge.probe is not None:
+            messages = [*history, {"role": "user", "content": row["question"]},
+                        {"role": "assistant", "content": row["response"]}]
+            messages = messages[:2 * turn] if turn else messages
+            rendered = probe_prompt(catalog, style, messages, rubric)
+        elif history:  # a conversation: the dialogue judge reads all of it and labels the last answer
             messages = [*history, {"role": "user", "content": row["question"]},
                         {"role": "assistant", "content": row["response"]}]
             messages = messages[:2 * turn] if turn else messages  # or the conversation up to answer `turn`
