@@ -87,6 +87,10 @@ def _edit(path: Path, fn) -> None:
             lambda t: _edit(t / "templates/shared/judge.yaml", lambda d: d["chat"].update(user="{{ question }} {{ answer }}")),
             ["judge.yaml", "answer"],
         ),
+        (  # the probe form may not use the judge prompt's examples (a probe reads no examples)
+            lambda t: _edit(t / "templates/shared/judge.yaml", lambda d: d["probe"].update(completion="{{ examples }}")),
+            ["judge.yaml: probe.completion", "examples"],
+        ),
         (
             lambda t: _edit(t / "seeds/scenarios/hate_abuse.yaml", lambda d: d["behaviors"].pop("hatred")),
             ["hate_abuse.yaml", "behaviors", "hatred"],
@@ -97,6 +101,7 @@ def _edit(path: Path, fn) -> None:
     ids=[
         "invalid-yaml", "empty-file", "missing-key", "unknown-key", "duplicate-scenario-id", "undefined-variable",
         "sandbox-escape", "sandbox-escape-in-dead-branch", "empty-shared", "judge-undefined-variable",
+        "judge-probe-undefined-variable",
         "seed-pool-missing-subcategory", "seed-pool-missing-file", "seed-pool-wrong-type",
     ],
 )
