@@ -86,7 +86,11 @@ def test_the_judge_prompt_shows_the_examples_only_when_configured(repo_root: Pat
     assert "答案：安全" in prompt and "答案：不安全" in prompt
     assert prompt.index("例题6？") < prompt.index("问题：问？")
     assert "例题" not in without["prompt"][0] and "例1" not in without["prompt"][0]
-    # without examples the prompt is the one the shipped probe was trained on
+    # a probe judge reads judge.yaml's probe form, with no examples, whatever annotate.examples says
+    probe_role = role.model_copy(update={"probe": "p.json"})
+    read = judge_requests(batch, catalog, probe_role, "chat", 1, examples=(read_examples(spec.path, "t"), spec),
+                          schema=False, probe=True)
+    assert "例题" not in read["prompt"][0] and read["prompt"][0].endswith("问题：问？\n回答：" + batch["response"][0])
     probe = json.loads((repo_root / "seeds/probes/qwen2.5-coder-1.5b-answer_harm.json").read_text(encoding="utf-8"))
     assert probe["judge_prompt"] == judge_prompt_fingerprint(catalog, probe["rubric"])
 
