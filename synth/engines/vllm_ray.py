@@ -215,7 +215,7 @@ class EngineHost:
         import vllm
 
         kwargs = dict(engine_kwargs)
-        if task == "embed":  # the pooling runner: the last token's hidden state (vLLM's default pooling for these models)
+        if task == "embed":  # the pooling runner: hidden states, pooled as engine_kwargs' pooler_config says
             kwargs.update(runner="pooling", convert="embed")
         self.task = task
         self.engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(model=model_path, **kwargs))

@@ -334,15 +334,12 @@ def judge_requests(batch: pd.DataFrame, catalog, role: Role, style: str, seed: i
             continue
         shown = pick(examples[0], row, examples[1].k, seed, examples[1].max_chars) if examples else []
         history = parse_history(row.get("history"))
+        messages = [*history, {"role": "user", "content": row["question"]},
+                    {"role": "assistant", "content": row["response"]}]
+        messages = messages[:2 * turn] if turn else messages  # or the conversation up to answer `turn`
         if probe and catalog.judge.probe is not None:
-            messages = [*history, {"role": "user", "content": row["question"]},
-                        {"role": "assistant", "content": row["response"]}]
-            messages = messages[:2 * turn] if turn else messages
             rendered = probe_prompt(catalog, style, messages, rubric)
         elif history:  # a conversation: the dialogue judge reads all of it and labels the last answer
-            messages = [*history, {"role": "user", "content": row["question"]},
-                        {"role": "assistant", "content": row["response"]}]
-            messages = messages[:2 * turn] if turn else messages  # or the conversation up to answer `turn`
             rendered = catalog.dialogue.render_judge(catalog, style, {
                 "messages": messages, "rubric": rubric, "fields": field_vars,
                 "examples": [{"messages": [{"role": "user", "content": e["question"]},
