@@ -38,7 +38,14 @@ $(BIN)/python:
 # on a fresh machine".
 # -W ignore::UserWarning: pip re-prints setuptools' notices about editable installs as
 # warnings (a page of asterisks for a newcomer); errors still show.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-cpu: pyproject.toml | $(BIN)/python
+	$(BIN)/python -W ignore::UserWarning -m pip install -q --no-compile -e '.[cpu]' $(PIP_NOTICES)
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+# The test extras (pytest, trl, the S3 and GCS servers) on top: `make test` only, so that
+# `make demo` installs what the demo runs and no more (BENCHMARKS.md, "make demo on a fresh machine").
+$(VENV)/.installed: $(VENV)/.installed-cpu
 	$(BIN)/python -W ignore::UserWarning -m pip install -q --no-compile -e '.[cpu,test]' $(PIP_NOTICES)
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
@@ -47,7 +54,7 @@ install: $(VENV)/.installed
 
 # Convert the embedded models (Gemma 3 270M base, Qwen2.5-Coder-1.5B-Instruct) to safetensors
 # once (~/.cache/synth/models), both at once: ~2 min on 2 cores; the Qwen conversion peaks at 5.5 GB.
-model: install
+model: $(VENV)/.installed-cpu
 	$(BIN)/python -m synth.models prepare
 
 # The demo: demo.yaml's build with both of the instruct model's probes (the question judge and the
@@ -77,7 +84,7 @@ $(LS_STAMP):
 
 label-studio: $(LS_STAMP)
 
-test: model label-studio
+test: model install label-studio
 	$(BIN)/python -m pytest -q
 
 # The logic tests only (stand-in engine, no model load).
