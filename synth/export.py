@@ -67,6 +67,7 @@ from synth.output_parsing import CONTROVERSIAL, FIELD_COLUMNS, SAFE, UNSAFE
 from synth.report.collect import CONTENT_KEYS, coverage_by_content
 from synth.rows import MESSAGES_TYPE, REJECT_COLUMN, row_messages, stable_id
 from synth.scoring import BETWEEN, DISAGREE
+from synth.stages.question_judge import QUESTION_JUDGEMENTS_TYPE
 from synth.stream_io import (SortedRows, batches, conform, parquet_files, read_column, shard_paths, unified_schema,
                              with_ids, write_jsonl, write_parquet)
 
@@ -84,7 +85,8 @@ FIELD_TYPES = {"question_harmful": pa.bool_(), "refusal": pa.bool_(), "judged_su
                "question_score": pa.float64(), "requested_kind": pa.large_string(),
                "requested_subcategory": pa.large_string(), "question_route": pa.large_string(),
                # annotate.every_turn (a label per answer, the first 不安全 one); "" and null without it
-               "turn_labels": pa.large_string(), "first_unsafe_turn": pa.int64()}
+               "turn_labels": pa.large_string(), "first_unsafe_turn": pa.int64(),
+               "question_judgements": QUESTION_JUDGEMENTS_TYPE}
 # The conversation columns every corpus file has, whatever the final stage wrote: `messages` is made
 # from the row (`row_messages`); turns, strategy, history_responder are the converse stage's
 # (issue 31), 1 / "" / "" on a single-turn row and on every row of a build from before it.

@@ -37,6 +37,7 @@ import json
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import ray.data
 
 from synth.config import PipelineConfig, Role
@@ -52,6 +53,12 @@ QUESTION_JUDGE_COLUMNS = (HARMFUL, SUBCATEGORY, "question_score", "question_judg
                           "requested_subcategory", "question_route")
 QUESTION_JUDGE_DTYPES = {HARMFUL: "boolean", SUBCATEGORY: "string", "question_score": "float64",
                          "requested_kind": "string", "requested_subcategory": "string", "question_route": "string"}
+# One `question_judgements` entry has these keys for every judge ("" and NaN where it has none):
+# the column's type as parquet stores it, for a file in which no row has one (a block of
+# conversations, whose seed question's verdicts converse clears): synth/export.py's FIELD_TYPES.
+QUESTION_JUDGEMENTS_TYPE = pa.list_(pa.field("element", pa.struct(
+    [(k, pa.float64() if k == "score" else pa.string())
+     for k in ("judge", "harmful", "subcategory", "score", "score_source", "reason", "raw", "error")])))
 # what routing did to a kept row (question_route, comma-separated) and the rejects' reasons
 RELABELLED, REASSIGNED = "relabelled", "reassigned"
 KIND_MISMATCH, OFF_TOPIC = "question_kind_mismatch", "question_off_topic"
