@@ -47,7 +47,8 @@ class VLLMOptions(Strict):
     batch_size: int = Field(64, ge=1, description="rows per batch sent to a replica")
     max_model_len: int = Field(4096, ge=128)
     max_concurrent_batches: int = Field(8, ge=1, description="batches in flight per replica (keeps it saturated)")
-    cpu_kvcache_gib: float = Field(1.0, gt=0, description="accelerator cpu: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    cpu_kvcache_gib: int = Field(1, ge=1, description="accelerator cpu: KV cache size in whole GiB "
+                                 "(VLLM_CPU_KVCACHE_SPACE, which vLLM reads as an integer)")
     cpus_per_replica: float = Field(1.0, gt=0, description="accelerator cpu: Ray CPUs reserved per replica")
     accelerator_type: str | None = Field(None, description="accelerator gpu: Ray accelerator type, e.g. A100, L4")
     engine_kwargs: dict[str, Any] = Field(
@@ -110,7 +111,7 @@ class ModelSpec(Strict):
     model: str = Field(description="Hugging Face id, local path, or embedded name (embedded:gemma3-270m)")
     prompt_style: Literal["chat", "completion"] = "chat"
     task: Literal["generate", "embed"] = Field(
-        "generate", description="embed: the model's pooled hidden state (vLLM's pooling runner: the last token's) instead "
+        "generate", description="embed: the model's pooled hidden state (vLLM's pooling runner: the mean over the prompt's tokens) instead "
         "of text, for a probe judge (roles.judges[].probe)")
     vllm: VLLMOptions | None = None
     openai: OpenAIOptions | None = None

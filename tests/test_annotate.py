@@ -10,7 +10,8 @@ import pandas as pd
 
 from synth.engines.base import PENDING, failure_reason, transient
 from synth.rows import REJECT_COLUMN
-from synth.stages.labelling import DISAGREE, LABELLED_COLUMNS, PAIR_COLUMNS, combine_judgements, record_judgement
+from synth.scoring import DISAGREE
+from synth.stages.labelling import LABELLED_COLUMNS, PAIR_COLUMNS, combine_judgements, record_judgement
 
 
 def pairs(n: int) -> pd.DataFrame:

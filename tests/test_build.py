@@ -228,6 +228,8 @@ def test_a_build_whose_filters_drop_every_pair_finishes_with_an_empty_corpus(ray
 @pytest.mark.parametrize("damage, expected", [
     ("bogus_key: 1\n", "bogus_key"),
     ("roles: {generator: {name: g, model: nope}}\n", "roles"),
+    # vLLM reads VLLM_CPU_KVCACHE_SPACE as whole GiB: a fraction is refused here, not by a crashed engine
+    ("models: {qwen-1.5b: {vllm: {cpu_kvcache_gib: 0.5}}}\n", "cpu_kvcache_gib"),
 ])
 def test_a_config_that_fails_validation_writes_nothing_into_out(repo_root: Path, tmp_path: Path, damage, expected):
     """The real command, in a process of its own (its output redirection to build.log is real there)."""

@@ -25,7 +25,8 @@ from synth.engines.standin import standin_output
 from synth.engines.structured_output import flat_schema_regex
 from synth.output_parsing import JUDGE_FIELDS, parse_verdict
 from synth.rows import REJECT_COLUMN
-from synth.stages.labelling import DISAGREE, LABELLED_COLUMNS, combine_judgements, record_judgement
+from synth.scoring import DISAGREE
+from synth.stages.labelling import LABELLED_COLUMNS, combine_judgements, record_judgement
 from synth.templates import load_catalog
 from test_annotate import answered, pairs
 

@@ -16,7 +16,7 @@ from synth.output_parsing import (CONTROVERSIAL, FIELD_COLUMNS, FIELD_MALFORMED,
                                   field_column_value, ordered_fields, parse_verdict)
 from synth.rows import (DIALOGUE_COLUMNS, DIALOGUE_DTYPES, REJECT_COLUMN, SINGLE_TURN, columns as _columns, records,
                         stable_id)
-from synth.scoring import DISAGREE, FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
+from synth.scoring import FROM_LABEL, TOP_LOGPROBS, combine, label_score, verdict_score
 from synth.scoring import label as rule_label
 from synth.stages.base import SAMPLE_QUESTION_CHARS, LLMStage, StageContext
 from synth.stages.question_judge import QUESTION_JUDGE_COLUMNS, QUESTION_JUDGE_DTYPES

@@ -56,9 +56,9 @@ QUESTION_JUDGE_DTYPES = {HARMFUL: "boolean", SUBCATEGORY: "string", "question_sc
 # One `question_judgements` entry has these keys for every judge ("" and NaN where it has none):
 # the column's type as parquet stores it, for a file in which no row has one (a block of
 # conversations, whose seed question's verdicts converse clears): synth/export.py's FIELD_TYPES.
+JUDGEMENT_KEYS = ("judge", "harmful", "subcategory", "score", "score_source", "reason", "raw", "error")
 QUESTION_JUDGEMENTS_TYPE = pa.list_(pa.field("element", pa.struct(
-    [(k, pa.float64() if k == "score" else pa.string())
-     for k in ("judge", "harmful", "subcategory", "score", "score_source", "reason", "raw", "error")])))
+    [(k, pa.float64() if k == "score" else pa.string()) for k in JUDGEMENT_KEYS])))
 # what routing did to a kept row (question_route, comma-separated) and the rejects' reasons
 RELABELLED, REASSIGNED = "relabelled", "reassigned"
 KIND_MISMATCH, OFF_TOPIC = "question_kind_mismatch", "question_off_topic"
@@ -209,11 +209,15 @@ def check_question_probes(config: PipelineConfig, catalog) -> None:
                            f"{probe.model!r}, the role's model is {config.models[role.model].model!r}: retrain it")
 
 
+def _blank_judgement(judge: str) -> dict[str, Any]:
+    """A judgement with every key of JUDGEMENT_KEYS and nothing in it ("" and NaN)."""
+    return {**dict.fromkeys(JUDGEMENT_KEYS, ""), "judge": judge, "score": float("nan")}
+
+
 def question_judgement(row: dict[str, Any], topics: dict[str, str]) -> dict[str, Any]:
     """One judge's answer: harmful (是/否, '' if none), subcategory (the id of the topic it wrote,
     `topics`: Catalog.topics), score P(是), reason, raw text, error."""
-    blank = {"judge": row["role"], "harmful": "", "subcategory": "", "score": float("nan"), "score_source": "",
-             "reason": "", "raw": "", "error": ""}
+    blank = _blank_judgement(row["role"])
     if row["error"]:
         return {**blank, "error": failure_reason(row["error"])}
     prompt = row["prompt"]
@@ -233,8 +237,7 @@ def question_probe_judgement(row: dict[str, Any], probe) -> dict[str, Any]:
     P(harmful), the score that probability, the subcategory its topic head's most likely class."""
     from synth.probe import FROM_PROBE, decode_vector
 
-    blank = {"judge": row["role"], "harmful": "", "subcategory": "", "score": float("nan"), "score_source": "",
-             "reason": "", "raw": "", "error": ""}
+    blank = _blank_judgement(row["role"])
     vector = decode_vector(row["text"]) if not row["error"] else None
     if vector is None or len(vector) != probe.dims:
         return {**blank, "error": failure_reason(row["error"]) if row["error"] else
