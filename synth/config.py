@@ -277,7 +277,13 @@ class JudgeQuestions(Strict):
         "with `synth eval-judges QUESTION_GOLD` on one set and report it on another")
     on_off_topic: Literal["reassign", "reject", "keep"] = Field(
         "keep", description="a question judged to be about another subcategory (or none: other): reassign "
-        "to the judged one (requested_subcategory keeps the request; `other` is kept where it was), reject, or keep")
+        "to the judged one (requested_subcategory keeps the request; a question about none, `other`, is "
+        "rejected: it has nowhere to go), reject, or keep")
+    request_prior: float | None = Field(
+        None, gt=0.0, lt=1.0, description="for question judges that are probes: the share of the writer's questions "
+        "that are about the subcategory they were asked for; the probe's topic head then takes the request as "
+        "evidence too (Bayes' rule, synth.probe.QuestionProbe.topics) instead of its own most likely class alone. "
+        "None = the head alone. Measure it on a build's own questions: bench/question_request_prior.py")
 
 
 class Annotate(Strict):

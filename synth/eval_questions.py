@@ -113,9 +113,10 @@ def evaluate_question_judges(gold_paths: list[Path], config_path: Path, *, dry_r
         check_no_question_overlap(gold, Path(path), config)
     if not dry_run:  # a judge whose model cannot be found fails here, naming it, before Ray starts
         check_role_models(config, config.roles.question_judges, "question judge")
-    # routing off: every question kept as asked, so every verdict is seen
+    # routing off: every question kept as asked, so every verdict is seen; no request prior: a gold
+    # question's subcategory is the answer, not a request the judge may take as evidence
     config = config.model_copy(update={"judge_questions": config.judge_questions.model_copy(
-        update={"on_kind_mismatch": "keep", "on_off_topic": "keep"})})
+        update={"on_kind_mismatch": "keep", "on_off_topic": "keep", "request_prior": None})})
     keyed = {f"{i}\x1f{row_id}": g for i, gold in enumerate(golds) for row_id, g in gold.items()}
     init_ray()
     ctx = StageContext(config=config, catalog=catalog, dry_run=dry_run, cache_root=None).for_stage("eval_questions")

@@ -198,10 +198,23 @@ class QuestionProbe:
         z = float(((vector - self.mean) / self.scale) @ self.harm_coef + self.harm_intercept)
         return float(1.0 / (1.0 + np.exp(-z)))
 
-    def topic(self, vector: np.ndarray) -> tuple[str, float]:
+    def topics(self, vector: np.ndarray, requested: str = "", prior: float | None = None) -> np.ndarray:
+        """P(class) of one pooled state, one per `classes`. With `prior` (the share of a writer's
+        questions that are about the subcategory it was asked for) and the `requested` class, the
+        request is evidence too: Bayes' rule with prior `prior` on the requested class and the rest
+        spread evenly over the others. The head was fitted with balanced class weights, so its own
+        probabilities carry no class prior of their own (fit_question)."""
         z = self.topic_coef @ ((vector - self.mean) / self.scale) + self.topic_intercept
         p = np.exp(z - z.max())
-        p /= p.sum()
+        if prior is not None and requested in self.classes:
+            weights = np.full(len(p), (1.0 - prior) / (len(p) - 1))
+            weights[self.classes.index(requested)] = prior
+            p = p * weights
+        return p / p.sum()
+
+    def topic(self, vector: np.ndarray, requested: str = "", prior: float | None = None) -> tuple[str, float]:
+        """The most likely class of one pooled state and its probability (`topics`)."""
+        p = self.topics(vector, requested, prior)
         best = int(p.argmax())
         return self.classes[best], float(p[best])
 

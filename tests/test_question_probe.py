@@ -58,6 +58,17 @@ def test_a_question_probe_is_trained_on_the_seed_pools_used_and_not_measured_on_
     assert {q["judged_subcategory"] in {*catalog.subcategories, "other"} for q in out["questions"]} == {True}
     assert {0.0 <= q["score"] <= 1.0 for q in out["questions"]} == {True}
     assert {q["harmful"] == (q["score"] > 0.5) for q in out["questions"]} == {True}
+    # eval-judges scores the head alone: a gold question's subcategory is the answer, not a request
+    # the probe may take as evidence, so a request prior in the config changes nothing here
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    raw["judge_questions"]["request_prior"] = 0.9
+    with_prior = tmp_path / "with-prior.yaml"
+    with_prior.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    again = runner.invoke(app, ["eval-judges", str(gold), "--config", str(with_prior), "--dry-run", "--json"])
+    assert again.exit_code == 0, again.output
+    assert [q["judged_subcategory"] for q in json.loads(again.stdout)["questions"]] == \
+        [q["judged_subcategory"] for q in out["questions"]]
+    assert out["subcategory_accuracy"] < 0.9
 
     # a gold question that is a seed-pool item the probe was trained on is refused, by name
     first = json.loads(gold.read_text(encoding="utf-8").splitlines()[0])
@@ -119,3 +130,37 @@ def test_questions_about_nothing_train_the_topic_head_only():
     assert as_benign["harm_coef"] == flipped["harm_coef"]
     assert as_benign["harm_intercept"] == flipped["harm_intercept"]
     assert set(as_benign["classes"]) == {"gender", "fraud", "other"}
+
+
+def test_the_request_is_evidence_at_the_configured_prior():
+    """judge_questions.request_prior: the probe's topic head takes the requested subcategory as
+    evidence (Bayes' rule). A close second that was asked for wins; a class the head all but rules
+    out stays out; with no prior the head alone decides, as eval-judges always scores it (a gold
+    question's subcategory is the answer, not a request)."""
+    import numpy as np
+    import pandas as pd
+
+    from synth.probe import QuestionProbe, encode_vector
+    from synth.stages.question_judge import record_question_judgement
+
+    classes = ("fraud", "gender", "other")
+    # one-hot states; the head's logits for state i are row i of topic_coef.T
+    logits = np.log(np.array([[0.5, 0.3, 0.2], [0.97, 0.01, 0.02]]))
+    probe = QuestionProbe("p.json", "x", np.zeros(2), np.ones(2), np.zeros(2), 0.0, classes,
+                          logits.T.copy(), np.zeros(3), frozenset())
+    close, ruled_out = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    assert probe.topic(close)[0] == "fraud"
+    assert probe.topic(close, "gender", 0.6)[0] == "gender"
+    assert abs(probe.topics(close, "gender", 0.6).sum() - 1.0) < 1e-9
+    assert probe.topic(ruled_out, "gender", 0.6)[0] == "fraud"
+    assert probe.topic(close, "gender", None)[0] == "fraud"
+
+    batch = pd.DataFrame([{"id": str(i), "question": "问？", "subcategory": "gender", "role": "question-probe",
+                           "error": "", "prompt": "", "prompt_style": "chat", "text": encode_vector(v),
+                           "logprobs": ""} for i, v in enumerate((close, ruled_out))])
+    judged = record_question_judgement(batch, 0, {}, probe=probe, prior=0.6)["_qjudge0"].tolist()
+    assert [j["subcategory"] for j in judged] == ["gender", "fraud"]
+    assert "with the request (gender) at prior 0.6" in judged[0]["reason"]
+    alone = record_question_judgement(batch, 0, {}, probe=probe)["_qjudge0"].tolist()
+    assert [j["subcategory"] for j in alone] == ["fraud", "fraud"] and alone[0]["reason"] == "topic p=0.50"
+

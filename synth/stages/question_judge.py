@@ -25,6 +25,10 @@ and `requested_subcategory`, what the generator was asked for (provenance, alway
 A question judge may instead be a probe (`probe:` on a `task: embed` model, synth.probe's
 QuestionProbe): one forward pass over the question in the template's `probe` form, P(harmful) and the subcategory
 from the pooled state; no reason. It combines with other question judges by the same rule.
+With `judge_questions.request_prior` (the share of the writer's questions that are on the
+subcategory asked for), the probe takes the request as evidence too: its subcategory is the most
+likely one given the state and the request (Bayes' rule, QuestionProbe.topics), so a close second
+that was asked for is kept and a class the head all but rules out is not.
 
 Undecided questions (the judges disagree, or a judge failed for good) are kept as asked; a
 request that failed transiently leaves the question pending, sent again next run. With no
@@ -123,7 +127,8 @@ class JudgeQuestions(LLMStage):
                 ) -> ray.data.Dataset:
         return answered.map_batches(record_question_judgement, fn_kwargs={
             "index": round, "topics": ctx.catalog.topics,
-            "probe": question_probes(ctx.config).get(self.roles(ctx.config)[round].name)}, batch_format="pandas")
+            "probe": question_probes(ctx.config).get(self.roles(ctx.config)[round].name),
+            "prior": ctx.config.judge_questions.request_prior}, batch_format="pandas")
 
     def finish(self, ctx: StageContext, rows: ray.data.Dataset) -> ray.data.Dataset:
         return rows.map_batches(route_questions, fn_kwargs={
@@ -232,9 +237,12 @@ def question_judgement(row: dict[str, Any], topics: dict[str, str]) -> dict[str,
             "score_source": source, "reason": verdict.analysis, "raw": row["text"], "error": verdict.reason}
 
 
-def question_probe_judgement(row: dict[str, Any], probe) -> dict[str, Any]:
+def question_probe_judgement(row: dict[str, Any], probe, requested: str = "",
+                             prior: float | None = None) -> dict[str, Any]:
     """A question probe's answer (synth.probe.QuestionProbe): harmful the side of 0.5 of its
-    P(harmful), the score that probability, the subcategory its topic head's most likely class."""
+    P(harmful), the score that probability, the subcategory its topic head's most likely class;
+    with `prior` (judge_questions.request_prior), that class given the `requested` subcategory as
+    evidence too (QuestionProbe.topics). The reason gives both probabilities of the class."""
     from synth.probe import FROM_PROBE, decode_vector
 
     blank = _blank_judgement(row["role"])
@@ -243,17 +251,25 @@ def question_probe_judgement(row: dict[str, Any], probe) -> dict[str, Any]:
         return {**blank, "error": failure_reason(row["error"]) if row["error"] else
                 f"probe_input: expected a pooled state of {probe.dims} values from a task: embed model"}
     score = round(probe.harm(vector), 6)
-    topic, p = probe.topic(vector)
+    topic, p = probe.topic(vector, requested, prior)
+    reason = f"topic p={p:.2f}"
+    if prior is not None:
+        alone = probe.topics(vector)[probe.classes.index(topic)]
+        reason = f"topic p={alone:.2f}, {p:.2f} with the request ({requested}) at prior {prior:g}"
     return {**blank, "harmful": YES_NO[0] if score > 0.5 else YES_NO[1], "subcategory": topic, "score": score,
-            "score_source": FROM_PROBE, "reason": f"topic p={p:.2f}"}
+            "score_source": FROM_PROBE, "reason": reason}
 
 
-def record_question_judgement(batch: pd.DataFrame, index: int, topics: dict[str, str], probe=None) -> pd.DataFrame:
+def record_question_judgement(batch: pd.DataFrame, index: int, topics: dict[str, str], probe=None,
+                              prior: float | None = None) -> pd.DataFrame:
     """A judge's answers → column `_qjudge<index>`; the question's own columns restored.
-    `probe`: the judge's question probe, whose answers are pooled states it scores."""
+    `probe`: the judge's question probe, whose answers are pooled states it scores, with the
+    question's requested subcategory (its `subcategory` column) as evidence at `prior`."""
     results = records(batch[["role", "error", "prompt", "prompt_style", "text", "logprobs"]])
-    judgements = [question_probe_judgement(r, probe) if probe is not None else question_judgement(r, topics)
-                  for r in results]
+    requested = batch["subcategory"].fillna("").astype(str).tolist() if "subcategory" in batch.columns \
+        else [""] * len(batch)
+    judgements = [question_probe_judgement(r, probe, asked, prior) if probe is not None
+                  else question_judgement(r, topics) for r, asked in zip(results, requested)]
     drop = [c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS, "prompt_style") if c in batch.columns]
     out = batch.drop(columns=drop)
     out = out.rename(columns={f"q_{c}": c for c in (*REQUEST_COLUMNS, *RESULT_COLUMNS) if f"q_{c}" in out.columns})
