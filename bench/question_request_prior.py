@@ -46,28 +46,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 from question_judge_reference import REFERENCE, SCENARIO_OF  # noqa: E402
 
 
-def estimate_prior(p: np.ndarray, requested: np.ndarray, iterations: int = 200) -> float:
+def estimate_prior(probe, states: list[np.ndarray], requested: list[str], iterations: int = 200) -> float:
     """The fixed point w = mean over questions of P(requested | state, w) (see the module)."""
-    k = p.shape[1]
-    rows = np.arange(len(p))
     w = 0.5
     for _ in range(iterations):
-        others = (1.0 - w) / (k - 1)
-        on = p[rows, requested] * w
-        new = float(np.mean(on / (on + (p.sum(axis=1) - p[rows, requested]) * others)))
-        if abs(new - w) < 1e-9:
+        new = float(np.mean([probe.topics(v, r, w)[probe.classes.index(r)] for v, r in zip(states, requested)]))
+        if abs(new - w) < 1e-6:
             break
         w = new
     return w
 
 
-def accepts(p: np.ndarray, request: int, prior: float | None) -> bool:
+def accepts(probe, state: np.ndarray, request: str, prior: float | None) -> bool:
     """Whether the judged class, given `request` at `prior`, is the request."""
-    if prior is not None:
-        weights = np.full(len(p), (1.0 - prior) / (len(p) - 1))
-        weights[request] = prior
-        p = p * weights
-    return int(p.argmax()) == request
+    return probe.topic(state, request, prior)[0] == request
 
 
 def main() -> int:
@@ -92,11 +84,7 @@ def main() -> int:
         print(f"{args.config}: no question judge is a probe", file=sys.stderr)
         return 2
     probe = question_probes(config)[role.name]
-    classes = {c: i for i, c in enumerate(probe.classes)}
     scenario_of = catalog.scenario_of
-    subs_of: dict[str, list[str]] = {}
-    for sub, (scenario, _) in scenario_of.items():
-        subs_of.setdefault(scenario, []).append(sub)
 
     built = pd.read_parquet(Path(args.build) / "stages" / "dedup_questions" / "rows")
     gold = read_question_gold(Path(args.gold), catalog)
@@ -117,14 +105,11 @@ def main() -> int:
     states = pooled_states(config, catalog, role, pd.DataFrame(rows), question_judge_requests, False, {},
                            "question")
 
-    def topics(prefix: str, key: str) -> np.ndarray:
-        return probe.topics(states[f"{prefix}\x1f{key}"])
-
-    b = np.vstack([topics("b", r["id"]) for r in built.to_dict("records")])
-    b_req = np.array([classes[s] for s in built["subcategory"]])
-    b_harm = np.array([probe.harm(states[f"b\x1f{r['id']}"]) > config.judge_questions.threshold
-                       for r in built.to_dict("records")])
-    w_hat = estimate_prior(b, b_req)
+    built_rows = built.to_dict("records")
+    b = [states[f"b\x1f{r['id']}"] for r in built_rows]
+    b_req = [r["subcategory"] for r in built_rows]
+    b_harm = np.array([probe.harm(v) > config.judge_questions.threshold for v in b])
+    w_hat = estimate_prior(probe, b, b_req)
     priors = [None, round(w_hat, 3), *[float(x) for x in args.priors.split(",") if x]]
 
     result = {"n": {"build": len(built), "gold": len(gold), "public": len(public)},
@@ -132,20 +117,18 @@ def main() -> int:
     for prior in priors:
         on_true, same, other = [], [], []
         for key, g in gold.items():
-            p = topics("g", key)
-            true = g["subcategory"]
-            on_true.append(accepts(p, classes[true], prior))
+            v = states[f"g\x1f{key}"]
+            on_true.append(accepts(probe, v, g["subcategory"], prior))
             for sub in scenario_of:
-                if sub != true:
-                    (same if scenario_of[sub][0] == g["scenario"] else other).append(accepts(p, classes[sub], prior))
+                if sub != g["subcategory"]:
+                    (same if scenario_of[sub][0] == g["scenario"] else other).append(accepts(probe, v, sub, prior))
         public_other, public_same = [], []
         for r in public:
-            p = topics("p", r["id"])
-            mapped = SCENARIO_OF[r["category_name"]]
+            v, mapped = states[f"p\x1f{r['id']}"], SCENARIO_OF[r["category_name"]]
             for sub in scenario_of:
-                (public_same if scenario_of[sub][0] == mapped else public_other).append(accepts(p, classes[sub], prior))
-        on_topic = np.array([accepts(p, req, prior) for p, req in zip(b, b_req)])
-        covered = {built["subcategory"].iloc[i] for i in np.flatnonzero(on_topic & b_harm)}
+                (public_same if scenario_of[sub][0] == mapped else public_other).append(accepts(probe, v, sub, prior))
+        on_topic = np.array([accepts(probe, v, req, prior) for v, req in zip(b, b_req)])
+        covered = {b_req[i] for i in np.flatnonzero(on_topic & b_harm)}
         result["rows"].append({
             "prior": prior, "gold_on_true": float(np.mean(on_true)), "gold_false_same_scenario": float(np.mean(same)),
             "gold_false_other_scenario": float(np.mean(other)),
