@@ -27,7 +27,10 @@ the judged subcategory is the most likely one given the state *and* the request.
      subcategories with a question judged harmful (the probe's harm head above the config's
      threshold) and on topic: an upper bound of the content coverage a build could report, before
      responders, judges, filters and balance.
-The prior is chosen in step 2 without gold; the gold and public figures only report it.
+Step 2's estimate comes from the probe's own probabilities and is likely overconfident (0.71 on a
+demo build, where a hand count finds about one harmful-kind question in four on topic). The demo's
+0.2 was chosen on the gold instead (recall on the true request minus false acceptance of a wrong
+one in the same scenario, over the estimate and `--priors`); the public figures only report it.
 """
 
 from __future__ import annotations
