@@ -151,6 +151,24 @@ def test_coverage_by_request_and_by_content_in_report_and_card(judged_build):
     assert f"## {COVERAGE_BY_CONTENT}" in report and headline in report
     assert "## Scorecard per template and subcategory" in report
 
+    # judged with the request as evidence (judge_questions.request_prior): the report says at which prior
+    assert content["request_prior"] is None and "request as evidence" not in report
+
+
+def test_the_content_coverage_says_when_the_request_was_evidence(judged_build, tmp_path: Path):
+    import shutil
+
+    out, _ = judged_build
+    copy = tmp_path / "build"
+    shutil.copytree(out, copy)
+    recorded = yaml.safe_load((copy / "inputs" / "config.yaml").read_text(encoding="utf-8"))
+    recorded.setdefault("judge_questions", {})["request_prior"] = 0.2
+    (copy / "inputs" / "config.yaml").write_text(yaml.safe_dump(recorded, allow_unicode=True), encoding="utf-8")
+    content = coverage_by_content(copy, read_table(copy / "corpus" / "data"))
+    assert content["request_prior"] == 0.2
+    notes = {title: note for title, note, *_ in sections({**_report(out), "coverage_by_content": content})}
+    assert "request as evidence at prior 0.2 (judge_questions.request_prior" in notes[COVERAGE_BY_CONTENT]
+
 
 def test_without_a_question_judge_the_coverage_is_as_before(judged_build):
     """No verdict on any row (no question judge ran): no content coverage, no new section."""

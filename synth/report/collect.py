@@ -163,7 +163,10 @@ def coverage_by_content(build: Path, rows: pd.DataFrame) -> dict[str, Any] | Non
             row[f"metadata_{kind}"] = int(asked.get((t["subcategory"], kind), 0))
             row[f"content_{kind}"] = int(confirmed.get((t["subcategory"], kind), 0))
         by_subcategory.append(row)
+    routing = recorded_config(build).get("judge_questions")
     return {"subcategories": len(by_subcategory),
+            # the question probe took the request as evidence at this prior (None: its topic head alone)
+            "request_prior": routing.get("request_prior") if isinstance(routing, dict) else None,
             "metadata_harmful": sum(1 for r in by_subcategory if r["metadata_harmful"]),
             "content_harmful": sum(1 for r in by_subcategory if r["content_harmful"]),
             "content_elsewhere": int((~on_topic["subcategory"].isin(tax["subcategory"])).sum()),
@@ -331,6 +334,15 @@ def dedup_rates(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def recorded_config(build: Path) -> dict[str, Any]:
+    """The config the build recorded (inputs/config.yaml), {} where it is missing or unreadable."""
+    try:
+        recorded = yaml.safe_load((build / "inputs" / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def decontamination(build: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Rows the decontaminate stage removed, per evaluation set: its `contaminated: <set>` reject
     counts, with every set of the recorded config (inputs/config.yaml) listed, 0 if it removed none.
@@ -342,10 +354,9 @@ def decontamination(build: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         return {}
     by_set: dict[str, int] = {}
     try:
-        recorded = yaml.safe_load((build / "inputs" / "config.yaml").read_text(encoding="utf-8")) or {}
-        for spec in (recorded.get("decontaminate") or {}).get("against") or []:
+        for spec in (recorded_config(build).get("decontaminate") or {}).get("against") or []:
             by_set[str(spec.get("name") or Path(str(spec.get("path", ""))).stem)] = 0
-    except (OSError, yaml.YAMLError, AttributeError):
+    except AttributeError:
         pass
     for reason, n in stage.get("rejected", {}).items():
         name = set_of_reason(reason)

@@ -105,7 +105,10 @@ def sections(n: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any
                     "requested_subcategory); `judged`, those the question judge found harmful-or-not as their "
                     "kind says and about their subcategory (judged_on_topic). Flagged: no harmful-kind row "
                     "confirmed." + (f" {elsewhere} confirmed rows were reassigned to subcategories of scenarios "
-                                    "the build did not ask for." if elsewhere else ""),
+                                    "the build did not ask for." if elsewhere else "")
+                    + (f" The question probe took each question's request as evidence at prior "
+                       f"{content['request_prior']:g} (judge_questions.request_prior, docs/judges.md): a question "
+                       "close to its requested subcategory counts as on it." if content.get("request_prior") else ""),
                     ["scenario", "subcategory", "harmful asked", "harmful judged", "benign asked", "benign judged",
                      "flag"], rows, None))
 
